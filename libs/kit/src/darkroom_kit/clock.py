@@ -1,0 +1,32 @@
+"""Time as darkroom stores it: integer epoch milliseconds (UTC), ISO 8601 in JSON.
+
+Integers compare and sort the same on every MongoDB-compatible server; the nx-27017 stand-in stores
+a datetime given to ``$set`` as a string, which would silently break range queries.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ms_to_iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def iso_to_ms(value: str) -> int:
+    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)

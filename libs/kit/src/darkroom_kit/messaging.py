@@ -1,0 +1,383 @@
+"""RabbitMQ messaging: envelopes, topology, a confirming publisher and consumers with an explicit
+ack policy.
+
+Topology (names carry the ``amqp_namespace`` prefix, here ``ns``):
+
+* ``ns.events`` (topic): public facts, routing key = message type (``photo.uploaded`` ...).
+* ``ns.commands`` (topic): requests for work (``repair.requested``, ``webhook.attempt`` ...).
+* ``ns.dead-letter`` (direct): each consumer queue dead-letters here with its own name as key into
+  ``<queue>.dead``.
+* Each consumer owns a durable quorum queue ``ns.<service>.<name>`` with an ``x-delivery-limit``,
+  plus one retry-tier queue per delay (``<queue>.retry.<ms>ms``): a message waits there for the
+  queue's TTL, then is dead-lettered back to its consumer queue. RabbitMQ 3.10 has no native delayed
+  delivery; tiers keep waiting messages durable across restarts of any service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from darkroom_kit.clock import ms_to_iso, now_ms
+from darkroom_kit.ids import new_id
+from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "x-darkroom-attempt"
+
+
+class Envelope(BaseModel):
+    """Every message: a unique id (also the AMQP ``message_id``), a type, a time and data."""
+
+    id: str
+    type: str
+    time: str
+    data: dict[str, Any]
+
+    @classmethod
+    def new(cls, type_: str, data: dict[str, Any]) -> Envelope:
+        return cls(id=new_id("msg"), type=type_, time=ms_to_iso(now_ms()) or "", data=data)
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    namespace: str
+
+    @property
+    def events(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def commands(self) -> str:
+        return f"{self.namespace}.commands"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.namespace}.dead-letter"
+
+    def queue(self, service: str, name: str) -> str:
+        return f"{self.namespace}.{service}.{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A consumer's queue: where it binds and how long it waits before each retry."""
+
+    name: str
+    exchange: str
+    routing_keys: tuple[str, ...]
+    retry_delays_ms: tuple[int, ...] = (1_000, 10_000, 60_000)
+
+    def retry_queue(self, delay_ms: int) -> str:
+        return f"{self.name}.retry.{delay_ms}ms"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.name}.dead"
+
+    def all_queue_names(self) -> list[str]:
+        return [self.name, self.dead_queue, *(self.retry_queue(d) for d in self.retry_delays_ms)]
+
+
+async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> None:
+    await channel.declare_exchange(topology.events, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(topology.commands, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(topology.dead_letter, aio_pika.ExchangeType.DIRECT, durable=True)
+
+
+async def declare_consumer_queue(
+    channel: AbstractChannel, topology: Topology, spec: QueueSpec, delivery_limit: int
+) -> AbstractQueue:
+    await declare_exchanges(channel, topology)
+    queue = await channel.declare_queue(
+        spec.name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": topology.dead_letter,
+            "x-dead-letter-routing-key": spec.name,
+            "x-delivery-limit": delivery_limit,
+        },
+    )
+    exchange = await channel.get_exchange(spec.exchange, ensure=False)
+    for key in spec.routing_keys:
+        await queue.bind(exchange, key)
+    dead = await channel.declare_queue(
+        spec.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead.bind(await channel.get_exchange(topology.dead_letter, ensure=False), spec.name)
+    for delay in spec.retry_delays_ms:
+        await channel.declare_queue(
+            spec.retry_queue(delay),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": delay,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": spec.name,
+                # A waiting retry must not be lost when it moves back to the work queue.
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+    return queue
+
+
+class Publisher:
+    """Publishes persistent, mandatory messages and waits for the broker's confirm."""
+
+    def __init__(self, channel: AbstractChannel, metrics: ConsumerMetrics | None = None) -> None:
+        self._channel = channel
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._metrics = metrics
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if name == "":
+            return self._channel.default_exchange
+        exchange = self._exchanges.get(name)
+        if exchange is None:
+            exchange = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = exchange
+        return exchange
+
+    async def publish(
+        self,
+        exchange: str,
+        envelope: Envelope,
+        routing_key: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            body=envelope.model_dump_json().encode(),
+            message_id=envelope.id,
+            type=envelope.type,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers or {},
+        )
+        target = await self._exchange(exchange)
+        # mandatory + on_return_raises: an unroutable message is an error, never silently dropped.
+        await target.publish(message, routing_key or envelope.type, mandatory=True)
+        if self._metrics is not None:
+            self._metrics.published.labels(self._metrics.service, exchange or "default").inc()
+
+    async def publish_many(self, exchange: str, envelopes: Sequence[Envelope]) -> None:
+        """Publish with the confirms pipelined (one round trip instead of one per message)."""
+        for start in range(0, len(envelopes), 500):
+            await asyncio.gather(
+                *(self.publish(exchange, e) for e in envelopes[start : start + 500])
+            )
+
+
+class Retry(Exception):
+    """The handler failed in a way that may succeed later: retry after the next tier's delay."""
+
+
+class Reject(Exception):
+    """The message can never succeed: dead-letter it now."""
+
+
+Handler = Callable[[Envelope, int], Awaitable[None]]
+
+
+@dataclass
+class Consumer:
+    """Consumes one queue. Ack policy, made explicit:
+
+    * handler returns: ack;
+    * handler raises :class:`Reject` or the body is not an envelope: dead-letter it;
+    * handler raises :class:`Retry` or anything unexpected: republish to the next retry tier (with
+      a confirm), then ack; past the last tier, dead-letter;
+    * handler cancelled (shutdown): neither ack nor reject; the broker redelivers it elsewhere.
+    """
+
+    connection: AbstractRobustConnection
+    topology: Topology
+    spec: QueueSpec
+    handler: Handler
+    metrics: ConsumerMetrics
+    prefetch: int = 64
+    delivery_limit: int = 20
+    _channel: AbstractChannel | None = None
+    _queue: AbstractQueue | None = None
+    _tag: str | None = None
+    _publisher: Publisher | None = None
+    _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        self._channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        await self._channel.set_qos(prefetch_count=self.prefetch)
+        self._queue = await declare_consumer_queue(
+            self._channel, self.topology, self.spec, self.delivery_limit
+        )
+        self._publisher = Publisher(self._channel)
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, grace_seconds: float) -> None:
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            outcome = await self._handle(message)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+            m = self.metrics
+            m.consumed.labels(m.service, self.spec.name, outcome).inc()
+            m.handling.labels(m.service, self.spec.name).observe(time.perf_counter() - started)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> str:
+        try:
+            envelope = Envelope.model_validate_json(message.body)
+        except ValidationError:
+            log.error("not an envelope, dead-lettered", extra={"queue": self.spec.name})
+            await message.reject(requeue=False)
+            return "dead_lettered"
+        raw_attempt = (message.headers or {}).get(ATTEMPT_HEADER, 1)
+        attempt = raw_attempt if isinstance(raw_attempt, int) and raw_attempt > 0 else 1
+        try:
+            await self.handler(envelope, attempt)
+        except asyncio.CancelledError:
+            raise
+        except Reject as exc:
+            log.warning(
+                "message dead-lettered: %s",
+                exc,
+                extra={"queue": self.spec.name, "message_id": envelope.id, "type": envelope.type},
+            )
+            await message.reject(requeue=False)
+            return "dead_lettered"
+        except Exception as exc:
+            if not isinstance(exc, Retry):
+                log.exception(
+                    "handler failed", extra={"queue": self.spec.name, "message_id": envelope.id}
+                )
+            return await self._retry_later(message, envelope, attempt, exc)
+        await message.ack()
+        return "acked"
+
+    async def _retry_later(
+        self, message: AbstractIncomingMessage, envelope: Envelope, attempt: int, exc: Exception
+    ) -> str:
+        delays = self.spec.retry_delays_ms
+        if attempt > len(delays):
+            log.error(
+                "retries exhausted, dead-lettered: %s",
+                exc,
+                extra={"queue": self.spec.name, "message_id": envelope.id},
+            )
+            await message.reject(requeue=False)
+            return "dead_lettered"
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish(
+                "",
+                envelope,
+                routing_key=self.spec.retry_queue(delays[attempt - 1]),
+                headers={ATTEMPT_HEADER: attempt + 1},
+            )
+        except Exception:
+            # Could not park it in a retry tier: hand it back to the broker rather than lose it.
+            log.exception("retry publish failed; requeued", extra={"queue": self.spec.name})
+            await message.nack(requeue=True)
+            return "requeued"
+        await message.ack()
+        return "retried"
+
+
+AMQP_CONNECTION: web.AppKey[AbstractRobustConnection] = web.AppKey(
+    "amqp_connection", AbstractRobustConnection
+)
+PUBLISHER: web.AppKey[Publisher] = web.AppKey("publisher", Publisher)
+TOPOLOGY: web.AppKey[Topology] = web.AppKey("topology", Topology)
+
+
+def amqp_ctx(
+    settings: CommonSettings, metrics: ConsumerMetrics
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url, client_properties={"connection_name": metrics.service}
+        )
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            topology = Topology(settings.amqp_namespace)
+            await declare_exchanges(channel, topology)
+            app[AMQP_CONNECTION] = connection
+            app[TOPOLOGY] = topology
+            app[PUBLISHER] = Publisher(channel, metrics)
+            yield
+        finally:
+            await connection.close()
+
+    return ctx
+
+
+def consumer_ctx(
+    settings: CommonSettings,
+    spec_for: Callable[[Topology], QueueSpec],
+    handler_for: Callable[[web.Application], Handler],
+    metrics: ConsumerMetrics,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A consumer as a cleanup context: it starts after its dependencies and stops (cancel, drain,
+    close) before them."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        topology = app[TOPOLOGY]
+        consumer = Consumer(
+            app[AMQP_CONNECTION],
+            topology,
+            spec_for(topology),
+            handler_for(app),
+            metrics,
+            prefetch=settings.prefetch,
+            delivery_limit=settings.delivery_limit,
+        )
+        await consumer.start()
+        try:
+            yield
+        finally:
+            await consumer.stop(settings.shutdown_grace_seconds)
+
+    return ctx
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()

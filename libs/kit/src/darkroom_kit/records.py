@@ -1,0 +1,84 @@
+"""The shared record and message vocabulary: message types, object keys and the public view of a
+photo (the same in API answers and webhook payloads)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from darkroom_kit.clock import ms_to_iso
+
+# Public facts on the events exchange; webhook endpoints subscribe to these.
+PHOTO_UPLOADED = "photo.uploaded"
+PHOTO_PROCESSED = "photo.processed"
+PHOTO_DELETED = "photo.deleted"
+PHOTO_REPAIRED = "photo.repaired"
+EVENT_ARCHIVED = "event.archived"
+PUBLIC_EVENT_TYPES = (
+    PHOTO_UPLOADED,
+    PHOTO_PROCESSED,
+    PHOTO_DELETED,
+    PHOTO_REPAIRED,
+    EVENT_ARCHIVED,
+)
+
+# Commands.
+REPAIR_REQUESTED = "repair.requested"
+WEBHOOK_ATTEMPT = "webhook.attempt"
+
+# Collections and their one writer.
+EVENTS = "events"  # upload-ingest
+PHOTOS = "photos"  # upload-ingest; thumbnailing and metadata-repair $set the fields they own
+TOKENS = "tokens"  # upload-ingest (CLI)
+WEBHOOK_ENDPOINTS = "webhook_endpoints"  # upload-ingest
+WEBHOOK_DELIVERIES = "webhook_deliveries"  # webhook-dispatch
+IDEMPOTENCY = "idempotency_keys"  # upload-ingest
+OPERATIONS = "operations"  # upload-ingest creates, metadata-repair progresses
+PROCESSED_MESSAGES = "processed_messages"  # consumers' dedupe ledger
+
+PHOTO_STATUSES = ("uploaded", "processed", "failed", "deleting")
+
+
+def original_key(event_id: str, photo_id: str) -> str:
+    return f"events/{event_id}/originals/{photo_id}"
+
+
+def variant_key(event_id: str, photo_id: str, variant: str, ext: str = "jpg") -> str:
+    return f"events/{event_id}/{variant}/{photo_id}.{ext}"
+
+
+def photo_object_keys(doc: dict[str, Any]) -> list[str]:
+    keys = [doc["original_key"]]
+    keys.extend(v["key"] for v in (doc.get("variants") or {}).values() if v.get("key"))
+    return keys
+
+
+def photo_public(doc: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """The public fields of a photo record, with absolute URLs."""
+    slug = doc["event_slug"]
+    name = quote(doc["filename"], safe="")
+    variants = doc.get("variants") or {}
+    return {
+        "id": doc["_id"],
+        "event_id": doc["event_id"],
+        "filename": doc["filename"],
+        "original_filename": doc.get("original_filename", doc["filename"]),
+        "content_type": doc["content_type"],
+        "kind": doc.get("kind", "image"),
+        "size": doc["size"],
+        "sha256": doc["sha256"],
+        "width": doc.get("width"),
+        "height": doc.get("height"),
+        "captured_at": ms_to_iso(doc.get("captured_at_ms")),
+        "uploaded_at": ms_to_iso(doc["created_ms"]),
+        "category_id": doc.get("category_id"),
+        "status": doc["status"],
+        "status_reason": doc.get("status_reason"),
+        "url": f"{base_url}/photos/{slug}/{name}",
+        "thumbnail_url": f"{base_url}/thumbnails/{slug}/{name}",
+        "hero_url": f"{base_url}/heroes/{slug}/{name}",
+        "variants": {
+            k: {"width": v.get("width"), "height": v.get("height"), "size": v.get("size")}
+            for k, v in variants.items()
+        },
+    }

@@ -1,0 +1,41 @@
+"""Settings shared by every service, read from the environment once in each ``main()``."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """Connection and naming settings every darkroom service needs.
+
+    The defaults point at the embedded development stack (`make run`) on 127.0.0.1.
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
+
+    mongo_url: str = "mongodb://127.0.0.1:27017"
+    mongo_db: str = "darkroom"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    s3_endpoint_url: str | None = "http://127.0.0.1:9000"
+    s3_access_key: SecretStr = SecretStr("darkroom")
+    s3_secret_key: SecretStr = SecretStr("darkroom-secret")
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "darkroom"
+    # Prefix of every exchange and queue name: lets test runs and environments share one broker
+    # without ever seeing each other's messages.
+    amqp_namespace: str = "darkroom"
+    # How clients reach the public API (behind a reverse proxy: the proxy's URL); used in every URL
+    # the API and webhooks hand out.
+    public_base_url: str = "http://127.0.0.1:8080"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Consumers: how many unacknowledged messages one replica holds at once.
+    prefetch: int = Field(default=64, ge=1, le=5000)
+    # The broker dead-letters a message redelivered this many times (a poison message that keeps
+    # crashing its consumer), independently of the application's own retry policy.
+    delivery_limit: int = Field(default=20, ge=1)
+    # How long a graceful stop waits for in-flight messages before closing the channel.
+    shutdown_grace_seconds: float = 20.0

@@ -1,0 +1,86 @@
+"""upload-ingest: the public REST API and the outbox relay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from darkroom_kit import records
+from darkroom_kit.httpapp import REGISTRY, create_base_app
+from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, amqp_ctx
+from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.mongo import MONGO_DB, mongo_ctx
+from darkroom_kit.outbox import Outbox, OutboxRelay, background_ctx
+from darkroom_kit.readiness import readiness_ctx
+from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
+from prometheus_client import Counter
+
+from darkroom_ingest.handlers import PHOTO_SERVICE, UPLOAD_BYTES
+from darkroom_ingest.idempotency import idempotency_middleware
+from darkroom_ingest.photos import PhotoService
+from darkroom_ingest.routes import api_routes, openapi_document, register
+from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.stores import ensure_indexes
+from darkroom_ingest.web_support import SETTINGS
+
+SERVICE = "upload-ingest"
+
+
+async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    db = app[MONGO_DB]
+    await ensure_indexes(db)
+    service = PhotoService(
+        db,
+        app[OBJECT_STORE],
+        Outbox(app[PUBLISHER]),
+        app[TOPOLOGY],
+        settings.public_base_url,
+        settings.outbox_grace_ms,
+    )
+    app[PHOTO_SERVICE] = service
+
+    yield
+
+
+async def _relay(app: web.Application) -> None:
+    db = app[MONGO_DB]
+    service = app[PHOTO_SERVICE]
+    relay = OutboxRelay(
+        Outbox(app[PUBLISHER]),
+        [db[records.PHOTOS], db[records.EVENTS]],
+        after_flush={records.PHOTOS: service.finish_deletion},
+    )
+    await relay.run_forever(app[SETTINGS].outbox_relay_interval_seconds)
+
+
+def create_app(settings: IngestSettings) -> web.Application:
+    # The batch route streams its body itself; client_max_size only bounds bodies read whole.
+    app = create_base_app(
+        SERVICE, client_max_size=settings.max_json_bytes, middlewares=(idempotency_middleware,)
+    )
+    app[SETTINGS] = settings
+    registry = app[REGISTRY]
+    app[UPLOAD_BYTES] = Counter(
+        "upload_bytes_total", "Bytes received in uploads", registry=registry
+    )
+    metrics = ConsumerMetrics(registry, SERVICE)
+    app.cleanup_ctx.extend(
+        [
+            mongo_ctx(settings),
+            object_store_ctx(settings, create_bucket=True),
+            amqp_ctx(settings, metrics),
+            _domain_ctx,
+            readiness_ctx,
+            background_ctx(_relay),
+        ]
+    )
+    routes = api_routes()
+    register(app, routes)
+    document = openapi_document(routes, settings.public_base_url)
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/openapi.json", openapi)
+    return app

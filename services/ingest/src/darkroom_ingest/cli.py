@@ -1,0 +1,93 @@
+"""``darkroom``: the server-side command line (token management)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from darkroom_kit.clock import ms_to_iso
+from darkroom_kit.mongo import open_mongo
+
+from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.stores import TokenStore, ensure_indexes
+from darkroom_ingest.tokens import generate_token, hash_token, parse_scopes
+
+
+async def _create(settings: IngestSettings, name: str, scopes: list[str], event: str | None) -> str:
+    client = open_mongo(settings)
+    try:
+        db = client[settings.mongo_db]
+        await ensure_indexes(db)
+        token = generate_token()
+        await TokenStore(db).create(name, hash_token(token), scopes, event)
+        return token
+    finally:
+        await client.close()
+
+
+async def _list(settings: IngestSettings) -> list[dict[str, object]]:
+    client = open_mongo(settings)
+    try:
+        docs = await TokenStore(client[settings.mongo_db]).list()
+        return [
+            {
+                "id": d["_id"],
+                "name": d["name"],
+                "scopes": d["scopes"],
+                "revoked": d.get("revoked", False),
+                "created_at": ms_to_iso(d["created_ms"]),
+            }
+            for d in docs
+        ]
+    finally:
+        await client.close()
+
+
+async def _revoke(settings: IngestSettings, token_id: str) -> bool:
+    client = open_mongo(settings)
+    try:
+        return await TokenStore(client[settings.mongo_db]).revoke(token_id)
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="darkroom", description="darkroom server commands")
+    sub = parser.add_subparsers(dest="group", required=True)
+    token = sub.add_parser("token", help="manage API tokens").add_subparsers(
+        dest="cmd", required=True
+    )
+    create = token.add_parser("create", help="create a token and print it (shown once)")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: photos.read,photos.write,events.read,events.write,"
+        "webhooks.manage,admin",
+    )
+    create.add_argument("--name", default="cli", help="a label to recognise the token by")
+    create.add_argument("--event", default=None, help="bind the token to one event id")
+    token.add_parser("list", help="list tokens (never their values)")
+    revoke = token.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("token_id")
+    args = parser.parse_args(argv)
+    settings = IngestSettings()
+    if args.cmd == "create":
+        try:
+            scopes = [s.value for s in parse_scopes(args.scopes)]
+        except ValueError as exc:
+            parser.error(str(exc))
+        print(asyncio.run(_create(settings, args.name, scopes, args.event)))
+        return 0
+    if args.cmd == "list":
+        print(json.dumps(asyncio.run(_list(settings)), indent=2))
+        return 0
+    if not asyncio.run(_revoke(settings, args.token_id)):
+        print(f"no token {args.token_id}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

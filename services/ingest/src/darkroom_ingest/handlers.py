@@ -1,0 +1,406 @@
+"""HTTP handlers: parse, call the domain, serialize. Each names the scope it needs."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from typing import Any
+
+from aiohttp import web
+from darkroom_kit import records
+from darkroom_kit.clock import ms_to_iso, now_ms
+from darkroom_kit.ids import new_id
+from darkroom_kit.mongo import MONGO_DB, Document
+from darkroom_kit.problems import FieldError, Problem, not_found
+from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound
+
+from darkroom_ingest import models
+from darkroom_ingest.photos import PhotoService
+from darkroom_ingest.stores import Conflict, EventStore, WebhookStore
+from darkroom_ingest.tokens import Principal, Scope, effective_scopes
+from darkroom_ingest.uploads import BatchReceiver, batch_too_large
+from darkroom_ingest.web_support import (
+    SETTINGS,
+    authenticate,
+    json_response,
+    parse_json,
+    parse_query,
+    require,
+)
+
+PHOTO_SERVICE: web.AppKey[PhotoService] = web.AppKey("photo_service", PhotoService)
+UPLOAD_BYTES: web.AppKey[Any] = web.AppKey("upload_bytes_counter", object)
+
+
+# ---- me -------------------------------------------------------------------------------------
+
+
+async def get_me(request: web.Request) -> web.Response:
+    principal = await authenticate(request)
+    token = await request.app[MONGO_DB][records.TOKENS].find_one({"_id": principal.token_id})
+    assert token is not None
+    return json_response(
+        models.MeOut(
+            id=principal.token_id,
+            name=principal.name,
+            scopes=principal.scopes,
+            effective_scopes=sorted(effective_scopes(principal.scopes)),
+            event_id=principal.event_id,
+            created_at=ms_to_iso(token["created_ms"]) or "",
+        ).model_dump()
+    )
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+def event_out(doc: Document) -> dict[str, Any]:
+    return models.EventOut(
+        id=doc["_id"],
+        name=doc["name"],
+        slug=doc["slug"],
+        photo_cap=doc.get("photo_cap"),
+        photo_count=doc.get("photo_count", 0),
+        categories=[models.Category(**c) for c in doc.get("categories", [])],
+        status=doc.get("status", "active"),
+        created_at=ms_to_iso(doc["created_ms"]) or "",
+    ).model_dump()
+
+
+def _visible_event(principal: Principal, event_id: str) -> None:
+    if principal.event_id is not None and principal.event_id != event_id:
+        raise not_found("event", event_id)
+
+
+async def load_event(request: web.Request, principal: Principal) -> Document:
+    event_id = request.match_info["event_id"]
+    _visible_event(principal, event_id)
+    event = await EventStore(request.app[MONGO_DB]).get(event_id)
+    if event is None:
+        raise not_found("event", event_id)
+    return event
+
+
+async def create_event(request: web.Request) -> web.Response:
+    await require(request, Scope.EVENTS_WRITE)
+    body = await parse_json(request, models.EventCreate)
+    doc: Document = {
+        "_id": new_id("ev"),
+        "name": body.name,
+        "slug": body.slug,
+        "photo_cap": body.photo_cap,
+        "photo_count": 0,
+        "status": "active",
+        "created_ms": now_ms(),
+        "categories": [{"id": new_id("cat"), "name": c.name} for c in body.categories],
+    }
+    try:
+        await EventStore(request.app[MONGO_DB]).create(doc)
+    except Conflict:
+        raise Problem(
+            409,
+            "slug_taken",
+            "The slug is taken",
+            f"Another event uses the slug {body.slug!r}.",
+            errors=[FieldError("/slug", "choose another slug", "slug_taken")],
+        ) from None
+    return json_response(
+        event_out(doc), status=201, headers={"Location": f"/v1/events/{doc['_id']}"}
+    )
+
+
+async def get_event(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.EVENTS_READ)
+    return json_response(event_out(await load_event(request, principal)))
+
+
+# ---- photos ---------------------------------------------------------------------------------
+
+
+def photo_out(request: web.Request, doc: Document) -> dict[str, Any]:
+    return records.photo_public(doc, request.app[SETTINGS].public_base_url)
+
+
+async def upload_batch(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    event = await load_event(request, principal)
+    settings = request.app[SETTINGS]
+    if not request.content_type.startswith("multipart/form-data"):
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Send multipart/form-data",
+            "Upload files as multipart/form-data parts named 'photos'.",
+        )
+    if request.content_length is not None and request.content_length > settings.max_batch_bytes:
+        raise batch_too_large(settings.max_batch_bytes)
+    if event.get("status") == "archived":
+        raise Problem(409, "event_archived", "The event is archived", "It takes no new photos.")
+    cap = event.get("photo_cap")
+    if cap is not None and event.get("photo_count", 0) >= cap:
+        raise Problem(
+            400,
+            "photo_cap_exceeded",
+            "The event's photo cap is reached",
+            f"The event allows {cap} photos and has {event.get('photo_count', 0)}.",
+            extra={"photo_cap": cap, "photo_count": event.get("photo_count", 0)},
+        )
+    receiver = BatchReceiver(
+        request.app[OBJECT_STORE], settings, event["_id"], request.app[UPLOAD_BYTES]
+    )
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise Problem(
+            400, "malformed_multipart", "The multipart body is not valid", str(exc)
+        ) from None
+    batch = await receiver.receive(reader)
+    category_ids = {c["id"] for c in event.get("categories", [])}
+    if batch.category_id is not None and batch.category_id not in category_ids:
+        await receiver.discard(batch.stored)
+        raise Problem(
+            422,
+            "unknown_category",
+            "Unknown category",
+            errors=[
+                FieldError("category_id", "not one of the event's category ids", "unknown_category")
+            ],
+        )
+    if not batch.stored:
+        raise Problem(
+            400,
+            "no_valid_files",
+            "No file of the batch could be stored",
+            "See errors for why each file was skipped."
+            if batch.skipped
+            else "The request has no file parts; send files in the 'photos' field.",
+            errors=[
+                FieldError(s.field, f"{s.filename}: {s.detail}", s.code) for s in batch.skipped
+            ],
+            extra={"skipped": [s.as_dict() for s in batch.skipped]},
+        )
+    docs = await request.app[PHOTO_SERVICE].commit_batch(event, batch.stored, batch.category_id)
+    return json_response(
+        {
+            "uploaded": [photo_out(request, d) for d in docs],
+            "skipped": [s.as_dict() for s in batch.skipped],
+        },
+        status=201,
+    )
+
+
+async def list_photos(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_READ)
+    event = await load_event(request, principal)
+    query = parse_query(request, models.PageQuery)
+    docs, total = await request.app[PHOTO_SERVICE].photos.page(
+        event["_id"], query.limit, query.offset
+    )
+    return json_response(
+        {
+            "items": [photo_out(request, d) for d in docs],
+            "total": total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
+
+
+async def _load_photo(request: web.Request, principal: Principal) -> Document:
+    photo_id = request.match_info["photo_id"]
+    doc = await request.app[PHOTO_SERVICE].photos.get(photo_id)
+    if doc is None or (principal.event_id is not None and doc["event_id"] != principal.event_id):
+        raise not_found("photo", photo_id)
+    return doc
+
+
+async def get_photo(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_READ)
+    return json_response(photo_out(request, await _load_photo(request, principal)))
+
+
+async def delete_photo(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    doc = await _load_photo(request, principal)
+    if not await request.app[PHOTO_SERVICE].delete(doc):
+        raise not_found("photo", doc["_id"])
+    return web.Response(status=204)
+
+
+# ---- serving --------------------------------------------------------------------------------
+
+
+async def _serve(request: web.Request, variant: str | None) -> web.StreamResponse:
+    principal = await require(request, Scope.PHOTOS_READ)
+    slug, filename = request.match_info["slug"], request.match_info["filename"]
+    event = await EventStore(request.app[MONGO_DB]).by_slug(slug)
+    if event is None or (principal.event_id is not None and principal.event_id != event["_id"]):
+        raise not_found("photo", f"{slug}/{filename}")
+    photo = await request.app[PHOTO_SERVICE].photos.by_name(event["_id"], filename)
+    if photo is None:
+        raise not_found("photo", f"{slug}/{filename}")
+    if variant is None:
+        key, etag, content_type = photo["original_key"], photo["sha256"], photo["content_type"]
+    else:
+        info = (photo.get("variants") or {}).get(variant)
+        if info is None:
+            if photo["status"] == "failed":
+                raise Problem(
+                    404,
+                    "variant_unavailable",
+                    f"No {variant} for this photo",
+                    f"Processing failed: {photo.get('status_reason')}.",
+                )
+            raise Problem(
+                404,
+                f"{variant}_processing",
+                f"The {variant} is not ready yet",
+                "It is being made; try again in a moment.",
+                headers={"Retry-After": "1"},
+            )
+        key, etag, content_type = info["key"], info["etag"], info["content_type"]
+    quoted = f'"{etag}"'
+    headers = {
+        "ETag": quoted,
+        "Cache-Control": "private, max-age=3600",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if quoted in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    try:
+        async with request.app[OBJECT_STORE].open_stream(key) as (obj, chunks):
+            response = web.StreamResponse(headers=headers)
+            response.content_type = content_type
+            response.content_length = obj.size
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except ObjectNotFound:
+        raise not_found("photo", f"{slug}/{filename}") from None
+
+
+async def serve_original(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, None)
+
+
+async def serve_thumbnail(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "thumbnail")
+
+
+async def serve_hero(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "hero")
+
+
+# ---- webhooks -------------------------------------------------------------------------------
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_out(doc: Document, secret: str | None = None) -> dict[str, Any]:
+    return models.WebhookOut(
+        id=doc["_id"],
+        url=doc["url"],
+        event_types=doc["event_types"],
+        description=doc.get("description"),
+        enabled=doc.get("enabled", True),
+        created_at=ms_to_iso(doc["created_ms"]) or "",
+        secret=secret,
+    ).model_dump(exclude_none=secret is None)
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    body = await parse_json(request, models.WebhookCreate)
+    secret = new_webhook_secret()
+    doc: Document = {
+        "_id": new_id("wh"),
+        "url": str(body.url),
+        "event_types": body.event_types,
+        "description": body.description,
+        "enabled": True,
+        "created_ms": now_ms(),
+        "secrets": [{"secret": secret, "created_ms": now_ms(), "expires_ms": None}],
+    }
+    await WebhookStore(request.app[MONGO_DB]).create(doc)
+    return json_response(
+        webhook_out(doc, secret), status=201, headers={"Location": f"/v1/webhooks/{doc['_id']}"}
+    )
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    query = parse_query(request, models.PageQuery)
+    docs, total = await WebhookStore(request.app[MONGO_DB]).page(query.limit, query.offset)
+    return json_response(
+        {
+            "items": [webhook_out(d) for d in docs],
+            "total": total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
+
+
+async def _load_webhook(request: web.Request) -> Document:
+    endpoint_id = request.match_info["webhook_id"]
+    doc = await WebhookStore(request.app[MONGO_DB]).get(endpoint_id)
+    if doc is None:
+        raise not_found("webhook", endpoint_id)
+    return doc
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    return json_response(webhook_out(await _load_webhook(request)))
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    doc = await _load_webhook(request)
+    await WebhookStore(request.app[MONGO_DB]).delete(doc["_id"])
+    return web.Response(status=204)
+
+
+def delivery_out(doc: Document) -> dict[str, Any]:
+    attempts = [
+        models.Attempt(
+            at=ms_to_iso(a["at_ms"]) or "",
+            status_code=a.get("status_code"),
+            error=a.get("error"),
+            duration_ms=a.get("duration_ms", 0),
+            response_body=a.get("response_body"),
+        )
+        for a in doc.get("attempts", [])
+    ]
+    return models.DeliveryOut(
+        id=doc["_id"],
+        endpoint_id=doc["endpoint_id"],
+        message_id=doc["message_id"],
+        event_type=doc["event_type"],
+        status=doc["status"],
+        attempt_count=doc.get("attempt_count", len(attempts)),
+        attempts=attempts,
+        created_at=ms_to_iso(doc["created_ms"]) or "",
+        last_attempt_at=ms_to_iso(doc.get("last_attempt_ms")),
+    ).model_dump()
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    doc = await _load_webhook(request)
+    query = parse_query(request, models.PageQuery)
+    docs, total = await WebhookStore(request.app[MONGO_DB]).deliveries(
+        doc["_id"], query.limit, query.offset
+    )
+    return json_response(
+        {
+            "items": [delivery_out(d) for d in docs],
+            "total": total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )

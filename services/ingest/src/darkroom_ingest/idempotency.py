@@ -1,0 +1,93 @@
+"""``Idempotency-Key`` on every write: a repeat with the same key and body replays the first
+answer; the same key with another body is a 422; a repeat while the first still runs is a 409.
+
+Keys are scoped to the token that sent them. For JSON bodies the fingerprint is the method, path and
+the body's bytes. A streamed upload is not read twice, so its fingerprint is the method, path and
+Content-Length.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from aiohttp import web
+from darkroom_kit.httpapp import Handler
+from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.problems import Problem, problem_response
+
+from darkroom_ingest.stores import IdempotencyStore
+from darkroom_ingest.web_support import SETTINGS, authenticate
+
+WRITES = {"POST", "PATCH", "DELETE", "PUT"}
+MAX_KEY_LENGTH = 255
+# A claim older than this belongs to a request whose process died: it may be taken over.
+STALE_MS = 15 * 60 * 1000
+
+
+async def _fingerprint(request: web.Request) -> str:
+    digest = hashlib.sha256(f"{request.method} {request.path}?{request.query_string}\n".encode())
+    if request.content_type.startswith("multipart/"):
+        digest.update(f"length={request.content_length}".encode())
+    else:
+        # Handlers read the body through request.content; read() caches it for them.
+        digest.update(await request.read())
+    return base64.urlsafe_b64encode(digest.digest()).decode()
+
+
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.headers.get("Idempotency-Key")
+    if key is None or request.method not in WRITES:
+        return await handler(request)
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise Problem(
+            400,
+            "invalid_idempotency_key",
+            "Idempotency-Key is not valid",
+            f"Use 1 to {MAX_KEY_LENGTH} characters, such as a UUID.",
+        )
+    principal = await authenticate(request)
+    store = IdempotencyStore(request.app[MONGO_DB])
+    scoped = f"{principal.token_id}:{key}"
+    fingerprint = await _fingerprint(request)
+    ttl_ms = request.app[SETTINGS].idempotency_ttl_hours * 3600 * 1000
+    existing = await store.begin(scoped, fingerprint, ttl_ms, STALE_MS)
+    if existing is not None:
+        if existing["fingerprint"] != fingerprint:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "Idempotency-Key was used for another request",
+                "This key came with a different request; use a new key.",
+            )
+        if existing["state"] == "running":
+            raise Problem(
+                409,
+                "idempotency_key_in_use",
+                "The first request is still running",
+                "Retry after it has finished to get its answer.",
+                headers={"Retry-After": "1"},
+            )
+        return web.Response(
+            status=existing["status"],
+            body=bytes(existing["body"]),
+            headers={"Content-Type": existing["content_type"], "Idempotent-Replayed": "true"},
+        )
+    try:
+        response = await handler(request)
+    except Problem as problem:
+        if problem.status >= 500:
+            await store.abandon(scoped)
+            raise
+        response = problem_response(problem, request.path)
+    except BaseException:
+        # Nothing durable to replay: let the client try again with the same key.
+        await store.abandon(scoped)
+        raise
+    if isinstance(response, web.Response) and response.status < 500:
+        body = response.body if isinstance(response.body, bytes) else b""
+        await store.finish(scoped, response.status, body, response.content_type)
+    else:
+        await store.abandon(scoped)
+    return response

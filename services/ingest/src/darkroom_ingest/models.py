@@ -1,0 +1,182 @@
+"""Request and response models. They validate requests and generate the OpenAPI document, so the
+contract and the code cannot drift apart."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from darkroom_kit.records import PUBLIC_EVENT_TYPES
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class CategoryIn(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class EventCreate(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    slug: Annotated[str, Field(min_length=1, max_length=64, description="URL name, a-z 0-9 -")]
+    photo_cap: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+    categories: Annotated[list[CategoryIn], Field(max_length=100)] = []
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError("a slug is lower-case letters, digits and inner hyphens")
+        return value
+
+
+class Category(BaseModel):
+    id: str
+    name: str
+
+
+class EventOut(BaseModel):
+    id: str
+    name: str
+    slug: str
+    photo_cap: int | None
+    photo_count: int
+    categories: list[Category]
+    status: Literal["active", "archived"]
+    created_at: str
+
+
+def _check_event_type(pattern: str) -> str:
+    if pattern == "*":
+        return pattern
+    if pattern.endswith(".*"):
+        prefix = pattern[:-1]
+        if any(t.startswith(prefix) for t in PUBLIC_EVENT_TYPES):
+            return pattern
+    elif pattern in PUBLIC_EVENT_TYPES:
+        return pattern
+    raise ValueError(
+        f"unknown event type {pattern!r}; known: {', '.join(PUBLIC_EVENT_TYPES)}, "
+        "a prefix wildcard such as photo.*, or * for all"
+    )
+
+
+class WebhookCreate(Strict):
+    url: HttpUrl
+    event_types: Annotated[list[str], Field(min_length=1, max_length=50)]
+    description: Annotated[str | None, Field(max_length=500)] = None
+
+    @field_validator("event_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(_check_event_type(v.strip()) for v in value))
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    event_types: list[str]
+    description: str | None
+    enabled: bool
+    created_at: str
+    secret: str | None = Field(
+        default=None, description="The signing secret; returned only when the endpoint is created."
+    )
+
+
+class Attempt(BaseModel):
+    at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    response_body: str | None = None
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    endpoint_id: str
+    message_id: str
+    event_type: str
+    status: Literal["pending", "succeeded", "failed", "cancelled"]
+    attempt_count: int
+    attempts: list[Attempt]
+    created_at: str
+    last_attempt_at: str | None
+
+
+class VariantOut(BaseModel):
+    width: int | None
+    height: int | None
+    size: int | None
+
+
+class PhotoOut(BaseModel):
+    id: str
+    event_id: str
+    filename: str
+    original_filename: str
+    content_type: str
+    kind: Literal["image", "video"]
+    size: int
+    sha256: str
+    width: int | None
+    height: int | None
+    captured_at: str | None
+    uploaded_at: str
+    category_id: str | None
+    status: Literal["uploaded", "processed", "failed", "deleting"]
+    status_reason: str | None
+    url: str
+    thumbnail_url: str
+    hero_url: str
+    variants: dict[str, VariantOut]
+
+
+class Skipped(BaseModel):
+    filename: str | None
+    field: str
+    code: str
+    detail: str
+
+
+class BatchOut(BaseModel):
+    uploaded: list[PhotoOut]
+    skipped: list[Skipped]
+
+
+class MeOut(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    effective_scopes: list[str]
+    event_id: str | None
+    created_at: str
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageQuery(Strict):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    offset: Annotated[int, Field(ge=0)] = 0
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from darkroom_kit.settings import CommonSettings
+from pydantic import Field
+
+MB = 1000 * 1000
+MIB = 1024 * 1024
+
+
+class IngestSettings(CommonSettings):
+    allowed_types: list[str] = ["jpeg", "png", "gif", "webp"]
+    max_file_bytes: int = Field(default=50 * MB, ge=1)
+    max_batch_files: int = Field(default=500, ge=1)
+    # The most one batch request may carry; a larger Content-Length is refused before reading.
+    max_batch_bytes: int = Field(default=5 * 1024 * MIB, ge=1)
+    max_json_bytes: int = Field(default=1 * MIB, ge=1024)
+    # Size of the S3 parts a streamed file is cut into (S3's minimum is 5 MiB).
+    upload_part_bytes: int = Field(default=8 * MIB, ge=5 * MIB)
+    # Multipart read size: larger means fewer Python-level loop turns per GiB.
+    read_chunk_bytes: int = Field(default=256 * 1024, ge=4096)
+    # A writer that has not published its outbox within this time is presumed dead; the relay
+    # publishes for it.
+    outbox_grace_ms: int = 10_000
+    outbox_relay_interval_seconds: float = 2.0
+    idempotency_ttl_hours: int = 24

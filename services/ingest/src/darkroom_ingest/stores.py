@@ -1,0 +1,289 @@
+"""MongoDB adapters of upload-ingest's records. Vendor errors become domain errors here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from darkroom_kit import outbox, records
+from darkroom_kit.clock import now_ms
+from darkroom_kit.ids import new_id
+from darkroom_kit.messaging import Envelope
+from darkroom_kit.mongo import Database, Document
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from darkroom_ingest.filenames import numbered
+
+
+class Conflict(Exception):
+    """A unique value is taken."""
+
+
+class CapExceeded(Exception):
+    def __init__(self, cap: int, count: int) -> None:
+        super().__init__(f"cap {cap}, already {count}")
+        self.cap = cap
+        self.count = count
+
+
+async def ensure_indexes(db: Database) -> None:
+    await db[records.TOKENS].create_index([("hash", ASCENDING)], unique=True)
+    await db[records.EVENTS].create_index([("slug", ASCENDING)], unique=True)
+    await db[records.EVENTS].create_index([(outbox.OUTBOX_DUE, ASCENDING)], sparse=True)
+    photos = db[records.PHOTOS]
+    await photos.create_index([("event_id", ASCENDING), ("filename", ASCENDING)], unique=True)
+    await photos.create_index([("event_id", ASCENDING), ("created_ms", DESCENDING)])
+    await photos.create_index([(outbox.OUTBOX_DUE, ASCENDING)], sparse=True)
+    await db[records.WEBHOOK_ENDPOINTS].create_index([("enabled", ASCENDING)])
+    await db[records.WEBHOOK_DELIVERIES].create_index(
+        [("endpoint_id", ASCENDING), ("created_ms", DESCENDING)]
+    )
+    await db[records.IDEMPOTENCY].create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+
+
+class TokenStore:
+    def __init__(self, db: Database) -> None:
+        self._col = db[records.TOKENS]
+
+    async def create(
+        self, name: str, token_hash: str, scopes: list[str], event_id: str | None = None
+    ) -> Document:
+        doc = {
+            "_id": new_id("tok"),
+            "name": name,
+            "hash": token_hash,
+            "scopes": scopes,
+            "event_id": event_id,
+            "created_ms": now_ms(),
+            "revoked": False,
+        }
+        await self._col.insert_one(doc)
+        return doc
+
+    async def by_hash(self, token_hash: str) -> Document | None:
+        return await self._col.find_one({"hash": token_hash, "revoked": False})
+
+    async def list(self) -> list[Document]:
+        return [d async for d in self._col.find({}, {"hash": 0}).sort("created_ms", ASCENDING)]
+
+    async def revoke(self, token_id: str) -> bool:
+        res = await self._col.update_one({"_id": token_id}, {"$set": {"revoked": True}})
+        return res.matched_count == 1
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self._col = db[records.EVENTS]
+
+    async def create(self, doc: Document) -> Document:
+        try:
+            await self._col.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise Conflict("slug") from exc
+        return doc
+
+    async def get(self, event_id: str) -> Document | None:
+        return await self._col.find_one({"_id": event_id}, {outbox.OUTBOX: 0})
+
+    async def by_slug(self, slug: str) -> Document | None:
+        return await self._col.find_one({"slug": slug}, {outbox.OUTBOX: 0})
+
+    async def reserve_photos(self, event: Document, n: int) -> None:
+        """Count ``n`` more photos against the event's cap, atomically: a conditional update, never
+        count-then-insert. Raises :class:`CapExceeded`."""
+        for _ in range(5):
+            cap = event.get("photo_cap")
+            query: Document = {"_id": event["_id"]}
+            if cap is None:
+                query["photo_cap"] = None
+            else:
+                query.update({"photo_cap": cap, "photo_count": {"$lte": cap - n}})
+            updated = await self._col.find_one_and_update(
+                query, {"$inc": {"photo_count": n}}, return_document=ReturnDocument.AFTER
+            )
+            if updated is not None:
+                return
+            fresh = await self.get(event["_id"])
+            if fresh is None:
+                raise LookupError(event["_id"])
+            if cap is not None and fresh.get("photo_cap") == cap:
+                raise CapExceeded(cap, fresh.get("photo_count", 0))
+            event = fresh  # the cap changed under us: decide again with the new one
+        raise CapExceeded(event.get("photo_cap") or 0, event.get("photo_count", 0))
+
+    async def release_photos(self, event_id: str, n: int) -> None:
+        await self._col.update_one({"_id": event_id}, {"$inc": {"photo_count": -n}})
+
+
+class PhotoStore:
+    def __init__(self, db: Database) -> None:
+        self.col = db[records.PHOTOS]
+
+    async def insert_unique(
+        self, docs: list[Document], prepare: Callable[[Document], None]
+    ) -> list[Document]:
+        """Insert photos; a name taken in the event gets the next free number (``a-2.jpg``).
+
+        ``prepare`` completes a document from its final name (its outbox message names the file)
+        before each insert attempt, so record and message always land in one write."""
+        if not docs:
+            return []
+        for doc in docs:
+            prepare(doc)
+        failed: list[int] = []
+        try:
+            await self.col.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            for err in exc.details.get("writeErrors", []):
+                if err.get("code") != 11000:
+                    raise
+                failed.append(err["index"])
+        for index in failed:
+            doc = docs[index]
+            base = doc["filename"]
+            for n in range(2, 10_000):
+                doc["filename"] = numbered(base, n)
+                prepare(doc)
+                try:
+                    await self.col.insert_one(doc)
+                    break
+                except DuplicateKeyError:
+                    continue
+        return docs
+
+    async def get(self, photo_id: str) -> Document | None:
+        return await self.col.find_one(
+            {"_id": photo_id, "status": {"$ne": "deleting"}}, {outbox.OUTBOX: 0}
+        )
+
+    async def by_name(self, event_id: str, filename: str) -> Document | None:
+        return await self.col.find_one(
+            {"event_id": event_id, "filename": filename, "status": {"$ne": "deleting"}},
+            {outbox.OUTBOX: 0},
+        )
+
+    async def page(self, event_id: str, limit: int, offset: int) -> tuple[list[Document], int]:
+        query = {"event_id": event_id, "status": {"$ne": "deleting"}}
+        total = await self.col.count_documents(query)
+        cursor = (
+            self.col.find(query, {outbox.OUTBOX: 0})
+            .sort([("created_ms", DESCENDING), ("_id", DESCENDING)])
+            .skip(offset)
+            .limit(limit)
+        )
+        return [d async for d in cursor], total
+
+    async def mark_deleting(
+        self, photo_id: str, message: Envelope, exchange: str, grace_ms: int
+    ) -> Document | None:
+        """Tombstone a photo and queue its ``photo.deleted`` in the same write. Returns the photo
+        as it was, or None when it is unknown or already being deleted."""
+        ops = outbox.push(exchange, [message], grace_ms)
+        ops["$set"]["status"] = "deleting"
+        return await self.col.find_one_and_update(
+            {"_id": photo_id, "status": {"$ne": "deleting"}},
+            ops,
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def remove(self, photo_id: str) -> None:
+        await self.col.delete_one({"_id": photo_id, "status": "deleting"})
+
+
+class WebhookStore:
+    def __init__(self, db: Database) -> None:
+        self._col = db[records.WEBHOOK_ENDPOINTS]
+        self._deliveries = db[records.WEBHOOK_DELIVERIES]
+
+    async def create(self, doc: Document) -> Document:
+        await self._col.insert_one(doc)
+        return doc
+
+    async def get(self, endpoint_id: str) -> Document | None:
+        return await self._col.find_one({"_id": endpoint_id, "deleted": {"$ne": True}})
+
+    async def page(self, limit: int, offset: int) -> tuple[list[Document], int]:
+        query = {"deleted": {"$ne": True}}
+        total = await self._col.count_documents(query)
+        cursor = self._col.find(query).sort("created_ms", DESCENDING).skip(offset).limit(limit)
+        return [d async for d in cursor], total
+
+    async def delete(self, endpoint_id: str) -> bool:
+        res = await self._col.delete_one({"_id": endpoint_id})
+        return res.deleted_count == 1
+
+    async def deliveries(
+        self, endpoint_id: str, limit: int, offset: int
+    ) -> tuple[list[Document], int]:
+        query = {"endpoint_id": endpoint_id}
+        total = await self._deliveries.count_documents(query)
+        cursor = (
+            self._deliveries.find(query, {"payload": 0})
+            .sort([("created_ms", DESCENDING), ("_id", DESCENDING)])
+            .skip(offset)
+            .limit(limit)
+        )
+        return [d async for d in cursor], total
+
+
+class IdempotencyStore:
+    """Remembers the first answer to each (token, Idempotency-Key)."""
+
+    def __init__(self, db: Database) -> None:
+        self._col = db[records.IDEMPOTENCY]
+
+    async def begin(
+        self, key: str, fingerprint: str, ttl_ms: int, stale_ms: int
+    ) -> Document | None:
+        """Claim the key. None when claimed; otherwise the record that holds it."""
+        now = now_ms()
+        doc = {
+            "_id": key,
+            "fingerprint": fingerprint,
+            "state": "running",
+            "started_ms": now,
+            "expires_at": datetime.now(UTC) + timedelta(milliseconds=ttl_ms),
+        }
+        try:
+            await self._col.insert_one(doc)
+            return None
+        except DuplicateKeyError:
+            pass
+        # A claim whose holder died long ago may be taken over.
+        taken = await self._col.find_one_and_update(
+            {
+                "_id": key,
+                "state": "running",
+                "started_ms": {"$lt": now - stale_ms},
+                "fingerprint": fingerprint,
+            },
+            {"$set": {"started_ms": now}},
+        )
+        if taken is not None:
+            return None
+        existing = await self._col.find_one({"_id": key})
+        if existing is None:  # expired between the two calls: claim again
+            return await self.begin(key, fingerprint, ttl_ms, stale_ms)
+        return existing
+
+    async def finish(self, key: str, status: int, body: bytes, content_type: str) -> None:
+        await self._col.update_one(
+            {"_id": key},
+            {
+                "$set": {
+                    "state": "done",
+                    "status": status,
+                    "body": body,
+                    "content_type": content_type,
+                }
+            },
+        )
+
+    async def abandon(self, key: str) -> None:
+        await self._col.delete_one({"_id": key, "state": "running"})
+
+
+def record_page(docs: list[Document], total: int, limit: int, offset: int, render: Any) -> Any:
+    return {"items": [render(d) for d in docs], "total": total, "limit": limit, "offset": offset}

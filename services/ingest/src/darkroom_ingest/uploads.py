@@ -1,0 +1,228 @@
+"""Batch uploads: multipart/form-data streamed part by part to S3.
+
+Each file is sniffed by its first bytes, hashed (SHA-256) and size-checked while it streams; the
+request body is never held whole. Files that fail a check are skipped with a reason and the rest of
+the batch is kept. Records are written only after every file is stored, and objects of a batch that
+is refused as a whole (cap, size, broken request) are deleted, so nothing half-done stays behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import BodyPartReader, MultipartReader
+from darkroom_kit import records
+from darkroom_kit.ids import new_id
+from darkroom_kit.problems import FieldError, Problem
+from darkroom_kit.storage import S3ObjectStore, StorageError
+from prometheus_client import Counter
+
+from darkroom_ingest import filenames, sniff
+from darkroom_ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+FILE_FIELDS = {"photos", "photos[]", "file", "files"}
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    filename: str | None
+    field: str
+    code: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "filename": self.filename,
+            "field": self.field,
+            "code": self.code,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    photo_id: str
+    key: str
+    filename: str
+    original_filename: str
+    kind: sniff.FileType
+    size: int
+    sha256: str
+
+
+@dataclass
+class ReceivedBatch:
+    stored: list[StoredFile] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    category_id: str | None = None
+
+
+def batch_too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "body_too_large",
+        "The batch is too large",
+        f"One batch request may carry at most {limit} bytes; split it, or use chunked "
+        "uploads for big files.",
+    )
+
+
+class BatchReceiver:
+    def __init__(
+        self, store: S3ObjectStore, settings: IngestSettings, event_id: str, bytes_counter: Counter
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._event_id = event_id
+        self._bytes = bytes_counter
+        self._allowed = set(settings.allowed_types)
+        self._total = 0
+
+    async def receive(self, reader: MultipartReader) -> ReceivedBatch:
+        batch = ReceivedBatch()
+        files_seen = 0
+        try:
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                if not isinstance(part, BodyPartReader):
+                    raise Problem(
+                        400,
+                        "nested_multipart",
+                        "Nested multipart is not supported",
+                        errors=[FieldError("photos", "send each file as its own part")],
+                    )
+                name = part.name or ""
+                if name == "category_id" and part.filename is None:
+                    batch.category_id = (await part.text()).strip() or None
+                    continue
+                if name not in FILE_FIELDS:
+                    await part.release()
+                    batch.skipped.append(
+                        Skipped(
+                            part.filename,
+                            name or "(unnamed)",
+                            "unknown_field",
+                            "Send files in the 'photos' field.",
+                        )
+                    )
+                    continue
+                where = f"photos[{files_seen}]"
+                files_seen += 1
+                if files_seen > self._settings.max_batch_files:
+                    await part.release()
+                    batch.skipped.append(
+                        Skipped(
+                            part.filename,
+                            where,
+                            "too_many_files",
+                            f"A batch holds at most {self._settings.max_batch_files} files.",
+                        )
+                    )
+                    continue
+                result = await self._receive_file(part, where)
+                if isinstance(result, Skipped):
+                    batch.skipped.append(result)
+                else:
+                    batch.stored.append(result)
+        except BaseException:
+            await self.discard(batch.stored)
+            raise
+        return batch
+
+    async def discard(self, stored: list[StoredFile]) -> None:
+        with contextlib.suppress(StorageError):
+            await self._store.delete_many([f.key for f in stored])
+
+    async def _receive_file(self, part: BodyPartReader, where: str) -> StoredFile | Skipped:
+        raw_name = part.filename
+        try:
+            name = filenames.validate_filename(raw_name)
+        except filenames.InvalidFilename as exc:
+            await self._drain(part)
+            return Skipped(raw_name, where, "invalid_filename", str(exc))
+        chunk_size = self._settings.read_chunk_bytes
+        head = b""
+        while len(head) < sniff.SNIFF_BYTES:
+            chunk = await part.read_chunk(chunk_size)
+            if not chunk:
+                break
+            head += chunk
+            self._count(len(chunk))
+        if not head:
+            return Skipped(name, where, "empty_file", "The file is empty.")
+        kind = sniff.sniff(head)
+        if kind is None or kind.name not in self._allowed:
+            await self._drain(part)
+            what = "an unrecognised format" if kind is None else kind.name.upper()
+            return Skipped(
+                name,
+                where,
+                "unsupported_type",
+                f"The content is {what}; allowed: {', '.join(sorted(self._allowed))}.",
+            )
+        photo_id = new_id("ph")
+        key = records.original_key(self._event_id, photo_id)
+        writer = self._store.writer(key, kind.content_type, self._settings.upload_part_bytes)
+        digest = hashlib.sha256()
+        tail = b""
+        max_bytes = self._settings.max_file_bytes
+        try:
+            chunk = head
+            while chunk:
+                if writer.size + len(chunk) > max_bytes:
+                    await writer.abort()
+                    await self._drain(part)
+                    return Skipped(
+                        name,
+                        where,
+                        "file_too_large",
+                        f"Files are limited to {max_bytes} bytes in a batch; use "
+                        "a chunked upload for bigger ones.",
+                    )
+                digest.update(chunk)
+                tail = (
+                    (tail + chunk)[-sniff.TAIL_BYTES :]
+                    if len(chunk) < sniff.TAIL_BYTES
+                    else chunk[-sniff.TAIL_BYTES :]
+                )
+                await writer.write(chunk)
+                chunk = await part.read_chunk(chunk_size)
+                self._count(len(chunk))
+            if not sniff.is_complete(kind, head, tail, writer.size):
+                await writer.abort()
+                return Skipped(
+                    name,
+                    where,
+                    "truncated_file",
+                    f"The {kind.name.upper()} data ends early: the file is incomplete.",
+                )
+            info = await writer.close()
+        except BaseException:
+            await writer.abort()
+            raise
+        return StoredFile(
+            photo_id,
+            key,
+            filenames.with_extension(name, kind.extension),
+            name,
+            kind,
+            info.size,
+            digest.hexdigest(),
+        )
+
+    def _count(self, n: int) -> None:
+        self._total += n
+        self._bytes.inc(n)
+        if self._total > self._settings.max_batch_bytes:
+            raise batch_too_large(self._settings.max_batch_bytes)
+
+    async def _drain(self, part: BodyPartReader) -> None:
+        while chunk := await part.read_chunk(self._settings.read_chunk_bytes):
+            self._count(len(chunk))

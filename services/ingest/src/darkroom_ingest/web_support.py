@@ -1,0 +1,148 @@
+"""Request parsing and authentication for the API handlers: bad input becomes problem+json."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.problems import FieldError, Problem
+from pydantic import BaseModel, ValidationError
+
+from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.stores import TokenStore
+from darkroom_ingest.tokens import Principal, Scope, hash_token
+
+M = TypeVar("M", bound=BaseModel)
+
+SETTINGS: web.AppKey[IngestSettings] = web.AppKey("settings", IngestSettings)
+_PRINCIPAL = "darkroom.principal"
+
+
+def _pointer(loc: tuple[int | str, ...]) -> str:
+    return "/" + "/".join(str(p) for p in loc) if loc else ""
+
+
+def validation_problem(exc: ValidationError, *, in_query: bool = False) -> Problem:
+    errors = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        where = str(loc[0]) if in_query and loc else _pointer(loc)
+        errors.append(FieldError(where, err["msg"], err["type"]))
+    return Problem(
+        422,
+        "validation_failed",
+        "The request is not valid",
+        "See errors for each field that needs a change.",
+        errors=errors,
+    )
+
+
+async def parse_json(request: web.Request, model: type[M]) -> M:
+    if request.content_type not in ("application/json", "") and not request.content_type.endswith(
+        "+json"
+    ):
+        raise Problem(
+            415,
+            "unsupported_media_type",
+            "Send JSON",
+            f"Content-Type {request.content_type!r} is not application/json.",
+        )
+    limit = request.app[SETTINGS].max_json_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Problem(
+            413,
+            "body_too_large",
+            "Request body too large",
+            f"JSON bodies are limited to {limit} bytes.",
+        )
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise Problem(
+            413,
+            "body_too_large",
+            "Request body too large",
+            f"JSON bodies are limited to {limit} bytes.",
+        )
+    try:
+        data: Any = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "malformed_json", "The body is not valid JSON", str(exc)) from None
+    if not isinstance(data, dict):
+        raise Problem(
+            400,
+            "malformed_json",
+            "The body must be a JSON object",
+            'Send a JSON object, such as {"name": ...}.',
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise validation_problem(exc, in_query=True) from None
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("X-Auth-Token") or None
+
+
+async def authenticate(request: web.Request) -> Principal:
+    cached = request.get(_PRINCIPAL)
+    if isinstance(cached, Principal):
+        return cached
+    token = bearer_token(request)
+    if token is None:
+        raise Problem(
+            401,
+            "unauthenticated",
+            "Authentication required",
+            "Send a token as 'Authorization: Bearer <token>' or 'X-Auth-Token'.",
+            headers={"WWW-Authenticate": 'Bearer realm="darkroom"'},
+        )
+    doc = await TokenStore(request.app[MONGO_DB]).by_hash(hash_token(token))
+    if doc is None:
+        raise Problem(
+            401,
+            "invalid_token",
+            "The token is not valid",
+            "The token is unknown or was revoked.",
+            headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
+        )
+    principal = Principal(doc["_id"], doc["name"], list(doc["scopes"]), doc.get("event_id"))
+    request[_PRINCIPAL] = principal
+    return principal
+
+
+async def require(request: web.Request, scope: Scope) -> Principal:
+    principal = await authenticate(request)
+    if not principal.may(scope):
+        raise Problem(
+            403,
+            "insufficient_scope",
+            "The token lacks a scope",
+            f"This needs the scope {scope.value!r}.",
+            extra={"required_scope": scope.value},
+        )
+    return principal
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,89 @@
+"""metadata-repair: re-extracts missing dimensions and capture dates from stored files."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from darkroom_kit import records
+from darkroom_kit.httpapp import REGISTRY, create_base_app
+from darkroom_kit.messaging import (
+    PUBLISHER,
+    TOPOLOGY,
+    Envelope,
+    Handler,
+    QueueSpec,
+    Topology,
+    amqp_ctx,
+    consumer_ctx,
+)
+from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.mongo import MONGO_DB, mongo_ctx
+from darkroom_kit.outbox import Outbox, background_ctx
+from darkroom_kit.pool import RENDER_POOL, pool_ctx
+from darkroom_kit.readiness import readiness_ctx
+from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
+
+from darkroom_repair.repair import Repairer
+from darkroom_repair.settings import RepairSettings
+
+SERVICE = "metadata-repair"
+
+REPAIRER: web.AppKey[Repairer] = web.AppKey("repairer", Repairer)
+
+
+def queue_spec(topology: Topology) -> QueueSpec:
+    return QueueSpec(
+        topology.queue(SERVICE, "requests"),
+        topology.commands,
+        (records.REPAIR_REQUESTED,),
+        (5_000, 60_000, 600_000),
+    )
+
+
+def create_app(settings: RepairSettings) -> web.Application:
+    app = create_base_app(SERVICE)
+    metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
+
+    async def repairer_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[REPAIRER] = Repairer(
+            app[MONGO_DB],
+            app[OBJECT_STORE],
+            app[RENDER_POOL],
+            Outbox(app[PUBLISHER]),
+            app[TOPOLOGY],
+            settings.public_base_url,
+            settings.head_bytes,
+            settings.max_pixels,
+            settings.batch_size,
+            settings.concurrency,
+            app[REGISTRY],
+        )
+        yield
+
+    def handler(app: web.Application) -> Handler:
+        return app[REPAIRER].handle
+
+    async def sweep(app: web.Application) -> None:
+        # The sweep requests a repair like any client would, so replicas share the work through
+        # the queue instead of each scanning on its own.
+        while settings.sweep_interval_seconds > 0:
+            await asyncio.sleep(settings.sweep_interval_seconds)
+            await app[PUBLISHER].publish(
+                app[TOPOLOGY].commands, Envelope.new(records.REPAIR_REQUESTED, {"sweep": True})
+            )
+
+    app.cleanup_ctx.extend(
+        [
+            mongo_ctx(settings),
+            object_store_ctx(settings),
+            amqp_ctx(settings, metrics),
+            pool_ctx(1),
+            repairer_ctx,
+            consumer_ctx(settings, queue_spec, handler, metrics),
+            background_ctx(sweep),
+            readiness_ctx,
+        ]
+    )
+    return app

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import os
+
+from darkroom_kit.settings import CommonSettings
+from pydantic import Field
+
+
+class ThumbnailSettings(CommonSettings):
+    http_port: int = 8081
+    thumbnail_px: int = Field(default=400, ge=16, le=4000)
+    hero_px: int = Field(default=1600, ge=16, le=8000)
+    quality: int = Field(default=82, ge=1, le=100)
+    output_format: str = Field(default="jpeg", pattern="^(jpeg|webp)$")
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    render_timeout_seconds: float = 60.0
+    # One rendering process per core; each runs one libvips thread.
+    render_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    retry_delays_ms: tuple[int, ...] = (2_000, 15_000, 60_000, 300_000)
+    # Enough messages in hand to keep every rendering process busy while the next file downloads.
+    prefetch: int = 8

@@ -1,0 +1,102 @@
+"""webhook-dispatch: fans public events out to subscribed endpoints and delivers them, signed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from darkroom_kit import records
+from darkroom_kit.httpapp import REGISTRY, create_base_app
+from darkroom_kit.messaging import (
+    PUBLISHER,
+    TOPOLOGY,
+    Handler,
+    QueueSpec,
+    Topology,
+    amqp_ctx,
+    consumer_ctx,
+)
+from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.mongo import MONGO_DB, mongo_ctx
+from darkroom_kit.readiness import readiness_ctx
+
+from darkroom_webhooks.delivery import Dispatcher, Sender, WebhookMetrics, close_quietly
+from darkroom_webhooks.settings import WebhookSettings
+from darkroom_webhooks.ssrf import GuardedResolver, parse_networks
+
+SERVICE = "webhook-dispatch"
+
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
+
+
+def fanout_spec(topology: Topology) -> QueueSpec:
+    return QueueSpec(
+        topology.queue(SERVICE, "events"),
+        topology.events,
+        records.PUBLIC_EVENT_TYPES,
+        (1_000, 10_000, 60_000, 300_000),
+    )
+
+
+def attempts_spec(topology: Topology, settings: WebhookSettings) -> QueueSpec:
+    return QueueSpec(
+        topology.queue(SERVICE, "attempts"),
+        topology.commands,
+        (records.WEBHOOK_ATTEMPT,),
+        settings.retry_delays_ms,
+    )
+
+
+def create_app(settings: WebhookSettings) -> web.Application:
+    app = create_base_app(SERVICE)
+    registry = app[REGISTRY]
+    metrics = ConsumerMetrics(registry, SERVICE)
+    webhook_metrics = WebhookMetrics(registry)
+
+    async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
+        allowed = parse_networks(settings.allow_private_networks)
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(allowed),
+            limit=settings.max_connections,
+            limit_per_host=32,
+            ttl_dns_cache=30,
+        )
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        timeout = aiohttp.ClientTimeout(
+            total=settings.timeout_seconds, connect=settings.connect_timeout_seconds
+        )
+        sender = Sender(session, allowed, settings.response_body_limit, timeout)
+        lease_ms = int((settings.timeout_seconds + 10) * 1000)
+        app[DISPATCHER] = Dispatcher(
+            app[MONGO_DB],
+            app[PUBLISHER],
+            app[TOPOLOGY],
+            sender,
+            settings.retry_delays_ms,
+            lease_ms,
+            webhook_metrics,
+        )
+
+        try:
+            yield
+        finally:
+            await close_quietly(session)
+
+    def fan_out(app: web.Application) -> Handler:
+        return app[DISPATCHER].fan_out
+
+    def attempt(app: web.Application) -> Handler:
+        return app[DISPATCHER].attempt
+
+    app.cleanup_ctx.extend(
+        [
+            mongo_ctx(settings),
+            amqp_ctx(settings, metrics),
+            dispatcher_ctx,
+            readiness_ctx,
+            consumer_ctx(settings, lambda t: attempts_spec(t, settings), attempt, metrics),
+            consumer_ctx(settings, fanout_spec, fan_out, metrics),
+        ]
+    )
+    return app

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from darkroom_kit.settings import CommonSettings
+from pydantic import Field
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+
+
+class WebhookSettings(CommonSettings):
+    http_port: int = 8083
+    # Delay before each retry (the first attempt is immediate): 5 s, 5 min, 30 min, 2 h, 5 h,
+    # 10 h, 10 h. Each delay is one RabbitMQ retry-tier queue.
+    retry_delays_ms: tuple[int, ...] = (
+        5_000,
+        5 * MINUTE,
+        30 * MINUTE,
+        2 * HOUR,
+        5 * HOUR,
+        10 * HOUR,
+        10 * HOUR,
+    )
+    timeout_seconds: float = Field(default=15.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Response bodies are read up to this many bytes and stored truncated.
+    response_body_limit: int = Field(default=64 * 1024, ge=0)
+    # CIDR ranges that are reachable although private or loopback (self-hosting, tests).
+    allow_private_networks: list[str] = []
+    prefetch: int = 256
+    max_connections: int = 512

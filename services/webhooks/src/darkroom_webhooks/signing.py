@@ -1,0 +1,20 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+SECRET_PREFIX = "whsec_"
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def signature_header(secrets: list[str], message_id: str, timestamp: int, body: bytes) -> str:
+    """One signature per active secret, space-separated (several during a rotation)."""
+    return " ".join(sign(s, message_id, timestamp, body) for s in secrets)
