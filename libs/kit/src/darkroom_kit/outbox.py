@@ -1,7 +1,7 @@
 """The transactional outbox without transactions.
 
 A record and the messages that announce it are written in ONE document write: the messages sit in
-the document's ``outbox`` array, with ``outbox_due_ms`` saying when a relay may take them over.
+the document's ``outbox`` map, with ``outbox_due_ms`` saying when a relay may take them over.
 After the write the writer publishes them (confirmed) and clears them. If it dies in between, the
 relay finds the document once ``outbox_due_ms`` has passed and publishes them again. So nothing is
 published before it is durable, and nothing durable goes unpublished; consumers dedupe the rare
@@ -31,8 +31,14 @@ Collection = AsyncCollection[dict[str, Any]]
 AfterFlush = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def entries(exchange: str, envelopes: Sequence[Envelope]) -> list[dict[str, Any]]:
-    return [{**e.model_dump(), "exchange": exchange} for e in envelopes]
+Pending = dict[str, dict[str, Any]]
+
+
+def entries(exchange: str, envelopes: Sequence[Envelope]) -> Pending:
+    """Pending messages keyed by message id. A map, not an array: adding one is a ``$set`` of its
+    own field and clearing one an ``$unset``, so concurrent writers never overwrite each other
+    (and no server has to get ``$push`` of sub-documents right)."""
+    return {e.id: {**e.model_dump(), "exchange": exchange} for e in envelopes}
 
 
 def fields(exchange: str, envelopes: Sequence[Envelope], grace_ms: int) -> dict[str, Any]:
@@ -42,10 +48,13 @@ def fields(exchange: str, envelopes: Sequence[Envelope], grace_ms: int) -> dict[
 
 def push(exchange: str, envelopes: Sequence[Envelope], grace_ms: int) -> dict[str, Any]:
     """Update operators that add messages to an existing document's outbox."""
-    return {
-        "$push": {OUTBOX: {"$each": entries(exchange, envelopes)}},
-        "$set": {OUTBOX_DUE: now_ms() + grace_ms},
-    }
+    added = {f"{OUTBOX}.{mid}": entry for mid, entry in entries(exchange, envelopes).items()}
+    return {"$set": {**added, OUTBOX_DUE: now_ms() + grace_ms}}
+
+
+def pending_of(doc: dict[str, Any]) -> Pending:
+    value = doc.get(OUTBOX)
+    return value if isinstance(value, dict) else {}
 
 
 def _envelope(entry: dict[str, Any]) -> tuple[str, Envelope]:
@@ -58,35 +67,29 @@ class Outbox:
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
 
-    async def flush(
-        self, collection: Collection, doc_id: str, pending: Sequence[dict[str, Any]]
-    ) -> bool:
+    async def flush(self, collection: Collection, doc_id: str, pending: Pending) -> bool:
         """Publish a document's pending messages and clear them. False when the broker refused:
         the messages stay in the document and the relay publishes them later."""
         if not pending:
             return True
+        ordered = sorted(pending.values(), key=lambda e: (e["time"], e["id"]))
         try:
             await asyncio.gather(
-                *(self._publisher.publish(ex, env) for ex, env in map(_envelope, pending))
+                *(self._publisher.publish(ex, env) for ex, env in map(_envelope, ordered))
             )
         except Exception:
             log.warning(
-                "outbox publish failed; left to the relay", extra={"doc_id": doc_id}, exc_info=True
+                "outbox publish failed; left to the relay",
+                extra={"doc_id": doc_id},
+                exc_info=True,
             )
             return False
-        await self._mark_sent(collection, doc_id, [p["id"] for p in pending])
-        return True
-
-    @staticmethod
-    async def _mark_sent(collection: Collection, doc_id: str, ids: list[str]) -> None:
-        # Clear the whole outbox only if nothing was added meanwhile; otherwise pull just ours and
-        # leave the due time for the newcomers.
-        cleared = await collection.update_one(
-            {"_id": doc_id, OUTBOX: {"$size": len(ids)}, f"{OUTBOX}.id": {"$all": ids}},
-            {"$set": {OUTBOX: []}, "$unset": {OUTBOX_DUE: ""}},
+        await collection.update_one(
+            {"_id": doc_id}, {"$unset": {f"{OUTBOX}.{mid}": "" for mid in pending}}
         )
-        if cleared.matched_count == 0:
-            await collection.update_one({"_id": doc_id}, {"$pull": {OUTBOX: {"id": {"$in": ids}}}})
+        # The due time goes only once nothing else is pending (a writer may have added more).
+        await collection.update_one({"_id": doc_id, OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}})
+        return True
 
 
 class OutboxRelay:
@@ -116,12 +119,12 @@ class OutboxRelay:
                 )
                 if doc is None:
                     break
-                pending = doc.get(OUTBOX) or []
+                pending = pending_of(doc)
                 if pending and not await self._outbox.flush(collection, doc["_id"], pending):
                     return relayed
                 if not pending:
                     await collection.update_one(
-                        {"_id": doc["_id"], OUTBOX: {"$size": 0}}, {"$unset": {OUTBOX_DUE: ""}}
+                        {"_id": doc["_id"], OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}}
                     )
                 hook = self._after_flush.get(collection.name)
                 if hook is not None:

@@ -32,6 +32,7 @@ PHOTOS = "photos"  # upload-ingest; thumbnailing and metadata-repair $set the fi
 TOKENS = "tokens"  # upload-ingest (CLI)
 WEBHOOK_ENDPOINTS = "webhook_endpoints"  # upload-ingest
 WEBHOOK_DELIVERIES = "webhook_deliveries"  # webhook-dispatch
+WEBHOOK_ATTEMPTS = "webhook_attempts"  # webhook-dispatch
 IDEMPOTENCY = "idempotency_keys"  # upload-ingest
 OPERATIONS = "operations"  # upload-ingest creates, metadata-repair progresses
 PROCESSED_MESSAGES = "processed_messages"  # consumers' dedupe ledger

@@ -98,7 +98,7 @@ class PhotoService:
             raise
         # Confirms pipelined across the batch: one broker round trip, not one per file.
         await asyncio.gather(
-            *(self._outbox.flush(self.photos.col, d["_id"], d[outbox.OUTBOX]) for d in docs)
+            *(self._outbox.flush(self.photos.col, d["_id"], outbox.pending_of(d)) for d in docs)
         )
         return docs
 
@@ -123,7 +123,7 @@ class PhotoService:
         if marked is None:
             return False
         await self.events.release_photos(photo["event_id"], 1)
-        await self._outbox.flush(self.photos.col, photo["_id"], marked.get(outbox.OUTBOX) or [])
+        await self._outbox.flush(self.photos.col, photo["_id"], outbox.pending_of(marked))
         await self.finish_deletion(marked)
         return True
 
@@ -133,7 +133,7 @@ class PhotoService:
             return
         # Re-read: a thumbnail may have been stored after the tombstone was read.
         fresh = await self.photos.col.find_one({"_id": doc["_id"]}) or doc
-        if fresh.get(outbox.OUTBOX):
+        if outbox.pending_of(fresh):
             return  # its photo.deleted is not out yet; the relay comes back
         await self._store.delete_many(records.photo_object_keys(fresh))
         await self.photos.remove(doc["_id"])

@@ -40,6 +40,7 @@ async def ensure_indexes(db: Database) -> None:
     await db[records.WEBHOOK_DELIVERIES].create_index(
         [("endpoint_id", ASCENDING), ("created_ms", DESCENDING)]
     )
+    await db[records.WEBHOOK_ATTEMPTS].create_index([("delivery_id", ASCENDING)])
     await db[records.IDEMPOTENCY].create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
 
 
@@ -196,6 +197,7 @@ class WebhookStore:
     def __init__(self, db: Database) -> None:
         self._col = db[records.WEBHOOK_ENDPOINTS]
         self._deliveries = db[records.WEBHOOK_DELIVERIES]
+        self._attempts = db[records.WEBHOOK_ATTEMPTS]
 
     async def create(self, doc: Document) -> Document:
         await self._col.insert_one(doc)
@@ -217,6 +219,7 @@ class WebhookStore:
     async def deliveries(
         self, endpoint_id: str, limit: int, offset: int
     ) -> tuple[list[Document], int]:
+        """A page of an endpoint's deliveries, each with its attempts (oldest first)."""
         query = {"endpoint_id": endpoint_id}
         total = await self._deliveries.count_documents(query)
         cursor = (
@@ -225,7 +228,15 @@ class WebhookStore:
             .skip(offset)
             .limit(limit)
         )
-        return [d async for d in cursor], total
+        docs = [d async for d in cursor]
+        by_delivery: dict[str, list[Document]] = {d["_id"]: [] for d in docs}
+        if docs:
+            attempts = self._attempts.find({"delivery_id": {"$in": list(by_delivery)}})
+            async for attempt in attempts:
+                by_delivery[attempt["delivery_id"]].append(attempt)
+        for doc in docs:
+            doc["attempts"] = sorted(by_delivery[doc["_id"]], key=lambda a: a["attempt"])
+        return docs, total
 
 
 class IdempotencyStore:

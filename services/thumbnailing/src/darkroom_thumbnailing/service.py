@@ -127,7 +127,7 @@ class Thumbnailer:
                 # Deleted while we rendered: do not leave orphan variants behind.
                 await self._store.delete_many([str(v["key"]) for v in variants.values()])
             return
-        await self._outbox.flush(self._photos, doc["_id"], updated.get(outbox.OUTBOX) or [])
+        await self._outbox.flush(self._photos, doc["_id"], outbox.pending_of(updated))
 
     async def _fail(self, doc: Document, code: str, detail: str) -> None:
         log.warning("photo refused: %s", detail, extra={"photo_id": doc["_id"], "code": code})

@@ -136,6 +136,8 @@ class Dispatcher:
     ) -> None:
         self._endpoints = db[records.WEBHOOK_ENDPOINTS]
         self._deliveries = db[records.WEBHOOK_DELIVERIES]
+        self._attempts = db[records.WEBHOOK_ATTEMPTS]
+        self._attempts = db[records.WEBHOOK_ATTEMPTS]
         self._publisher = publisher
         self._topology = topology
         self._sender = sender
@@ -166,7 +168,6 @@ class Dispatcher:
                         "event_type": envelope.type,
                         "payload": payload,
                         "status": "pending",
-                        "attempts": [],
                         "attempt_count": 0,
                         "created_ms": now_ms(),
                         "lease_until_ms": 0,
@@ -207,12 +208,14 @@ class Dispatcher:
         )
         self._metrics.duration.observe(result.duration_ms / 1000)
         record = {
+            "delivery_id": did,
+            "endpoint_id": endpoint["_id"],
+            "attempt": attempt,
             "at_ms": now,
             "status_code": result.status_code,
             "error": result.error,
             "duration_ms": result.duration_ms,
             "response_body": result.body,
-            "attempt": attempt,
         }
         if result.succeeded:
             self._metrics.attempts.labels("succeeded").inc()
@@ -242,10 +245,14 @@ class Dispatcher:
         raise Retry(f"attempt {attempt} failed: {result.status_code or result.error}")
 
     async def _record(self, did: str, record: Document, status: str) -> None:
+        # One document per attempt, keyed by delivery and attempt number: a repeated write of the
+        # same attempt lands on the same document instead of logging it twice.
+        await self._attempts.update_one(
+            {"_id": f"{did}.{record['attempt']}"}, {"$set": record}, upsert=True
+        )
         await self._deliveries.update_one(
             {"_id": did},
             {
-                "$push": {"attempts": record},
                 "$inc": {"attempt_count": 1},
                 "$set": {"status": status, "lease_until_ms": 0, "last_attempt_ms": record["at_ms"]},
             },

@@ -1,0 +1,54 @@
+# darkroom: `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := bash
+
+# uv is the one tool the project installs by hand; everything else comes from uv.lock.
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(shell python3 -c 'import sysconfig;print(sysconfig.get_path("scripts"))')/uv
+endif
+UV_FLAGS := --frozen --python python3
+PYTEST_ARGS ?=
+SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
+NAME ?= cli
+
+.PHONY: help install run test lint fmt token bench-upload compose-config clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet 'uv>=0.9,<1'
+
+.venv/.installed: uv.lock pyproject.toml libs/kit/pyproject.toml services/*/pyproject.toml | $(UV)
+	$(UV) sync $(UV_FLAGS) --all-packages
+	@touch $@
+
+install: .venv/.installed ## Install the workspace into .venv (from the lock file)
+
+run: install ## Run the whole system (embedded servers unless AMQP_URL/MONGO_URL/S3_ENDPOINT_URL are set)
+	.venv/bin/darkroom-dev
+
+test: install ## Run the whole test suite (unit, integration against real RabbitMQ and the stand-ins, end to end)
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy --strict
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy services libs src
+
+fmt: install ## Format and autofix
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+token: install ## Create an API token: make token SCOPES=photos.read,photos.write NAME=me
+	.venv/bin/darkroom token create --scopes $(SCOPES) --name $(NAME)
+
+bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio to direct S3
+	.venv/bin/python benchmarks/batch_upload.py
+
+compose-config: ## Validate docker-compose.yml (needs only the docker client)
+	docker compose -f docker-compose.yml config --quiet
+
+clean: ## Remove .venv and .data
+	rm -rf .venv .data

@@ -1,0 +1,135 @@
+"""Starting the embedded default servers: RabbitMQ (the machine's), nx-27017 (MongoDB wire
+protocol on SQLite) and moto_server (S3 API). Used by ``make run`` and by the test suite."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BIN = Path(sys.executable).parent
+
+
+def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes] | None
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_mongo_standin(data_dir: Path, port: int, log_dir: Path) -> Server:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if port_open("127.0.0.1", port):
+        raise RuntimeError(f"port {port} is taken; set MONGO_URL or DARKROOM_MONGO_PORT")
+    with (log_dir / "nx-27017.out").open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "nx-27017"),
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--log-file",
+                str(log_dir / "nx-27017.log"),
+                "--pid-file",
+                str(data_dir / "nx.pid"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_until(lambda: port_open("127.0.0.1", port), 30, "nx-27017")
+    return Server("mongodb (nx-27017)", f"mongodb://127.0.0.1:{port}", proc)
+
+
+def start_s3_standin(port: int, log_dir: Path) -> Server:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if port_open("127.0.0.1", port):
+        raise RuntimeError(f"port {port} is taken; set S3_ENDPOINT_URL or DARKROOM_S3_PORT")
+    with (log_dir / "moto_server.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, 30, "moto_server")
+    return Server("s3 (moto_server)", url, proc)
+
+
+def ensure_rabbitmq(amqp_url: str, timeout: float = 60) -> bool:
+    """Make sure a broker answers at amqp_url; start the machine's RabbitMQ if it is installed but
+    not running. True when this call started it (so the caller should stop it)."""
+    parts = urlsplit(amqp_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    if port_open(host, port):
+        return False
+    server = shutil.which("rabbitmq-server") or "/usr/lib/rabbitmq/bin/rabbitmq-server"
+    if host not in ("127.0.0.1", "localhost") or not os.path.exists(server):
+        raise RuntimeError(
+            f"no AMQP broker at {host}:{port} and no local rabbitmq-server to start; "
+            "install it (apt-get install -y rabbitmq-server) or set AMQP_URL"
+        )
+    subprocess.run(
+        [server, "-detached"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_until(lambda: port_open(host, port), timeout, "rabbitmq-server")
+    return True
+
+
+def stop_rabbitmq() -> None:
+    ctl = shutil.which("rabbitmqctl") or "/usr/lib/rabbitmq/bin/rabbitmqctl"
+    subprocess.run(
+        [ctl, "stop"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
+    )
