@@ -148,6 +148,14 @@ class S3ObjectStore:
         finally:
             body.close()
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        keys: list[str] = []
+        with _translated():
+            paginator = self._client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        return keys
+
     async def delete_many(self, keys: list[str]) -> None:
         """Delete objects; a key that is already gone is not an error."""
         for start in range(0, len(keys), 1000):

@@ -15,7 +15,9 @@ from darkroom_ingest.stores import TokenStore, ensure_indexes
 from darkroom_ingest.tokens import generate_token, hash_token, parse_scopes
 
 
-async def _create(settings: IngestSettings, name: str, scopes: list[str], event: str | None) -> str:
+async def create_token(
+    settings: IngestSettings, name: str, scopes: list[str], event: str | None
+) -> str:
     client = open_mongo(settings)
     try:
         db = client[settings.mongo_db]
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             scopes = [s.value for s in parse_scopes(args.scopes)]
         except ValueError as exc:
             parser.error(str(exc))
-        print(asyncio.run(_create(settings, args.name, scopes, args.event)))
+        print(asyncio.run(create_token(settings, args.name, scopes, args.event)))
         return 0
     if args.cmd == "list":
         print(json.dumps(asyncio.run(_list(settings)), indent=2))

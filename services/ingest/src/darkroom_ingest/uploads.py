@@ -12,8 +12,10 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader
+from aiohttp.http_exceptions import BadHttpMessage
 from darkroom_kit import records
 from darkroom_kit.ids import new_id
 from darkroom_kit.problems import FieldError, Problem
@@ -88,7 +90,7 @@ class BatchReceiver:
         files_seen = 0
         try:
             while True:
-                part = await reader.next()
+                part = await self._next_part(reader)
                 if part is None:
                     break
                 if not isinstance(part, BodyPartReader):
@@ -135,6 +137,21 @@ class BatchReceiver:
             await self.discard(batch.stored)
             raise
         return batch
+
+    @staticmethod
+    async def _next_part(reader: MultipartReader) -> Any:
+        try:
+            return await reader.next()
+        except (BadHttpMessage, ValueError, AssertionError) as exc:
+            # aiohttp refuses part headers with control characters (header injection) and
+            # broken framing; either way the request is malformed, not the server.
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise Problem(
+                400,
+                "malformed_multipart",
+                "The multipart body is not valid",
+                f"{detail[:200]}. Nothing of this request was kept.",
+            ) from None
 
     async def discard(self, stored: list[StoredFile]) -> None:
         with contextlib.suppress(StorageError):

@@ -17,7 +17,7 @@ from darkroom_ingest.tokens import Principal, Scope, hash_token
 M = TypeVar("M", bound=BaseModel)
 
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("settings", IngestSettings)
-_PRINCIPAL = "darkroom.principal"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:
@@ -57,14 +57,9 @@ async def parse_json(request: web.Request, model: type[M]) -> M:
             "Request body too large",
             f"JSON bodies are limited to {limit} bytes.",
         )
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise Problem(
-            413,
-            "body_too_large",
-            "Request body too large",
-            f"JSON bodies are limited to {limit} bytes.",
-        )
+    # read() caches the body (the idempotency check may have read it first) and enforces the
+    # app's client_max_size, which is max_json_bytes, for bodies sent without a length.
+    raw = await request.read()
     try:
         data: Any = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -98,8 +93,8 @@ def bearer_token(request: web.Request) -> str | None:
 
 
 async def authenticate(request: web.Request) -> Principal:
-    cached = request.get(_PRINCIPAL)
-    if isinstance(cached, Principal):
+    cached = request.get(PRINCIPAL)
+    if cached is not None:
         return cached
     token = bearer_token(request)
     if token is None:
@@ -120,7 +115,7 @@ async def authenticate(request: web.Request) -> Principal:
             headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
         )
     principal = Principal(doc["_id"], doc["name"], list(doc["scopes"]), doc.get("event_id"))
-    request[_PRINCIPAL] = principal
+    request[PRINCIPAL] = principal
     return principal
 
 

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from darkroom_ingest.app import create_app
+from darkroom_ingest.cli import create_token
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit.messaging import QueueSpec, Topology
+
+from tests.conftest import QueueJanitor
+
+TokenMaker = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def ingest_settings(settings_kwargs: dict[str, Any]) -> IngestSettings:
+    return IngestSettings(
+        **settings_kwargs, outbox_grace_ms=1000, outbox_relay_interval_seconds=0.2
+    )
+
+
+@pytest.fixture
+def make_token(ingest_settings: IngestSettings) -> TokenMaker:
+    async def make(
+        scopes: str = "photos.read,photos.write,events.write,webhooks.manage",
+        event: str | None = None,
+    ) -> str:
+        return await create_token(ingest_settings, "test", scopes.split(","), event)
+
+    return make
+
+
+@pytest.fixture
+async def watch_events(ingest_settings: IngestSettings, janitor: QueueJanitor) -> QueueSpec:
+    """A queue bound to every public event of this test's namespace, so publishes are routable
+    and the test can read what was announced."""
+    import aio_pika
+    from darkroom_kit.messaging import declare_consumer_queue
+
+    topology = Topology(ingest_settings.amqp_namespace)
+    spec = QueueSpec(topology.queue("test", "watch"), topology.events, ("#",), ())
+    janitor.add(spec)
+    connection = await aio_pika.connect(ingest_settings.amqp_url)
+    try:
+        await declare_consumer_queue(await connection.channel(), topology, spec, 5)
+    finally:
+        await connection.close()
+    return spec
+
+
+@pytest.fixture
+async def api(
+    aiohttp_client: Any, ingest_settings: IngestSettings, watch_events: QueueSpec
+) -> AsyncIterator[TestClient[Any, Any]]:
+    client = await aiohttp_client(create_app(ingest_settings))
+    yield client
+
+
+async def drain(amqp_url: str, queue_name: str, expect: int, timeout: float = 10) -> list[Any]:
+    """Read ``expect`` messages from a queue (or what arrived before the timeout)."""
+    import asyncio
+    import json
+
+    import aio_pika
+
+    got: list[Any] = []
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(queue_name)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(got) < expect and asyncio.get_running_loop().time() < deadline:
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            got.append(json.loads(message.body))
+    finally:
+        await connection.close()
+    return got

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from darkroom_kit.clock import iso_to_ms, ms_to_iso
+from darkroom_kit.ids import new_id
+from darkroom_kit.imaging import parse_exif_date
+from darkroom_webhooks.delivery import delivery_id, subscribed
+
+
+def test_exif_dates() -> None:
+    assert ms_to_iso(parse_exif_date("2024:05:06 07:08:09 (2024:05:06 07:08:09, ASCII)")) == (
+        "2024-05-06T07:08:09.000Z"
+    )
+    assert parse_exif_date("0000:00:00 00:00:00") is None
+    assert parse_exif_date("garbage") is None
+    assert parse_exif_date(None) is None
+
+
+def test_time_round_trip() -> None:
+    assert iso_to_ms(ms_to_iso(1_700_000_000_123) or "") == 1_700_000_000_123
+    assert iso_to_ms("2024-01-01T00:00:00") == iso_to_ms("2024-01-01T00:00:00Z")
+
+
+def test_ids_are_prefixed_unique_and_ordered() -> None:
+    ids = [new_id("ph") for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(i.startswith("ph_") and len(i) == 29 for i in ids)
+
+
+def test_subscriptions_and_stable_delivery_ids() -> None:
+    assert subscribed(["photo.*"], "photo.uploaded")
+    assert subscribed(["*"], "event.archived")
+    assert not subscribed(["photo.deleted"], "photo.uploaded")
+    assert delivery_id("msg_a", "wh_1") == delivery_id("msg_a", "wh_1")
+    assert delivery_id("msg_a", "wh_1") != delivery_id("msg_a", "wh_2")
