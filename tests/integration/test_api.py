@@ -62,7 +62,9 @@ async def assert_problem(resp: aiohttp.ClientResponse, status: int, code: str) -
     assert resp.status == status, await resp.text()
     assert resp.content_type == PROBLEM
     body: dict[str, Any] = await resp.json()
-    assert body["code"] == code and body["status"] == status and body["title"]
+    assert body["code"] == code
+    assert body["status"] == status
+    assert body["title"]
     return body
 
 
@@ -83,7 +85,9 @@ async def test_tokens_and_scopes(api: Client, make_token: TokenMaker) -> None:
     token = await make_token("photos.read")
     resp = await api.get("/v1/me", headers={"X-Auth-Token": token})
     me = await resp.json()
-    assert resp.status == 200 and me["scopes"] == ["photos.read"] and me["id"].startswith("tok_")
+    assert resp.status == 200
+    assert me["scopes"] == ["photos.read"]
+    assert me["id"].startswith("tok_")
     problem = await assert_problem(
         await api.post("/v1/events", json={"name": "x", "slug": "x"}, headers=auth(token)),
         403,
@@ -108,7 +112,8 @@ async def test_events_create_read_and_bad_input(api: Client, make_token: TokenMa
         photo_cap=10,
         categories=[{"name": "Ceremony"}],
     )
-    assert event["photo_cap"] == 10 and event["categories"][0]["id"].startswith("cat_")
+    assert event["photo_cap"] == 10
+    assert event["categories"][0]["id"].startswith("cat_")
     resp = await api.get(f"/v1/events/{event['id']}", headers=auth(token))
     assert (await resp.json())["slug"] == "cup-final"
     await assert_problem(
@@ -171,9 +176,11 @@ async def test_webhook_endpoints(api: Client, make_token: TokenMaker) -> None:
         headers=auth(token),
     )
     created = await resp.json()
-    assert resp.status == 201 and created["secret"].startswith("whsec_")
+    assert resp.status == 201
+    assert created["secret"].startswith("whsec_")
     got = await (await api.get(f"/v1/webhooks/{created['id']}", headers=auth(token))).json()
-    assert "secret" not in got and got["event_types"] == ["photo.uploaded", "photo.*"]
+    assert "secret" not in got
+    assert got["event_types"] == ["photo.uploaded", "photo.*"]
     listed = await (await api.get("/v1/webhooks?limit=200", headers=auth(token))).json()
     assert created["id"] in [w["id"] for w in listed["items"]]
     bad = await assert_problem(
@@ -218,10 +225,12 @@ async def test_batch_upload_stores_hashes_and_announces(
     assert body["skipped"] == []
     by_name = {p["filename"]: p for p in body["uploaded"]}
     assert by_name["a.jpg"]["sha256"] == hashlib.sha256(jpeg).hexdigest()
-    assert by_name["a.jpg"]["size"] == len(jpeg) and by_name["b.png"]["content_type"] == "image/png"
+    assert by_name["a.jpg"]["size"] == len(jpeg)
+    assert by_name["b.png"]["content_type"] == "image/png"
     assert by_name["a.jpg"]["thumbnail_url"].endswith(f"/thumbnails/{event['slug']}/a.jpg")
     original = await api.get(f"/photos/{event['slug']}/a.jpg", headers=auth(token))
-    assert await original.read() == jpeg and original.headers["ETag"]
+    assert await original.read() == jpeg
+    assert original.headers["ETag"]
     again = await api.get(
         f"/photos/{event['slug']}/a.jpg",
         headers={**auth(token), "If-None-Match": original.headers["ETag"]},
@@ -234,11 +243,13 @@ async def test_batch_upload_stores_hashes_and_announces(
     listed = await (
         await api.get(f"/v1/events/{event['id']}/photos?limit=1", headers=auth(token))
     ).json()
-    assert listed["total"] == 2 and len(listed["items"]) == 1
+    assert listed["total"] == 2
+    assert len(listed["items"]) == 1
     photo = await (
         await api.get(f"/v1/photos/{by_name['b.png']['id']}", headers=auth(token))
     ).json()
-    assert photo["status"] == "uploaded" and photo["width"] is None
+    assert photo["status"] == "uploaded"
+    assert photo["width"] is None
     await assert_problem(
         await api.get(f"/thumbnails/{event['slug']}/b.png", headers=auth(token)),
         404,
@@ -337,7 +348,10 @@ async def test_size_limits(
 
     async def chunked() -> Any:  # no Content-Length: the limit is enforced while streaming
         boundary = "XyZ"
-        yield f'--{boundary}\r\nContent-Disposition: form-data; name="photos"; filename="s.jpg"\r\n\r\n'.encode()
+        yield (
+            f"--{boundary}\r\nContent-Disposition: form-data; "
+            'name="photos"; filename="s.jpg"\r\n\r\n'
+        ).encode()
         for _ in range(10):
             yield big[:30_000]
         yield f"\r\n--{boundary}--\r\n".encode()
@@ -374,7 +388,8 @@ async def test_photo_cap_is_all_or_nothing(api: Client, make_token: TokenMaker) 
         "photo_cap_exceeded",
     )
     assert problem["photo_cap"] == 2
-    assert await photo_count(api, event["id"]) == 0 and await stored_keys(api, event["id"]) == []
+    assert await photo_count(api, event["id"]) == 0
+    assert await stored_keys(api, event["id"]) == []
     two = form(*[(f"{i}.jpg", jpeg_bytes(64, 64)) for i in range(2)])
     assert (
         await api.post(f"/v1/events/{event['id']}/photos", data=two, headers=auth(token))
@@ -505,7 +520,8 @@ async def test_outbox_relay_publishes_what_a_dead_writer_left(
     got = await drain(ingest_settings.amqp_url, watch_events.name, 1)
     assert [m["id"] for m in got] == [message.id]
     stored = await photos.find_one({"_id": "ph_orphan"})
-    assert stored is not None and outbox.pending_of(stored) == {}
+    assert stored is not None
+    assert outbox.pending_of(stored) == {}
     assert outbox.OUTBOX_DUE not in stored
 
 
@@ -529,7 +545,8 @@ async def test_openapi_and_metrics(api: Client, make_token: TokenMaker) -> None:
     assert (await api.get("/healthz")).status == 200
     assert (await (await api.get("/readyz")).json())["ready"] is True
     metrics = await (await api.get("/metrics")).text()
-    assert "http_requests_total" in metrics and "upload_bytes_total" in metrics
+    assert "http_requests_total" in metrics
+    assert "upload_bytes_total" in metrics
 
 
 @pytest.mark.real_mongo

@@ -24,5 +24,8 @@ def test_implied_scopes() -> None:
 
 def test_tokens_are_random_and_hashed() -> None:
     a, b = generate_token(), generate_token()
-    assert a != b and a.startswith("drk_") and len(a) > 40
-    assert hash_token(a) != a and len(hash_token(a)) == 64
+    assert a != b
+    assert a.startswith("drk_")
+    assert len(a) > 40
+    assert hash_token(a) != a
+    assert len(hash_token(a)) == 64
