@@ -82,3 +82,20 @@ async def drain(amqp_url: str, queue_name: str, expect: int, timeout: float = 10
     finally:
         await connection.close()
     return got
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15, interval: float = 0.1
+) -> Any:
+    """Poll until check() returns something truthy; fail with the last value."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value = None
+    while loop.time() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")

@@ -25,6 +25,10 @@ class ImageRefused(Exception):
         self.code = code
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[ImageRefused], tuple[str, str]]:
+        # Raised in a worker process and unpickled in the service: keep both arguments.
+        return (type(self), (self.code, self.detail))
+
 
 @dataclass(frozen=True, slots=True)
 class HeaderFacts:
@@ -69,7 +73,7 @@ def read_header(data: bytes, max_pixels: int) -> tuple[Any, HeaderFacts]:
     try:
         img = pyvips.Image.new_from_buffer(data, "", access="sequential", fail_on="error")
     except pyvips.Error as exc:
-        raise ImageRefused("unreadable_image", first_line(exc)) from None
+        raise ImageRefused("corrupt_image", first_line(exc)) from None
     loader = str(_field(img, "vips-loader") or "")
     if loader not in ALLOWED_LOADERS:
         raise ImageRefused("unsupported_format", f"loader {loader or 'unknown'} is not allowed")

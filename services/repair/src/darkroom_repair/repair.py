@@ -76,9 +76,11 @@ class Repairer:
         )
 
     async def run(self, event_id: str | None, include_capture_date: bool) -> RepairResult:
-        missing: list[Document] = [{"width": None}, {"height": None}]
+        # {"$eq": None} rather than a bare None: the same on MongoDB (null or missing), and the
+        # nx-27017 stand-in matches nothing for a bare None inside $or.
+        missing: list[Document] = [{"width": {"$eq": None}}, {"height": {"$eq": None}}]
         if include_capture_date:
-            missing.append({"captured_at_ms": None})
+            missing.append({"captured_at_ms": {"$eq": None}})
         # "uploaded" photos are still with thumbnailing, which records the same fields.
         query: Document = {
             "kind": "image",

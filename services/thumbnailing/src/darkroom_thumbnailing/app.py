@@ -43,11 +43,12 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
 
     def handler(app: web.Application) -> Handler:
         spec = RenderSpec(
-            settings.thumbnail_px,
-            settings.hero_px,
-            settings.quality,
-            settings.output_format,
-            settings.max_pixels,
+            thumbnail_px=settings.thumbnail_px,
+            hero_px=settings.hero_px,
+            quality=settings.quality,
+            format=settings.output_format,
+            max_pixels=settings.max_pixels,
+            fail_on=settings.decode_fail_on,
         )
         return Thumbnailer(
             app[MONGO_DB],

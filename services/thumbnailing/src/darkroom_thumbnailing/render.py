@@ -30,6 +30,10 @@ class RenderSpec:
     quality: int = 82
     format: str = "jpeg"  # or "webp"
     max_pixels: int = 50_000_000
+    # libvips fail_on: "error" refuses broken files; "warning" also refuses files libjpeg can
+    # only decode with warnings (cut files padded with an end marker, but also many harmless
+    # camera quirks such as extraneous bytes before a marker).
+    fail_on: str = "error"
 
 
 def render_variants(data: bytes, spec: RenderSpec) -> Rendered:
@@ -48,7 +52,7 @@ def render_variants(data: bytes, spec: RenderSpec) -> Rendered:
             height=spec.hero_px,
             size="down",
             export_profile="srgb",
-            option_string="fail_on=error",
+            option_string=f"fail_on={spec.fail_on}",
         )
         hero = hero.copy_memory()  # decode once; the thumbnail reuses these pixels
         thumb = hero.thumbnail_image(spec.thumbnail_px, height=spec.thumbnail_px, size="down")

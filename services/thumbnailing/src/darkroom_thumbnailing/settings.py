@@ -13,6 +13,7 @@ class ThumbnailSettings(CommonSettings):
     quality: int = Field(default=82, ge=1, le=100)
     output_format: str = Field(default="jpeg", pattern="^(jpeg|webp)$")
     max_pixels: int = Field(default=50_000_000, ge=1)
+    decode_fail_on: str = Field(default="error", pattern="^(error|warning|truncated)$")
     render_timeout_seconds: float = 60.0
     # One rendering process per core; each runs one libvips thread.
     render_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)

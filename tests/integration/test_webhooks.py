@@ -1,0 +1,187 @@
+"""webhook-dispatch in-process with upload-ingest, delivering to real receivers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit.messaging import Envelope, Publisher, Topology
+from darkroom_webhooks.app import attempts_spec, fanout_spec
+from darkroom_webhooks.app import create_app as create_dispatch
+from darkroom_webhooks.settings import WebhookSettings
+from standardwebhooks import Webhook
+
+from tests.conftest import QueueJanitor, jpeg_bytes
+from tests.integration.conftest import TokenMaker, eventually
+from tests.integration.test_api import auth, form, make_event
+
+Client = TestClient[Any, Any]
+
+
+class Receiver:
+    """A webhook receiver whose answers a test scripts: a list of statuses, the last repeats."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        status = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        return web.Response(status=status, text=f"answer {status}")
+
+
+MakeReceiver = Callable[[list[int]], Awaitable[tuple[Receiver, str]]]
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> MakeReceiver:
+    async def make(answers: list[int]) -> tuple[Receiver, str]:
+        r = Receiver(answers)
+        app = web.Application()
+        app.router.add_post("/hook", r.handle)
+        server: TestServer = await aiohttp_server(app)
+        return r, f"http://127.0.0.1:{server.port}/hook"
+
+    return make
+
+
+@pytest.fixture
+async def dispatch(
+    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor
+) -> Client:
+    settings = WebhookSettings(
+        **settings_kwargs,
+        retry_delays_ms=(300, 600),
+        allow_private_networks=["127.0.0.0/8"],
+        timeout_seconds=3,
+    )
+    topology = Topology(settings.amqp_namespace)
+    janitor.add(fanout_spec(topology), attempts_spec(topology, settings))
+    client: Client = await aiohttp_client(create_dispatch(settings))
+    return client
+
+
+async def register(api: Client, token: str, url: str, types: list[str]) -> dict[str, Any]:
+    resp = await api.post(
+        "/v1/webhooks", json={"url": url, "event_types": types}, headers=auth(token)
+    )
+    assert resp.status == 201
+    return dict(await resp.json())
+
+
+async def deliveries(api: Client, token: str, endpoint_id: str) -> list[dict[str, Any]]:
+    resp = await api.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=auth(token))
+    return list((await resp.json())["items"])
+
+
+async def test_signed_delivery_retry_and_delete(
+    api: Client, dispatch: Client, receiver: MakeReceiver, make_token: TokenMaker
+) -> None:
+    token = await make_token()
+    flaky, flaky_url = await receiver([500, 200])
+    steady, steady_url = await receiver([200])
+    ep_flaky = await register(api, token, flaky_url, ["photo.uploaded"])
+    ep_steady = await register(api, token, steady_url, ["photo.*"])
+    event = await make_event(api, token)
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos", data=form(("w.jpg", jpeg_bytes())), headers=auth(token)
+    )
+    photo = (await resp.json())["uploaded"][0]
+    await eventually(lambda: _succeeded(api, token, ep_flaky["id"]))
+    await eventually(lambda: _succeeded(api, token, ep_steady["id"]))
+    # 500 then 200: two attempts with the same webhook-id, each signed for its own timestamp.
+    assert len(flaky.requests) == 2
+    ids = {h["webhook-id"] for h, _ in flaky.requests}
+    assert len(ids) == 1
+    for headers, body in flaky.requests:
+        payload = Webhook(ep_flaky["secret"]).verify(body, headers)
+        assert payload["type"] == "photo.uploaded"
+        assert payload["data"]["photo"]["id"] == photo["id"]
+    log = await deliveries(api, token, ep_flaky["id"])
+    assert [a["status_code"] for a in log[0]["attempts"]] == [500, 200]
+    assert log[0]["attempts"][0]["response_body"] == "answer 500"
+    # The steady endpoint gets photo.uploaded; deleting sends photo.deleted to photo.* only.
+    assert (await api.delete(f"/v1/photos/{photo['id']}", headers=auth(token))).status == 204
+
+    def types(r: Receiver) -> list[str]:
+        return [Webhook(ep_steady["secret"]).verify(b, h)["type"] for h, b in r.requests]
+
+    async def got_deleted() -> bool:
+        return "photo.deleted" in types(steady)
+
+    await eventually(got_deleted)
+    await asyncio.sleep(1)  # anything extra would arrive now
+    assert types(steady) == ["photo.uploaded", "photo.deleted"]
+    assert len(flaky.requests) == 2
+
+
+async def _succeeded(api: Client, token: str, endpoint_id: str) -> bool:
+    log = await deliveries(api, token, endpoint_id)
+    return bool(log) and all(d["status"] == "succeeded" for d in log)
+
+
+async def test_same_message_twice_is_delivered_once(
+    api: Client,
+    dispatch: Client,
+    receiver: MakeReceiver,
+    make_token: TokenMaker,
+    ingest_settings: IngestSettings,
+) -> None:
+    token = await make_token()
+    hook, url = await receiver([200])
+    endpoint = await register(api, token, url, ["photo.uploaded"])
+    message = Envelope.new("photo.uploaded", {"photo": {"id": "ph_dup"}})
+    connection = await aio_pika.connect(ingest_settings.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(channel)
+        topology = Topology(ingest_settings.amqp_namespace)
+        await publisher.publish(topology.events, message)
+        await publisher.publish(topology.events, message)
+    finally:
+        await connection.close()
+    await eventually(lambda: _succeeded(api, token, endpoint["id"]))
+    await asyncio.sleep(1.5)
+    assert len(hook.requests) == 1
+    assert len(await deliveries(api, token, endpoint["id"])) == 1
+
+
+async def test_gone_disables_and_private_targets_are_refused(
+    api: Client,
+    dispatch: Client,
+    receiver: MakeReceiver,
+    make_token: TokenMaker,
+    ingest_settings: IngestSettings,
+) -> None:
+    token = await make_token()
+    gone, gone_url = await receiver([410])
+    ep_gone = await register(api, token, gone_url, ["photo.uploaded"])
+    # Not allowlisted: 10.x is private. The attempt never leaves the machine.
+    ep_private = await register(api, token, "http://10.1.2.3/hook", ["photo.uploaded"])
+    event = await make_event(api, token)
+    await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(("g.jpg", jpeg_bytes(64, 64))),
+        headers=auth(token),
+    )
+
+    async def final(endpoint_id: str) -> list[dict[str, Any]] | None:
+        log = await deliveries(api, token, endpoint_id)
+        return log if log and log[0]["status"] in ("failed", "succeeded") else None
+
+    log = await eventually(lambda: final(ep_gone["id"]))
+    assert log[0]["status"] == "failed"
+    assert len(gone.requests) == 1  # 410 is final: no retries
+    got = await (await api.get(f"/v1/webhooks/{ep_gone['id']}", headers=auth(token))).json()
+    assert got["enabled"] is False
+    log = await eventually(lambda: final(ep_private["id"]), timeout=20)
+    assert log[0]["status"] == "failed"
+    assert len(log[0]["attempts"]) == 3  # first try and both retry tiers
+    assert all(a["error"].startswith("blocked_address") for a in log[0]["attempts"])
