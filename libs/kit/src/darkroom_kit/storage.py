@@ -99,10 +99,13 @@ class S3ObjectStore:
         with _translated():
             await self._client.head_bucket(Bucket=self.bucket)
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> ObjectInfo:
+    async def put_bytes(self, key: str, data: bytes | bytearray, content_type: str) -> ObjectInfo:
         with _translated():
             resp = await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,  # type: ignore[arg-type]  # botocore accepts bytearray
+                ContentType=content_type,
             )
         return ObjectInfo(key, len(data), resp["ETag"].strip('"'), content_type)
 
@@ -176,10 +179,16 @@ class S3ObjectStore:
             )
         return resp["UploadId"]
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> StoredPart:
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes | bytearray
+    ) -> StoredPart:
         with _translated():
             resp = await self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,  # type: ignore[arg-type]  # botocore accepts bytearray
             )
         return StoredPart(number, resp["ETag"].strip('"'), len(data))
 
@@ -211,6 +220,9 @@ class StreamingWriter:
     Bytes are gathered into parts of ``part_size``; each full part is uploaded in the background
     while the next one fills, so reading the client and writing to S3 overlap. At most two parts
     are held at once. A stream shorter than one part becomes a single PUT.
+
+    A part is a ``bytearray`` handed to the client as it is: botocore would wrap ``bytes`` in a
+    BytesIO that aiohttp then copies out and sends 64 KiB at a time.
     """
 
     def __init__(self, store: S3ObjectStore, key: str, content_type: str, part_size: int) -> None:
@@ -220,23 +232,20 @@ class StreamingWriter:
         self.key = key
         self._content_type = content_type
         self._part_size = part_size
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[StoredPart] = []
         self._in_flight: asyncio.Task[StoredPart] | None = None
         self.size = 0
 
     async def write(self, chunk: bytes) -> None:
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
+        self._buffer += chunk
         self.size += len(chunk)
-        if self._pending_size >= self._part_size:
+        if len(self._buffer) >= self._part_size:
             await self._flush_part()
 
     async def _flush_part(self) -> None:
-        data = b"".join(self._pending)
-        self._pending, self._pending_size = [], 0
+        data, self._buffer = self._buffer, bytearray()
         if self._upload_id is None:
             self._upload_id = await self._store.create_multipart(self.key, self._content_type)
         await self._await_in_flight()
@@ -253,10 +262,8 @@ class StreamingWriter:
     async def close(self) -> ObjectInfo:
         """Finish the object and return what was stored."""
         if self._upload_id is None:
-            return await self._store.put_bytes(
-                self.key, b"".join(self._pending), self._content_type
-            )
-        if self._pending_size or (not self._parts and self._in_flight is None):
+            return await self._store.put_bytes(self.key, self._buffer, self._content_type)
+        if self._buffer:
             await self._flush_part()
         await self._await_in_flight()
         etag = await self._store.complete_multipart(self.key, self._upload_id, self._parts)
@@ -264,7 +271,7 @@ class StreamingWriter:
 
     async def abort(self) -> None:
         """Drop everything written so far; safe to call at any point, also twice."""
-        self._pending, self._pending_size = [], 0
+        self._buffer = bytearray()
         if self._in_flight is not None:
             task, self._in_flight = self._in_flight, None
             task.cancel()
