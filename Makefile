@@ -47,8 +47,9 @@ token: install ## Create an API token: make token SCOPES=photos.read,photos.writ
 bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio to direct S3
 	.venv/bin/python benchmarks/batch_upload.py
 
-compose-config: ## Validate docker-compose.yml (needs only the docker client)
-	docker compose -f docker-compose.yml config --quiet
+compose-config: ## Validate docker-compose.yml offline (docker compose, or Debian's docker-compose)
+	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \
+	else docker-compose -f docker-compose.yml config -q; fi && echo "docker-compose.yml is valid"
 
 clean: ## Remove .venv and .data
 	rm -rf .venv .data
