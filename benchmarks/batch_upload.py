@@ -25,6 +25,10 @@ from pathlib import Path
 
 import aio_pika
 import aiohttp
+from darkroom_ingest.cli import create_token
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue
+from darkroom_kit.storage import open_object_store
 
 from darkroom_dev.servers import (
     ensure_rabbitmq,
@@ -33,10 +37,6 @@ from darkroom_dev.servers import (
     start_s3_standin,
 )
 from darkroom_dev.stack import start_services
-from darkroom_ingest.cli import create_token
-from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue
-from darkroom_kit.storage import open_object_store
 
 CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1024**3
@@ -74,8 +74,11 @@ class Progress:
         self.done += n
         rate = self.done / max(1e-9, time.perf_counter() - self.start) / 1e6
         bar = "#" * int(30 * self.done / self.total)
-        print(f"\r  {self.label:9} [{bar:30}] {self.done / 1e6:7.0f} MB {rate:6.1f} MB/s",
-              end="", flush=True)
+        print(
+            f"\r  {self.label:9} [{bar:30}] {self.done / 1e6:7.0f} MB {rate:6.1f} MB/s",
+            end="",
+            flush=True,
+        )
 
     def end(self) -> None:
         print(flush=True)
@@ -94,15 +97,16 @@ async def direct_to_s3(settings: IngestSettings, files: list[tuple[str, bytes]])
     return elapsed
 
 
-async def through_api(api: str, token: str, event_id: str,
-                      files: list[tuple[str, bytes]]) -> float:
+async def through_api(api: str, token: str, event_id: str, files: list[tuple[str, bytes]]) -> float:
     progress = Progress("API", sum(len(d) for _, d in files))
 
     async def body():  # type: ignore[no-untyped-def]
         # Streamed by hand so the benchmark client does not copy 1 GiB into one buffer first.
         for name, data in files:
-            yield (f"--b\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{name}\""
-                   "\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+            yield (
+                f'--b\r\nContent-Disposition: form-data; name="photos"; filename="{name}"'
+                "\r\nContent-Type: image/jpeg\r\n\r\n"
+            ).encode()
             for start in range(0, len(data), 1 << 20):
                 yield data[start : start + (1 << 20)]
             progress.add(len(data))
@@ -114,9 +118,14 @@ async def through_api(api: str, token: str, event_id: str,
     async with aiohttp.ClientSession(timeout=timeout) as http:
         started = time.perf_counter()
         resp = await http.post(
-            f"{api}/v1/events/{event_id}/photos", data=body(),
-            headers={"Authorization": f"Bearer {token}", "Content-Length": str(length),
-                     "Content-Type": "multipart/form-data; boundary=b"})
+            f"{api}/v1/events/{event_id}/photos",
+            data=body(),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Length": str(length),
+                "Content-Type": "multipart/form-data; boundary=b",
+            },
+        )
         result = await resp.json()
         elapsed = time.perf_counter() - started
         progress.end()
@@ -124,16 +133,21 @@ async def through_api(api: str, token: str, event_id: str,
             raise RuntimeError(f"upload failed: {resp.status} {str(result)[:500]}")
         ids = [p["id"] for p in result["uploaded"]]
         for photo_id in ids:  # keep the S3 server's memory flat between rounds
-            await http.delete(f"{api}/v1/photos/{photo_id}",
-                              headers={"Authorization": f"Bearer {token}"})
+            await http.delete(
+                f"{api}/v1/photos/{photo_id}", headers={"Authorization": f"Bearer {token}"}
+            )
     return elapsed
 
 
 def _frame_lengths(files: list[tuple[str, bytes]]) -> list[bytes]:
     out = []
     for name, data in files:
-        out.append((f"--b\r\nContent-Disposition: form-data; name=\"photos\"; filename=\"{name}\""
-                    "\r\nContent-Type: image/jpeg\r\n\r\n").encode())
+        out.append(
+            (
+                f'--b\r\nContent-Disposition: form-data; name="photos"; filename="{name}"'
+                "\r\nContent-Type: image/jpeg\r\n\r\n"
+            ).encode()
+        )
         out.append(b"x" * len(data))
         out.append(b"\r\n")
     out.append(b"--b--\r\n")
@@ -159,13 +173,24 @@ async def main() -> int:
     env.setdefault("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     ensure_rabbitmq(env["AMQP_URL"])
     run = secrets.token_hex(3)
-    env.update({"AMQP_NAMESPACE": f"darkroom-bench.{run}", "MONGO_DB": f"bench_{run}",
-                "S3_BUCKET": f"bench-{run}", "LOG_LEVEL": "WARNING"})
+    env.update(
+        {
+            "AMQP_NAMESPACE": f"darkroom-bench.{run}",
+            "MONGO_DB": f"bench_{run}",
+            "S3_BUCKET": f"bench-{run}",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
     port = free_port()
     env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
-    settings = IngestSettings(mongo_url=env["MONGO_URL"], s3_endpoint_url=env["S3_ENDPOINT_URL"],
-                              amqp_url=env["AMQP_URL"], mongo_db=env["MONGO_DB"],
-                              s3_bucket=env["S3_BUCKET"], amqp_namespace=env["AMQP_NAMESPACE"])
+    settings = IngestSettings(
+        mongo_url=env["MONGO_URL"],
+        s3_endpoint_url=env["S3_ENDPOINT_URL"],
+        amqp_url=env["AMQP_URL"],
+        mongo_db=env["MONGO_DB"],
+        s3_bucket=env["S3_BUCKET"],
+        amqp_namespace=env["AMQP_NAMESPACE"],
+    )
     topology = Topology(settings.amqp_namespace)
     sink = QueueSpec(topology.queue("bench", "sink"), topology.events, ("#",), ())
     connection = await aio_pika.connect(settings.amqp_url)
@@ -177,13 +202,19 @@ async def main() -> int:
     try:
         files = make_files(args.total_mib * 1024 * 1024, args.file_mb * 1_000_000)
         total = sum(len(d) for _, d in files)
-        print(f"{len(files)} files of {args.file_mb} MB = {total / GIB:.2f} GiB, "
-              f"{args.rounds} round(s); API pid {api_proc.pid}")
+        print(
+            f"{len(files)} files of {args.file_mb} MB = {total / GIB:.2f} GiB, "
+            f"{args.rounds} round(s); API pid {api_proc.pid}"
+        )
         token = await create_token(settings, "bench", ["photos.write", "events.write"], None)
         async with aiohttp.ClientSession() as http:
-            event = await (await http.post(f"{env['PUBLIC_BASE_URL']}/v1/events",
-                                           json={"name": "bench", "slug": f"bench-{run}"},
-                                           headers={"Authorization": f"Bearer {token}"})).json()
+            event = await (
+                await http.post(
+                    f"{env['PUBLIC_BASE_URL']}/v1/events",
+                    json={"name": "bench", "slug": f"bench-{run}"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            ).json()
         base_times, api_times, cpu_per_gib, user_sys = [], [], [], []
         for _ in range(args.rounds):
             base_times.append(await direct_to_s3(settings, files))
@@ -197,20 +228,31 @@ async def main() -> int:
         api_mbs = [total / t / 1e6 for t in api_times]
         ratios = [a / b for a, b in zip(api_mbs, base_mbs, strict=True)]
         print()
-        print(f"baseline (aiobotocore put_object straight to S3): "
-              f"{statistics.median(base_mbs):7.1f} MB/s  (rounds: "
-              f"{', '.join(f'{x:.1f}' for x in base_mbs)})")
-        print(f"through the API (multipart batch):                "
-              f"{statistics.median(api_mbs):7.1f} MB/s  (rounds: "
-              f"{', '.join(f'{x:.1f}' for x in api_mbs)})")
-        print(f"throughput ratio API / baseline:  {statistics.median(ratios):.2f}   "
-              f"(target >= 0.80; rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
-        print(f"API CPU per GiB:                  {statistics.median(cpu_per_gib):.2f} CPU-s  "
-              f"(target <= 2.0; rounds: {', '.join(f'{x:.2f}' for x in cpu_per_gib)})")
-        print(f"  of which user / system:         "
-              + ", ".join(f"{u:.2f} / {k:.2f}" for u, k in user_sys))
-        print(f"API peak RSS (VmHWM):             {peak_rss_mb(api_proc.pid):.0f} MB  "
-              "(target < 150)")
+        print(
+            f"baseline (aiobotocore put_object straight to S3): "
+            f"{statistics.median(base_mbs):7.1f} MB/s  (rounds: "
+            f"{', '.join(f'{x:.1f}' for x in base_mbs)})"
+        )
+        print(
+            f"through the API (multipart batch):                "
+            f"{statistics.median(api_mbs):7.1f} MB/s  (rounds: "
+            f"{', '.join(f'{x:.1f}' for x in api_mbs)})"
+        )
+        print(
+            f"throughput ratio API / baseline:  {statistics.median(ratios):.2f}   "
+            f"(target >= 0.80; rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+        )
+        print(
+            f"API CPU per GiB:                  {statistics.median(cpu_per_gib):.2f} CPU-s  "
+            f"(target <= 2.0; rounds: {', '.join(f'{x:.2f}' for x in cpu_per_gib)})"
+        )
+        print(
+            "  of which user / system:         "
+            + ", ".join(f"{u:.2f} / {k:.2f}" for u, k in user_sys)
+        )
+        print(
+            f"API peak RSS (VmHWM):             {peak_rss_mb(api_proc.pid):.0f} MB  (target < 150)"
+        )
         return 0
     finally:
         api_proc.terminate()
