@@ -214,6 +214,17 @@ class S3ObjectStore:
         return StreamingWriter(self, key, content_type, part_size)
 
 
+class PartBuffer(bytearray):
+    """The bytes of one part. aiohttp sends a body as ``body[:content_length]``, which for a plain
+    bytearray copies the whole part once more; here a slice is a view (no copy). botocore accepts
+    it because it is a bytearray."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return memoryview(self)[key]
+        return super().__getitem__(key)
+
+
 class StreamingWriter:
     """Writes a stream of unknown length to one object with bounded memory.
 
@@ -232,7 +243,7 @@ class StreamingWriter:
         self.key = key
         self._content_type = content_type
         self._part_size = part_size
-        self._buffer = bytearray()
+        self._buffer = PartBuffer()
         self._upload_id: str | None = None
         self._parts: list[StoredPart] = []
         self._in_flight: asyncio.Task[StoredPart] | None = None
@@ -245,7 +256,7 @@ class StreamingWriter:
             await self._flush_part()
 
     async def _flush_part(self) -> None:
-        data, self._buffer = self._buffer, bytearray()
+        data, self._buffer = self._buffer, PartBuffer()
         if self._upload_id is None:
             self._upload_id = await self._store.create_multipart(self.key, self._content_type)
         await self._await_in_flight()
@@ -271,7 +282,7 @@ class StreamingWriter:
 
     async def abort(self) -> None:
         """Drop everything written so far; safe to call at any point, also twice."""
-        self._buffer = bytearray()
+        self._buffer = PartBuffer()
         if self._in_flight is not None:
             task, self._in_flight = self._in_flight, None
             task.cancel()

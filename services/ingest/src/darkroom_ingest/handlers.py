@@ -12,7 +12,7 @@ from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.mongo import MONGO_DB, Document
 from darkroom_kit.problems import FieldError, Problem, not_found
-from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound
+from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound, StorageError
 
 from darkroom_ingest import models
 from darkroom_ingest.photos import PhotoService
@@ -48,6 +48,16 @@ async def get_me(request: web.Request) -> web.Response:
             event_id=principal.event_id,
             created_at=ms_to_iso(token["created_ms"]) or "",
         ).model_dump()
+    )
+
+
+def storage_unavailable(exc: Exception) -> Problem:
+    return Problem(
+        503,
+        "storage_unavailable",
+        "Object storage is not answering",
+        "Nothing of this request was kept; retry it shortly.",
+        headers={"Retry-After": "5"},
     )
 
 
@@ -154,7 +164,10 @@ async def upload_batch(request: web.Request) -> web.Response:
         raise Problem(
             400, "malformed_multipart", "The multipart body is not valid", str(exc)
         ) from None
-    batch = await receiver.receive(reader)
+    try:
+        batch = await receiver.receive(reader)
+    except StorageError as exc:
+        raise storage_unavailable(exc) from None
     category_ids = {c["id"] for c in event.get("categories", [])}
     if batch.category_id is not None and batch.category_id not in category_ids:
         await receiver.discard(batch.stored)
@@ -179,7 +192,10 @@ async def upload_batch(request: web.Request) -> web.Response:
             ],
             extra={"skipped": [s.as_dict() for s in batch.skipped]},
         )
-    docs = await request.app[PHOTO_SERVICE].commit_batch(event, batch.stored, batch.category_id)
+    try:
+        docs = await request.app[PHOTO_SERVICE].commit_batch(event, batch.stored, batch.category_id)
+    except StorageError as exc:
+        raise storage_unavailable(exc) from None
     return json_response(
         {
             "uploaded": [photo_out(request, d) for d in docs],

@@ -8,6 +8,7 @@ is refused as a whole (cap, size, broken request) are deleted, so nothing half-d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -19,13 +20,16 @@ from aiohttp.http_exceptions import BadHttpMessage
 from darkroom_kit import records
 from darkroom_kit.ids import new_id
 from darkroom_kit.problems import FieldError, Problem
-from darkroom_kit.storage import S3ObjectStore, StorageError
+from darkroom_kit.storage import ObjectInfo, S3ObjectStore, StorageError, StreamingWriter
 from prometheus_client import Counter
 
 from darkroom_ingest import filenames, sniff
 from darkroom_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
+
+# Files whose upload to S3 may still be finishing while the next one streams in.
+MAX_FINISHING = 1
 
 FILE_FIELDS = {"photos", "photos[]", "file", "files"}
 
@@ -84,6 +88,7 @@ class BatchReceiver:
         self._bytes = bytes_counter
         self._allowed = set(settings.allowed_types)
         self._total = 0
+        self._finishing: list[tuple[StreamingWriter, asyncio.Task[ObjectInfo]]] = []
 
     async def receive(self, reader: MultipartReader) -> ReceivedBatch:
         batch = ReceivedBatch()
@@ -133,7 +138,9 @@ class BatchReceiver:
                     batch.skipped.append(result)
                 else:
                     batch.stored.append(result)
+            await self._await_finishing()
         except BaseException:
+            await self._abort_finishing()
             await self.discard(batch.stored)
             raise
         return batch
@@ -220,19 +227,46 @@ class BatchReceiver:
                     "truncated_file",
                     f"The {kind.name.upper()} data ends early: the file is incomplete.",
                 )
-            info = await writer.close()
         except BaseException:
             await writer.abort()
             raise
+        await self._finish_in_background(writer)
         return StoredFile(
             photo_id,
             key,
             filenames.with_extension(name, kind.extension),
             name,
             kind,
-            info.size,
+            writer.size,
             digest.hexdigest(),
         )
+
+    async def _finish_in_background(self, writer: StreamingWriter) -> None:
+        """Complete the object while the next file streams in: the last part and the
+        CompleteMultipartUpload round trip no longer stall the request. At most
+        ``MAX_FINISHING`` files finish at once, which bounds memory."""
+        self._finishing.append((writer, asyncio.create_task(writer.close())))
+        while len(self._finishing) > MAX_FINISHING:
+            _, oldest = self._finishing[0]
+            await oldest
+            self._finishing.pop(0)
+
+    async def _await_finishing(self) -> None:
+        while self._finishing:
+            _, task = self._finishing[0]
+            await task
+            self._finishing.pop(0)
+
+    async def _abort_finishing(self) -> None:
+        for writer, task in self._finishing:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            if task.cancelled() or task.exception() is not None:
+                with contextlib.suppress(StorageError):
+                    await writer.abort()
+        self._finishing.clear()
 
     def _count(self, n: int) -> None:
         self._total += n
