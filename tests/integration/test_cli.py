@@ -9,7 +9,6 @@ import sys
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-
 from darkroom_ingest.settings import IngestSettings
 
 Client = TestClient[Any, Any]
@@ -17,13 +16,26 @@ Client = TestClient[Any, Any]
 
 def cli(settings: IngestSettings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MONGO_URL": settings.mongo_url, "MONGO_DB": settings.mongo_db}
-    return subprocess.run([sys.executable, "-m", "darkroom_ingest.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "darkroom_ingest.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_token_create_list_revoke(api: Client, ingest_settings: IngestSettings) -> None:
-    made = cli(ingest_settings, "token", "create", "--scopes", "photos.read,webhooks.manage",
-               "--name", "crm")
+    made = cli(
+        ingest_settings,
+        "token",
+        "create",
+        "--scopes",
+        "photos.read,webhooks.manage",
+        "--name",
+        "crm",
+    )
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     me = await (await api.get("/v1/me", headers={"Authorization": f"Bearer {token}"})).json()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from darkroom_kit.logs import configure_logging
 from darkroom_kit.metrics import HttpMetrics
 from darkroom_kit.problems import Problem, problem_response
+from darkroom_kit.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,17 @@ def create_base_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+SettingsT = TypeVar("SettingsT", bound=CommonSettings)
+
+
+def serve(
+    service: str, settings: SettingsT, create_app: Callable[[SettingsT], web.Application]
+) -> None:
+    """A service's whole ``main()``: logging, the app from its settings, serve until SIGTERM."""
+    configure_logging(service, settings.log_level, settings.log_json)
+    run(create_app(settings), settings.http_host, settings.http_port)
 
 
 def run(app: web.Application, host: str, port: int) -> None:

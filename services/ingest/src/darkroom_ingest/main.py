@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-from darkroom_kit.httpapp import run
-from darkroom_kit.logs import configure_logging
+from darkroom_kit.httpapp import serve
 
 from darkroom_ingest.app import SERVICE, create_app
 from darkroom_ingest.settings import IngestSettings
 
 
 def main() -> None:
-    settings = IngestSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_json)
-    run(create_app(settings), settings.http_host, settings.http_port)
+    # Settings are read from the environment here, once, and passed down.
+    serve(SERVICE, IngestSettings(), create_app)
 
 
 if __name__ == "__main__":

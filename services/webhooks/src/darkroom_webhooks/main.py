@@ -1,16 +1,14 @@
 from __future__ import annotations
 
-from darkroom_kit.httpapp import run
-from darkroom_kit.logs import configure_logging
+from darkroom_kit.httpapp import serve
 
 from darkroom_webhooks.app import SERVICE, create_app
 from darkroom_webhooks.settings import WebhookSettings
 
 
 def main() -> None:
-    settings = WebhookSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_json)
-    run(create_app(settings), settings.http_host, settings.http_port)
+    # Settings are read from the environment here, once, and passed down.
+    serve(SERVICE, WebhookSettings(), create_app)
 
 
 if __name__ == "__main__":
