@@ -17,7 +17,7 @@ from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import OBJECT_STORE
 
 from tests.conftest import jpeg_bytes, png_bytes
-from tests.integration.conftest import TokenMaker, drain
+from tests.integration.conftest import TokenMaker, drain, eventually
 
 Client = TestClient[Any, Any]
 PROBLEM = "application/problem+json"
@@ -463,6 +463,40 @@ async def test_delete_removes_objects_and_announces(
     assert messages[0]["data"]["photo"]["id"] == photo["id"]
     got = await (await api.get(f"/v1/events/{event['id']}", headers=auth(token))).json()
     assert got["photo_count"] == 0
+
+
+async def test_delete_completes_after_storage_comes_back(
+    api: Client, make_token: TokenMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from darkroom_kit.storage import StorageUnavailable
+
+    token = await make_token()
+    event = await make_event(api, token)
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos", data=form(("s.jpg", jpeg_bytes())), headers=auth(token)
+    )
+    photo = (await resp.json())["uploaded"][0]
+    store = api.server.app[OBJECT_STORE]
+    real_delete = store.delete_many
+    failures = []
+
+    async def unavailable_once(keys: list[str]) -> None:
+        if not failures:
+            failures.append(keys)
+            raise StorageUnavailable("S3 is down")
+        await real_delete(keys)
+
+    monkeypatch.setattr(store, "delete_many", unavailable_once)
+    assert (await api.delete(f"/v1/photos/{photo['id']}", headers=auth(token))).status == 204
+    assert failures  # the first removal did fail
+    await assert_problem(
+        await api.get(f"/v1/photos/{photo['id']}", headers=auth(token)), 404, "photo_not_found"
+    )
+
+    async def gone() -> bool:
+        return await photo_count(api, event["id"]) == 0 and not await stored_keys(api, event["id"])
+
+    await eventually(gone)
 
 
 async def test_idempotency_keys(api: Client, make_token: TokenMaker) -> None:

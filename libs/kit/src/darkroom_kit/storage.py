@@ -32,7 +32,7 @@ class StorageError(Exception):
 
 
 class ObjectNotFound(StorageError):
-    pass
+    """The key (or multipart upload) does not exist."""
 
 
 class StorageUnavailable(StorageError):

@@ -12,7 +12,7 @@ _RESERVED = re.compile(r'[/\\:*?"<>|]')
 
 
 class InvalidFilename(ValueError):
-    pass
+    """A client-given file name that is refused; the message says why."""
 
 
 def validate_filename(raw: str | None) -> str:

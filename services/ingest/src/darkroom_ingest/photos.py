@@ -135,5 +135,14 @@ class PhotoService:
         fresh = await self.photos.col.find_one({"_id": doc["_id"]}) or doc
         if outbox.pending_of(fresh):
             return  # its photo.deleted is not out yet; the relay comes back
-        await self._store.delete_many(records.photo_object_keys(fresh))
+        try:
+            await self._store.delete_many(records.photo_object_keys(fresh))
+        except StorageError:
+            # The record stays as a tombstone (invisible to the API) and the relay comes back
+            # for it: deletion is accepted now and completed once the store answers.
+            log.warning("object deletion failed; will retry", extra={"photo_id": doc["_id"]})
+            await self.photos.col.update_one(
+                {"_id": doc["_id"]}, {"$set": {outbox.OUTBOX_DUE: now_ms() + self._grace_ms}}
+            )
+            return
         await self.photos.remove(doc["_id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -257,11 +258,9 @@ class IdempotencyStore:
             "started_ms": now,
             "expires_at": datetime.now(UTC) + timedelta(milliseconds=ttl_ms),
         }
-        try:
+        with contextlib.suppress(DuplicateKeyError):
             await self._col.insert_one(doc)
             return None
-        except DuplicateKeyError:
-            pass
         # A claim whose holder died long ago may be taken over.
         taken = await self._col.find_one_and_update(
             {
