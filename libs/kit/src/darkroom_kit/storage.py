@@ -99,7 +99,9 @@ class S3ObjectStore:
         with _translated():
             await self._client.head_bucket(Bucket=self.bucket)
 
-    async def put_bytes(self, key: str, data: bytes | bytearray, content_type: str) -> ObjectInfo:
+    async def put_bytes(
+        self, key: str, data: bytes | bytearray | PartBody, content_type: str
+    ) -> ObjectInfo:
         with _translated():
             resp = await self._client.put_object(
                 Bucket=self.bucket,
@@ -180,7 +182,7 @@ class S3ObjectStore:
         return resp["UploadId"]
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes | bytearray
+        self, key: str, upload_id: str, number: int, data: bytes | bytearray | PartBody
     ) -> StoredPart:
         with _translated():
             resp = await self._client.upload_part(
@@ -214,15 +216,38 @@ class S3ObjectStore:
         return StreamingWriter(self, key, content_type, part_size)
 
 
-class PartBuffer(bytearray):
-    """The bytes of one part. aiohttp sends a body as ``body[:content_length]``, which for a plain
-    bytearray copies the whole part once more; here a slice is a view (no copy). botocore accepts
-    it because it is a bytearray."""
+class PartBody:
+    """One part's bytes, kept as the chunks they arrived in.
 
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, slice):
-            return memoryview(self)[key]
-        return super().__getitem__(key)
+    botocore takes it as a file-like body (it has ``read`` and a length); aiohttp sends it as an
+    async iterable, chunk by chunk. So the bytes are never copied into one buffer, never sliced,
+    and never joined with the request headers: the only copies left are the kernel's.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def append(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return True  # an empty part is still a body (botocore tests truthiness for "no body")
+
+    def read(self, size: int = -1) -> bytes:
+        # Only for code that insists on reading (aiohttp iterates instead).
+        return b"".join(self._chunks)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
 
 
 class StreamingWriter:
@@ -243,20 +268,20 @@ class StreamingWriter:
         self.key = key
         self._content_type = content_type
         self._part_size = part_size
-        self._buffer = PartBuffer()
+        self._buffer = PartBody()
         self._upload_id: str | None = None
         self._parts: list[StoredPart] = []
         self._in_flight: asyncio.Task[StoredPart] | None = None
         self.size = 0
 
     async def write(self, chunk: bytes) -> None:
-        self._buffer += chunk
+        self._buffer.append(chunk)
         self.size += len(chunk)
         if len(self._buffer) >= self._part_size:
             await self._flush_part()
 
     async def _flush_part(self) -> None:
-        data, self._buffer = self._buffer, PartBuffer()
+        data, self._buffer = self._buffer, PartBody()
         if self._upload_id is None:
             self._upload_id = await self._store.create_multipart(self.key, self._content_type)
         await self._await_in_flight()
@@ -274,7 +299,7 @@ class StreamingWriter:
         """Finish the object and return what was stored."""
         if self._upload_id is None:
             return await self._store.put_bytes(self.key, self._buffer, self._content_type)
-        if self._buffer:
+        if len(self._buffer):
             await self._flush_part()
         await self._await_in_flight()
         etag = await self._store.complete_multipart(self.key, self._upload_id, self._parts)
@@ -282,7 +307,7 @@ class StreamingWriter:
 
     async def abort(self) -> None:
         """Drop everything written so far; safe to call at any point, also twice."""
-        self._buffer = PartBuffer()
+        self._buffer = PartBody()
         if self._in_flight is not None:
             task, self._in_flight = self._in_flight, None
             task.cancel()

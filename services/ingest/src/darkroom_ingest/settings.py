@@ -17,7 +17,7 @@ class IngestSettings(CommonSettings):
     # Size of the S3 parts a streamed file is cut into (S3's minimum is 5 MiB).
     upload_part_bytes: int = Field(default=8 * MIB, ge=5 * MIB)
     # Multipart read size: larger means fewer Python-level loop turns per GiB.
-    read_chunk_bytes: int = Field(default=1024 * 1024, ge=4096)
+    read_chunk_bytes: int = Field(default=256 * 1024, ge=4096)
     # A writer that has not published its outbox within this time is presumed dead; the relay
     # publishes for it.
     outbox_grace_ms: int = 10_000
