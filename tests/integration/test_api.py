@@ -533,6 +533,44 @@ async def test_idempotency_keys(api: Client, make_token: TokenMaker) -> None:
     )
 
 
+async def test_idempotency_key_in_use_and_stale_claims(api: Client, make_token: TokenMaker) -> None:
+    from darkroom_ingest.idempotency import STALE_MS
+    from darkroom_kit.clock import now_ms
+
+    token = await make_token()
+    me = await (await api.get("/v1/me", headers=auth(token))).json()
+    keys = api.server.app[MONGO_DB][records.IDEMPOTENCY]
+    body = {"name": "Busy", "slug": f"busy-{secrets.token_hex(3)}"}
+    first = await api.post(
+        "/v1/events", json=body, headers={**auth(token), "Idempotency-Key": "probe"}
+    )
+    assert first.status == 201
+    # A first request still running (its claim is fresh) makes a repeat wait: 409.
+    await keys.update_one(
+        {"_id": f"{me['id']}:probe"}, {"$set": {"state": "running", "started_ms": now_ms()}}
+    )
+    busy = await assert_problem(
+        await api.post(
+            "/v1/events", json=body, headers={**auth(token), "Idempotency-Key": "probe"}
+        ),
+        409,
+        "idempotency_key_in_use",
+    )
+    assert busy["status"] == 409
+    # A claim whose holder died long ago is taken over: the request runs again (and here meets
+    # the event the first run created).
+    await keys.update_one(
+        {"_id": f"{me['id']}:probe"}, {"$set": {"started_ms": now_ms() - STALE_MS - 1000}}
+    )
+    await assert_problem(
+        await api.post(
+            "/v1/events", json=body, headers={**auth(token), "Idempotency-Key": "probe"}
+        ),
+        409,
+        "slug_taken",
+    )
+
+
 async def test_outbox_relay_publishes_what_a_dead_writer_left(
     api: Client, ingest_settings: IngestSettings, watch_events: QueueSpec
 ) -> None:

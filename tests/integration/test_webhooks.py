@@ -162,6 +162,8 @@ async def test_gone_disables_and_private_targets_are_refused(
 ) -> None:
     token = await make_token()
     gone, gone_url = await receiver([410])
+    moved, moved_url = await receiver([301])
+    ep_moved = await register(api, token, moved_url, ["photo.uploaded"])
     ep_gone = await register(api, token, gone_url, ["photo.uploaded"])
     # Not allowlisted: 10.x is private. The attempt never leaves the machine.
     ep_private = await register(api, token, "http://10.1.2.3/hook", ["photo.uploaded"])
@@ -181,6 +183,11 @@ async def test_gone_disables_and_private_targets_are_refused(
     assert len(gone.requests) == 1  # 410 is final: no retries
     got = await (await api.get(f"/v1/webhooks/{ep_gone['id']}", headers=auth(token))).json()
     assert got["enabled"] is False
+    # A redirect is not followed: it is a failed attempt, retried, then the delivery fails.
+    log = await eventually(lambda: final(ep_moved["id"]), timeout=20)
+    assert log[0]["status"] == "failed"
+    assert [a["status_code"] for a in log[0]["attempts"]] == [301, 301, 301]
+    assert len(moved.requests) == 3
     log = await eventually(lambda: final(ep_private["id"]), timeout=20)
     assert log[0]["status"] == "failed"
     assert len(log[0]["attempts"]) == 3  # first try and both retry tiers
