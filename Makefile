@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test lint fmt token bench-upload compose-config clean
+.PHONY: help install run test lint fmt token bench-upload bench-floor compose-config clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ token: install ## Create an API token: make token SCOPES=photos.read,photos.writ
 
 bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio to direct S3
 	.venv/bin/python benchmarks/batch_upload.py
+
+bench-floor: install ## What the bare stack costs per GiB (receive, forward to S3, + SHA-256)
+	.venv/bin/python benchmarks/upload_floor.py
 
 compose-config: ## Validate docker-compose.yml offline (docker compose, or Debian's docker-compose)
 	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \
