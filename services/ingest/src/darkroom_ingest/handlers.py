@@ -7,10 +7,12 @@ import secrets
 from typing import Any
 
 from aiohttp import web
-from darkroom_kit import records
+from darkroom_kit import outbox, records
 from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.ids import new_id
+from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, Envelope
 from darkroom_kit.mongo import MONGO_DB, Document
+from darkroom_kit.outbox import Outbox
 from darkroom_kit.problems import FieldError, Problem, not_found
 from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound, StorageError
 
@@ -124,6 +126,53 @@ async def get_event(request: web.Request) -> web.Response:
     return json_response(event_out(await load_event(request, principal)))
 
 
+async def patch_event(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.EVENTS_WRITE)
+    event = await load_event(request, principal)
+    body = await parse_json(request, models.EventPatch)
+    fields = {name: getattr(body, name) for name in body.model_fields_set}
+    if "name" in fields and fields["name"] is None:
+        raise Problem(
+            422,
+            "validation_failed",
+            "The request is not valid",
+            errors=[FieldError("/name", "an event needs a name", "required")],
+        )
+    if not fields:
+        return json_response(event_out(event))
+    updated = await EventStore(request.app[MONGO_DB]).patch(event["_id"], fields)
+    if updated is None:
+        current = await EventStore(request.app[MONGO_DB]).get(event["_id"])
+        count = (current or event).get("photo_count", 0)
+        raise Problem(
+            409,
+            "photo_cap_below_count",
+            "The cap is below the photos held",
+            f"The event holds {count} photos; a cap must be at least that.",
+            errors=[FieldError("/photo_cap", f"at least {count}", "too_small")],
+        )
+    return json_response(event_out(updated))
+
+
+async def archive_event(request: web.Request) -> web.Response:
+    """Archive: no new uploads, its photos stay; event.archived is announced once."""
+    principal = await require(request, Scope.EVENTS_WRITE)
+    event = await load_event(request, principal)
+    settings = request.app[SETTINGS]
+    store = EventStore(request.app[MONGO_DB])
+    topology = request.app[TOPOLOGY]
+
+    def message(doc: Document) -> Envelope:
+        return Envelope.new(records.EVENT_ARCHIVED, {"event": event_out(doc)})
+
+    archived = await store.archive(event["_id"], message, topology.events, settings.outbox_grace_ms)
+    if archived is None:  # already archived: the same answer, nothing announced twice
+        current = await store.get(event["_id"])
+        return json_response(event_out(current or event))
+    await Outbox(request.app[PUBLISHER]).flush(store.col, event["_id"], outbox.pending_of(archived))
+    return json_response(event_out(archived))
+
+
 # ---- photos ---------------------------------------------------------------------------------
 
 
@@ -208,9 +257,21 @@ async def upload_batch(request: web.Request) -> web.Response:
 async def list_photos(request: web.Request) -> web.Response:
     principal = await require(request, Scope.PHOTOS_READ)
     event = await load_event(request, principal)
-    query = parse_query(request, models.PageQuery)
+    query = parse_query(request, models.PhotoListQuery)
+    is_hidden = query.is_hidden
+    if principal.event_id is not None:
+        if is_hidden:  # a gallery token never sees hidden photos
+            return json_response(
+                {"items": [], "total": 0, "limit": query.limit, "offset": query.offset}
+            )
+        is_hidden = False
     docs, total = await request.app[PHOTO_SERVICE].photos.page(
-        event["_id"], query.limit, query.offset
+        event["_id"],
+        query.limit,
+        query.offset,
+        category_id=query.category_id,
+        is_hidden=is_hidden,
+        sort=query.sort,
     )
     return json_response(
         {
@@ -225,9 +286,58 @@ async def list_photos(request: web.Request) -> web.Response:
 async def _load_photo(request: web.Request, principal: Principal) -> Document:
     photo_id = request.match_info["photo_id"]
     doc = await request.app[PHOTO_SERVICE].photos.get(photo_id)
-    if doc is None or (principal.event_id is not None and doc["event_id"] != principal.event_id):
+    if doc is None or not _visible(principal, doc):
         raise not_found("photo", photo_id)
     return doc
+
+
+def _visible(principal: Principal, photo: Document) -> bool:
+    """A gallery token (bound to one event) sees that event's photos, never hidden ones."""
+    if principal.event_id is None:
+        return True
+    return photo["event_id"] == principal.event_id and not photo.get("is_hidden", False)
+
+
+async def patch_photo(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    doc = await _load_photo(request, principal)
+    body = await parse_json(request, models.PhotoPatch)
+    # Only the fields sent change; an explicit null clears one.
+    fields = {name: getattr(body, name) for name in body.model_fields_set}
+    if fields.get("category_id") is not None:
+        event = await EventStore(request.app[MONGO_DB]).get(doc["event_id"])
+        if fields["category_id"] not in {c["id"] for c in (event or {}).get("categories", [])}:
+            raise Problem(
+                422,
+                "unknown_category",
+                "Unknown category",
+                errors=[
+                    FieldError(
+                        "/category_id", "not one of the event's category ids", "unknown_category"
+                    )
+                ],
+            )
+    if "is_hidden" in fields and fields["is_hidden"] is None:
+        fields["is_hidden"] = False
+    updated = await request.app[PHOTO_SERVICE].photos.patch(doc["_id"], fields) if fields else doc
+    if updated is None:
+        raise not_found("photo", doc["_id"])
+    return json_response(photo_out(request, updated))
+
+
+async def bulk_delete_photos(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    body = await parse_json(request, models.BulkDelete)
+    service = request.app[PHOTO_SERVICE]
+    deleted: list[str] = []
+    failed: list[dict[str, str]] = []
+    for photo_id in dict.fromkeys(body.photo_ids):
+        doc = await service.photos.get(photo_id)
+        if doc is None or not _visible(principal, doc) or not await service.delete(doc):
+            failed.append({"id": photo_id, "code": "photo_not_found"})
+        else:
+            deleted.append(photo_id)
+    return json_response({"deleted": deleted, "failed": failed})
 
 
 async def get_photo(request: web.Request) -> web.Response:
@@ -253,7 +363,7 @@ async def _serve(request: web.Request, variant: str | None) -> web.StreamRespons
     if event is None or (principal.event_id is not None and principal.event_id != event["_id"]):
         raise not_found("photo", f"{slug}/{filename}")
     photo = await request.app[PHOTO_SERVICE].photos.by_name(event["_id"], filename)
-    if photo is None:
+    if photo is None or not _visible(principal, photo):
         raise not_found("photo", f"{slug}/{filename}")
     if variant is None:
         key, etag, content_type = photo["original_key"], photo["sha256"], photo["content_type"]
@@ -292,9 +402,11 @@ async def _serve(request: web.Request, variant: str | None) -> web.StreamRespons
             async for chunk in chunks:
                 await response.write(chunk)
             await response.write_eof()
-            return response
     except ObjectNotFound:
         raise not_found("photo", f"{slug}/{filename}") from None
+    if variant is None:
+        await request.app[PHOTO_SERVICE].photos.count_download(photo["_id"])
+    return response
 
 
 async def serve_original(request: web.Request) -> web.StreamResponse:

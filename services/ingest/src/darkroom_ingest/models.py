@@ -114,6 +114,12 @@ class VariantOut(BaseModel):
     size: int | None
 
 
+class Feedback(BaseModel):
+    likes: int
+    average_rating: float | None
+    comment_count: int
+
+
 class PhotoOut(BaseModel):
     id: str
     event_id: str
@@ -130,6 +136,13 @@ class PhotoOut(BaseModel):
     category_id: str | None
     status: Literal["uploaded", "processed", "failed", "deleting"]
     status_reason: str | None
+    title: str | None
+    description: str | None
+    rating: int | None
+    keywords: list[str]
+    is_hidden: bool
+    feedback: Feedback
+    download_count: int
     url: str
     thumbnail_url: str
     hero_url: str
@@ -170,6 +183,68 @@ class Page(BaseModel, Generic[T]):
 class PageQuery(Strict):
     limit: Annotated[int, Field(ge=1, le=200)] = 50
     offset: Annotated[int, Field(ge=0)] = 0
+
+
+PhotoSort = Literal[
+    "upload_date_asc",
+    "upload_date_desc",
+    "capture_date_asc",
+    "capture_date_desc",
+    "filename_asc",
+    "filename_desc",
+    "size_asc",
+    "size_desc",
+    "rating_asc",
+    "rating_desc",
+]
+
+
+class PhotoListQuery(PageQuery):
+    category_id: str | None = None
+    is_hidden: bool | None = None
+    sort: PhotoSort = "upload_date_desc"
+
+
+class PhotoPatch(Strict):
+    is_hidden: bool | None = None
+    title: Annotated[str | None, Field(max_length=300)] = None
+    description: Annotated[str | None, Field(max_length=5000)] = None
+    rating: Annotated[int | None, Field(ge=1, le=5)] = None
+    keywords: Annotated[
+        str | list[Annotated[str, Field(max_length=100)]] | None,
+        Field(description="An array, or one string with commas"),
+    ] = None
+    category_id: str | None = None
+
+    @field_validator("keywords")
+    @classmethod
+    def _keywords(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else value
+        out = list(dict.fromkeys(k.strip() for k in items if k.strip()))
+        if len(out) > 100:
+            raise ValueError("at most 100 keywords")
+        return out
+
+
+class BulkDelete(Strict):
+    photo_ids: Annotated[list[str], Field(min_length=1, max_length=1000)]
+
+
+class BulkFailure(BaseModel):
+    id: str
+    code: str
+
+
+class BulkDeleteOut(BaseModel):
+    deleted: list[str]
+    failed: list[BulkFailure]
+
+
+class EventPatch(Strict):
+    name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    photo_cap: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
 
 
 class ProblemOut(BaseModel):

@@ -17,6 +17,15 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from darkroom_ingest.filenames import numbered
 
+# The sort keys of GET /v1/events/{id}/photos and the fields they order by.
+PHOTO_SORT_FIELDS = {
+    "upload_date": "created_ms",
+    "capture_date": "captured_at_ms",
+    "filename": "filename",
+    "size": "size",
+    "rating": "rating",
+}
+
 
 class Conflict(Exception):
     """A unique value is taken."""
@@ -77,20 +86,20 @@ class TokenStore:
 
 class EventStore:
     def __init__(self, db: Database) -> None:
-        self._col = db[records.EVENTS]
+        self.col = db[records.EVENTS]
 
     async def create(self, doc: Document) -> Document:
         try:
-            await self._col.insert_one(doc)
+            await self.col.insert_one(doc)
         except DuplicateKeyError as exc:
             raise Conflict("slug") from exc
         return doc
 
     async def get(self, event_id: str) -> Document | None:
-        return await self._col.find_one({"_id": event_id}, {outbox.OUTBOX: 0})
+        return await self.col.find_one({"_id": event_id}, {outbox.OUTBOX: 0})
 
     async def by_slug(self, slug: str) -> Document | None:
-        return await self._col.find_one({"slug": slug}, {outbox.OUTBOX: 0})
+        return await self.col.find_one({"slug": slug}, {outbox.OUTBOX: 0})
 
     async def reserve_photos(self, event: Document, n: int) -> None:
         """Count ``n`` more photos against the event's cap, atomically: a conditional update, never
@@ -102,7 +111,7 @@ class EventStore:
                 query["photo_cap"] = None
             else:
                 query.update({"photo_cap": cap, "photo_count": {"$lte": cap - n}})
-            updated = await self._col.find_one_and_update(
+            updated = await self.col.find_one_and_update(
                 query, {"$inc": {"photo_count": n}}, return_document=ReturnDocument.AFTER
             )
             if updated is not None:
@@ -115,8 +124,37 @@ class EventStore:
             event = fresh  # the cap changed under us: decide again with the new one
         raise CapExceeded(event.get("photo_cap") or 0, event.get("photo_count", 0))
 
+    async def patch(self, event_id: str, fields: Document) -> Document | None:
+        query: Document = {"_id": event_id}
+        cap = fields.get("photo_cap")
+        if cap is not None:
+            # Never below what the event already holds (checked in the same write).
+            query["photo_count"] = {"$lte": cap}
+        return await self.col.find_one_and_update(
+            query, {"$set": fields}, {outbox.OUTBOX: 0}, return_document=ReturnDocument.AFTER
+        )
+
+    async def archive(
+        self,
+        event_id: str,
+        message_for: Callable[[Document], Envelope],
+        exchange: str,
+        grace_ms: int,
+    ) -> Document | None:
+        """Archive once, with its event.archived in the same write. None if already archived."""
+        current = await self.get(event_id)
+        if current is None or current.get("status") == "archived":
+            return None
+        ops = outbox.push(exchange, [message_for({**current, "status": "archived"})], grace_ms)
+        ops["$set"].update({"status": "archived", "archived_ms": now_ms()})
+        return await self.col.find_one_and_update(
+            {"_id": event_id, "status": {"$ne": "archived"}},
+            ops,
+            return_document=ReturnDocument.AFTER,
+        )
+
     async def release_photos(self, event_id: str, n: int) -> None:
-        await self._col.update_one({"_id": event_id}, {"$inc": {"photo_count": -n}})
+        await self.col.update_one({"_id": event_id}, {"$inc": {"photo_count": -n}})
 
 
 class PhotoStore:
@@ -166,16 +204,44 @@ class PhotoStore:
             {outbox.OUTBOX: 0},
         )
 
-    async def page(self, event_id: str, limit: int, offset: int) -> tuple[list[Document], int]:
-        query = {"event_id": event_id, "status": {"$ne": "deleting"}}
+    async def page(
+        self,
+        event_id: str,
+        limit: int,
+        offset: int,
+        *,
+        category_id: str | None = None,
+        is_hidden: bool | None = None,
+        sort: str = "upload_date_desc",
+    ) -> tuple[list[Document], int]:
+        query: Document = {"event_id": event_id, "status": {"$ne": "deleting"}}
+        if category_id is not None:
+            query["category_id"] = category_id
+        if is_hidden is True:
+            query["is_hidden"] = True
+        elif is_hidden is False:
+            query["is_hidden"] = {"$ne": True}
+        key, _, direction = sort.rpartition("_")
+        order = ASCENDING if direction == "asc" else DESCENDING
         total = await self.col.count_documents(query)
         cursor = (
             self.col.find(query, {outbox.OUTBOX: 0})
-            .sort([("created_ms", DESCENDING), ("_id", DESCENDING)])
+            .sort([(PHOTO_SORT_FIELDS[key], order), ("_id", order)])
             .skip(offset)
             .limit(limit)
         )
         return [d async for d in cursor], total
+
+    async def patch(self, photo_id: str, fields: Document) -> Document | None:
+        return await self.col.find_one_and_update(
+            {"_id": photo_id, "status": {"$ne": "deleting"}},
+            {"$set": fields},
+            {outbox.OUTBOX: 0},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def count_download(self, photo_id: str) -> None:
+        await self.col.update_one({"_id": photo_id}, {"$inc": {"download_count": 1}})
 
     async def mark_deleting(
         self, photo_id: str, message: Envelope, exchange: str, grace_ms: int
