@@ -82,3 +82,30 @@ async def test_unreachable_server_is_unavailable(settings_kwargs: dict[str, Any]
     async with open_object_store(settings) as dead:
         with pytest.raises(StorageUnavailable):
             await dead.put_bytes("k", b"x", "text/plain")
+
+
+async def test_racing_writes_of_one_part_are_retried_and_succeed(store: S3ObjectStore) -> None:
+    """A part body must be rewindable: the client retries a failed attempt (moto_server drops
+    some of these racing requests, and a real network drops others)."""
+    import asyncio
+
+    from darkroom_kit.storage import PartBody, StoredPart
+
+    data = os.urandom(5 * MIB)
+
+    def body() -> PartBody:
+        part = PartBody()
+        part.append(data[:MIB])
+        part.append(memoryview(data)[MIB:])
+        return part
+
+    for trial in range(5):
+        upload_id = await store.create_multipart(f"t/race{trial}", "image/jpeg")
+        parts = await asyncio.gather(
+            *(store.upload_part(f"t/race{trial}", upload_id, 1, body()) for _ in range(3))
+        )
+        assert {p.etag for p in parts} == {parts[0].etag}
+        await store.complete_multipart(
+            f"t/race{trial}", upload_id, [StoredPart(1, parts[0].etag, len(data))]
+        )
+        assert await store.get_bytes(f"t/race{trial}") == data

@@ -206,6 +206,12 @@ class S3ObjectStore:
             )
         return resp.get("ETag", "").strip('"')
 
+    async def open_multipart_uploads(self, prefix: str) -> list[str]:
+        """Ids of the multipart uploads under ``prefix`` that are neither completed nor aborted."""
+        with _translated():
+            resp = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        return [u["UploadId"] for u in resp.get("Uploads", [])]
+
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(ObjectNotFound), _translated():
             await self._client.abort_multipart_upload(
@@ -241,6 +247,16 @@ class PartBody:
     def read(self, size: int = -1) -> bytes:
         # Only for code that insists on reading (aiohttp iterates instead).
         return b"".join(self._chunks)
+
+    # botocore rewinds a body before it retries a request; every iteration starts at the first
+    # chunk, so rewinding is a no-op. Without these a failed attempt could not be retried.
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset != 0 or whence != 0:
+            raise OSError("a part body can only be rewound to its start")
+        return 0
+
+    def tell(self) -> int:
+        return 0
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()

@@ -15,7 +15,8 @@ from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
 
-from darkroom_ingest.handlers import PHOTO_SERVICE, UPLOAD_BYTES
+from darkroom_ingest.chunked import ChunkedUploads
+from darkroom_ingest.handlers import CHUNKED, PHOTO_SERVICE, UPLOAD_BYTES
 from darkroom_ingest.idempotency import idempotency_middleware
 from darkroom_ingest.photos import PhotoService
 from darkroom_ingest.routes import api_routes, openapi_document, register
@@ -39,6 +40,9 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.outbox_grace_ms,
     )
     app[PHOTO_SERVICE] = service
+    chunked = ChunkedUploads(db, app[OBJECT_STORE], service, settings)
+    await chunked.ensure_indexes()
+    app[CHUNKED] = chunked
 
     yield
 
@@ -52,6 +56,10 @@ async def _relay(app: web.Application) -> None:
         after_flush={records.PHOTOS: service.finish_deletion},
     )
     await relay.run_forever(app[SETTINGS].outbox_relay_interval_seconds)
+
+
+async def _expire_uploads(app: web.Application) -> None:
+    await app[CHUNKED].sweep_forever(app[SETTINGS].upload_sweep_interval_seconds)
 
 
 def create_app(settings: IngestSettings) -> web.Application:
@@ -73,6 +81,7 @@ def create_app(settings: IngestSettings) -> web.Application:
             _domain_ctx,
             readiness_ctx,
             background_ctx(_relay),
+            background_ctx(_expire_uploads),
         ]
     )
     routes = api_routes()

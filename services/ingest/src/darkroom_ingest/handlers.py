@@ -17,6 +17,7 @@ from darkroom_kit.problems import FieldError, Problem, not_found
 from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound, StorageError
 
 from darkroom_ingest import models
+from darkroom_ingest.chunked import ChunkedUploads, parse_digest_headers, upload_out
 from darkroom_ingest.photos import PhotoService
 from darkroom_ingest.stores import Conflict, EventStore, WebhookStore
 from darkroom_ingest.tokens import Principal, Scope, effective_scopes
@@ -31,6 +32,7 @@ from darkroom_ingest.web_support import (
 )
 
 PHOTO_SERVICE: web.AppKey[PhotoService] = web.AppKey("photo_service", PhotoService)
+CHUNKED: web.AppKey[ChunkedUploads] = web.AppKey("chunked_uploads", ChunkedUploads)
 UPLOAD_BYTES: web.AppKey[Any] = web.AppKey("upload_bytes_counter", object)
 
 
@@ -366,7 +368,9 @@ async def _serve(request: web.Request, variant: str | None) -> web.StreamRespons
     if photo is None or not _visible(principal, photo):
         raise not_found("photo", f"{slug}/{filename}")
     if variant is None:
-        key, etag, content_type = photo["original_key"], photo["sha256"], photo["content_type"]
+        # An original never changes under its photo id, so the id is a valid ETag without a hash.
+        key, content_type = photo["original_key"], photo["content_type"]
+        etag = photo.get("sha256") or photo["_id"]
     else:
         info = (photo.get("variants") or {}).get(variant)
         if info is None:
@@ -419,6 +423,80 @@ async def serve_thumbnail(request: web.Request) -> web.StreamResponse:
 
 async def serve_hero(request: web.Request) -> web.StreamResponse:
     return await _serve(request, "hero")
+
+
+# ---- chunked uploads -------------------------------------------------------------------------
+
+
+def _upload_out(request: web.Request, doc: Document) -> dict[str, Any]:
+    return upload_out(doc, request.app[SETTINGS].public_base_url)
+
+
+async def _load_upload(request: web.Request, principal: Principal) -> Document:
+    upload_id = request.match_info["upload_id"]
+    doc = await request.app[CHUNKED].get(upload_id)
+    if principal.event_id is not None and doc["event_id"] != principal.event_id:
+        raise not_found("upload", upload_id)
+    return doc
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    event = await load_event(request, principal)
+    body = await parse_json(request, models.UploadCreate)
+    doc = await request.app[CHUNKED].create(
+        event, body.filename, body.size, body.mime_type, body.sha256
+    )
+    return json_response(
+        _upload_out(request, doc), status=201, headers={"Location": f"/v1/uploads/{doc['_id']}"}
+    )
+
+
+async def get_upload(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    return json_response(_upload_out(request, await _load_upload(request, principal)))
+
+
+async def put_chunk(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    doc = await _load_upload(request, principal)
+    try:
+        index = int(request.match_info["index"])
+    except ValueError:
+        raise Problem(
+            400,
+            "invalid_chunk_index",
+            "The chunk index is not a number",
+            errors=[FieldError("index", "a whole number from 0", "invalid")],
+        ) from None
+    digests = parse_digest_headers(
+        request.headers.get("Content-Digest"), request.headers.get("X-Checksum-CRC32C")
+    )
+    try:
+        part = await request.app[CHUNKED].put_chunk(
+            doc["_id"], index, request.content_length, digests, request.content.iter_any()
+        )
+    except StorageError as exc:
+        raise storage_unavailable(exc) from None
+    request.app[UPLOAD_BYTES].inc(part["size"])
+    return json_response(part)
+
+
+async def complete_upload(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    doc = await _load_upload(request, principal)
+    try:
+        photo = await request.app[CHUNKED].complete(doc["_id"])
+    except StorageError as exc:
+        raise storage_unavailable(exc) from None
+    return json_response(photo_out(request, photo))
+
+
+async def delete_upload(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    doc = await _load_upload(request, principal)
+    await request.app[CHUNKED].cancel(doc["_id"])
+    return web.Response(status=204)
 
 
 # ---- webhooks -------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ class PhotoOut(BaseModel):
     content_type: str
     kind: Literal["image", "video"]
     size: int
-    sha256: str
+    sha256: str | None
     width: int | None
     height: int | None
     captured_at: str | None
@@ -245,6 +245,40 @@ class BulkDeleteOut(BaseModel):
 class EventPatch(Strict):
     name: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     photo_cap: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+
+
+class UploadCreate(Strict):
+    filename: Annotated[str, Field(min_length=1, max_length=255)]
+    size: Annotated[int, Field(ge=1)]
+    mime_type: str
+    sha256: Annotated[
+        str | None, Field(pattern="^[0-9a-f]{64}$", description="hex SHA-256 of the whole file")
+    ] = None
+
+
+class ChunkOut(BaseModel):
+    index: int
+    size: int
+    crc32c: str | None
+    sha256: str | None
+
+
+class UploadOut(BaseModel):
+    upload_id: str
+    event_id: str
+    filename: str
+    size: int
+    mime_type: str
+    chunk_size: int
+    chunk_count: int
+    state: Literal["open", "completing", "completed", "failed", "aborted", "expired"]
+    expires_at: str
+    received_bytes: int
+    chunks: list[ChunkOut]
+    missing: list[int]
+    photo_id: str | None
+    error: dict[str, Any] | None
+    status_url: str
 
 
 class ProblemOut(BaseModel):

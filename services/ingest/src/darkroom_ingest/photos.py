@@ -64,7 +64,7 @@ class PhotoService:
                 "filename": f.filename,
                 "original_filename": f.original_filename,
                 "content_type": f.kind.content_type,
-                "kind": "image",
+                "kind": "video" if f.kind.content_type.startswith("video/") else "image",
                 "size": f.size,
                 "sha256": f.sha256,
                 "original_key": f.key,

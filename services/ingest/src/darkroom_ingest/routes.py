@@ -29,6 +29,7 @@ class Route:
     response: type[BaseModel] | None = None
     status: int = 200
     binary: bool = False
+    raw_body: bool = False
 
 
 def api_routes() -> list[Route]:
@@ -92,6 +93,56 @@ def api_routes() -> list[Route]:
             multipart=True,
             response=models.BatchOut,
             status=201,
+        ),
+        Route(
+            "POST",
+            "/v1/events/{event_id}/uploads",
+            handlers.create_upload,
+            "Start a chunked, resumable upload (videos, and any file over the batch limit)",
+            "uploads",
+            Scope.PHOTOS_WRITE,
+            body=models.UploadCreate,
+            response=models.UploadOut,
+            status=201,
+        ),
+        Route(
+            "GET",
+            "/v1/uploads/{upload_id}",
+            handlers.get_upload,
+            "An upload's state and exactly which chunks arrived (how a client resumes)",
+            "uploads",
+            Scope.PHOTOS_WRITE,
+            response=models.UploadOut,
+        ),
+        Route(
+            "PUT",
+            "/v1/uploads/{upload_id}/chunks/{index}",
+            handlers.put_chunk,
+            "Send chunk i (raw body, exactly chunk_size bytes but the last); any order, in "
+            "parallel, re-sending replaces. Optional Content-Digest (sha-256, crc32c) or "
+            "X-Checksum-CRC32C",
+            "uploads",
+            Scope.PHOTOS_WRITE,
+            response=models.ChunkOut,
+            raw_body=True,
+        ),
+        Route(
+            "POST",
+            "/v1/uploads/{upload_id}/complete",
+            handlers.complete_upload,
+            "Assemble the file and create the photo, exactly once",
+            "uploads",
+            Scope.PHOTOS_WRITE,
+            response=models.PhotoOut,
+        ),
+        Route(
+            "DELETE",
+            "/v1/uploads/{upload_id}",
+            handlers.delete_upload,
+            "Cancel an upload and drop its chunks",
+            "uploads",
+            Scope.PHOTOS_WRITE,
+            status=204,
         ),
         Route(
             "GET",
@@ -289,6 +340,15 @@ def openapi_document(routes: list[Route], base_url: str) -> dict[str, Any]:
             op["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": ref(r.body, "validation")}},
+            }
+        if r.raw_body:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                    }
+                },
             }
         if r.multipart:
             op["requestBody"] = {

@@ -23,3 +23,11 @@ class IngestSettings(CommonSettings):
     outbox_grace_ms: int = 10_000
     outbox_relay_interval_seconds: float = 2.0
     idempotency_ttl_hours: int = 24
+    # Chunked uploads.
+    allowed_video_types: list[str] = ["mp4", "mov", "webm", "avi"]
+    max_video_bytes: int = Field(default=10 * 1000 * MB, ge=1)
+    max_chunked_image_bytes: int = Field(default=200 * MB, ge=1)
+    upload_chunk_bytes: int = Field(default=8 * MIB, ge=5 * MIB)
+    # Under MinIO's own 24 h purge of unfinished multipart uploads.
+    upload_expiry_seconds: float = Field(default=12 * 3600, gt=0)
+    upload_sweep_interval_seconds: float = Field(default=60.0, gt=0)

@@ -58,7 +58,7 @@ class StoredFile:
     original_filename: str
     kind: sniff.FileType
     size: int
-    sha256: str
+    sha256: str | None  # None: a chunked upload sent without one
 
 
 @dataclass
