@@ -273,3 +273,25 @@ async def test_abandoned_uploads_expire(
     await assert_problem(await put(api, token, upload, data, 1), 409, "upload_not_open")
     # The multipart upload is gone from S3 as well.
     assert doc["s3_upload_id"] not in await store.open_multipart_uploads(f"events/{event['id']}/")
+
+
+async def test_idempotent_chunk_and_video_in_a_batch(capi: Client, make_token: TokenMaker) -> None:
+    from tests.integration.test_api import form
+
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(CHUNK + 10)
+    upload = await start(capi, token, event["id"], data)
+    for _ in range(2):  # the same key twice: the body reaches the handler, the answer replays
+        resp = await put(capi, token, upload, data, 0, **{"Idempotency-Key": "chunk-0"})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["size"] == CHUNK
+    video = b"\0\0\0\x18ftypmp42" + os.urandom(2000)
+    problem = await assert_problem(
+        await capi.post(
+            f"/v1/events/{event['id']}/photos", data=form(("clip.mp4", video)), headers=auth(token)
+        ),
+        400,
+        "no_valid_files",
+    )
+    assert problem["errors"][0]["code"] == "use_chunked_upload"

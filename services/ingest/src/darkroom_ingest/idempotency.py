@@ -2,8 +2,8 @@
 answer; the same key with another body is a 422; a repeat while the first still runs is a 409.
 
 Keys are scoped to the token that sent them. For JSON bodies the fingerprint is the method, path and
-the body's bytes. A streamed upload is not read twice, so its fingerprint is the method, path and
-Content-Length.
+the body's bytes. A streamed body (a batch, a chunk) is not read twice, so its fingerprint is the
+method, path and Content-Length.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ STALE_MS = 15 * 60 * 1000
 
 async def _fingerprint(request: web.Request) -> str:
     digest = hashlib.sha256(f"{request.method} {request.path}?{request.query_string}\n".encode())
-    if request.content_type.startswith("multipart/"):
-        digest.update(f"length={request.content_length}".encode())
-    else:
-        # Handlers read the body through request.content; read() caches it for them.
+    ctype = request.content_type
+    if ctype in ("application/json", "") or ctype.endswith("+json"):
+        # JSON handlers parse with request.read(), which caches the body for them.
         digest.update(await request.read())
+    else:
+        # Streamed bodies (batches, chunks) are not read twice: method, path and length.
+        digest.update(f"length={request.content_length}".encode())
     return base64.urlsafe_b64encode(digest.digest()).decode()
 
 

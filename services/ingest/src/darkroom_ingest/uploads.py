@@ -182,6 +182,14 @@ class BatchReceiver:
         if not head:
             return Skipped(name, where, "empty_file", "The file is empty.")
         kind = sniff.sniff(head)
+        if kind is not None and kind.content_type.startswith("video/"):
+            await self._drain(part)
+            return Skipped(
+                name,
+                where,
+                "use_chunked_upload",
+                "Videos go through chunked uploads: POST /v1/events/{id}/uploads.",
+            )
         if kind is None or kind.name not in self._allowed:
             await self._drain(part)
             what = "an unrecognised format" if kind is None else kind.name.upper()
