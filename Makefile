@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test lint fmt token bench-upload bench-floor compose-config clean
+.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor compose-config clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -45,10 +45,13 @@ token: install ## Create an API token: make token SCOPES=photos.read,photos.writ
 	.venv/bin/darkroom token create --scopes $(SCOPES) --name $(NAME)
 
 bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio to direct S3
-	.venv/bin/python benchmarks/batch_upload.py
+	.venv/bin/python -m benchmarks.batch_upload
+
+bench-chunked: install ## Benchmark chunked uploads (512 MiB and 2 GiB, 8 MiB chunks, 4 in parallel)
+	.venv/bin/python -m benchmarks.chunked_upload
 
 bench-floor: install ## What the bare stack costs per GiB (receive, forward to S3, + SHA-256)
-	.venv/bin/python benchmarks/upload_floor.py
+	.venv/bin/python -m benchmarks.upload_floor
 
 compose-config: ## Validate docker-compose.yml offline (docker compose, or Debian's docker-compose)
 	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \

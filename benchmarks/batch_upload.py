@@ -16,44 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-import aio_pika
 import aiohttp
-from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue
 from darkroom_kit.storage import open_object_store
 
-from darkroom_dev.servers import (
-    ensure_rabbitmq,
-    free_port,
-    start_mongo_standin,
-    start_s3_standin,
-)
-from darkroom_dev.stack import start_services
-
-CLK = os.sysconf("SC_CLK_TCK")
-GIB = 1024**3
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK, int(fields[12]) / CLK
-
-
-def status_mb(pid: int, field: str) -> float:
-    """VmHWM (peak RSS) or VmRSS of a process, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from benchmarks.harness import GIB, Progress, api_under_test, cpu_seconds, status_mb
 
 
 def make_files(total: int, size: int) -> list[tuple[str, bytes]]:
@@ -65,24 +36,6 @@ def make_files(total: int, size: int) -> list[tuple[str, bytes]]:
         data = b"\xff\xd8\xff" + bytes(body[3 : size - 2]) + b"\xff\xd9"
         files.append((f"img-{i:04d}.jpg", data))
     return files
-
-
-class Progress:
-    def __init__(self, label: str, total: int) -> None:
-        self.label, self.total, self.done, self.start = label, total, 0, time.perf_counter()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        rate = self.done / max(1e-9, time.perf_counter() - self.start) / 1e6
-        bar = "#" * int(30 * self.done / self.total)
-        print(
-            f"\r  {self.label:9} [{bar:30}] {self.done / 1e6:7.0f} MB {rate:6.1f} MB/s",
-            end="",
-            flush=True,
-        )
-
-    def end(self) -> None:
-        print(flush=True)
 
 
 async def direct_to_s3(settings: IngestSettings, files: list[tuple[str, bytes]]) -> float:
@@ -187,72 +140,26 @@ async def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
-    servers = []
-    env = dict(os.environ)
-    if "MONGO_URL" not in env:
-        servers.append(start_mongo_standin(tmp / "mongo", free_port(), tmp / "logs"))
-        env["MONGO_URL"] = servers[-1].url
-    if "S3_ENDPOINT_URL" not in env:
-        servers.append(start_s3_standin(free_port(), tmp / "logs"))
-        env["S3_ENDPOINT_URL"] = servers[-1].url
-    env.setdefault("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    ensure_rabbitmq(env["AMQP_URL"])
-    run = secrets.token_hex(3)
-    env.update(
-        {
-            "AMQP_NAMESPACE": f"darkroom-bench.{run}",
-            "MONGO_DB": f"bench_{run}",
-            "S3_BUCKET": f"bench-{run}",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    port = free_port()
-    env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
-    settings = IngestSettings(
-        mongo_url=env["MONGO_URL"],
-        s3_endpoint_url=env["S3_ENDPOINT_URL"],
-        amqp_url=env["AMQP_URL"],
-        mongo_db=env["MONGO_DB"],
-        s3_bucket=env["S3_BUCKET"],
-        amqp_namespace=env["AMQP_NAMESPACE"],
-    )
-    topology = Topology(settings.amqp_namespace)
-    sink = QueueSpec(topology.queue("bench", "sink"), topology.events, ("#",), ())
-    connection = await aio_pika.connect(settings.amqp_url)
-    channel = await connection.channel()
-    await declare_consumer_queue(channel, topology, sink, 5)
-    services = await asyncio.to_thread(start_services, env, tmp / "logs", port, ["upload-ingest"])
-    api_proc = services[0].process
-    assert api_proc is not None
-    try:
+    async with api_under_test() as api:
+        pid = api.pid
+        settings = api.settings
         files = make_files(args.total_mib * 1024 * 1024, args.file_mb * 1_000_000)
         total = sum(len(d) for _, d in files)
         print(
             f"{len(files)} files of {args.file_mb} MB = {total / GIB:.2f} GiB, "
-            f"{args.rounds} round(s); API pid {api_proc.pid}"
+            f"{args.rounds} round(s); API pid {pid}"
         )
-        token = await create_token(settings, "bench", ["photos.write", "events.write"], None)
-        async with aiohttp.ClientSession() as http:
-            event = await (
-                await http.post(
-                    f"{env['PUBLIC_BASE_URL']}/v1/events",
-                    json={"name": "bench", "slug": f"bench-{run}"},
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-            ).json()
+        token, event = api.token, {"id": api.event_id}
         # Warm both paths up (connections, the S3 server's allocator) before measuring.
         warm = files[:3]
         await direct_to_s3(settings, warm)
-        await through_api(env["PUBLIC_BASE_URL"], token, event["id"], warm, api_proc.pid)
-        idle_rss = status_mb(api_proc.pid, "VmRSS")
+        await through_api(api.url, token, event["id"], warm, pid)
+        idle_rss = status_mb(pid, "VmRSS")
         base_times, multi_times, api_times, cpu_per_gib, user_sys = [], [], [], [], []
         for round_no in range(args.rounds):
 
             async def api_round() -> None:
-                elapsed, user, system = await through_api(
-                    env["PUBLIC_BASE_URL"], token, event["id"], files, api_proc.pid
-                )
+                elapsed, user, system = await through_api(api.url, token, event["id"], files, pid)
                 api_times.append(elapsed)
                 gib = total / GIB
                 cpu_per_gib.append((user + system) / gib)
@@ -305,20 +212,10 @@ async def main() -> int:
             + ", ".join(f"{u:.2f} / {k:.2f}" for u, k in user_sys)
         )
         print(
-            f"API peak RSS (VmHWM):             {status_mb(api_proc.pid, 'VmHWM'):.0f} MB  "
+            f"API peak RSS (VmHWM):             {status_mb(pid, 'VmHWM'):.0f} MB  "
             f"(target < 150; RSS before the rounds: {idle_rss:.0f} MB)"
         )
         return 0
-    finally:
-        api_proc.terminate()
-        api_proc.wait(30)
-        for name in sink.all_queue_names():
-            await channel.queue_delete(name)
-        for name in (topology.events, topology.commands, topology.dead_letter):
-            await channel.exchange_delete(name)
-        await connection.close()
-        for server in servers:
-            server.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""What the upload benchmarks share: servers, the API as its own process, /proc readings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+from darkroom_ingest.cli import create_token
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue
+
+from darkroom_dev.servers import ensure_rabbitmq, free_port, start_mongo_standin, start_s3_standin
+from darkroom_dev.stack import start_services
+
+CLK = os.sysconf("SC_CLK_TCK")
+GIB = 1024**3
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK, int(fields[12]) / CLK
+
+
+def status_mb(pid: int, field: str) -> float:
+    """VmHWM (peak RSS) or VmRSS of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Progress:
+    """A one-line progress bar: bytes, rate."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done, self.start = label, total, 0, time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        rate = self.done / max(1e-9, time.perf_counter() - self.start) / 1e6
+        bar = "#" * int(30 * self.done / self.total)
+        print(
+            f"\r  {self.label:9} [{bar:30}] {self.done / 1e6:7.0f} MB {rate:6.1f} MB/s",
+            end="",
+            flush=True,
+        )
+
+    def end(self) -> None:
+        print(flush=True)
+
+
+@dataclass
+class ApiUnderTest:
+    url: str
+    pid: int
+    token: str
+    event_id: str
+    settings: IngestSettings
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@contextlib.asynccontextmanager
+async def api_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterator[ApiUnderTest]:
+    """upload-ingest as its own process on the embedded stand-ins (or MONGO_URL /
+    S3_ENDPOINT_URL / AMQP_URL), with its own namespace, database and bucket, a token and an
+    event; everything is removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
+    servers = []
+    env = dict(os.environ)
+    if "MONGO_URL" not in env:
+        servers.append(start_mongo_standin(tmp / "mongo", free_port(), tmp / "logs"))
+        env["MONGO_URL"] = servers[-1].url
+    if "S3_ENDPOINT_URL" not in env:
+        servers.append(start_s3_standin(free_port(), tmp / "logs"))
+        env["S3_ENDPOINT_URL"] = servers[-1].url
+    env.setdefault("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    ensure_rabbitmq(env["AMQP_URL"])
+    run = secrets.token_hex(3)
+    port = free_port()
+    env.update(
+        {
+            "AMQP_NAMESPACE": f"darkroom-bench.{run}",
+            "MONGO_DB": f"bench_{run}",
+            "S3_BUCKET": f"bench-{run}",
+            "LOG_LEVEL": "WARNING",
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+            **(extra_env or {}),
+        }
+    )
+    settings = IngestSettings(
+        mongo_url=env["MONGO_URL"],
+        s3_endpoint_url=env["S3_ENDPOINT_URL"],
+        amqp_url=env["AMQP_URL"],
+        mongo_db=env["MONGO_DB"],
+        s3_bucket=env["S3_BUCKET"],
+        amqp_namespace=env["AMQP_NAMESPACE"],
+    )
+    topology = Topology(settings.amqp_namespace)
+    # Something must be bound to the events exchange: publishes are mandatory.
+    sink = QueueSpec(topology.queue("bench", "sink"), topology.events, ("#",), ())
+    connection = await aio_pika.connect(settings.amqp_url)
+    channel = await connection.channel()
+    await declare_consumer_queue(channel, topology, sink, 5)
+    services = await asyncio.to_thread(start_services, env, tmp / "logs", port, ["upload-ingest"])
+    api = services[0].process
+    assert api is not None
+    try:
+        token = await create_token(settings, "bench", ["photos.write", "events.write"], None)
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                f"{env['PUBLIC_BASE_URL']}/v1/events",
+                json={"name": "bench", "slug": f"bench-{run}"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            event = await resp.json()
+        yield ApiUnderTest(env["PUBLIC_BASE_URL"], api.pid, token, event["id"], settings)
+    finally:
+        api.terminate()
+        api.wait(30)
+        for name in sink.all_queue_names():
+            await channel.queue_delete(name)
+        for name in (topology.events, topology.commands, topology.dead_letter):
+            await channel.exchange_delete(name)
+        await connection.close()
+        for server in servers:
+            server.stop()
