@@ -99,3 +99,22 @@ async def eventually(
             return value
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
+
+
+CHUNK = 5 * 1024 * 1024  # S3's smallest part
+
+
+@pytest.fixture
+def chunk_settings(ingest_settings: IngestSettings) -> IngestSettings:
+    return ingest_settings.model_copy(
+        update={"upload_chunk_bytes": CHUNK, "upload_sweep_interval_seconds": 0.2}
+    )
+
+
+@pytest.fixture
+async def capi(
+    aiohttp_client: Any, chunk_settings: IngestSettings, watch_events: QueueSpec
+) -> TestClient[Any, Any]:
+    """The API with the smallest chunk size, so tests move few bytes."""
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(chunk_settings))
+    return client

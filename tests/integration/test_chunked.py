@@ -9,7 +9,6 @@ import os
 from typing import Any
 
 import google_crc32c
-import pytest
 from aiohttp.test_utils import TestClient
 from darkroom_ingest.app import create_app
 from darkroom_ingest.settings import IngestSettings
@@ -18,11 +17,10 @@ from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import MIB, OBJECT_STORE
 
-from tests.integration.conftest import TokenMaker, drain, eventually
+from tests.integration.conftest import CHUNK, TokenMaker, drain, eventually
 from tests.integration.test_api import assert_problem, auth, make_event, stored_keys
 
 Client = TestClient[Any, Any]
-CHUNK = 5 * MIB
 
 
 def jpeg_like(size: int) -> bytes:
@@ -61,21 +59,6 @@ async def put(
         data=data[i * size : (i + 1) * size],
         headers={**auth(token), **headers},
     )
-
-
-@pytest.fixture
-def chunk_settings(ingest_settings: IngestSettings) -> IngestSettings:
-    return ingest_settings.model_copy(
-        update={"upload_chunk_bytes": CHUNK, "upload_sweep_interval_seconds": 0.2}
-    )
-
-
-@pytest.fixture
-async def capi(
-    aiohttp_client: Any, chunk_settings: IngestSettings, watch_events: QueueSpec
-) -> Client:
-    client: Client = await aiohttp_client(create_app(chunk_settings))
-    return client
 
 
 async def test_out_of_order_parallel_duplicate_and_checksums(

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from darkroom_client.cli import main as upload_main
 from darkroom_kit.clock import ms_to_iso
 from darkroom_kit.mongo import open_mongo
 
@@ -56,8 +57,13 @@ async def _revoke(settings: IngestSettings, token_id: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["upload"]:
+        # The photographer's side: the same client as `darkroom-upload`.
+        return upload_main(args_in[1:], prog="darkroom upload")
     parser = argparse.ArgumentParser(prog="darkroom", description="darkroom server commands")
     sub = parser.add_subparsers(dest="group", required=True)
+    sub.add_parser("upload", help="upload photos and videos (see darkroom upload --help)")
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(
         dest="cmd", required=True
     )

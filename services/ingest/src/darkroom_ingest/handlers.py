@@ -123,6 +123,22 @@ async def create_event(request: web.Request) -> web.Response:
     )
 
 
+async def list_events(request: web.Request) -> web.Response:
+    principal = await require(request, Scope.EVENTS_READ)
+    query = parse_query(request, models.EventListQuery)
+    docs, total = await EventStore(request.app[MONGO_DB]).page(
+        query.limit, query.offset, slug=query.slug, event_id=principal.event_id
+    )
+    return json_response(
+        {
+            "items": [event_out(d) for d in docs],
+            "total": total,
+            "limit": query.limit,
+            "offset": query.offset,
+        }
+    )
+
+
 async def get_event(request: web.Request) -> web.Response:
     principal = await require(request, Scope.EVENTS_READ)
     return json_response(event_out(await load_event(request, principal)))

@@ -199,6 +199,10 @@ PhotoSort = Literal[
 ]
 
 
+class EventListQuery(PageQuery):
+    slug: str | None = None
+
+
 class PhotoListQuery(PageQuery):
     category_id: str | None = None
     is_hidden: bool | None = None

@@ -56,6 +56,16 @@ def api_routes() -> list[Route]:
         ),
         Route(
             "GET",
+            "/v1/events",
+            handlers.list_events,
+            "List events (slug= finds one by its slug)",
+            "events",
+            Scope.EVENTS_READ,
+            query=models.EventListQuery,
+            response=models.Page[models.EventOut],
+        ),
+        Route(
+            "GET",
             "/v1/events/{event_id}",
             handlers.get_event,
             "Read an event",

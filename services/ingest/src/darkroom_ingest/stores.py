@@ -98,6 +98,23 @@ class EventStore:
     async def get(self, event_id: str) -> Document | None:
         return await self.col.find_one({"_id": event_id}, {outbox.OUTBOX: 0})
 
+    async def page(
+        self, limit: int, offset: int, slug: str | None = None, event_id: str | None = None
+    ) -> tuple[list[Document], int]:
+        query: Document = {}
+        if slug is not None:
+            query["slug"] = slug
+        if event_id is not None:
+            query["_id"] = event_id
+        total = await self.col.count_documents(query)
+        cursor = (
+            self.col.find(query, {outbox.OUTBOX: 0})
+            .sort([("created_ms", DESCENDING), ("_id", DESCENDING)])
+            .skip(offset)
+            .limit(limit)
+        )
+        return [d async for d in cursor], total
+
     async def by_slug(self, slug: str) -> Document | None:
         return await self.col.find_one({"slug": slug}, {outbox.OUTBOX: 0})
 

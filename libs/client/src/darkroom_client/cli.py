@@ -1,0 +1,150 @@
+"""``darkroom upload PATH... --event SLUG``: upload photos and videos, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+from darkroom_client.client import DarkroomClient, find_media
+
+
+class ProgressBar:
+    """Total bytes, rate and ETA on one line, and a line for each file as it finishes."""
+
+    def __init__(self, sizes: dict[str, int], stream: object = sys.stderr) -> None:
+        self._sizes = sizes
+        self._done: dict[str, int] = dict.fromkeys(sizes, 0)
+        self._total = sum(sizes.values()) or 1
+        self._started = time.monotonic()
+        self._stream = stream
+        self._last_draw = 0.0
+        self._tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def __call__(self, name: str, n: int) -> None:
+        self._done[name] = self._done.get(name, 0) + n
+        finished = self._done[name] >= self._sizes.get(name, 0) > 0
+        if finished:
+            self._write(
+                f"\r\033[K  done  {name} ({_human(self._sizes[name])})\n"
+                if self._tty
+                else f"done {name}\n"
+            )
+        now = time.monotonic()
+        if finished or now - self._last_draw > (0.2 if self._tty else 5):
+            self._last_draw = now
+            self._draw(name)
+
+    def _draw(self, current: str) -> None:
+        done = sum(self._done.values())
+        elapsed = max(1e-6, time.monotonic() - self._started)
+        rate = done / elapsed
+        eta = (self._total - done) / rate if rate > 0 else 0
+        share = min(1.0, done / self._total)
+        file_share = min(1.0, self._done.get(current, 0) / max(1, self._sizes.get(current, 1)))
+        bar = "#" * int(24 * share)
+        line = (
+            f"[{bar:24}] {share:4.0%} {_human(done)}/{_human(self._total)} "
+            f"{_human(rate)}/s ETA {int(eta) // 60}:{int(eta) % 60:02d} | "
+            f"{Path(current).name} {file_share:4.0%}"
+        )
+        self._write(f"\r\033[K{line}" if self._tty else f"{line}\n")
+
+    def close(self) -> None:
+        if self._tty:
+            self._write("\n")
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)  # type: ignore[attr-defined]
+        self._stream.flush()  # type: ignore[attr-defined]
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _rate(text: str) -> float:
+    units = {"k": 1e3, "m": 1e6, "g": 1e9}
+    text = text.strip().lower().removesuffix("b/s").removesuffix("/s").removesuffix("b")
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+def build_parser(prog: str = "darkroom upload") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
+    parser.add_argument("--event", required=True, help="the event's slug or id")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("DARKROOM_URL", "http://127.0.0.1:8080"),
+        help="the API's base URL (env DARKROOM_URL)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("DARKROOM_TOKEN"),
+        help="an API token with photos.write (env DARKROOM_TOKEN)",
+    )
+    parser.add_argument("--parallel", type=int, default=4, help="chunks in flight (default 4)")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=Path(".darkroom-upload-state.json"),
+        help="where to keep what is needed to resume",
+    )
+    parser.add_argument(
+        "--limit-rate", type=_rate, default=None, help="at most this many bytes a second, e.g. 5M"
+    )
+    return parser
+
+
+async def run(args: argparse.Namespace) -> int:
+    if not args.token:
+        print("darkroom upload: no token: pass --token or set DARKROOM_TOKEN", file=sys.stderr)
+        return 2
+    files = find_media(args.paths)
+    sizes = {str(f): f.stat().st_size for f in files if f.is_file()}
+    progress = ProgressBar(sizes)
+    async with DarkroomClient(
+        args.url,
+        args.token,
+        parallel=args.parallel,
+        state_file=args.state,
+        rate_limit=args.limit_rate,
+        progress=progress,
+    ) as client:
+        try:
+            result = await client.upload(args.event, files)
+        finally:
+            progress.close()
+    print(
+        f"{len(result.uploaded)} uploaded, {len(result.skipped)} already there, "
+        f"{len(result.failed)} failed",
+        file=sys.stderr,
+    )
+    for path, reason in sorted(result.failed.items()):
+        print(f"  FAILED {path}: {reason}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def main(argv: list[str] | None = None, prog: str = "darkroom upload") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a clear message instead of a traceback for the photographer
+        print(f"darkroom upload: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
