@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from darkroom_client import DarkroomClient
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.messaging import Topology
@@ -154,18 +155,18 @@ async def test_upload_thumbnail_and_webhooks_exactly_once(
                 },
             )
             receiver.secret = (await resp.json())["secret"]
-        event = await (await http.post("/v1/events", json={"name": "E2E", "slug": "e2e"})).json()
-        form = aiohttp.FormData()
-        form.add_field(
-            "photos",
-            jpeg_bytes(2400, 1600, captured="2025:06:07 10:11:12"),
-            filename="wide.jpg",
-            content_type="image/jpeg",
-        )
-        form.add_field("photos", png_bytes(640, 480), filename="shot.png", content_type="image/png")
-        resp = await http.post(f"/v1/events/{event['id']}/photos", data=form)
-        assert resp.status == 201
-        uploaded = {p["filename"]: p for p in (await resp.json())["uploaded"]}
+        created = await http.post("/v1/events", json={"name": "E2E", "slug": "e2e"})
+        assert created.status == 201
+        # Uploaded the way a photographer's tool does: with the client library.
+        shoot = logs / "shoot"
+        shoot.mkdir()
+        (shoot / "wide.jpg").write_bytes(jpeg_bytes(2400, 1600, captured="2025:06:07 10:11:12"))
+        (shoot / "shot.png").write_bytes(png_bytes(640, 480))
+        async with DarkroomClient(api_url, token, state_file=logs / "upload-state.json") as client:
+            result = await client.upload("e2e", [shoot])
+        assert result.ok, result.failed
+        uploaded = {p["filename"]: p for p in result.uploaded.values()}
+        assert sorted(uploaded) == ["shot.png", "wide.jpg"]
 
         # The flaky receiver answered 503 once: restart webhook-dispatch while its retry waits in
         # the retry-tier queue. The retry must still happen.

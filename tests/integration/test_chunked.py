@@ -278,3 +278,38 @@ async def test_idempotent_chunk_and_video_in_a_batch(capi: Client, make_token: T
         "no_valid_files",
     )
     assert problem["errors"][0]["code"] == "use_chunked_upload"
+
+
+async def test_photo_cap_is_checked_at_creation_and_at_completion(
+    capi: Client, make_token: TokenMaker
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token, photo_cap=1)
+    data = jpeg_like(CHUNK + 10)
+    first = await start(capi, token, event["id"], data, name="one.jpg")
+    second = await start(capi, token, event["id"], data, name="two.jpg")
+    for upload in (first, second):
+        for i in range(2):
+            assert (await put(capi, token, upload, data, i)).status == 200
+    done = await capi.post(f"/v1/uploads/{first['upload_id']}/complete", headers=auth(token))
+    assert done.status == 200
+    # The cap was free when the second upload began; at completion it is not.
+    problem = await assert_problem(
+        await capi.post(f"/v1/uploads/{second['upload_id']}/complete", headers=auth(token)),
+        400,
+        "photo_cap_exceeded",
+    )
+    assert problem["photo_cap"] == 1
+    state = await (await capi.get(f"/v1/uploads/{second['upload_id']}", headers=auth(token))).json()
+    assert state["state"] == "failed"
+    assert len(await stored_keys(capi, event["id"])) == 1
+    # Now the event is full, so a new upload is refused at once.
+    await assert_problem(
+        await capi.post(
+            f"/v1/events/{event['id']}/uploads",
+            headers=auth(token),
+            json={"filename": "three.jpg", "size": 10, "mime_type": "image/jpeg"},
+        ),
+        400,
+        "photo_cap_exceeded",
+    )
