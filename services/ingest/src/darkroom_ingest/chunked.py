@@ -33,7 +33,7 @@ from darkroom_kit.storage import (
 from pymongo import ASCENDING, ReturnDocument
 
 from darkroom_ingest import filenames, sniff
-from darkroom_ingest.photos import PhotoService
+from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.uploads import StoredFile
 
@@ -156,17 +156,7 @@ class ChunkedUploads:
                 f"{mime_type} files are limited to {limit} bytes.",
                 errors=[FieldError("/size", f"at most {limit}", "file_too_large")],
             )
-        if event.get("status") == "archived":
-            raise Problem(409, "event_archived", "The event is archived", "It takes no new photos.")
-        cap = event.get("photo_cap")
-        if cap is not None and event.get("photo_count", 0) >= cap:
-            raise Problem(
-                400,
-                "photo_cap_exceeded",
-                "The event's photo cap is reached",
-                f"The event allows {cap} photos.",
-                extra={"photo_cap": cap},
-            )
+        ensure_accepts_uploads(event)
         chunk_size = settings.upload_chunk_bytes
         chunk_count = max(1, -(-size // chunk_size))
         if chunk_count > MAX_PARTS:

@@ -18,7 +18,7 @@ from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound, StorageError
 
 from darkroom_ingest import models
 from darkroom_ingest.chunked import ChunkedUploads, parse_digest_headers, upload_out
-from darkroom_ingest.photos import PhotoService
+from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
 from darkroom_ingest.stores import Conflict, EventStore, WebhookStore
 from darkroom_ingest.tokens import Principal, Scope, effective_scopes
 from darkroom_ingest.uploads import BatchReceiver, batch_too_large
@@ -211,17 +211,7 @@ async def upload_batch(request: web.Request) -> web.Response:
         )
     if request.content_length is not None and request.content_length > settings.max_batch_bytes:
         raise batch_too_large(settings.max_batch_bytes)
-    if event.get("status") == "archived":
-        raise Problem(409, "event_archived", "The event is archived", "It takes no new photos.")
-    cap = event.get("photo_cap")
-    if cap is not None and event.get("photo_count", 0) >= cap:
-        raise Problem(
-            400,
-            "photo_cap_exceeded",
-            "The event's photo cap is reached",
-            f"The event allows {cap} photos and has {event.get('photo_count', 0)}.",
-            extra={"photo_cap": cap, "photo_count": event.get("photo_count", 0)},
-        )
+    ensure_accepts_uploads(event)
     receiver = BatchReceiver(
         request.app[OBJECT_STORE], settings, event["_id"], request.app[UPLOAD_BYTES]
     )

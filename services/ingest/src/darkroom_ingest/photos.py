@@ -19,6 +19,23 @@ from darkroom_ingest.uploads import StoredFile
 log = logging.getLogger(__name__)
 
 
+def ensure_accepts_uploads(event: Document) -> None:
+    """An archived event takes no photos; a full one says so before any byte is sent.
+
+    Only a fast early answer: the cap itself is enforced when photos are counted in."""
+    if event.get("status") == "archived":
+        raise Problem(409, "event_archived", "The event is archived", "It takes no new photos.")
+    cap, count = event.get("photo_cap"), event.get("photo_count", 0)
+    if cap is not None and count >= cap:
+        raise Problem(
+            400,
+            "photo_cap_exceeded",
+            "The event's photo cap is reached",
+            f"The event allows {cap} photos and has {count}.",
+            extra={"photo_cap": cap, "photo_count": count},
+        )
+
+
 class PhotoService:
     def __init__(
         self,
