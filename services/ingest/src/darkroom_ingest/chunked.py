@@ -187,8 +187,11 @@ class ChunkedUploads:
         await self.col.insert_one(doc)
         return doc
 
-    async def get(self, upload_id: str) -> Document:
-        doc = await self.col.find_one({"_id": upload_id})
+    async def get(self, upload_id: str, *, with_parts: bool = True) -> Document:
+        # The parts map grows with every chunk: a chunk PUT leaves it out, or each PUT would
+        # decode all earlier chunks' records (quadratic over a 10 GB upload).
+        projection = None if with_parts else {"parts": 0, "head": 0}
+        doc = await self.col.find_one({"_id": upload_id}, projection)
         if doc is None:
             raise not_found("upload", upload_id)
         return doc
@@ -214,13 +217,13 @@ class ChunkedUploads:
 
     async def put_chunk(
         self,
-        upload_id: str,
+        doc: Document,
         index: int,
         content_length: int | None,
         digests: Digests,
         body: AsyncIterator[bytes],
     ) -> dict[str, Any]:
-        doc = await self.get(upload_id)
+        upload_id = doc["_id"]
         self._check_open(doc)
         count, chunk_size = doc["chunk_count"], doc["chunk_size"]
         if not 0 <= index < count:

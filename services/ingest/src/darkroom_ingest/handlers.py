@@ -438,9 +438,11 @@ def _upload_out(request: web.Request, doc: Document) -> dict[str, Any]:
     return upload_out(doc, request.app[SETTINGS].public_base_url)
 
 
-async def _load_upload(request: web.Request, principal: Principal) -> Document:
+async def _load_upload(
+    request: web.Request, principal: Principal, *, with_parts: bool = True
+) -> Document:
     upload_id = request.match_info["upload_id"]
-    doc = await request.app[CHUNKED].get(upload_id)
+    doc = await request.app[CHUNKED].get(upload_id, with_parts=with_parts)
     if principal.event_id is not None and doc["event_id"] != principal.event_id:
         raise not_found("upload", upload_id)
     return doc
@@ -465,7 +467,7 @@ async def get_upload(request: web.Request) -> web.Response:
 
 async def put_chunk(request: web.Request) -> web.Response:
     principal = await require(request, Scope.PHOTOS_WRITE)
-    doc = await _load_upload(request, principal)
+    doc = await _load_upload(request, principal, with_parts=False)
     try:
         index = int(request.match_info["index"])
     except ValueError:
@@ -480,7 +482,7 @@ async def put_chunk(request: web.Request) -> web.Response:
     )
     try:
         part = await request.app[CHUNKED].put_chunk(
-            doc["_id"], index, request.content_length, digests, request.content.iter_any()
+            doc, index, request.content_length, digests, request.content.iter_any()
         )
     except StorageError as exc:
         raise storage_unavailable(exc) from None
