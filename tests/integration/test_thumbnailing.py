@@ -128,3 +128,83 @@ async def test_variants_dimensions_and_refusals(
     assert 'messages_consumed_total{outcome="acked"' in metrics.replace(
         'queue="' + spec.name + '",', ""
     ).replace('service="thumbnailing",', "")
+
+
+def make_clip(path: Any, seconds: float, size: str) -> bytes:
+    import subprocess
+
+    from darkroom_thumbnailing.video import ffmpeg_path
+
+    subprocess.run(
+        [
+            ffmpeg_path(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=duration={seconds}:size={size}:rate=10",
+            "-pix_fmt",
+            "yuv420p",
+            "-y",
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return bytes(path.read_bytes())
+
+
+async def test_video_posters(
+    capi: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+    tmp_path: Any,
+) -> None:
+    from tests.integration.test_chunked import put, start
+
+    settings = ThumbnailSettings(**settings_kwargs, render_processes=1, retry_delays_ms=(200, 400))
+    janitor.add(queue_spec(Topology(settings.amqp_namespace), settings))
+    await aiohttp_client(create_thumbnailing(settings))
+    token = await make_token()
+    event = await make_event(capi, token)
+    clips = {
+        "clip.mp4": make_clip(tmp_path / "clip.mp4", 2, "800x600"),
+        "short.mp4": make_clip(tmp_path / "short.mp4", 0.5, "640x480"),  # under the 1 s mark
+        "broken.mp4": b"\0\0\0\x18ftypmp42" + b"\0garbage" * 500,
+    }
+    ids = {}
+    for name, data in clips.items():
+        upload = await start(capi, token, event["id"], data, name=name, mime="video/mp4")
+        assert (await put(capi, token, upload, data, 0)).status == 200
+        done = await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
+        ids[name] = (await done.json())["id"]
+
+    async def settled() -> dict[str, Any] | None:
+        out = {}
+        for name, photo_id in ids.items():
+            got = await (await capi.get(f"/v1/photos/{photo_id}", headers=auth(token))).json()
+            if got["status"] == "uploaded":
+                return None
+            out[name] = got
+        return out
+
+    videos = await eventually(settled, timeout=60)
+    clip = videos["clip.mp4"]
+    assert (clip["status"], clip["kind"], clip["width"], clip["height"]) == (
+        "processed",
+        "video",
+        800,
+        600,
+    )
+    assert clip["duration_ms"] == 2000
+    thumb = await capi.get(f"/thumbnails/{event['slug']}/clip.mp4", headers=auth(token))
+    assert thumb.content_type == "image/jpeg"
+    assert Image.open(io.BytesIO(await thumb.read())).size == (400, 300)
+    short = videos["short.mp4"]
+    assert (short["status"], short["width"], short["duration_ms"]) == ("processed", 640, 500)
+    assert videos["broken.mp4"]["status"] == "failed"
+    assert videos["broken.mp4"]["status_reason"] == "corrupt_video"

@@ -71,6 +71,7 @@ def photo_public(doc: dict[str, Any], base_url: str) -> dict[str, Any]:
         "width": doc.get("width"),
         "height": doc.get("height"),
         "captured_at": ms_to_iso(doc.get("captured_at_ms")),
+        "duration_ms": doc.get("duration_ms"),
         "uploaded_at": ms_to_iso(doc["created_ms"]),
         "category_id": doc.get("category_id"),
         "status": doc["status"],

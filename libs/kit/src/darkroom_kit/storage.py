@@ -161,6 +161,17 @@ class S3ObjectStore:
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
         return keys
 
+    async def presigned_get(self, key: str, expires_seconds: int = 3600) -> str:
+        """A URL that reads the object without credentials, for tools such as ffmpeg that seek
+        with ranged GETs instead of downloading the whole file."""
+        with _translated():
+            url: str = await self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=expires_seconds,
+            )
+        return url
+
     async def delete_many(self, keys: list[str]) -> None:
         """Delete objects; a key that is already gone is not an error."""
         for start in range(0, len(keys), 1000):

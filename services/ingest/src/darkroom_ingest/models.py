@@ -132,6 +132,7 @@ class PhotoOut(BaseModel):
     width: int | None
     height: int | None
     captured_at: str | None
+    duration_ms: int | None = Field(default=None, description="videos: their length")
     uploaded_at: str
     category_id: str | None
     status: Literal["uploaded", "processed", "failed", "deleting"]

@@ -17,10 +17,13 @@ from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailab
 from pymongo import ReturnDocument
 
 from darkroom_thumbnailing.render import Rendered, RenderSpec, render_variants
+from darkroom_thumbnailing.video import poster_frame
 
 log = logging.getLogger(__name__)
 
 GRACE_MS = 10_000
+# Where a video's poster frame is taken (a shorter clip gives its first frame).
+POSTER_AT_SECONDS = 1.0
 
 
 class Thumbnailer:
@@ -49,15 +52,22 @@ class Thumbnailer:
         doc = await self._photos.find_one({"_id": photo_id}, {outbox.OUTBOX: 0})
         if doc is None or doc["status"] in ("deleting", "processed", "failed"):
             return  # deleted, or a duplicate delivery of work already done
-        if doc.get("kind", "image") != "image":
-            return  # video posters are not made by this version
+        duration_ms = None
         try:
-            data = await self._store.get_bytes(doc["original_key"])
+            if doc.get("kind", "image") == "video":
+                url = await self._store.presigned_get(doc["original_key"])
+                poster = await poster_frame(url, POSTER_AT_SECONDS, self._timeout)
+                data, duration_ms = poster.png, poster.duration_ms
+            else:
+                data = await self._store.get_bytes(doc["original_key"])
         except ObjectNotFound:
             await self._fail(doc, "original_missing", "the stored original is gone")
             raise Reject("original missing") from None
         except StorageUnavailable as exc:
             raise Retry(f"storage: {exc}") from exc
+        except ImageRefused as exc:
+            await self._fail(doc, exc.code, exc.detail)
+            raise Reject(str(exc)) from None
         try:
             rendered = await asyncio.wait_for(
                 asyncio.get_running_loop().run_in_executor(
@@ -72,9 +82,11 @@ class Thumbnailer:
             await self._fail(doc, "render_timeout", f"rendering took over {self._timeout}s")
             raise Reject("render timeout") from None
         del data
-        await self._store_variants(doc, rendered)
+        await self._store_variants(doc, rendered, duration_ms)
 
-    async def _store_variants(self, doc: Document, rendered: Rendered) -> None:
+    async def _store_variants(
+        self, doc: Document, rendered: Rendered, duration_ms: int | None = None
+    ) -> None:
         variants: dict[str, dict[str, object]] = {}
         try:
             for v in rendered.variants:
@@ -96,6 +108,7 @@ class Thumbnailer:
             "width": facts.width,
             "height": facts.height,
             "captured_at_ms": facts.captured_at_ms,
+            "duration_ms": duration_ms,
             "variants": variants,
             "status": "processed",
         }
@@ -113,6 +126,7 @@ class Thumbnailer:
                 "width": facts.width,
                 "height": facts.height,
                 "captured_at_ms": facts.captured_at_ms,
+                "duration_ms": duration_ms,
                 "variants": variants,
                 "status": "processed",
                 "status_reason": None,
