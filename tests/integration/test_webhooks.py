@@ -192,3 +192,99 @@ async def test_gone_disables_and_private_targets_are_refused(
     assert log[0]["status"] == "failed"
     assert len(log[0]["attempts"]) == 3  # first try and both retry tiers
     assert all(a["error"].startswith("blocked_address") for a in log[0]["attempts"])
+
+
+async def test_rotation_patch_and_event_types(
+    api: Client, dispatch: Client, receiver: MakeReceiver, make_token: TokenMaker
+) -> None:
+    from standardwebhooks import WebhookVerificationError
+
+    token = await make_token()
+    hook, url = await receiver([200])
+    endpoint = await register(api, token, url, ["photo.uploaded"])
+    old = endpoint["secret"]
+    assert endpoint["description"] is None  # present, even when empty
+    rotated = await (
+        await api.post(
+            f"/v1/webhooks/{endpoint['id']}/rotate-secret",
+            json={"grace_period_hours": 1},
+            headers=auth(token),
+        )
+    ).json()
+    new = rotated["secret"]
+    assert new != old
+    assert rotated["secret_rotation_ends_at"] is not None
+    got = await (await api.get(f"/v1/webhooks/{endpoint['id']}", headers=auth(token))).json()
+    assert "secret" not in got
+    event = await make_event(api, token)
+    await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(("r.jpg", jpeg_bytes(64, 64))),
+        headers=auth(token),
+    )
+
+    async def delivered(n: int) -> bool:
+        return len(hook.requests) >= n
+
+    await eventually(lambda: delivered(1))
+    headers, body = hook.requests[0]
+    assert len(headers["webhook-signature"].split(" ")) == 2  # both, during the grace period
+    Webhook(old).verify(body, headers)
+    Webhook(new).verify(body, headers)
+    # Without a grace period only the newest secret signs.
+    newest = (
+        await (
+            await api.post(
+                f"/v1/webhooks/{endpoint['id']}/rotate-secret",
+                json={"grace_period_hours": 0},
+                headers=auth(token),
+            )
+        ).json()
+    )["secret"]
+    await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(("s.jpg", jpeg_bytes(64, 64))),
+        headers=auth(token),
+    )
+    await eventually(lambda: delivered(2))
+    headers, body = hook.requests[1]
+    Webhook(newest).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new).verify(body, headers)
+    # PATCH: a disabled endpoint gets nothing; bad values name their field.
+    resp = await api.patch(
+        f"/v1/webhooks/{endpoint['id']}", json={"enabled": False}, headers=auth(token)
+    )
+    assert (await resp.json())["enabled"] is False
+    await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(("t.jpg", jpeg_bytes(64, 64))),
+        headers=auth(token),
+    )
+    await asyncio.sleep(1.5)
+    assert len(hook.requests) == 2
+    for bad, field in (
+        ({"url": None}, "/url"),
+        ({"event_types": ["nope"]}, "/event_types"),
+        ({"enabled": "maybe"}, "/enabled"),
+    ):
+        resp = await api.patch(f"/v1/webhooks/{endpoint['id']}", json=bad, headers=auth(token))
+        assert resp.status == 422
+        assert (await resp.json())["errors"][0]["field"] == field
+    resp = await api.patch(
+        f"/v1/webhooks/{endpoint['id']}",
+        json={"enabled": True, "description": "crm"},
+        headers=auth(token),
+    )
+    assert (await resp.json())["description"] == "crm"
+    types = await (await api.get("/v1/webhook-event-types", headers=auth(token))).json()
+    names = [t["type"] for t in types["items"]]
+    assert names == [
+        "photo.uploaded",
+        "photo.processed",
+        "photo.deleted",
+        "photo.repaired",
+        "event.archived",
+    ]
+    uploaded = types["items"][0]["schema"]
+    assert "id" in uploaded["properties"]["data"]["properties"]["photo"]["properties"]

@@ -22,6 +22,16 @@ PUBLIC_EVENT_TYPES = (
     EVENT_ARCHIVED,
 )
 
+EVENT_TYPE_DESCRIPTIONS = {
+    PHOTO_UPLOADED: "A photo or video was stored; data.photo has its public fields and URLs.",
+    PHOTO_PROCESSED: "Thumbnail and hero are ready; data.photo has dimensions, data.variants "
+    "their keys and sizes.",
+    PHOTO_DELETED: "A photo, its variants and its record were deleted; data.photo is how it was.",
+    PHOTO_REPAIRED: "Missing dimensions or capture date were restored; data.repaired_fields "
+    "names them.",
+    EVENT_ARCHIVED: "An event was archived; data.event is the event. No photo.deleted follows.",
+}
+
 # Commands.
 REPAIR_REQUESTED = "repair.requested"
 WEBHOOK_ATTEMPT = "webhook.attempt"

@@ -515,7 +515,13 @@ def new_webhook_secret() -> str:
 
 
 def webhook_out(doc: Document, secret: str | None = None) -> dict[str, Any]:
-    return models.WebhookOut(
+    now = now_ms()
+    ending = [
+        s["expires_ms"]
+        for s in doc.get("secrets", [])
+        if s.get("expires_ms") is not None and s["expires_ms"] > now
+    ]
+    out = models.WebhookOut(
         id=doc["_id"],
         url=doc["url"],
         event_types=doc["event_types"],
@@ -523,7 +529,11 @@ def webhook_out(doc: Document, secret: str | None = None) -> dict[str, Any]:
         enabled=doc.get("enabled", True),
         created_at=ms_to_iso(doc["created_ms"]) or "",
         secret=secret,
-    ).model_dump(exclude_none=secret is None)
+        secret_rotation_ends_at=ms_to_iso(max(ending)) if ending else None,
+    ).model_dump()
+    if secret is None:
+        del out["secret"]  # a secret is shown only when it is made
+    return out
 
 
 async def create_webhook(request: web.Request) -> web.Response:
@@ -577,6 +587,85 @@ async def delete_webhook(request: web.Request) -> web.Response:
     doc = await _load_webhook(request)
     await WebhookStore(request.app[MONGO_DB]).delete(doc["_id"])
     return web.Response(status=204)
+
+
+async def patch_webhook(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    doc = await _load_webhook(request)
+    body = await parse_json(request, models.WebhookPatch)
+    fields: Document = {name: getattr(body, name) for name in body.model_fields_set}
+    for required in ("url", "event_types", "enabled"):
+        if required in fields and fields[required] is None:
+            raise Problem(
+                422,
+                "validation_failed",
+                "The request is not valid",
+                errors=[FieldError(f"/{required}", "cannot be null", "required")],
+            )
+    if "url" in fields:
+        fields["url"] = str(fields["url"])
+    unset: Document = {}
+    if fields.get("enabled") is True:
+        unset = {"disabled_reason": "", "disabled_ms": ""}
+    updated = await WebhookStore(request.app[MONGO_DB]).patch(doc["_id"], fields, unset)
+    if updated is None:
+        raise not_found("webhook", doc["_id"])
+    return json_response(webhook_out(updated))
+
+
+async def rotate_webhook_secret(request: web.Request) -> web.Response:
+    """A new secret now; the old one keeps signing (a second signature) for the grace period."""
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    doc = await _load_webhook(request)
+    body = (
+        await parse_json(request, models.RotateSecret)
+        if await request.read()
+        else models.RotateSecret()
+    )
+    now = now_ms()
+    grace_ends = now + int(body.grace_period_hours * 3600 * 1000)
+    kept = [
+        {**s, "expires_ms": min(s["expires_ms"] or grace_ends, grace_ends)}
+        for s in doc.get("secrets", [])
+        if s.get("expires_ms") is None or s["expires_ms"] > now
+    ]
+    secret = new_webhook_secret()
+    secrets = [s for s in kept if s["expires_ms"] > now] + [
+        {"secret": secret, "created_ms": now, "expires_ms": None}
+    ]
+    updated = await WebhookStore(request.app[MONGO_DB]).patch(doc["_id"], {"secrets": secrets})
+    if updated is None:
+        raise not_found("webhook", doc["_id"])
+    return json_response(webhook_out(updated, secret))
+
+
+async def list_event_types(request: web.Request) -> web.Response:
+    await authenticate(request)
+    photo = models.PhotoOut.model_json_schema()
+    event = models.EventOut.model_json_schema()
+    items = []
+    for name, description in records.EVENT_TYPE_DESCRIPTIONS.items():
+        data = (
+            {"type": "object", "properties": {"event": event}}
+            if name == "event.archived"
+            else {"type": "object", "properties": {"photo": photo}}
+        )
+        items.append(
+            {
+                "type": name,
+                "description": description,
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"const": name},
+                        "timestamp": {"type": "string", "format": "date-time"},
+                        "data": data,
+                    },
+                    "required": ["type", "timestamp", "data"],
+                },
+            }
+        )
+    return json_response({"items": items, "total": len(items), "limit": len(items), "offset": 0})
 
 
 def delivery_out(doc: Document) -> dict[str, Any]:

@@ -76,6 +76,32 @@ class WebhookCreate(Strict):
         return list(dict.fromkeys(_check_event_type(v.strip()) for v in value))
 
 
+class WebhookPatch(Strict):
+    url: HttpUrl | None = None
+    event_types: Annotated[list[str] | None, Field(min_length=1, max_length=50)] = None
+    description: Annotated[str | None, Field(max_length=500)] = None
+    enabled: bool | None = None
+
+    @field_validator("event_types")
+    @classmethod
+    def _types(cls, value: list[str] | None) -> list[str] | None:
+        return (
+            None
+            if value is None
+            else list(dict.fromkeys(_check_event_type(v.strip()) for v in value))
+        )
+
+
+class RotateSecret(Strict):
+    grace_period_hours: Annotated[float, Field(ge=0, le=24 * 14)] = 24
+
+
+class EventTypeOut(BaseModel):
+    type: str
+    description: str
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
 class WebhookOut(BaseModel):
     id: str
     url: str
@@ -84,7 +110,11 @@ class WebhookOut(BaseModel):
     enabled: bool
     created_at: str
     secret: str | None = Field(
-        default=None, description="The signing secret; returned only when the endpoint is created."
+        default=None,
+        description="The signing secret; returned only at creation and by rotate-secret.",
+    )
+    secret_rotation_ends_at: str | None = Field(
+        default=None, description="Until then deliveries also carry the previous signature."
     )
 
 

@@ -296,6 +296,16 @@ class WebhookStore:
         cursor = self._col.find(query).sort("created_ms", DESCENDING).skip(offset).limit(limit)
         return [d async for d in cursor], total
 
+    async def patch(
+        self, endpoint_id: str, fields: Document, unset: Document | None = None
+    ) -> Document | None:
+        ops: Document = {"$set": fields}
+        if unset:
+            ops["$unset"] = unset
+        return await self._col.find_one_and_update(
+            {"_id": endpoint_id}, ops, return_document=ReturnDocument.AFTER
+        )
+
     async def delete(self, endpoint_id: str) -> bool:
         res = await self._col.delete_one({"_id": endpoint_id})
         return res.deleted_count == 1
