@@ -313,3 +313,35 @@ async def test_photo_cap_is_checked_at_creation_and_at_completion(
         400,
         "photo_cap_exceeded",
     )
+
+
+async def test_a_completer_that_died_after_creating_the_photo(
+    capi: Client, make_token: TokenMaker
+) -> None:
+    """The process died between creating the photo and recording the upload as completed: a
+    later complete takes over the stale claim and answers that photo; no second one appears."""
+    from darkroom_ingest.chunked import STALE_COMPLETING_MS
+    from darkroom_kit.clock import now_ms
+
+    token = await make_token()
+    event = await make_event(capi, token, photo_cap=5)
+    data = jpeg_like(CHUNK + 10)
+    upload = await start(capi, token, event["id"], data)
+    for i in range(2):
+        assert (await put(capi, token, upload, data, i)).status == 200
+    url = f"/v1/uploads/{upload['upload_id']}/complete"
+    photo = await (await capi.post(url, headers=auth(token))).json()
+    uploads = capi.server.app[MONGO_DB]["uploads"]
+    await uploads.update_one(
+        {"_id": upload["upload_id"]},
+        {"$set": {"state": "completing", "completing_ms": now_ms() - STALE_COMPLETING_MS - 1000}},
+    )
+    again = await capi.post(url, headers=auth(token))
+    assert again.status == 200
+    assert (await again.json())["id"] == photo["id"]
+    count = await capi.server.app[MONGO_DB][records.PHOTOS].count_documents(
+        {"event_id": event["id"]}
+    )
+    assert count == 1
+    got = await (await capi.get(f"/v1/events/{event['id']}", headers=auth(token))).json()
+    assert got["photo_count"] == 1

@@ -338,6 +338,12 @@ class ChunkedUploads:
         )
 
     async def _finish(self, doc: Document) -> Document:
+        # A completer that died after creating the photo but before recording it: the photo is
+        # there, so only the record is finished (never a second photo, never counted twice).
+        existing = await self._photos.photos.col.find_one({"_id": doc["photo_id"]})
+        if existing is not None:
+            await self._mark_completed(doc["_id"])
+            return existing
         try:
             kind = sniff.sniff(bytes(doc.get("head") or b""))
             allowed = set(self._settings.allowed_types) | set(self._settings.allowed_video_types)
@@ -383,11 +389,14 @@ class ChunkedUploads:
                 {"_id": doc["_id"], "state": "completing"}, {"$set": {"state": "open"}}
             )
             raise
+        await self._mark_completed(doc["_id"])
+        return photos[0]
+
+    async def _mark_completed(self, upload_id: str) -> None:
         await self.col.update_one(
-            {"_id": doc["_id"]},
+            {"_id": upload_id},
             {"$set": {"state": "completed", "completed_ms": now_ms()}, "$unset": {"head": ""}},
         )
-        return photos[0]
 
     async def _verify_sha256(self, doc: Document) -> None:
         digest = hashlib.sha256()
