@@ -93,3 +93,67 @@ async def test_repair_restores_cleared_dimensions(
     result = await worker.server.app[REPAIRER].run(event["id"], include_capture_date=False)
     assert (result.scanned, result.repaired) == (1, 0)
     assert result.failed == {uploaded["gone.jpg"]: "original_missing"}
+
+
+async def test_repair_as_an_operation(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+) -> None:
+    settings = RepairSettings(**settings_kwargs)
+    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    await aiohttp_client(create_repair(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos",
+        headers=auth(token),
+        data=form(
+            ("a.jpg", jpeg_bytes(640, 480)),
+            ("b.png", png_bytes(30, 20)),
+            ("gone.jpg", jpeg_bytes(64, 64)),
+        ),
+    )
+    uploaded = {p["filename"]: p["id"] for p in (await resp.json())["uploaded"]}
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    await photos.update_many(
+        {"event_id": event["id"]}, {"$set": {"status": "processed", "width": None, "height": None}}
+    )
+    gone = await photos.find_one({"_id": uploaded["gone.jpg"]})
+    assert gone is not None
+    await api.server.app[OBJECT_STORE].delete_many([gone["original_key"]])
+
+    resp = await api.post(
+        "/v1/photos/repair-dimensions?wait=30", json={"event_id": event["id"]}, headers=auth(token)
+    )
+    op = await resp.json()
+    assert resp.status == 200, op
+    assert op["state"] == "done"
+    assert op["progress"] == {"scanned": 3, "repaired": 2, "failed": 1}
+    assert op["result"]["failed_photos"] == [
+        {"id": uploaded["gone.jpg"], "reason": "original_missing"}
+    ]
+    again = await (await api.get(f"/v1/operations/{op['id']}", headers=auth(token))).json()
+    assert again == op
+    got = await (await api.get(f"/v1/photos/{uploaded['a.jpg']}", headers=auth(token))).json()
+    assert (got["width"], got["height"]) == (640, 480)
+    # Without waiting: 202 and where to look; nothing is left to repair but the missing one.
+    resp = await api.post(
+        "/v1/photos/repair-dimensions", json={"event_id": event["id"]}, headers=auth(token)
+    )
+    assert resp.status == 202
+    later = await (await api.get(f"{resp.headers['Location']}?wait=30", headers=auth(token))).json()
+    assert later["state"] == "done"
+    assert later["progress"] == {"scanned": 1, "repaired": 0, "failed": 1}
+    # Bad requests name what is wrong.
+    resp = await api.post(
+        "/v1/photos/repair-dimensions", json={"event_id": "ev_nope"}, headers=auth(token)
+    )
+    assert (await resp.json())["code"] == "event_not_found"
+    resp = await api.post("/v1/photos/repair-dimensions?wait=100", json={}, headers=auth(token))
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["field"] == "wait"
+    resp = await api.get("/v1/operations/op_nope", headers=auth(token))
+    assert (await resp.json())["code"] == "operation_not_found"

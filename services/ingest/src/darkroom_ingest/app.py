@@ -52,7 +52,7 @@ async def _relay(app: web.Application) -> None:
     service = app[PHOTO_SERVICE]
     relay = OutboxRelay(
         Outbox(app[PUBLISHER]),
-        [db[records.PHOTOS], db[records.EVENTS]],
+        [db[records.PHOTOS], db[records.EVENTS], db[records.OPERATIONS]],
         after_flush={records.PHOTOS: service.finish_deletion},
     )
     await relay.run_forever(app[SETTINGS].outbox_relay_interval_seconds)

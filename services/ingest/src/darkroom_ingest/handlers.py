@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from typing import Any
@@ -706,4 +707,81 @@ async def list_deliveries(request: web.Request) -> web.Response:
             "limit": query.limit,
             "offset": query.offset,
         }
+    )
+
+
+# ---- operations -----------------------------------------------------------------------------
+
+
+def operation_out(doc: Document) -> dict[str, Any]:
+    return models.OperationOut(
+        id=doc["_id"],
+        kind=doc["kind"],
+        state=doc["state"],
+        created_at=ms_to_iso(doc["created_ms"]) or "",
+        updated_at=ms_to_iso(doc.get("updated_ms")),
+        progress=doc.get("progress") or {"scanned": 0, "repaired": 0, "failed": 0},
+        result=doc.get("result"),
+    ).model_dump()
+
+
+async def _wait_for_operation(request: web.Request, op_id: str, wait: float) -> Document:
+    operations = request.app[MONGO_DB][records.OPERATIONS]
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        doc = await operations.find_one({"_id": op_id}, {outbox.OUTBOX: 0})
+        if doc is None:
+            raise not_found("operation", op_id)
+        if doc["state"] in ("done", "failed") or asyncio.get_running_loop().time() >= deadline:
+            return doc
+        await asyncio.sleep(0.2)
+
+
+async def repair_dimensions(request: web.Request) -> web.Response:
+    """Start a repair of missing dimensions (and capture dates, if asked); 202 with the
+    Operation, or its result when it finishes within ?wait=N seconds."""
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    body = await parse_json(request, models.RepairRequest)
+    wait = parse_query(request, models.WaitQuery).wait
+    event_id = body.event_id or principal.event_id
+    if event_id is not None:
+        _visible_event(principal, event_id)
+        if await EventStore(request.app[MONGO_DB]).get(event_id) is None:
+            raise not_found("event", event_id)
+    op_id = new_id("op")
+    command = Envelope.new(
+        records.REPAIR_REQUESTED,
+        {
+            "operation_id": op_id,
+            "event_id": event_id,
+            "include_capture_date": body.include_capture_date,
+        },
+    )
+    settings = request.app[SETTINGS]
+    doc: Document = {
+        "_id": op_id,
+        "kind": "repair_dimensions",
+        "state": "queued",
+        "created_ms": now_ms(),
+        "params": {"event_id": event_id, "include_capture_date": body.include_capture_date},
+        "progress": {"scanned": 0, "repaired": 0, "failed": 0},
+        "result": None,
+        # The command goes out with the record (outbox): a crash cannot lose it.
+        **outbox.fields(request.app[TOPOLOGY].commands, [command], settings.outbox_grace_ms),
+    }
+    operations = request.app[MONGO_DB][records.OPERATIONS]
+    await operations.insert_one(doc)
+    await Outbox(request.app[PUBLISHER]).flush(operations, op_id, outbox.pending_of(doc))
+    current = await _wait_for_operation(request, op_id, wait)
+    status = 200 if current["state"] in ("done", "failed") else 202
+    return json_response(
+        operation_out(current), status=status, headers={"Location": f"/v1/operations/{op_id}"}
+    )
+
+
+async def get_operation(request: web.Request) -> web.Response:
+    await require(request, Scope.PHOTOS_READ)
+    wait = parse_query(request, models.WaitQuery).wait
+    return json_response(
+        operation_out(await _wait_for_operation(request, request.match_info["operation_id"], wait))
     )

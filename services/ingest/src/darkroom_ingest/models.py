@@ -316,6 +316,30 @@ class UploadOut(BaseModel):
     status_url: str
 
 
+class RepairRequest(Strict):
+    event_id: str | None = None
+    include_capture_date: bool = False
+
+
+class WaitQuery(Strict):
+    wait: Annotated[float, Field(ge=0, le=60, description="hold the answer up to N seconds")] = 0
+
+
+class OperationFailure(BaseModel):
+    id: str
+    reason: str
+
+
+class OperationOut(BaseModel):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "done", "failed"]
+    created_at: str
+    updated_at: str | None
+    progress: dict[str, int]
+    result: dict[str, Any] | None
+
+
 class ProblemOut(BaseModel):
     type: str
     title: str

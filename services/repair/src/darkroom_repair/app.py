@@ -31,6 +31,7 @@ from darkroom_repair.settings import RepairSettings
 SERVICE = "metadata-repair"
 
 REPAIRER: web.AppKey[Repairer] = web.AppKey("repairer", Repairer)
+RETRY_DELAYS_MS = (5_000, 60_000, 600_000)
 
 
 def queue_spec(topology: Topology) -> QueueSpec:
@@ -59,6 +60,7 @@ def create_app(settings: RepairSettings) -> web.Application:
             settings.batch_size,
             settings.concurrency,
             app[REGISTRY],
+            retries=len(RETRY_DELAYS_MS),
         )
         yield
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 
 from darkroom_kit import outbox, records
+from darkroom_kit.clock import now_ms
 from darkroom_kit.imaging import HeaderFacts, ImageRefused, read_header
 from darkroom_kit.messaging import Envelope, Retry, Topology
 from darkroom_kit.mongo import Database, Document
@@ -31,6 +33,9 @@ class RepairResult:
     repaired: int = 0
     failed: dict[str, str] = field(default_factory=dict)
 
+    def counts(self) -> dict[str, int]:
+        return {"scanned": self.scanned, "repaired": self.repaired, "failed": len(self.failed)}
+
 
 class Repairer:
     def __init__(
@@ -46,8 +51,11 @@ class Repairer:
         batch_size: int,
         concurrency: int,
         registry: CollectorRegistry,
+        retries: int = 3,
     ) -> None:
         self._photos = db[records.PHOTOS]
+        self._operations = db[records.OPERATIONS]
+        self._retries = retries
         self._store = store
         self._pool = pool
         self._outbox = outbox_
@@ -62,20 +70,69 @@ class Repairer:
         )
 
     async def handle(self, envelope: Envelope, attempt: int) -> None:
-        result = await self.run(
-            envelope.data.get("event_id"), bool(envelope.data.get("include_capture_date", False))
-        )
-        log.info(
-            "repair finished",
-            extra={
-                "message_id": envelope.id,
-                "scanned": result.scanned,
-                "repaired": result.repaired,
-                "failed": len(result.failed),
-            },
-        )
+        op_id = envelope.data.get("operation_id")
+        if op_id is not None:
+            op = await self._operations.find_one({"_id": op_id}, {"state": 1})
+            if op is None or op["state"] in ("done", "failed"):
+                return  # a duplicate of finished work
+            await self._operations.update_one(
+                {"_id": op_id}, {"$set": {"state": "running", "updated_ms": now_ms()}}
+            )
 
-    async def run(self, event_id: str | None, include_capture_date: bool) -> RepairResult:
+        async def progress(result: RepairResult) -> None:
+            if op_id is not None:
+                await self._operations.update_one(
+                    {"_id": op_id}, {"$set": {"progress": result.counts(), "updated_ms": now_ms()}}
+                )
+
+        try:
+            result = await self.run(
+                envelope.data.get("event_id"),
+                bool(envelope.data.get("include_capture_date", False)),
+                progress,
+            )
+        except Exception as exc:
+            # The last attempt ends the operation in a clear failed state; it is never left
+            # "running". Earlier attempts are retried (a restart re-runs the scan, which skips
+            # what is already repaired).
+            if op_id is not None and attempt > self._retries:
+                await self._operations.update_one(
+                    {"_id": op_id},
+                    {
+                        "$set": {
+                            "state": "failed",
+                            "updated_ms": now_ms(),
+                            "result": {"error": f"{type(exc).__name__}: {exc}"[:500]},
+                        }
+                    },
+                )
+            raise
+        if op_id is not None:
+            await self._operations.update_one(
+                {"_id": op_id},
+                {
+                    "$set": {
+                        "state": "done",
+                        "updated_ms": now_ms(),
+                        "progress": result.counts(),
+                        "result": {
+                            **result.counts(),
+                            "failed_photos": [
+                                {"id": k, "reason": v}
+                                for k, v in list(result.failed.items())[:1000]
+                            ],
+                        },
+                    }
+                },
+            )
+        log.info("repair finished", extra={"message_id": envelope.id, **result.counts()})
+
+    async def run(
+        self,
+        event_id: str | None,
+        include_capture_date: bool,
+        progress: Callable[[RepairResult], Awaitable[None]] | None = None,
+    ) -> RepairResult:
         # {"$eq": None} rather than a bare None: the same on MongoDB (null or missing), and the
         # nx-27017 stand-in matches nothing for a bare None inside $or.
         missing: list[Document] = [{"width": {"$eq": None}}, {"height": {"$eq": None}}]
@@ -117,6 +174,8 @@ class Repairer:
                     result.repaired += 1
                 else:
                     result.failed[doc["_id"]] = outcome
+            if progress is not None:
+                await progress(result)
 
     async def _repair_one(self, doc: Document, include_capture_date: bool) -> str | None:
         async with self._limit:
