@@ -33,6 +33,24 @@ def jpeg_with_big_header(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+async def upload_with_lost_dimensions(
+    api: Client, token: str, event_id: str, *files: tuple[str, bytes]
+) -> dict[str, str]:
+    """Upload, then make it look as if thumbnailing had run and the dimensions were lost; the
+    original of ``gone.jpg`` (if sent) is deleted from storage."""
+    resp = await api.post(f"/v1/events/{event_id}/photos", headers=auth(token), data=form(*files))
+    uploaded = {p["filename"]: p["id"] for p in (await resp.json())["uploaded"]}
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    await photos.update_many(
+        {"event_id": event_id}, {"$set": {"status": "processed", "width": None, "height": None}}
+    )
+    if "gone.jpg" in uploaded:
+        gone = await photos.find_one({"_id": uploaded["gone.jpg"]})
+        assert gone is not None
+        await api.server.app[OBJECT_STORE].delete_many([gone["original_key"]])
+    return uploaded
+
+
 async def test_repair_restores_cleared_dimensions(
     api: Client,
     aiohttp_client: Any,
@@ -48,25 +66,16 @@ async def test_repair_restores_cleared_dimensions(
     event = await make_event(api, token)
     big_header = jpeg_with_big_header(900, 700)
     assert big_header.find(b"\xff\xc0") > 16 * 1024
-    resp = await api.post(
-        f"/v1/events/{event['id']}/photos",
-        headers=auth(token),
-        data=form(
-            ("a.jpg", jpeg_bytes(1200, 800, orientation=8)),
-            ("b.png", png_bytes(300, 100)),
-            ("c.jpg", big_header),
-            ("gone.jpg", jpeg_bytes(64, 64)),
-        ),
+    uploaded = await upload_with_lost_dimensions(
+        api,
+        token,
+        event["id"],
+        ("a.jpg", jpeg_bytes(1200, 800, orientation=8)),
+        ("b.png", png_bytes(300, 100)),
+        ("c.jpg", big_header),
+        ("gone.jpg", jpeg_bytes(64, 64)),
     )
-    uploaded = {p["filename"]: p["id"] for p in (await resp.json())["uploaded"]}
     photos = api.server.app[MONGO_DB][records.PHOTOS]
-    # As if thumbnailing had run and the dimensions were then lost.
-    await photos.update_many(
-        {"event_id": event["id"]}, {"$set": {"status": "processed", "width": None, "height": None}}
-    )
-    gone = await photos.find_one({"_id": uploaded["gone.jpg"]})
-    assert gone is not None
-    await api.server.app[OBJECT_STORE].delete_many([gone["original_key"]])
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -107,23 +116,14 @@ async def test_repair_as_an_operation(
     await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
-    resp = await api.post(
-        f"/v1/events/{event['id']}/photos",
-        headers=auth(token),
-        data=form(
-            ("a.jpg", jpeg_bytes(640, 480)),
-            ("b.png", png_bytes(30, 20)),
-            ("gone.jpg", jpeg_bytes(64, 64)),
-        ),
+    uploaded = await upload_with_lost_dimensions(
+        api,
+        token,
+        event["id"],
+        ("a.jpg", jpeg_bytes(640, 480)),
+        ("b.png", png_bytes(30, 20)),
+        ("gone.jpg", jpeg_bytes(64, 64)),
     )
-    uploaded = {p["filename"]: p["id"] for p in (await resp.json())["uploaded"]}
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
-    await photos.update_many(
-        {"event_id": event["id"]}, {"$set": {"status": "processed", "width": None, "height": None}}
-    )
-    gone = await photos.find_one({"_id": uploaded["gone.jpg"]})
-    assert gone is not None
-    await api.server.app[OBJECT_STORE].delete_many([gone["original_key"]])
 
     resp = await api.post(
         "/v1/photos/repair-dimensions?wait=30", json={"event_id": event["id"]}, headers=auth(token)
