@@ -22,11 +22,3 @@ def ms_to_iso(ms: int | None) -> str | None:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
-
-
-def iso_to_ms(value: str) -> int:
-    """Parse an ISO 8601 time; a time without a zone is taken as UTC."""
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)

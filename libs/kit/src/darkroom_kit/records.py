@@ -45,9 +45,6 @@ WEBHOOK_DELIVERIES = "webhook_deliveries"  # webhook-dispatch
 WEBHOOK_ATTEMPTS = "webhook_attempts"  # webhook-dispatch
 IDEMPOTENCY = "idempotency_keys"  # upload-ingest
 OPERATIONS = "operations"  # upload-ingest creates, metadata-repair progresses
-PROCESSED_MESSAGES = "processed_messages"  # consumers' dedupe ledger
-
-PHOTO_STATUSES = ("uploaded", "processed", "failed", "deleting")
 
 
 def original_key(event_id: str, photo_id: str) -> str:

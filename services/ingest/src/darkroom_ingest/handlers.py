@@ -644,27 +644,26 @@ async def list_event_types(request: web.Request) -> web.Response:
     await authenticate(request)
     photo = models.PhotoOut.model_json_schema()
     event = models.EventOut.model_json_schema()
-    items = []
+    items: list[dict[str, Any]] = []
     for name, description in records.EVENT_TYPE_DESCRIPTIONS.items():
         data = (
             {"type": "object", "properties": {"event": event}}
             if name == "event.archived"
             else {"type": "object", "properties": {"photo": photo}}
         )
+        schema = {
+            "type": "object",
+            "properties": {
+                "type": {"const": name},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "data": data,
+            },
+            "required": ["type", "timestamp", "data"],
+        }
         items.append(
-            {
-                "type": name,
-                "description": description,
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"const": name},
-                        "timestamp": {"type": "string", "format": "date-time"},
-                        "data": data,
-                    },
-                    "required": ["type", "timestamp", "data"],
-                },
-            }
+            models.EventTypeOut(type=name, description=description, schema=schema).model_dump(
+                by_alias=True
+            )
         )
     return json_response({"items": items, "total": len(items), "limit": len(items), "offset": 0})
 

@@ -280,6 +280,7 @@ def api_routes() -> list[Route]:
             handlers.list_event_types,
             "The event types endpoints can subscribe to, with their JSON schemas",
             "webhooks",
+            response=models.Page[models.EventTypeOut],
         ),
         Route(
             "DELETE",

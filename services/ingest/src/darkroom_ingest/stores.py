@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
@@ -386,7 +385,3 @@ class IdempotencyStore:
 
     async def abandon(self, key: str) -> None:
         await self._col.delete_one({"_id": key, "state": "running"})
-
-
-def record_page(docs: list[Document], total: int, limit: int, offset: int, render: Any) -> Any:
-    return {"items": [render(d) for d in docs], "total": total, "limit": limit, "offset": offset}
