@@ -11,12 +11,10 @@ double publish on the message id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from aiohttp import web
 from pymongo.asynchronous.collection import AsyncCollection
 
 from darkroom_kit.clock import now_ms
@@ -131,32 +129,3 @@ class OutboxRelay:
                     await hook(doc)
                 relayed += len(pending)
         return relayed
-
-    async def run_forever(self, interval_seconds: float) -> None:
-        while True:
-            try:
-                relayed = await self.run_once()
-                if relayed:
-                    log.info("outbox relay republished %d message(s)", relayed)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay pass failed")
-            await asyncio.sleep(interval_seconds)
-
-
-def background_ctx(
-    make: Callable[[web.Application], Coroutine[Any, Any, None]],
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Run a long-lived coroutine for the app's lifetime; cancelled on shutdown."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(make(app))
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return ctx

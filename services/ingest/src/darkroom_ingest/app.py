@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from darkroom_kit import records
+from darkroom_kit.background import periodic_ctx
 from darkroom_kit.httpapp import REGISTRY, create_base_app
 from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, amqp_ctx
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox, OutboxRelay, background_ctx
+from darkroom_kit.outbox import Outbox, OutboxRelay
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
@@ -25,6 +26,8 @@ from darkroom_ingest.stores import ensure_indexes
 from darkroom_ingest.web_support import SETTINGS
 
 SERVICE = "upload-ingest"
+
+RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
 
 
 async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -43,23 +46,20 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
     chunked = ChunkedUploads(db, app[OBJECT_STORE], service, settings)
     await chunked.ensure_indexes()
     app[CHUNKED] = chunked
-
-    yield
-
-
-async def _relay(app: web.Application) -> None:
-    db = app[MONGO_DB]
-    service = app[PHOTO_SERVICE]
-    relay = OutboxRelay(
+    app[RELAY] = OutboxRelay(
         Outbox(app[PUBLISHER]),
         [db[records.PHOTOS], db[records.EVENTS], db[records.OPERATIONS]],
         after_flush={records.PHOTOS: service.finish_deletion},
     )
-    await relay.run_forever(app[SETTINGS].outbox_relay_interval_seconds)
+    yield
 
 
-async def _expire_uploads(app: web.Application) -> None:
-    await app[CHUNKED].sweep_forever(app[SETTINGS].upload_sweep_interval_seconds)
+async def _relay_pass(app: web.Application) -> int:
+    return await app[RELAY].run_once()
+
+
+async def _expire_pass(app: web.Application) -> int:
+    return await app[CHUNKED].expire_due()
 
 
 def create_app(settings: IngestSettings) -> web.Application:
@@ -80,8 +80,12 @@ def create_app(settings: IngestSettings) -> web.Application:
             amqp_ctx(settings, metrics),
             _domain_ctx,
             readiness_ctx,
-            background_ctx(_relay),
-            background_ctx(_expire_uploads),
+            periodic_ctx(
+                "outbox relay republished", _relay_pass, settings.outbox_relay_interval_seconds
+            ),
+            periodic_ctx(
+                "abandoned uploads expired", _expire_pass, settings.upload_sweep_interval_seconds
+            ),
         ]
     )
     routes = api_routes()

@@ -465,17 +465,6 @@ class ChunkedUploads:
             expired += 1
         return expired
 
-    async def sweep_forever(self, interval_seconds: float) -> None:
-        while True:
-            try:
-                if n := await self.expire_due():
-                    log.info("expired %d abandoned upload(s)", n)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("upload expiry sweep failed")
-            await asyncio.sleep(interval_seconds)
-
 
 def _mismatch(algorithm: str, index: int) -> Problem:
     return Problem(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from darkroom_kit import records
+from darkroom_kit.background import periodic_ctx
 from darkroom_kit.httpapp import REGISTRY, create_base_app
 from darkroom_kit.messaging import (
     PUBLISHER,
@@ -20,7 +20,7 @@ from darkroom_kit.messaging import (
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox, background_ctx
+from darkroom_kit.outbox import Outbox
 from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
@@ -67,14 +67,12 @@ def create_app(settings: RepairSettings) -> web.Application:
     def handler(app: web.Application) -> Handler:
         return app[REPAIRER].handle
 
-    async def sweep(app: web.Application) -> None:
+    async def request_sweep(app: web.Application) -> None:
         # The sweep requests a repair like any client would, so replicas share the work through
         # the queue instead of each scanning on its own.
-        while settings.sweep_interval_seconds > 0:
-            await asyncio.sleep(settings.sweep_interval_seconds)
-            await app[PUBLISHER].publish(
-                app[TOPOLOGY].commands, Envelope.new(records.REPAIR_REQUESTED, {"sweep": True})
-            )
+        await app[PUBLISHER].publish(
+            app[TOPOLOGY].commands, Envelope.new(records.REPAIR_REQUESTED, {"sweep": True})
+        )
 
     app.cleanup_ctx.extend(
         [
@@ -84,7 +82,9 @@ def create_app(settings: RepairSettings) -> web.Application:
             pool_ctx(1),
             repairer_ctx,
             consumer_ctx(settings, queue_spec, handler, metrics),
-            background_ctx(sweep),
+            periodic_ctx(
+                "repair sweep", request_sweep, settings.sweep_interval_seconds, wait_first=True
+            ),
             readiness_ctx,
         ]
     )
