@@ -44,17 +44,6 @@ UPLOADS = "uploads"
 STALE_COMPLETING_MS = 5 * 60 * 1000
 MAX_PARTS = 10_000  # S3's limit
 
-MIME_TYPES = {
-    "image/jpeg": "jpeg",
-    "image/png": "png",
-    "image/gif": "gif",
-    "image/webp": "webp",
-    "video/mp4": "mp4",
-    "video/quicktime": "mov",
-    "video/webm": "webm",
-    "video/x-msvideo": "avi",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Digests:
@@ -133,14 +122,16 @@ class ChunkedUploads:
                 str(exc),
                 errors=[FieldError("/filename", str(exc), "invalid_filename")],
             ) from None
-        kind = MIME_TYPES.get(mime_type)
+        declared = sniff.BY_CONTENT_TYPE.get(mime_type)
+        kind = declared.name if declared is not None else None
         allowed = set(settings.allowed_types) | set(settings.allowed_video_types)
         if kind is None or kind not in allowed:
             raise Problem(
                 422,
                 "unsupported_type",
                 "This type is not accepted",
-                f"Allowed: {', '.join(sorted(m for m, k in MIME_TYPES.items() if k in allowed))}.",
+                "Allowed: "
+                + ", ".join(sorted(t.content_type for t in sniff.ALL_TYPES if t.name in allowed)),
                 errors=[FieldError("/mime_type", "not an accepted type", "unsupported_type")],
             )
         limit = (
@@ -249,7 +240,10 @@ class ChunkedUploads:
         part = PartBody()
         crc = 0
         sha = hashlib.sha256() if digests.sha256 else None
+        head = b""
         async for piece in body:
+            if index == 0 and len(head) < sniff.SNIFF_BYTES:
+                head += bytes(piece[: sniff.SNIFF_BYTES])
             part.append(piece)
             crc = google_crc32c.extend(crc, piece)
             if sha is not None:
@@ -277,7 +271,7 @@ class ChunkedUploads:
         }
         update: Document = {f"parts.{index}": record}
         if index == 0:
-            update["head"] = bytes(part.read()[: sniff.SNIFF_BYTES])
+            update["head"] = head[: sniff.SNIFF_BYTES]
         result = await self.col.update_one({"_id": upload_id, "state": "open"}, {"$set": update})
         if result.matched_count == 0:
             raise Problem(

@@ -16,6 +16,7 @@ from darkroom_kit.mongo import MONGO_DB, Document
 from darkroom_kit.outbox import Outbox
 from darkroom_kit.problems import FieldError, Problem, not_found
 from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound, StorageError
+from prometheus_client import Counter
 
 from darkroom_ingest import models
 from darkroom_ingest.chunked import ChunkedUploads, parse_digest_headers, upload_out
@@ -34,7 +35,7 @@ from darkroom_ingest.web_support import (
 
 PHOTO_SERVICE: web.AppKey[PhotoService] = web.AppKey("photo_service", PhotoService)
 CHUNKED: web.AppKey[ChunkedUploads] = web.AppKey("chunked_uploads", ChunkedUploads)
-UPLOAD_BYTES: web.AppKey[Any] = web.AppKey("upload_bytes_counter", object)
+UPLOAD_BYTES: web.AppKey[Counter] = web.AppKey("upload_bytes_counter", Counter)
 
 
 # ---- me -------------------------------------------------------------------------------------
@@ -42,8 +43,6 @@ UPLOAD_BYTES: web.AppKey[Any] = web.AppKey("upload_bytes_counter", object)
 
 async def get_me(request: web.Request) -> web.Response:
     principal = await authenticate(request)
-    token = await request.app[MONGO_DB][records.TOKENS].find_one({"_id": principal.token_id})
-    assert token is not None
     return json_response(
         models.MeOut(
             id=principal.token_id,
@@ -51,7 +50,7 @@ async def get_me(request: web.Request) -> web.Response:
             scopes=principal.scopes,
             effective_scopes=sorted(effective_scopes(principal.scopes)),
             event_id=principal.event_id,
-            created_at=ms_to_iso(token["created_ms"]) or "",
+            created_at=ms_to_iso(principal.created_ms) or "",
         ).model_dump()
     )
 

@@ -21,6 +21,9 @@ MOV = FileType("mov", "video/quicktime", "mov")
 WEBM = FileType("webm", "video/webm", "webm")
 AVI = FileType("avi", "video/x-msvideo", "avi")
 
+ALL_TYPES = (JPEG, PNG, GIF, WEBP, MP4, MOV, WEBM, AVI)
+BY_CONTENT_TYPE = {t.content_type: t for t in ALL_TYPES}
+
 # Bytes of a file's head that decide its type.
 SNIFF_BYTES = 32
 # Bytes of a file's tail kept for the completeness check. Some cameras append trailers after the

@@ -70,6 +70,7 @@ class Principal:
     name: str
     scopes: list[str]
     event_id: str | None = None  # gallery tokens are bound to one event
+    created_ms: int = 0
 
     def may(self, scope: Scope) -> bool:
         return scope.value in effective_scopes(self.scopes)

@@ -113,7 +113,9 @@ async def authenticate(request: web.Request) -> Principal:
             "The token is unknown or was revoked.",
             headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
         )
-    principal = Principal(doc["_id"], doc["name"], list(doc["scopes"]), doc.get("event_id"))
+    principal = Principal(
+        doc["_id"], doc["name"], list(doc["scopes"]), doc.get("event_id"), doc["created_ms"]
+    )
     request[PRINCIPAL] = principal
     return principal
 
