@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import outbox, records
-from darkroom_kit.messaging import Envelope, QueueSpec
+from darkroom_kit.messaging import Envelope, QueueSpec, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import OBJECT_STORE
 
@@ -583,7 +583,7 @@ async def test_outbox_relay_publishes_what_a_dead_writer_left(
         "status": "uploaded",
         "filename": "o.jpg",
         **outbox.fields(
-            api.server.app[OBJECT_STORE] and f"{ingest_settings.amqp_namespace}.events",
+            Topology(ingest_settings.amqp_namespace).events,
             [message],
             -1,
         ),

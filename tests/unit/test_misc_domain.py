@@ -21,9 +21,14 @@ def test_times_render_as_utc_iso() -> None:
 
 
 def test_ids_are_prefixed_unique_and_ordered() -> None:
+    import time
+
     ids = [new_id("ph") for _ in range(1000)]
     assert len(set(ids)) == 1000
     assert all(i.startswith("ph_") and len(i) == 29 for i in ids)
+    earlier = new_id("ph")
+    time.sleep(0.003)
+    assert earlier < new_id("ph")  # a later millisecond sorts after
 
 
 def test_subscriptions_and_stable_delivery_ids() -> None:
