@@ -38,6 +38,17 @@ def make_files(total: int, size: int) -> list[tuple[str, bytes]]:
     return files
 
 
+CLOSING = b"--b--\r\n"
+
+
+def part_header(name: str) -> bytes:
+    """The multipart framing before one file (boundary ``b``); CRLF follows its data."""
+    return (
+        f'--b\r\nContent-Disposition: form-data; name="photos"; filename="{name}"'
+        "\r\nContent-Type: image/jpeg\r\n\r\n"
+    ).encode()
+
+
 async def direct_to_s3(settings: IngestSettings, files: list[tuple[str, bytes]]) -> float:
     progress = Progress("baseline", sum(len(d) for _, d in files))
     async with open_object_store(settings) as store:
@@ -80,17 +91,14 @@ async def through_api(
     async def body():  # type: ignore[no-untyped-def]
         # Streamed by hand so the benchmark client does not copy 1 GiB into one buffer first.
         for name, data in files:
-            yield (
-                f'--b\r\nContent-Disposition: form-data; name="photos"; filename="{name}"'
-                "\r\nContent-Type: image/jpeg\r\n\r\n"
-            ).encode()
+            yield part_header(name)
             for start in range(0, len(data), 1 << 20):
                 yield data[start : start + (1 << 20)]
             progress.add(len(data))
             yield b"\r\n"
-        yield b"--b--\r\n"
+        yield CLOSING
 
-    length = sum(len(c) for c in _frame_lengths(files))
+    length = sum(len(part_header(n)) + len(d) + 2 for n, d in files) + len(CLOSING)
     timeout = aiohttp.ClientTimeout(total=3600)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         user0, sys0 = cpu_seconds(pid)
@@ -116,21 +124,6 @@ async def through_api(
                 f"{api}/v1/photos/{photo_id}", headers={"Authorization": f"Bearer {token}"}
             )
     return elapsed, user1 - user0, sys1 - sys0
-
-
-def _frame_lengths(files: list[tuple[str, bytes]]) -> list[bytes]:
-    out = []
-    for name, data in files:
-        out.append(
-            (
-                f'--b\r\nContent-Disposition: form-data; name="photos"; filename="{name}"'
-                "\r\nContent-Type: image/jpeg\r\n\r\n"
-            ).encode()
-        )
-        out.append(b"x" * len(data))
-        out.append(b"\r\n")
-    out.append(b"--b--\r\n")
-    return out
 
 
 async def main() -> int:
