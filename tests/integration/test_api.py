@@ -639,3 +639,17 @@ async def test_concurrent_batches_never_exceed_the_cap(api: Client, make_token: 
     )
     assert sum(r.status == 201 for r in results) == 5
     assert await photo_count(api, event["id"]) == 5
+
+
+async def test_inserting_an_existing_photo_id_is_a_conflict(api: Client) -> None:
+    """Renumbering the file name helps a name clash only; a taken id must not loop."""
+    import pytest
+    from darkroom_ingest.stores import Conflict, PhotoStore
+
+    store = PhotoStore(api.server.app[MONGO_DB])
+    doc = {"_id": "ph_dup_test", "event_id": "ev_dup", "filename": "a.jpg"}
+    await store.insert_unique([dict(doc)], lambda d: None)
+    renamed = await store.insert_unique([{**doc, "_id": "ph_dup_test2"}], lambda d: None)
+    assert renamed[0]["filename"] == "a-2.jpg"
+    with pytest.raises(Conflict):
+        await store.insert_unique([{**doc, "filename": "b.jpg"}], lambda d: None)

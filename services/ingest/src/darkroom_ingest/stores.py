@@ -198,6 +198,9 @@ class PhotoStore:
                 failed.append(err["index"])
         for index in failed:
             doc = docs[index]
+            # Renumbering helps only a name clash; a photo whose id exists is a Conflict.
+            if await self.col.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
+                raise Conflict(f"photo {doc['_id']} exists")
             base = doc["filename"]
             for n in range(2, 10_000):
                 doc["filename"] = numbered(base, n)
@@ -207,6 +210,8 @@ class PhotoStore:
                     break
                 except DuplicateKeyError:
                     continue
+            else:
+                raise Conflict(f"no free name for {base!r}")
         return docs
 
     async def get(self, photo_id: str) -> Document | None:
