@@ -19,6 +19,7 @@ from PIL import Image
 from tests.conftest import QueueJanitor, jpeg_bytes, png_bytes
 from tests.integration.conftest import TokenMaker, drain, eventually
 from tests.integration.test_api import auth, form, make_event
+from tests.unit.test_render import gps_jpeg
 
 Client = TestClient[Any, Any]
 
@@ -69,12 +70,13 @@ async def test_variants_dimensions_and_refusals(
         ("small.png", png_bytes(320, 200)),  # smaller than the hero: never enlarged
         ("broken.jpg", corrupt_jpeg()),
         ("bomb.png", png_bomb(50_000, 50_000)),
+        ("gps.jpg", gps_jpeg()),
     ]
     resp = await api.post(
         f"/v1/events/{event['id']}/photos", data=form(*files), headers=auth(token)
     )
     uploaded = {p["filename"]: p for p in (await resp.json())["uploaded"]}
-    assert sorted(uploaded) == ["bomb.png", "broken.jpg", "portrait.jpg", "small.png"]
+    assert sorted(uploaded) == ["bomb.png", "broken.jpg", "gps.jpg", "portrait.jpg", "small.png"]
 
     async def settled() -> dict[str, Any] | None:
         out = {}
@@ -102,6 +104,15 @@ async def test_variants_dimensions_and_refusals(
     assert not image.getexif()  # metadata stripped from variants
     hero = await api.get(f"/heroes/{event['slug']}/portrait.jpg", headers=auth(token))
     assert Image.open(io.BytesIO(await hero.read())).size == (1067, 1600)
+    # GPS is gone from the variants; the original is served byte for byte, GPS and all.
+    assert photos["gps.jpg"]["status"] == "processed"
+    for route in ("thumbnails", "heroes"):
+        variant = await api.get(f"/{route}/{event['slug']}/gps.jpg", headers=auth(token))
+        assert not Image.open(io.BytesIO(await variant.read())).getexif()
+    original = await api.get(f"/photos/{event['slug']}/gps.jpg", headers=auth(token))
+    original_bytes = await original.read()
+    assert original_bytes == dict(files)["gps.jpg"]
+    assert Image.open(io.BytesIO(original_bytes)).getexif().get_ifd(0x8825)[1] == "N"
     small = photos["small.png"]
     assert (small["width"], small["height"]) == (320, 200)
     assert (small["variants"]["hero"]["width"], small["variants"]["hero"]["height"]) == (320, 200)
@@ -118,13 +129,14 @@ async def test_variants_dimensions_and_refusals(
         assert dead.declaration_result.message_count == 2
     finally:
         await connection.close()
-    messages = await drain(ingest_settings.amqp_url, watch_events.name, 6)
+    messages = await drain(ingest_settings.amqp_url, watch_events.name, 8)
     processed = [m for m in messages if m["type"] == "photo.processed"]
     assert sorted(m["data"]["photo"]["filename"] for m in processed) == [
+        "gps.jpg",
         "portrait.jpg",
         "small.png",
     ]
-    # The worker's metrics count the same: two rendered, two dead-lettered, none retried.
+    # The worker's metrics count the same: three rendered, two dead-lettered, none retried.
     from prometheus_client.parser import text_string_to_metric_families
 
     consumed = {
@@ -133,13 +145,15 @@ async def test_variants_dimensions_and_refusals(
         for s in family.samples
         if s.name == "messages_consumed_total" and s.labels["queue"] == spec.name
     }
-    assert consumed == {"acked": 2, "dead_lettered": 2}
+    assert consumed == {"acked": 3, "dead_lettered": 2}
 
 
-def make_clip(path: Any, seconds: float, size: str) -> bytes:
+def make_clip(path: Any, seconds: float, size: str, rotation: int = 0) -> bytes:
+    """A test-pattern clip; ``rotation`` writes the display matrix a phone writes when it films
+    upright (the pixels stay landscape)."""
     import subprocess
 
-    from darkroom_thumbnailing.video import ffmpeg_path
+    from darkroom_kit.video import ffmpeg_path
 
     subprocess.run(
         [
@@ -159,6 +173,27 @@ def make_clip(path: Any, seconds: float, size: str) -> bytes:
         check=True,
         timeout=60,
     )
+    if rotation:
+        rotated = path.with_name("rotated-" + path.name)
+        subprocess.run(
+            [
+                ffmpeg_path(),
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-display_rotation",
+                str(rotation),
+                "-i",
+                str(path),
+                "-c",
+                "copy",
+                "-y",
+                str(rotated),
+            ],
+            check=True,
+            timeout=60,
+        )
+        rotated.replace(path)
     return bytes(path.read_bytes())
 
 
@@ -180,6 +215,8 @@ async def test_video_posters(
     clips = {
         "clip.mp4": make_clip(tmp_path / "clip.mp4", 2, "800x600"),
         "short.mp4": make_clip(tmp_path / "short.mp4", 0.5, "640x480"),  # under the 1 s mark
+        # Filmed upright on a phone: 640x360 pixels, shown as 360x640.
+        "phone.mp4": make_clip(tmp_path / "phone.mp4", 1.5, "640x360", rotation=90),
         "broken.mp4": b"\0\0\0\x18ftypmp42" + b"\0garbage" * 500,
     }
     ids = {}
@@ -212,5 +249,9 @@ async def test_video_posters(
     assert Image.open(io.BytesIO(await thumb.read())).size == (400, 300)
     short = videos["short.mp4"]
     assert (short["status"], short["width"], short["duration_ms"]) == ("processed", 640, 500)
+    phone = videos["phone.mp4"]
+    assert (phone["status"], phone["width"], phone["height"]) == ("processed", 360, 640)
+    thumb = await capi.get(f"/thumbnails/{event['slug']}/phone.mp4", headers=auth(token))
+    assert Image.open(io.BytesIO(await thumb.read())).size == (225, 400)
     assert videos["broken.mp4"]["status"] == "failed"
     assert videos["broken.mp4"]["status_reason"] == "corrupt_video"

@@ -6,13 +6,18 @@ Pure functions over bytes: they run inside worker processes, never on the event 
 from __future__ import annotations
 
 import calendar
+import ctypes
+import ctypes.util
 import os
 import re
+import resource
 from dataclasses import dataclass
 from typing import Any
 
 # Only these libvips loaders may touch user files: every other loader is attack surface.
 ALLOWED_LOADERS = {"jpegload_buffer", "pngload_buffer", "webpload_buffer", "gifload_buffer"}
+
+_M_ARENA_MAX = -8  # from glibc's malloc.h
 
 _EXIF_DATE = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 
@@ -39,11 +44,19 @@ class HeaderFacts:
     pages: int
 
 
-def init_worker_process() -> None:
+def init_worker_process(memory_limit_bytes: int | None = None) -> None:
     """Worker-process initializer: one libvips thread per process (one process per core does the
-    parallelism) and no operation cache (it would pin decoded images between jobs)."""
+    parallelism), no operation cache (it would pin decoded images between jobs), two malloc arenas
+    (glibc's default of 8 per core lets a long-lived worker's RSS creep up) and, when given, a
+    bound on the process's address space, so a file that slips past the pixel cap fails with an
+    allocation error instead of taking the machine's memory."""
     os.environ.setdefault("VIPS_CONCURRENCY", "1")
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    # The environment variable is read when the process starts, too late here: set it directly.
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(_M_ARENA_MAX, 2)
+    if memory_limit_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     import pyvips  # noqa: PLC0415 - libvips reads VIPS_CONCURRENCY when it loads
 
     pyvips.cache_set_max(0)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
 from darkroom_kit.clock import now_ms
@@ -87,6 +88,34 @@ class Outbox:
         )
         # The due time goes only once nothing else is pending (a writer may have added more).
         await collection.update_one({"_id": doc_id, OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}})
+        return True
+
+    async def flush_many(self, collection: Collection, pending: dict[str, Pending]) -> bool:
+        """:meth:`flush` for many documents at once: every message is published with its confirm
+        in flight together, then all are cleared in one bulk write."""
+        pending = {doc_id: p for doc_id, p in pending.items() if p}
+        if not pending:
+            return True
+        ordered = sorted(
+            (e for p in pending.values() for e in p.values()), key=lambda e: (e["time"], e["id"])
+        )
+        try:
+            await asyncio.gather(
+                *(self._publisher.publish(ex, env) for ex, env in map(_envelope, ordered))
+            )
+        except Exception:
+            log.warning("outbox publish failed; left to the relay", exc_info=True)
+            return False
+        await collection.bulk_write(
+            [
+                UpdateOne({"_id": doc_id}, {"$unset": {f"{OUTBOX}.{mid}": "" for mid in p}})
+                for doc_id, p in pending.items()
+            ],
+            ordered=False,
+        )
+        await collection.update_many(
+            {"_id": {"$in": list(pending)}, OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}}
+        )
         return True
 
 

@@ -1,31 +1,96 @@
-"""The rendering process pool, as a cleanup context."""
+"""The process pool for CPU work (image decoding), with a time limit per job and a memory bound
+per worker process.
+
+A thread cannot be stopped, a process can: a job over its time limit has its worker killed and the
+pool rebuilt, so a pathological file cannot hold a core for ever. Jobs that were running in the
+same pool at that moment fail with :class:`PoolRestarted`, a transient error their callers retry.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import multiprocessing
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from darkroom_kit.imaging import init_worker_process
 
-RENDER_POOL: web.AppKey[ProcessPoolExecutor] = web.AppKey("render_pool", ProcessPoolExecutor)
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
-def pool_ctx(processes: int) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        # spawn, not fork: the parent runs an event loop and client threads that a fork would copy
-        # in an undefined state.
-        pool = ProcessPoolExecutor(
-            max_workers=processes,
+class JobTimedOut(Exception):
+    """The job ran past its time limit; its worker was killed."""
+
+
+class PoolRestarted(Exception):
+    """The pool was rebuilt under this job (another job timed out or a worker died): retry it."""
+
+
+class RenderPool:
+    def __init__(self, processes: int, memory_limit_bytes: int | None = None) -> None:
+        self._processes = processes
+        self._memory_limit = memory_limit_bytes
+        self._pool = self._new_pool()
+        self.restarts = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs an event loop and client threads that a fork would
+        # copy in an undefined state.
+        return ProcessPoolExecutor(
+            max_workers=self._processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker_process,
+            initargs=(self._memory_limit,),
         )
+
+    async def run(self, time_limit: float, fn: Callable[..., T], *args: Any) -> T:
+        pool = self._pool
+        future = asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
+        try:
+            return await asyncio.wait_for(future, time_limit)
+        except TimeoutError:
+            self._restart(pool, "a job ran past its time limit")
+            raise JobTimedOut(f"no result within {time_limit:g}s") from None
+        except BrokenProcessPool as exc:
+            self._restart(pool, "a worker process died")
+            raise PoolRestarted(str(exc) or "the worker pool was rebuilt") from None
+
+    def _restart(self, pool: ProcessPoolExecutor, why: str) -> None:
+        if pool is not self._pool:
+            return  # another job already rebuilt it
+        log.warning("restarting the worker pool: %s", why)
+        self.restarts += 1
+        self._pool = self._new_pool()
+        # The executor has no public way to stop a running job: kill its processes.
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        for process in workers:
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+RENDER_POOL: web.AppKey[RenderPool] = web.AppKey("render_pool", RenderPool)
+
+
+def pool_ctx(
+    processes: int, memory_limit_bytes: int | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        pool = RenderPool(processes, memory_limit_bytes)
         app[RENDER_POOL] = pool
         try:
             yield
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown()
 
     return ctx

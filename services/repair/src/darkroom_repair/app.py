@@ -39,7 +39,7 @@ def queue_spec(topology: Topology) -> QueueSpec:
         topology.queue(SERVICE, "requests"),
         topology.commands,
         (records.REPAIR_REQUESTED,),
-        (5_000, 60_000, 600_000),
+        RETRY_DELAYS_MS,
     )
 
 
@@ -79,7 +79,7 @@ def create_app(settings: RepairSettings) -> web.Application:
             mongo_ctx(settings),
             object_store_ctx(settings),
             amqp_ctx(settings, metrics),
-            pool_ctx(1),
+            pool_ctx(settings.parse_processes),
             repairer_ctx,
             consumer_ctx(settings, queue_spec, handler, metrics),
             periodic_ctx(

@@ -1,13 +1,22 @@
-"""Re-extract missing width/height (and optionally capture date) from the head of stored files."""
+"""Re-extract missing width/height (and optionally capture date) from the head of stored files.
+
+A repair scans in batches. Each batch is claimed first (a lease on its photos), so two repairs at
+once split the work instead of doing it twice. The facts are read concurrently (images: a ranged
+GET of the head, parsed in the process pool; videos: ffmpeg reading over a presigned URL), then
+written back in one bulk write together with their ``photo.repaired`` messages (the outbox), which
+are published with their confirms in flight together.
+
+A repair is owned by its operation id (a sweep by its message id). When the service dies mid-scan
+the message comes back and the owner takes its own claims again and carries on; its counts stay
+exact because every photo it repaired records the owner, and its failures are on the operation.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
@@ -15,16 +24,44 @@ from darkroom_kit.imaging import HeaderFacts, ImageRefused, read_header
 from darkroom_kit.messaging import Envelope, Retry, Topology
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.outbox import Outbox
+from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
 from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailable
+from darkroom_kit.video import probe_video
 from prometheus_client import CollectorRegistry, Counter
+from pymongo import UpdateOne
 
 log = logging.getLogger(__name__)
 
 GRACE_MS = 10_000
+# How long a repair's claim on a batch holds if the repair dies without coming back.
+CLAIM_MS = 120_000
+# Header parsing takes a millisecond or two; anything near this is a hostile file.
+PARSE_TIME_LIMIT = 20.0
+
+OnBatch = Callable[["RepairResult", dict[str, str]], Awaitable[None]]
 
 
 def header_facts(data: bytes, max_pixels: int) -> HeaderFacts:
     return read_header(data, max_pixels)[1]
+
+
+def exif_at_the_end(head: bytes) -> bool:
+    """A WebP whose VP8X header announces EXIF: the EXIF chunk (and the orientation in it) comes
+    after the image data, at the end of the file."""
+    return (
+        head[:4] == b"RIFF"
+        and head[8:16] == b"WEBPVP8X"
+        and len(head) > 20
+        and bool(head[20] & 0x08)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    width: int
+    height: int
+    captured_at_ms: int | None
+    duration_ms: int | None = None
 
 
 @dataclass
@@ -42,7 +79,7 @@ class Repairer:
         self,
         db: Database,
         store: S3ObjectStore,
-        pool: Executor,
+        pool: RenderPool,
         outbox_: Outbox,
         topology: Topology,
         base_url: str,
@@ -52,6 +89,7 @@ class Repairer:
         concurrency: int,
         registry: CollectorRegistry,
         retries: int = 3,
+        video_time_limit: float = 60.0,
     ) -> None:
         self._photos = db[records.PHOTOS]
         self._operations = db[records.OPERATIONS]
@@ -64,6 +102,7 @@ class Repairer:
         self._head_bytes = head_bytes
         self._max_pixels = max_pixels
         self._batch_size = batch_size
+        self._video_time_limit = video_time_limit
         self._limit = asyncio.Semaphore(concurrency)
         self._repaired = Counter(
             "photos_repaired_total", "Photos repaired, by outcome", ["outcome"], registry=registry
@@ -71,30 +110,41 @@ class Repairer:
 
     async def handle(self, envelope: Envelope, attempt: int) -> None:
         op_id = envelope.data.get("operation_id")
+        owner = op_id or envelope.id
+        failures: dict[str, str] = {}
         if op_id is not None:
-            op = await self._operations.find_one({"_id": op_id}, {"state": 1})
+            op = await self._operations.find_one({"_id": op_id}, {"state": 1, "failures": 1})
             if op is None or op["state"] in ("done", "failed"):
                 return  # a duplicate of finished work
+            failures = dict(op.get("failures") or {})  # from before a restart
             await self._operations.update_one(
                 {"_id": op_id}, {"$set": {"state": "running", "updated_ms": now_ms()}}
             )
 
-        async def progress(result: RepairResult) -> None:
+        async def on_batch(result: RepairResult, new_failures: dict[str, str]) -> None:
             if op_id is not None:
                 await self._operations.update_one(
-                    {"_id": op_id}, {"$set": {"progress": result.counts(), "updated_ms": now_ms()}}
+                    {"_id": op_id},
+                    {
+                        "$set": {
+                            "progress": result.counts(),
+                            "updated_ms": now_ms(),
+                            **{f"failures.{k}": v for k, v in new_failures.items()},
+                        }
+                    },
                 )
 
         try:
             result = await self.run(
                 envelope.data.get("event_id"),
                 bool(envelope.data.get("include_capture_date", False)),
-                progress,
+                owner=owner,
+                on_batch=on_batch,
+                failed_before=failures,
             )
         except Exception as exc:
             # The last attempt ends the operation in a clear failed state; it is never left
-            # "running". Earlier attempts are retried (a restart re-runs the scan, which skips
-            # what is already repaired).
+            # "running". Earlier attempts are retried (and carry on where this one stopped).
             if op_id is not None and attempt > self._retries:
                 await self._operations.update_one(
                     {"_id": op_id},
@@ -131,7 +181,10 @@ class Repairer:
         self,
         event_id: str | None,
         include_capture_date: bool,
-        progress: Callable[[RepairResult], Awaitable[None]] | None = None,
+        *,
+        owner: str,
+        on_batch: OnBatch | None = None,
+        failed_before: dict[str, str] | None = None,
     ) -> RepairResult:
         # {"$eq": None} rather than a bare None: the same on MongoDB (null or missing), and the
         # nx-27017 stand-in matches nothing for a bare None inside $or.
@@ -140,93 +193,142 @@ class Repairer:
             missing.append({"captured_at_ms": {"$eq": None}})
         # "uploaded" photos are still with thumbnailing, which records the same fields.
         query: Document = {
-            "kind": "image",
+            "kind": {"$in": ["image", "video"]},
             "status": {"$in": ["processed", "failed"]},
             "$or": missing,
         }
         if event_id:
             query["event_id"] = event_id
-        result = RepairResult()
-        seen: set[str] = set()
+        result = RepairResult(failed=dict(failed_before or {}))
+        # What an earlier run of the same repair did before the service restarted.
+        result.repaired = await self._photos.count_documents({"repaired_by": owner})
+        result.scanned = result.repaired + len(result.failed)
+        seen: set[str] = set(result.failed)
         while True:
-            batch = [
-                d
-                async for d in self._photos.find(
-                    {**query, "_id": {"$nin": list(seen)}} if seen else query,
-                    {
-                        "original_key": 1,
-                        "event_id": 1,
-                        "captured_at_ms": 1,
-                        "width": 1,
-                        "height": 1,
-                    },
-                ).limit(self._batch_size)
-            ]
+            batch = await self._photos.find(
+                {**query, "_id": {"$nin": list(seen)}} if seen else query, {outbox.OUTBOX: 0}
+            ).to_list(self._batch_size)
             if not batch:
                 return result
             seen.update(d["_id"] for d in batch)
-            result.scanned += len(batch)
-            outcomes = await asyncio.gather(
-                *(self._repair_one(d, include_capture_date) for d in batch)
+            mine = await self._claim(batch, owner)
+            outcomes = await asyncio.gather(*(self._find(d) for d in mine))
+            repaired, new_failures = await self._write(
+                owner, include_capture_date, list(zip(mine, outcomes, strict=True))
             )
-            for doc, outcome in zip(batch, outcomes, strict=True):
-                if outcome is None:
-                    result.repaired += 1
-                else:
-                    result.failed[doc["_id"]] = outcome
-            if progress is not None:
-                await progress(result)
+            result.scanned += len(mine)
+            result.repaired += repaired
+            result.failed.update(new_failures)
+            if on_batch is not None:
+                await on_batch(result, new_failures)
 
-    async def _repair_one(self, doc: Document, include_capture_date: bool) -> str | None:
+    async def _claim(self, batch: list[Document], owner: str) -> list[Document]:
+        """The photos of ``batch`` this repair may work on: not claimed by another live repair."""
+        ids = [d["_id"] for d in batch]
+        now = now_ms()
+        await self._photos.update_many(
+            {
+                "_id": {"$in": ids},
+                "$or": [
+                    {"repair_by": {"$eq": None}},
+                    {"repair_until": {"$lt": now}},
+                    {"repair_by": owner},
+                ],
+            },
+            {"$set": {"repair_by": owner, "repair_until": now + CLAIM_MS}},
+        )
+        claimed = {
+            d["_id"]
+            async for d in self._photos.find({"_id": {"$in": ids}, "repair_by": owner}, {"_id": 1})
+        }
+        return [d for d in batch if d["_id"] in claimed]
+
+    async def _write(
+        self, owner: str, include_capture_date: bool, outcomes: list[tuple[Document, Found | str]]
+    ) -> tuple[int, dict[str, str]]:
+        writes: list[UpdateOne] = []
+        pending: dict[str, outbox.Pending] = {}
+        failures: dict[str, str] = {}
+        for doc, found in outcomes:
+            if isinstance(found, str):
+                failures[doc["_id"]] = found
+                continue
+            fields: Document = {"width": found.width, "height": found.height}
+            if found.duration_ms is not None and doc.get("duration_ms") is None:
+                fields["duration_ms"] = found.duration_ms
+            if include_capture_date and doc.get("captured_at_ms") is None:
+                fields["captured_at_ms"] = found.captured_at_ms
+            message = Envelope.new(
+                records.PHOTO_REPAIRED,
+                {
+                    "photo": records.photo_public({**doc, **fields}, self._base_url),
+                    "repaired_fields": sorted(fields),
+                },
+            )
+            ops = outbox.push(self._topology.events, [message], GRACE_MS)
+            ops["$set"].update(fields, repaired_by=owner)
+            ops["$unset"] = {"repair_by": "", "repair_until": ""}
+            writes.append(
+                UpdateOne(
+                    {"_id": doc["_id"], "repair_by": owner, "status": {"$ne": "deleting"}}, ops
+                )
+            )
+            pending[doc["_id"]] = outbox.entries(self._topology.events, [message])
+        if writes:
+            written = await self._photos.bulk_write(writes, ordered=False)
+            if written.modified_count < len(writes):
+                # Some were deleted while we read them: no message for those.
+                kept = {
+                    d["_id"]
+                    async for d in self._photos.find(
+                        {"_id": {"$in": list(pending)}, "repaired_by": owner}, {"_id": 1}
+                    )
+                }
+                for gone in set(pending) - kept:
+                    failures[gone] = "deleted"
+                    del pending[gone]
+        if failures:
+            await self._photos.update_many(
+                {"_id": {"$in": list(failures)}, "repair_by": owner},
+                {"$unset": {"repair_by": "", "repair_until": ""}},
+            )
+        await self._outbox.flush_many(self._photos, pending)
+        self._repaired.labels("repaired").inc(len(pending))
+        for reason in failures.values():
+            self._repaired.labels("missing" if reason == "original_missing" else "refused").inc()
+        return len(pending), failures
+
+    async def _find(self, doc: Document) -> Found | str:
+        """The facts of one photo, or why they cannot be had (a stable reason code)."""
         async with self._limit:
             try:
-                facts = await self._facts(doc["original_key"])
+                if doc.get("kind") == "video":
+                    return await self._video_facts(doc["original_key"])
+                facts = await self._image_facts(doc["original_key"])
+                return Found(facts.width, facts.height, facts.captured_at_ms)
             except ObjectNotFound:
-                self._repaired.labels("missing").inc()
                 return "original_missing"
             except ImageRefused as exc:
-                self._repaired.labels("refused").inc()
                 return exc.code
-            except StorageUnavailable as exc:
-                raise Retry(f"storage: {exc}") from exc
-        fields: Document = {"width": facts.width, "height": facts.height}
-        if include_capture_date and doc.get("captured_at_ms") is None:
-            fields["captured_at_ms"] = facts.captured_at_ms
-        full = await self._photos.find_one({"_id": doc["_id"]}, {outbox.OUTBOX: 0})
-        if full is None:
-            return "deleted"
-        message = Envelope.new(
-            records.PHOTO_REPAIRED,
-            {
-                "photo": records.photo_public({**full, **fields}, self._base_url),
-                "repaired_fields": sorted(fields),
-            },
-        )
-        ops = outbox.push(self._topology.events, [message], GRACE_MS)
-        ops["$set"].update(fields)
-        updated = await self._photos.find_one_and_update(
-            {"_id": doc["_id"], "status": {"$ne": "deleting"}}, ops
-        )
-        if updated is None:
-            return "deleted"
-        await self._outbox.flush(
-            self._photos, doc["_id"], outbox.entries(self._topology.events, [message])
-        )
-        self._repaired.labels("repaired").inc()
-        return None
+            except JobTimedOut:
+                return "parse_timeout"
+            except (StorageUnavailable, PoolRestarted) as exc:
+                raise Retry(f"transient: {exc}") from exc
 
-    async def _facts(self, key: str) -> HeaderFacts:
-        loop = asyncio.get_running_loop()
+    async def _image_facts(self, key: str) -> HeaderFacts:
         head = await self._store.get_bytes(key, 0, self._head_bytes - 1)
-        try:
-            return await loop.run_in_executor(
-                self._pool, partial(header_facts, head, self._max_pixels)
-            )
-        except ImageRefused:
-            if len(head) < self._head_bytes:
-                raise  # that was the whole file
-        # The header lies beyond the head (a JPEG with big metadata first): read it all.
-        whole = await self._store.get_bytes(key)
-        return await loop.run_in_executor(
-            self._pool, partial(header_facts, whole, self._max_pixels)
-        )
+        whole_file = len(head) < self._head_bytes
+        if not whole_file and not exif_at_the_end(head):
+            try:
+                return await self._pool.run(PARSE_TIME_LIMIT, header_facts, head, self._max_pixels)
+            except ImageRefused:
+                pass  # the header lies beyond the head (a JPEG with big metadata first)
+        if not whole_file:
+            head = await self._store.get_bytes(key)
+        return await self._pool.run(PARSE_TIME_LIMIT, header_facts, head, self._max_pixels)
+
+    async def _video_facts(self, key: str) -> Found:
+        await self._store.head(key)  # a missing object is "original_missing", not a bad video
+        url = await self._store.presigned_get(key)
+        facts = await probe_video(url, self._video_time_limit)
+        return Found(facts.width, facts.height, facts.captured_at_ms, facts.duration_ms)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from darkroom_kit.settings import CommonSettings
 from pydantic import Field
 
@@ -13,4 +15,6 @@ class RepairSettings(CommonSettings):
     concurrency: int = Field(default=16, ge=1, le=256)
     # Run a repair of every event on this period; 0 (the default) turns the sweep off.
     sweep_interval_seconds: float = Field(default=0.0, ge=0)
+    # Header parsing is a millisecond or two per file: one process per core is plenty.
+    parse_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     prefetch: int = 2

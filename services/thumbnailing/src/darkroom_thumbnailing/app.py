@@ -59,6 +59,7 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             spec,
             settings.public_base_url,
             settings.render_timeout_seconds,
+            len(settings.retry_delays_ms),
         ).handle
 
     app.cleanup_ctx.extend(
@@ -66,7 +67,7 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             mongo_ctx(settings),
             object_store_ctx(settings),
             amqp_ctx(settings, metrics),
-            pool_ctx(settings.render_processes),
+            pool_ctx(settings.render_processes, settings.render_memory_mb * 2**20),
             consumer_ctx(settings, lambda t: queue_spec(t, settings), handler, metrics),
             readiness_ctx,
         ]

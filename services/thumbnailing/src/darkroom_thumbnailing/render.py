@@ -64,7 +64,12 @@ def render_variants(data: bytes, spec: RenderSpec) -> Rendered:
             _encode("thumbnail", thumb, spec),
         ]
     except pyvips.Error as exc:
-        raise ImageRefused("corrupt_image", first_line(exc)) from None
+        detail = first_line(exc)
+        code = "memory_limit" if "memory" in detail.lower() else "corrupt_image"
+        raise ImageRefused(code, detail) from None
+    except MemoryError:
+        # The worker's address-space bound was reached: this file needs more than we allow.
+        raise ImageRefused("memory_limit", "decoding needs more memory than allowed") from None
     return Rendered(facts, variants)
 
 

@@ -3,21 +3,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 
 from darkroom_kit import outbox, records
 from darkroom_kit.imaging import ImageRefused
 from darkroom_kit.messaging import Envelope, Reject, Retry, Topology
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.outbox import Outbox
+from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
 from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailable
+from darkroom_kit.video import poster_frame
 from pymongo import ReturnDocument
 
 from darkroom_thumbnailing.render import Rendered, RenderSpec, render_variants
-from darkroom_thumbnailing.video import poster_frame
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +29,15 @@ class Thumbnailer:
         self,
         db: Database,
         store: S3ObjectStore,
-        pool: ProcessPoolExecutor,
+        pool: RenderPool,
         outbox_: Outbox,
         topology: Topology,
         spec: RenderSpec,
         base_url: str,
         timeout_seconds: float,
+        retries: int,
     ) -> None:
+        self._retries = retries
         self._photos = db[records.PHOTOS]
         self._store = store
         self._pool = pool
@@ -69,18 +69,20 @@ class Thumbnailer:
             await self._fail(doc, exc.code, exc.detail)
             raise Reject(str(exc)) from None
         try:
-            rendered = await asyncio.wait_for(
-                asyncio.get_running_loop().run_in_executor(
-                    self._pool, partial(render_variants, data, self._spec)
-                ),
-                self._timeout,
-            )
+            rendered = await self._pool.run(self._timeout, render_variants, data, self._spec)
         except ImageRefused as exc:
             await self._fail(doc, exc.code, exc.detail)
             raise Reject(str(exc)) from None
-        except TimeoutError:
-            await self._fail(doc, "render_timeout", f"rendering took over {self._timeout}s")
+        except JobTimedOut:
+            await self._fail(doc, "render_timeout", f"rendering took over {self._timeout:g}s")
             raise Reject("render timeout") from None
+        except PoolRestarted as exc:
+            # A worker died: this file's render (an allocation over the memory bound kills the
+            # process) or another's time limit. Retried; after the last retry it is this file.
+            if attempt > self._retries:
+                await self._fail(doc, "render_crashed", "the rendering process died every time")
+                raise Reject("render crashed") from None
+            raise Retry(f"render pool: {exc}") from None
         del data
         await self._store_variants(doc, rendered, duration_ms)
 

@@ -14,7 +14,10 @@ class ThumbnailSettings(CommonSettings):
     output_format: str = Field(default="jpeg", pattern="^(jpeg|webp)$")
     max_pixels: int = Field(default=50_000_000, ge=1)
     decode_fail_on: str = Field(default="error", pattern="^(error|warning|truncated)$")
-    render_timeout_seconds: float = 60.0
+    # A render past this is killed with its worker process (and the photo marked failed).
+    render_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Address-space bound of each rendering process; a 50 MP PNG needs about 1 GiB.
+    render_memory_mb: int = Field(default=2048, ge=256)
     # One rendering process per core; each runs one libvips thread.
     render_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     retry_delays_ms: tuple[int, ...] = (2_000, 15_000, 60_000, 300_000)

@@ -1,0 +1,74 @@
+"""The render pool with real worker processes: time limits kill, memory bounds hold."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def allocate(megabytes: int) -> int:
+    return len(bytearray(megabytes * 2**20))
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A killed child not yet reaped is a zombie: dead for our purpose.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+async def test_a_job_past_its_time_limit_is_killed_and_the_pool_carries_on() -> None:
+    pool = RenderPool(1)
+    try:
+        first_worker = await pool.run(30, sleep_then_pid, 0)
+        started = time.monotonic()
+        with pytest.raises(JobTimedOut):
+            await pool.run(0.5, sleep_then_pid, 60)
+        assert time.monotonic() - started < 5
+        assert pool.restarts == 1
+        for _ in range(100):  # killed at once; reaped within moments
+            if not alive(first_worker):
+                break
+            await asyncio.sleep(0.05)
+        assert not alive(first_worker)  # the stuck render does not keep its core
+        assert await pool.run(30, sleep_then_pid, 0) != first_worker
+    finally:
+        pool.shutdown()
+
+
+async def test_jobs_sharing_a_killed_pool_are_told_to_retry() -> None:
+    pool = RenderPool(2)
+    try:
+        slow = asyncio.ensure_future(pool.run(30, sleep_then_pid, 3))
+        await asyncio.sleep(0.5)
+        with pytest.raises(JobTimedOut):
+            await pool.run(0.3, sleep_then_pid, 60)
+        with pytest.raises(PoolRestarted):
+            await slow
+        assert pool.restarts == 1  # one rebuild, not one per failed job
+        assert await pool.run(30, sleep_then_pid, 0) > 0
+    finally:
+        pool.shutdown()
+
+
+async def test_the_memory_bound_holds_in_the_worker_only() -> None:
+    pool = RenderPool(1, memory_limit_bytes=256 * 2**20)
+    try:
+        with pytest.raises(MemoryError):
+            await pool.run(30, allocate, 512)
+        assert await pool.run(30, allocate, 16) == 16 * 2**20
+    finally:
+        pool.shutdown()
+    assert len(bytearray(512 * 2**20)) == 512 * 2**20  # the parent is not bounded
