@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor compose-config clean
+.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair compose-config clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -49,6 +49,12 @@ bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio
 
 bench-chunked: install ## Benchmark chunked uploads (512 MiB and 2 GiB, 8 MiB chunks, 4 in parallel)
 	.venv/bin/python -m benchmarks.chunked_upload
+
+bench-thumbnailing: install ## Benchmark thumbnailing: 1,000 24 MP JPEGs through the service vs a bare pyvips loop
+	.venv/bin/python -m benchmarks.thumbnailing
+
+bench-repair: install ## Benchmark metadata repair over 10,000 photos with cleared dimensions
+	.venv/bin/python -m benchmarks.repair
 
 bench-floor: install ## What the bare stack costs per GiB (receive, forward to S3, + SHA-256)
 	.venv/bin/python -m benchmarks.upload_floor

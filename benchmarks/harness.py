@@ -31,6 +31,13 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK, int(fields[12]) / CLK
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, all cores."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK, idle / CLK
+
+
 def status_mb(pid: int, field: str) -> float:
     """VmHWM (peak RSS) or VmRSS of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -72,11 +79,20 @@ class ApiUnderTest:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+@dataclass
+class Stack:
+    """The servers and a namespace of their own for one benchmark run."""
+
+    env: dict[str, str]
+    settings: IngestSettings
+    logs: Path
+    connection: aio_pika.abc.AbstractConnection
+
+
 @contextlib.asynccontextmanager
-async def api_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterator[ApiUnderTest]:
-    """upload-ingest as its own process on the embedded stand-ins (or MONGO_URL /
-    S3_ENDPOINT_URL / AMQP_URL), with its own namespace, database and bucket, a token and an
-    event; everything is removed afterwards."""
+async def stack_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterator[Stack]:
+    """The embedded stand-ins (or MONGO_URL / S3_ENDPOINT_URL / AMQP_URL) with this run's own
+    namespace, database and bucket; its exchanges and queues are removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="darkroom-bench-"))
     servers = []
     env = dict(os.environ)
@@ -89,14 +105,12 @@ async def api_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterat
     env.setdefault("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     ensure_rabbitmq(env["AMQP_URL"])
     run = secrets.token_hex(3)
-    port = free_port()
     env.update(
         {
             "AMQP_NAMESPACE": f"darkroom-bench.{run}",
             "MONGO_DB": f"bench_{run}",
             "S3_BUCKET": f"bench-{run}",
             "LOG_LEVEL": "WARNING",
-            "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             **(extra_env or {}),
         }
     )
@@ -114,26 +128,58 @@ async def api_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterat
     connection = await aio_pika.connect(settings.amqp_url)
     channel = await connection.channel()
     await declare_consumer_queue(channel, topology, sink, 5)
-    services = await asyncio.to_thread(start_services, env, tmp / "logs", port, ["upload-ingest"])
-    api = services[0].process
-    assert api is not None
     try:
-        token = await create_token(settings, "bench", ["photos.write", "events.write"], None)
-        async with aiohttp.ClientSession() as http:
-            resp = await http.post(
-                f"{env['PUBLIC_BASE_URL']}/v1/events",
-                json={"name": "bench", "slug": f"bench-{run}"},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            event = await resp.json()
-        yield ApiUnderTest(env["PUBLIC_BASE_URL"], api.pid, token, event["id"], settings)
+        yield Stack(env, settings, tmp / "logs", connection)
     finally:
-        api.terminate()
-        api.wait(30)
-        for name in sink.all_queue_names():
+        queues = set(sink.all_queue_names())
+        for name in list(queues):
             await channel.queue_delete(name)
         for name in (topology.events, topology.commands, topology.dead_letter):
             await channel.exchange_delete(name)
         await connection.close()
         for server in servers:
             server.stop()
+
+
+@contextlib.asynccontextmanager
+async def api_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterator[ApiUnderTest]:
+    """upload-ingest as its own process on :func:`stack_under_test`, with a token and an event."""
+    port = free_port()
+    extra = {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **(extra_env or {})}
+    async with stack_under_test(extra) as stack:
+        env, settings = stack.env, stack.settings
+        services = await asyncio.to_thread(start_services, env, stack.logs, port, ["upload-ingest"])
+        api = services[0].process
+        assert api is not None
+        try:
+            token = await create_token(settings, "bench", ["photos.write", "events.write"], None)
+            async with aiohttp.ClientSession() as http:
+                resp = await http.post(
+                    f"{env['PUBLIC_BASE_URL']}/v1/events",
+                    json={"name": "bench", "slug": env["S3_BUCKET"]},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                event = await resp.json()
+            yield ApiUnderTest(env["PUBLIC_BASE_URL"], api.pid, token, event["id"], settings)
+        finally:
+            api.terminate()
+            api.wait(30)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a service's worker pool)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == pid and stat[0] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]

@@ -128,3 +128,34 @@ def test_only_the_allowed_loaders_are_used() -> None:
     with pytest.raises(ImageRefused) as refused:
         render_variants(tiff, RenderSpec())
     assert refused.value.code == "unsupported_format"
+
+
+def test_only_files_that_are_not_srgb_go_through_a_colour_transform() -> None:
+    from darkroom_thumbnailing.render import needs_srgb_conversion
+
+    red = (pyvips.Image.black(16, 16) + list(RED)).cast("uchar").copy(interpretation="srgb")
+    plain = pyvips.Image.new_from_buffer(red.jpegsave_buffer(keep="none"), "")
+    srgb = pyvips.Image.new_from_buffer(
+        red.icc_transform("srgb", input_profile="srgb", embedded=False).jpegsave_buffer(keep="icc"),
+        "",
+    )
+    p3 = pyvips.Image.new_from_buffer(
+        red.icc_transform("p3", input_profile="srgb", embedded=False).jpegsave_buffer(keep="icc"),
+        "",
+    )
+    cmyk = pyvips.Image.new_from_buffer(
+        red.icc_transform("cmyk", input_profile="srgb", embedded=False).jpegsave_buffer(
+            keep="none"
+        ),
+        "",
+    )
+    assert srgb.get_typeof("icc-profile-data")
+    assert [needs_srgb_conversion(i) for i in (plain, srgb, p3, cmyk)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    rendered = render_variants(cmyk.jpegsave_buffer(), RenderSpec())
+    r, g, b = Image.open(io.BytesIO(rendered.variants[0].data)).convert("RGB").getpixel((5, 5))  # type: ignore[misc]
+    assert (r > 200, g < 60, b < 60) == (True, True, True), (r, g, b)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -40,6 +41,10 @@ class RenderPool:
         self._memory_limit = memory_limit_bytes
         self._pool = self._new_pool()
         self.restarts = 0
+
+    @property
+    def processes(self) -> int:
+        return self._processes
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: the parent runs an event loop and client threads that a fork would
@@ -87,6 +92,9 @@ def pool_ctx(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         pool = RenderPool(processes, memory_limit_bytes)
+        # Start every worker now (a spawned process takes a second to import libvips), so the
+        # first photos do not wait and readiness means ready to render.
+        await asyncio.gather(*(pool.run(60, os.getpid) for _ in range(processes)))
         app[RENDER_POOL] = pool
         try:
             yield

@@ -12,7 +12,7 @@ class RepairSettings(CommonSettings):
     head_bytes: int = Field(default=256 * 1024, ge=1024)
     max_pixels: int = Field(default=50_000_000, ge=1)
     batch_size: int = Field(default=200, ge=1, le=5000)
-    concurrency: int = Field(default=16, ge=1, le=256)
+    concurrency: int = Field(default=32, ge=1, le=256)
     # Run a repair of every event on this period; 0 (the default) turns the sweep off.
     sweep_interval_seconds: float = Field(default=0.0, ge=0)
     # Header parsing is a millisecond or two per file: one process per core is plenty.
