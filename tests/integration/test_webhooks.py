@@ -285,6 +285,9 @@ async def test_rotation_patch_and_event_types(
         "photo.deleted",
         "photo.repaired",
         "event.archived",
+        "endpoint.failing",
+        "endpoint.disabled",
+        "endpoint.recovered",
     ]
     uploaded = types["items"][0]["schema"]
     assert "id" in uploaded["properties"]["data"]["properties"]["photo"]["properties"]

@@ -22,3 +22,14 @@ def ms_to_iso(ms: int | None) -> str | None:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
+
+
+def iso_to_ms(value: str) -> int | None:
+    """The inverse of :func:`ms_to_iso`, for any ISO 8601 time with a zone (None if it is not)."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return int(parsed.timestamp() * 1000)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,16 +86,41 @@ class QueueSpec:
     exchange: str
     routing_keys: tuple[str, ...]
     retry_delays_ms: tuple[int, ...] = (1_000, 10_000, 60_000)
+    # Spread each retry over delay * (1 +- jitter), so that the failures of one burst do not all
+    # come back at the same moment. Each tier is then a few queues of fixed TTL (a message TTL
+    # per message would wait behind a longer one at the head of its queue).
+    jitter: float = 0.0
+    jitter_steps: int = 5
 
     def retry_queue(self, delay_ms: int) -> str:
         return f"{self.name}.retry.{delay_ms}ms"
+
+    def tier_delays(self, delay_ms: int) -> tuple[int, ...]:
+        """The queue delays that make up the tier of ``delay_ms``."""
+        if self.jitter <= 0 or self.jitter_steps < 2:
+            return (delay_ms,)
+        low, high = delay_ms * (1 - self.jitter), delay_ms * (1 + self.jitter)
+        step = (high - low) / (self.jitter_steps - 1)
+        return tuple(dict.fromkeys(round(low + i * step) for i in range(self.jitter_steps)))
+
+    def all_retry_delays(self) -> list[int]:
+        return list(dict.fromkeys(d for t in self.retry_delays_ms for d in self.tier_delays(t)))
+
+    def retry_delay(self, attempt: int, at_least_ms: int | None = None) -> int:
+        """The queue delay for the retry after ``attempt`` (1-based): a random one of its tier,
+        or, when the receiver asked to wait (``Retry-After``), the shortest queue delay that is
+        at least that long (the longest there is, if none is)."""
+        if at_least_ms is not None:
+            longer = [d for d in self.all_retry_delays() if d >= at_least_ms]
+            return min(longer) if longer else max(self.all_retry_delays())
+        return random.choice(self.tier_delays(self.retry_delays_ms[attempt - 1]))
 
     @property
     def dead_queue(self) -> str:
         return f"{self.name}.dead"
 
     def all_queue_names(self) -> list[str]:
-        return [self.name, self.dead_queue, *(self.retry_queue(d) for d in self.retry_delays_ms)]
+        return [self.name, self.dead_queue, *(self.retry_queue(d) for d in self.all_retry_delays())]
 
 
 async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> None:
@@ -124,7 +150,7 @@ async def declare_consumer_queue(
         spec.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(await channel.get_exchange(topology.dead_letter, ensure=False), spec.name)
-    for delay in spec.retry_delays_ms:
+    for delay in spec.all_retry_delays():
         await channel.declare_queue(
             spec.retry_queue(delay),
             durable=True,
@@ -188,7 +214,12 @@ class Publisher:
 
 
 class Retry(Exception):
-    """The handler failed in a way that may succeed later: retry after the next tier's delay."""
+    """The handler failed in a way that may succeed later: retry after the next tier's delay,
+    or after at least ``at_least_ms`` when the other side said how long to wait."""
+
+    def __init__(self, reason: str, at_least_ms: int | None = None) -> None:
+        super().__init__(reason)
+        self.at_least_ms = at_least_ms
 
 
 class Reject(Exception):
@@ -309,7 +340,11 @@ class Consumer:
             await self._publisher.publish(
                 "",
                 envelope,
-                routing_key=self.spec.retry_queue(delays[attempt - 1]),
+                routing_key=self.spec.retry_queue(
+                    self.spec.retry_delay(
+                        attempt, exc.at_least_ms if isinstance(exc, Retry) else None
+                    )
+                ),
                 headers={ATTEMPT_HEADER: attempt + 1},
             )
         except Exception:

@@ -14,13 +14,21 @@ PHOTO_PROCESSED = "photo.processed"
 PHOTO_DELETED = "photo.deleted"
 PHOTO_REPAIRED = "photo.repaired"
 EVENT_ARCHIVED = "event.archived"
+# Endpoint status notices, for an operator's own endpoint (webhook-dispatch emits them).
+ENDPOINT_FAILING = "endpoint.failing"
+ENDPOINT_DISABLED = "endpoint.disabled"
+ENDPOINT_RECOVERED = "endpoint.recovered"
 PUBLIC_EVENT_TYPES = (
     PHOTO_UPLOADED,
     PHOTO_PROCESSED,
     PHOTO_DELETED,
     PHOTO_REPAIRED,
     EVENT_ARCHIVED,
+    ENDPOINT_FAILING,
+    ENDPOINT_DISABLED,
+    ENDPOINT_RECOVERED,
 )
+ENDPOINT_NOTICES = (ENDPOINT_FAILING, ENDPOINT_DISABLED, ENDPOINT_RECOVERED)
 
 EVENT_TYPE_DESCRIPTIONS = {
     PHOTO_UPLOADED: "A photo or video was stored; data.photo has its public fields and URLs.",
@@ -30,6 +38,12 @@ EVENT_TYPE_DESCRIPTIONS = {
     PHOTO_REPAIRED: "Missing dimensions or capture date were restored; data.repaired_fields "
     "names them.",
     EVENT_ARCHIVED: "An event was archived; data.event is the event. No photo.deleted follows.",
+    ENDPOINT_FAILING: "A webhook endpoint failed a delivery after succeeding (or for the first "
+    "time); data.endpoint says which and since when. Never sent to that endpoint itself.",
+    ENDPOINT_DISABLED: "A webhook endpoint was disabled (410 Gone, or only failures for the "
+    "auto-disable period); data.endpoint has the reason. Never sent to that endpoint itself.",
+    ENDPOINT_RECOVERED: "A failing webhook endpoint succeeded again. Never sent to that endpoint "
+    "itself.",
 }
 
 # Commands.

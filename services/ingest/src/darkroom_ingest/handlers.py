@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 from typing import Any
 
@@ -510,6 +511,10 @@ async def delete_upload(request: web.Request) -> web.Response:
 # ---- webhooks -------------------------------------------------------------------------------
 
 
+# The test endpoint waits this long for the attempt (the default delivery timeout, and a bit).
+TEST_WAIT_SECONDS = 20.0
+
+
 def new_webhook_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -527,6 +532,9 @@ def webhook_out(doc: Document, secret: str | None = None) -> dict[str, Any]:
         event_types=doc["event_types"],
         description=doc.get("description"),
         enabled=doc.get("enabled", True),
+        event_ids=doc.get("event_ids"),
+        failing_since=ms_to_iso(doc.get("failing_since_ms")),
+        disabled_reason=doc.get("disabled_reason"),
         created_at=ms_to_iso(doc["created_ms"]) or "",
         secret=secret,
         secret_rotation_ends_at=ms_to_iso(max(ending)) if ending else None,
@@ -545,7 +553,9 @@ async def create_webhook(request: web.Request) -> web.Response:
         "url": str(body.url),
         "event_types": body.event_types,
         "description": body.description,
+        "event_ids": body.event_ids,
         "enabled": True,
+        "failing_since_ms": None,
         "created_ms": now_ms(),
         "secrets": [{"secret": secret, "created_ms": now_ms(), "expires_ms": None}],
     }
@@ -607,6 +617,10 @@ async def patch_webhook(request: web.Request) -> web.Response:
     unset: Document = {}
     if fields.get("enabled") is True:
         unset = {"disabled_reason": "", "disabled_ms": ""}
+        fields["failing_since_ms"] = None  # a fresh start: the auto-disable clock restarts
+    elif fields.get("enabled") is False:
+        fields["disabled_reason"] = "manual"
+        fields["disabled_ms"] = now_ms()
     updated = await WebhookStore(request.app[MONGO_DB]).patch(doc["_id"], fields, unset)
     if updated is None:
         raise not_found("webhook", doc["_id"])
@@ -670,13 +684,16 @@ async def list_event_types(request: web.Request) -> web.Response:
 def delivery_out(doc: Document) -> dict[str, Any]:
     attempts = [
         models.Attempt(
+            attempt=a.get("attempt", i + 1),
             at=ms_to_iso(a["at_ms"]) or "",
             status_code=a.get("status_code"),
             error=a.get("error"),
             duration_ms=a.get("duration_ms", 0),
+            response_headers=a.get("response_headers") or {},
             response_body=a.get("response_body"),
+            response_truncated=bool(a.get("response_truncated", False)),
         )
-        for a in doc.get("attempts", [])
+        for i, a in enumerate(doc.get("attempts", []))
     ]
     return models.DeliveryOut(
         id=doc["_id"],
@@ -692,11 +709,24 @@ def delivery_out(doc: Document) -> dict[str, Any]:
 
 
 async def list_deliveries(request: web.Request) -> web.Response:
+    """An endpoint's deliveries, newest first, filtered by status, event type and time range."""
     await require(request, Scope.WEBHOOKS_MANAGE)
     doc = await _load_webhook(request)
-    query = parse_query(request, models.PageQuery)
+    query = parse_query(request, models.DeliveryQuery)
+    filters: Document = {}
+    if query.status is not None:
+        filters["status"] = query.status
+    if query.event_type is not None:
+        filters["event_type"] = query.event_type
+    created: Document = {}
+    if query.since is not None:
+        created["$gte"] = int(query.since.timestamp() * 1000)
+    if query.until is not None:
+        created["$lt"] = int(query.until.timestamp() * 1000)
+    if created:
+        filters["created_ms"] = created
     docs, total = await WebhookStore(request.app[MONGO_DB]).deliveries(
-        doc["_id"], query.limit, query.offset
+        doc["_id"], query.limit, query.offset, filters
     )
     return json_response(
         {
@@ -706,6 +736,94 @@ async def list_deliveries(request: web.Request) -> web.Response:
             "offset": query.offset,
         }
     )
+
+
+async def get_delivery(request: web.Request) -> web.Response:
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    endpoint = await _load_webhook(request)
+    delivery_id = request.match_info["delivery_id"]
+    doc = await WebhookStore(request.app[MONGO_DB]).delivery(endpoint["_id"], delivery_id)
+    if doc is None:
+        raise not_found("delivery", delivery_id)
+    return json_response(delivery_out(doc))
+
+
+async def _send_attempt(request: web.Request, delivery_id: str) -> None:
+    await request.app[PUBLISHER].publish(
+        request.app[TOPOLOGY].commands,
+        Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": delivery_id}),
+    )
+
+
+async def resend_delivery(request: web.Request) -> web.Response:
+    """Send a finished delivery again, with the same webhook-id (receivers dedupe on it) and a
+    fresh retry schedule; its attempts keep counting in the same log."""
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    endpoint = await _load_webhook(request)
+    delivery_id = request.match_info["delivery_id"]
+    store = WebhookStore(request.app[MONGO_DB])
+    reopened = await store.reopen(endpoint["_id"], delivery_id)
+    if reopened is None:
+        current = await store.delivery(endpoint["_id"], delivery_id)
+        if current is None:
+            raise not_found("delivery", delivery_id)
+        raise Problem(
+            409,
+            "delivery_in_progress",
+            "The delivery is still being attempted",
+            "A pending delivery is retried on its own schedule; resend it once it is final.",
+        )
+    try:
+        await _send_attempt(request, delivery_id)
+    except Exception:
+        await store.set_status(delivery_id, "failed")  # not sent: final again, resend later
+        raise
+    doc = await store.delivery(endpoint["_id"], delivery_id)
+    assert doc is not None
+    return json_response(delivery_out(doc), status=202)
+
+
+async def send_test_message(request: web.Request) -> web.Response:
+    """Send a signed ``webhook.test`` message to the endpoint now and answer with the attempt
+    (or 202 and the pending delivery if the dispatcher has not answered within the timeout)."""
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    endpoint = await _load_webhook(request)
+    message = Envelope.new(
+        "webhook.test", {"endpoint": {"id": endpoint["_id"], "url": endpoint["url"]}}
+    )
+    now = now_ms()
+    delivery_id = new_id("msg")
+    payload = json.dumps(
+        {"type": message.type, "timestamp": message.time, "data": message.data},
+        separators=(",", ":"),
+    )
+    store = WebhookStore(request.app[MONGO_DB])
+    await store.create_delivery(
+        {
+            "_id": delivery_id,
+            "endpoint_id": endpoint["_id"],
+            "message_id": message.id,
+            "event_type": message.type,
+            "payload": payload,
+            "status": "pending",
+            "attempt_count": 0,
+            "event_ms": now,
+            "created_ms": now,
+            "lease_until_ms": 0,
+            "last_attempt_ms": None,
+            # A test is tried once: no retries of a message nobody subscribed to.
+            "single_attempt": True,
+        }
+    )
+    await _send_attempt(request, delivery_id)
+    deadline = asyncio.get_running_loop().time() + TEST_WAIT_SECONDS
+    while True:
+        doc = await store.delivery(endpoint["_id"], delivery_id)
+        assert doc is not None
+        if doc["status"] != "pending" or asyncio.get_running_loop().time() >= deadline:
+            break
+        await asyncio.sleep(0.1)
+    return json_response(delivery_out(doc), status=200 if doc["status"] != "pending" else 202)
 
 
 # ---- operations -----------------------------------------------------------------------------

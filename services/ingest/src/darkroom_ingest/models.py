@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from darkroom_kit.records import PUBLIC_EVENT_TYPES
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
@@ -65,10 +65,20 @@ def _check_event_type(pattern: str) -> str:
     )
 
 
+EventIdFilter = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=64)]] | None,
+    Field(
+        max_length=100,
+        description="Only messages about these darkroom events (endpoint notices always pass)",
+    ),
+]
+
+
 class WebhookCreate(Strict):
     url: HttpUrl
     event_types: Annotated[list[str], Field(min_length=1, max_length=50)]
     description: Annotated[str | None, Field(max_length=500)] = None
+    event_ids: EventIdFilter = None
 
     @field_validator("event_types")
     @classmethod
@@ -81,6 +91,7 @@ class WebhookPatch(Strict):
     event_types: Annotated[list[str] | None, Field(min_length=1, max_length=50)] = None
     description: Annotated[str | None, Field(max_length=500)] = None
     enabled: bool | None = None
+    event_ids: EventIdFilter = None
 
     @field_validator("event_types")
     @classmethod
@@ -108,6 +119,11 @@ class WebhookOut(BaseModel):
     event_types: list[str]
     description: str | None
     enabled: bool
+    event_ids: list[str] | None = None
+    failing_since: str | None = Field(
+        default=None, description="Set while deliveries fail; cleared by the next success"
+    )
+    disabled_reason: str | None = Field(default=None, description="gone_410, failing or manual")
     created_at: str
     secret: str | None = Field(
         default=None,
@@ -119,11 +135,26 @@ class WebhookOut(BaseModel):
 
 
 class Attempt(BaseModel):
+    attempt: int
     at: str
     status_code: int | None
     error: str | None
     duration_ms: int
+    response_headers: dict[str, str] = {}
     response_body: str | None = None
+    response_truncated: bool = False
+
+
+DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+
+
+class DeliveryQuery(Strict):
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    offset: Annotated[int, Field(ge=0)] = 0
+    status: DeliveryStatus | None = None
+    event_type: Annotated[str | None, Field(max_length=64)] = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
 
 
 class DeliveryOut(BaseModel):
@@ -131,7 +162,7 @@ class DeliveryOut(BaseModel):
     endpoint_id: str
     message_id: str
     event_type: str
-    status: Literal["pending", "succeeded", "failed", "cancelled"]
+    status: DeliveryStatus
     attempt_count: int
     attempts: list[Attempt]
     created_at: str

@@ -315,10 +315,10 @@ class WebhookStore:
         return res.deleted_count == 1
 
     async def deliveries(
-        self, endpoint_id: str, limit: int, offset: int
+        self, endpoint_id: str, limit: int, offset: int, filters: Document | None = None
     ) -> tuple[list[Document], int]:
-        """A page of an endpoint's deliveries, each with its attempts (oldest first)."""
-        query = {"endpoint_id": endpoint_id}
+        """A page of an endpoint's deliveries (newest first), each with its attempts."""
+        query = {**(filters or {}), "endpoint_id": endpoint_id}
         total = await self._deliveries.count_documents(query)
         cursor = (
             self._deliveries.find(query, {"payload": 0})
@@ -327,6 +327,16 @@ class WebhookStore:
             .limit(limit)
         )
         docs = [d async for d in cursor]
+        await self._with_attempts(docs)
+        return docs, total
+
+    async def delivery(self, endpoint_id: str, delivery_id: str) -> Document | None:
+        doc = await self._deliveries.find_one({"_id": delivery_id, "endpoint_id": endpoint_id})
+        if doc is not None:
+            await self._with_attempts([doc])
+        return doc
+
+    async def _with_attempts(self, docs: list[Document]) -> None:
         by_delivery: dict[str, list[Document]] = {d["_id"]: [] for d in docs}
         if docs:
             attempts = self._attempts.find({"delivery_id": {"$in": list(by_delivery)}})
@@ -334,7 +344,24 @@ class WebhookStore:
                 by_delivery[attempt["delivery_id"]].append(attempt)
         for doc in docs:
             doc["attempts"] = sorted(by_delivery[doc["_id"]], key=lambda a: a["attempt"])
-        return docs, total
+
+    async def reopen(self, endpoint_id: str, delivery_id: str) -> Document | None:
+        """Make a final delivery pending again (for a resend); None if it is not final."""
+        return await self._deliveries.find_one_and_update(
+            {
+                "_id": delivery_id,
+                "endpoint_id": endpoint_id,
+                "status": {"$in": ["succeeded", "failed", "cancelled"]},
+            },
+            {"$set": {"status": "pending", "lease_until_ms": 0}},
+            return_document=ReturnDocument.AFTER,
+        )
+
+    async def set_status(self, delivery_id: str, status: str) -> None:
+        await self._deliveries.update_one({"_id": delivery_id}, {"$set": {"status": status}})
+
+    async def create_delivery(self, doc: Document) -> None:
+        await self._deliveries.insert_one(doc)
 
 
 class IdempotencyStore:

@@ -45,6 +45,7 @@ def attempts_spec(topology: Topology, settings: WebhookSettings) -> QueueSpec:
         topology.commands,
         (records.WEBHOOK_ATTEMPT,),
         settings.retry_delays_ms,
+        jitter=settings.retry_jitter,
     )
 
 
@@ -73,9 +74,10 @@ def create_app(settings: WebhookSettings) -> web.Application:
             app[PUBLISHER],
             app[TOPOLOGY],
             sender,
-            settings.retry_delays_ms,
+            attempts_spec(app[TOPOLOGY], settings),
             lease_ms,
             webhook_metrics,
+            auto_disable_ms=int(settings.auto_disable_after_hours * 3600 * 1000),
         )
 
         try:

@@ -20,6 +20,10 @@ class WebhookSettings(CommonSettings):
         10 * HOUR,
         10 * HOUR,
     )
+    # Each retry waits its delay * (1 +- this), so one burst of failures does not return at once.
+    retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # An endpoint with nothing but failures for this long is disabled (Svix: 5 days).
+    auto_disable_after_hours: float = Field(default=120.0, gt=0)
     timeout_seconds: float = Field(default=15.0, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # Response bodies are read up to this many bytes and stored truncated.
