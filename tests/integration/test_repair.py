@@ -238,7 +238,10 @@ async def test_repair_reads_only_what_each_format_needs(
         uploaded["bad.jpg"]: "corrupt_image",
         uploaded["gone.jpg"]: "original_missing",
     }
-    dims = {d["filename"]: (d["width"], d["height"]) async for d in photos.find({})}
+    dims = {
+        d["filename"]: (d["width"], d["height"])
+        async for d in photos.find({"event_id": event["id"]})
+    }
     assert dims["near.jpg"] == (640, 480)
     assert dims["far.jpg"] == (320, 240)
     assert dims["turned.webp"] == (600, 1100)  # orientation 6, read from the end of the file
