@@ -7,6 +7,7 @@ from typing import Any
 import aio_pika
 from aiohttp.test_utils import TestClient
 from darkroom_kit import records
+from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Publisher, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import OBJECT_STORE
@@ -305,13 +306,23 @@ async def test_two_repairs_at_once_split_the_work(
     janitor: QueueJanitor,
     watch_events: Any,
 ) -> None:
+    import asyncio
+
     settings = RepairSettings(**settings_kwargs, batch_size=10, concurrency=2)
     janitor.add(queue_spec(Topology(settings.amqp_namespace)))
-    await aiohttp_client(create_repair(settings))
+    worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
-    ids = await clone_photos(api, token, event["id"], 120)
+    ids = await clone_photos(api, token, event["id"], 125)
     await drain(settings.amqp_url, watch_events.name, 1)  # the seed's photo.uploaded
+    # Five photos are held by a third repair that is still alive (its claim has not run out):
+    # neither of the two below may touch them, however the two interleave.
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    held = ids[-5:]
+    await photos.update_many(
+        {"_id": {"$in": held}},
+        {"$set": {"repair_by": "op_elsewhere", "repair_until": now_ms() + 600_000}},
+    )
 
     async def repair() -> dict[str, Any]:
         resp = await api.post(
@@ -322,8 +333,6 @@ async def test_two_repairs_at_once_split_the_work(
         assert resp.status == 200
         return dict(await resp.json())
 
-    import asyncio
-
     first, second = await asyncio.gather(repair(), repair())
     assert first["state"] == second["state"] == "done"
     # Each photo was repaired by exactly one of them, and the counts add up.
@@ -331,11 +340,16 @@ async def test_two_repairs_at_once_split_the_work(
     for op in (first, second):
         assert op["progress"]["scanned"] == op["progress"]["repaired"]
         assert op["progress"]["failed"] == 0
-    announced = await drain(settings.amqp_url, watch_events.name, 121, timeout=15)
+    announced = await drain(settings.amqp_url, watch_events.name, 120)
+    announced += await drain(settings.amqp_url, watch_events.name, 1, timeout=1)  # none more
     repaired = [m["data"]["photo"]["id"] for m in announced if m["type"] == "photo.repaired"]
-    assert sorted(repaired) == sorted(ids)  # one photo.repaired each, none twice
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    assert sorted(repaired) == sorted(ids[:-5])  # one photo.repaired each, none twice
     assert await photos.count_documents({"event_id": event["id"], "width": 300}) == 120
+    assert await photos.count_documents({"_id": {"$in": held}, "width": {"$eq": None}}) == 5
+    # Once that claim runs out (its repair died), the photos are free again.
+    await photos.update_many({"_id": {"$in": held}}, {"$set": {"repair_until": 0}})
+    late = await worker.server.app[REPAIRER].run(event["id"], False, owner="op_late")
+    assert late.counts() == {"scanned": 5, "repaired": 5, "failed": 0}
     assert await photos.count_documents({"repair_by": {"$exists": True}}) == 0
 
 

@@ -45,6 +45,8 @@ async def ensure_indexes(db: Database) -> None:
     await photos.create_index([("event_id", ASCENDING), ("filename", ASCENDING)], unique=True)
     await photos.create_index([("event_id", ASCENDING), ("created_ms", DESCENDING)])
     await photos.create_index([(outbox.OUTBOX_DUE, ASCENDING)], sparse=True)
+    # metadata-repair counts what one repair did (after a restart) by the photos it marked.
+    await photos.create_index([("repaired_by", ASCENDING)], sparse=True)
     await db[records.WEBHOOK_ENDPOINTS].create_index([("enabled", ASCENDING)])
     await db[records.WEBHOOK_DELIVERIES].create_index(
         [("endpoint_id", ASCENDING), ("created_ms", DESCENDING)]

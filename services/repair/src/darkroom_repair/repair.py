@@ -68,12 +68,28 @@ def exif_at_the_end(head: bytes) -> bool:
     )
 
 
+def missing_fields(doc: Document, include_capture_date: bool) -> bool:
+    """What the scan's query selects, for one document in hand."""
+    if doc.get("width") is None or doc.get("height") is None:
+        return True
+    return include_capture_date and doc.get("captured_at_ms") is None
+
+
 @dataclass(frozen=True, slots=True)
 class Found:
     width: int
     height: int
     captured_at_ms: int | None
     duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one written batch adds to a repair's counts."""
+
+    scanned: int
+    repaired: int
+    failures: dict[str, str]
 
 
 @dataclass
@@ -219,37 +235,23 @@ class Repairer:
         # The scan walks the photos in id order (a cursor on _id, not a growing $nin list);
         # each batch's write overlaps the next batch's reads.
         after = ""
-        writing: asyncio.Task[tuple[int, dict[str, str]]] | None = None
-        scanned_in_flight = 0
-
-        async def settle() -> None:
-            nonlocal writing
-            if writing is None:
-                return
-            repaired, new_failures = await writing
-            writing = None
-            result.scanned += scanned_in_flight
-            result.repaired += repaired
-            result.failed.update(new_failures)
-            if on_batch is not None:
-                await on_batch(result, new_failures)
-
+        writing: asyncio.Task[Batch] | None = None
         try:
             while True:
-                batch = await (
+                page = await (
                     self._photos.find({**query, "_id": {"$gt": after}}, {outbox.OUTBOX: 0})
                     .sort("_id", 1)
                     .to_list(self._batch_size)
                 )
-                if not batch:
-                    await settle()
-                    return result
-                after = batch[-1]["_id"]
-                batch = [d for d in batch if d["_id"] not in known_failures]
-                mine = await self._claim(batch, owner) if batch else []
+                batch = [d for d in page if d["_id"] not in known_failures]
+                mine = await self._claim(batch, owner, include_capture_date) if batch else []
                 outcomes = await self._find_all(mine)
-                await settle()
-                scanned_in_flight = len(mine)
+                if writing is not None:
+                    await self._count(result, await writing, on_batch)
+                    writing = None
+                if not page:
+                    return result
+                after = page[-1]["_id"]
                 writing = asyncio.create_task(
                     self._write(owner, include_capture_date, list(zip(mine, outcomes, strict=True)))
                 )
@@ -257,8 +259,20 @@ class Repairer:
             if writing is not None and not writing.done():
                 writing.cancel()
 
-    async def _claim(self, batch: list[Document], owner: str) -> list[Document]:
-        """The photos of ``batch`` this repair may work on: not claimed by another live repair."""
+    @staticmethod
+    async def _count(result: RepairResult, batch: Batch, on_batch: OnBatch | None) -> None:
+        result.scanned += batch.scanned
+        result.repaired += batch.repaired
+        result.failed.update(batch.failures)
+        if on_batch is not None:
+            await on_batch(result, batch.failures)
+
+    async def _claim(
+        self, batch: list[Document], owner: str, include_capture_date: bool
+    ) -> list[Document]:
+        """The photos of ``batch`` this repair may work on: not claimed by another live repair,
+        and, read again once claimed, still missing something (the scan that found them may
+        predate another repair's write)."""
         ids = [d["_id"] for d in batch]
         now = now_ms()
         await self._photos.update_many(
@@ -272,15 +286,26 @@ class Repairer:
             },
             {"$set": {"repair_by": owner, "repair_until": now + CLAIM_MS}},
         )
-        claimed = {
-            d["_id"]
-            async for d in self._photos.find({"_id": {"$in": ids}, "repair_by": owner}, {"_id": 1})
-        }
-        return [d for d in batch if d["_id"] in claimed]
+        claimed = await (
+            self._photos.find({"_id": {"$in": ids}, "repair_by": owner}, {outbox.OUTBOX: 0})
+            .sort("_id", 1)
+            .to_list(None)
+        )
+        mine = [d for d in claimed if missing_fields(d, include_capture_date)]
+        done = [d["_id"] for d in claimed if not missing_fields(d, include_capture_date)]
+        if done:
+            await self._release(done, owner)
+        return mine
+
+    async def _release(self, ids: list[str], owner: str) -> None:
+        await self._photos.update_many(
+            {"_id": {"$in": ids}, "repair_by": owner},
+            {"$unset": {"repair_by": "", "repair_until": ""}},
+        )
 
     async def _write(
         self, owner: str, include_capture_date: bool, outcomes: list[tuple[Document, Found | str]]
-    ) -> tuple[int, dict[str, str]]:
+    ) -> Batch:
         writes: list[UpdateOne] = []
         pending: dict[str, outbox.Pending] = {}
         failures: dict[str, str] = {}
@@ -323,15 +348,12 @@ class Repairer:
                     failures[gone] = "deleted"
                     del pending[gone]
         if failures:
-            await self._photos.update_many(
-                {"_id": {"$in": list(failures)}, "repair_by": owner},
-                {"$unset": {"repair_by": "", "repair_until": ""}},
-            )
+            await self._release(list(failures), owner)
         await self._outbox.flush_many(self._photos, pending)
         self._repaired.labels("repaired").inc(len(pending))
         for reason in failures.values():
             self._repaired.labels("missing" if reason == "original_missing" else "refused").inc()
-        return len(pending), failures
+        return Batch(len(outcomes), len(pending), failures)
 
     async def _find_all(self, docs: list[Document]) -> list[Found | str]:
         """The facts of each photo, or why they cannot be had (a stable reason code)."""
