@@ -24,6 +24,11 @@ def ms_to_iso(ms: int | None) -> str | None:
     )
 
 
+def datetime_to_ms(value: datetime) -> int:
+    """An aware datetime as epoch milliseconds."""
+    return int(value.timestamp() * 1000)
+
+
 def iso_to_ms(value: str) -> int | None:
     """The inverse of :func:`ms_to_iso`, for any ISO 8601 time with a zone (None if it is not)."""
     try:
@@ -32,4 +37,4 @@ def iso_to_ms(value: str) -> int | None:
         return None
     if parsed.tzinfo is None:
         return None
-    return int(parsed.timestamp() * 1000)
+    return datetime_to_ms(parsed)

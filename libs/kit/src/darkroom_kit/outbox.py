@@ -69,30 +69,11 @@ class Outbox:
     async def flush(self, collection: Collection, doc_id: str, pending: Pending) -> bool:
         """Publish a document's pending messages and clear them. False when the broker refused:
         the messages stay in the document and the relay publishes them later."""
-        if not pending:
-            return True
-        ordered = sorted(pending.values(), key=lambda e: (e["time"], e["id"]))
-        try:
-            await asyncio.gather(
-                *(self._publisher.publish(ex, env) for ex, env in map(_envelope, ordered))
-            )
-        except Exception:
-            log.warning(
-                "outbox publish failed; left to the relay",
-                extra={"doc_id": doc_id},
-                exc_info=True,
-            )
-            return False
-        await collection.update_one(
-            {"_id": doc_id}, {"$unset": {f"{OUTBOX}.{mid}": "" for mid in pending}}
-        )
-        # The due time goes only once nothing else is pending (a writer may have added more).
-        await collection.update_one({"_id": doc_id, OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}})
-        return True
+        return await self.flush_many(collection, {doc_id: pending})
 
     async def flush_many(self, collection: Collection, pending: dict[str, Pending]) -> bool:
-        """:meth:`flush` for many documents at once: every message is published with its confirm
-        in flight together, then all are cleared in one bulk write."""
+        """Publish the pending messages of many documents (every confirm in flight together) and
+        clear them in one bulk write. False when the broker refused: see :meth:`flush`."""
         pending = {doc_id: p for doc_id, p in pending.items() if p}
         if not pending:
             return True
@@ -104,7 +85,11 @@ class Outbox:
                 *(self._publisher.publish(ex, env) for ex, env in map(_envelope, ordered))
             )
         except Exception:
-            log.warning("outbox publish failed; left to the relay", exc_info=True)
+            log.warning(
+                "outbox publish failed; left to the relay",
+                extra={"doc_ids": list(pending)[:20]},
+                exc_info=True,
+            )
             return False
         await collection.bulk_write(
             [
@@ -113,6 +98,7 @@ class Outbox:
             ],
             ordered=False,
         )
+        # The due time goes only once nothing else is pending (a writer may have added more).
         await collection.update_many(
             {"_id": {"$in": list(pending)}, OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}}
         )

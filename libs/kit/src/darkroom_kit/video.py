@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import re
 from dataclasses import dataclass
-from datetime import datetime
 
+from darkroom_kit.clock import iso_to_ms
 from darkroom_kit.imaging import ImageRefused
 
 _DURATION = re.compile(rb"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
 _VIDEO_SIZE = re.compile(rb"Stream #\S+.*?: Video: .*?, (\d{2,5})x(\d{2,5})[ ,]")
 _ROTATION = re.compile(rb"rotation of (-?\d+(?:\.\d+)?) degrees")
+_NOT_BEFORE_MS = 347_155_200_000  # 1981-01-01
 _CREATED = re.compile(rb"creation_time\s*: (\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z?)")
 
 
@@ -64,12 +65,11 @@ def parse_video_facts(stderr: bytes) -> VideoFacts | None:
     captured = None
     created = _CREATED.search(stderr)
     if created is not None:
-        with contextlib.suppress(ValueError):
-            stamp = created.group(1).decode().replace("Z", "+00:00")
-            when = datetime.fromisoformat(stamp if "+" in stamp else stamp + "+00:00")
-            # Cameras without a clock write the epoch of their format (1904 or 1970): not a date.
-            if when.year > 1980:
-                captured = int(when.timestamp() * 1000)
+        stamp = created.group(1).decode()
+        captured = iso_to_ms(stamp if stamp.endswith("Z") else stamp + "Z")  # ffmpeg writes UTC
+        # Cameras without a clock write the epoch of their format (1904 or 1970): not a date.
+        if captured is not None and captured < _NOT_BEFORE_MS:
+            captured = None
     return VideoFacts(width, height, parse_duration_ms(stderr), captured)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
@@ -10,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from darkroom_kit import outbox, records
-from darkroom_kit.clock import ms_to_iso, now_ms
+from darkroom_kit.clock import datetime_to_ms, ms_to_iso, now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, Envelope
 from darkroom_kit.mongo import MONGO_DB, Document
@@ -31,6 +30,7 @@ from darkroom_ingest.web_support import (
     json_response,
     parse_json,
     parse_query,
+    poll_until,
     require,
 )
 
@@ -720,9 +720,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
         filters["event_type"] = query.event_type
     created: Document = {}
     if query.since is not None:
-        created["$gte"] = int(query.since.timestamp() * 1000)
+        created["$gte"] = datetime_to_ms(query.since)
     if query.until is not None:
-        created["$lt"] = int(query.until.timestamp() * 1000)
+        created["$lt"] = datetime_to_ms(query.until)
     if created:
         filters["created_ms"] = created
     docs, total = await WebhookStore(request.app[MONGO_DB]).deliveries(
@@ -816,13 +816,14 @@ async def send_test_message(request: web.Request) -> web.Response:
         }
     )
     await _send_attempt(request, delivery_id)
-    deadline = asyncio.get_running_loop().time() + TEST_WAIT_SECONDS
-    while True:
-        doc = await store.delivery(endpoint["_id"], delivery_id)
-        assert doc is not None
-        if doc["status"] != "pending" or asyncio.get_running_loop().time() >= deadline:
-            break
-        await asyncio.sleep(0.1)
+    deliveries = request.app[MONGO_DB][records.WEBHOOK_DELIVERIES]
+    await poll_until(
+        lambda: deliveries.find_one({"_id": delivery_id}, {"status": 1}),
+        lambda d: d["status"] != "pending",
+        TEST_WAIT_SECONDS,
+    )
+    doc = await store.delivery(endpoint["_id"], delivery_id)  # with its attempt, read once
+    assert doc is not None
     return json_response(delivery_out(doc), status=200 if doc["status"] != "pending" else 202)
 
 
@@ -843,14 +844,15 @@ def operation_out(doc: Document) -> dict[str, Any]:
 
 async def _wait_for_operation(request: web.Request, op_id: str, wait: float) -> Document:
     operations = request.app[MONGO_DB][records.OPERATIONS]
-    deadline = asyncio.get_running_loop().time() + wait
-    while True:
-        doc = await operations.find_one({"_id": op_id}, {outbox.OUTBOX: 0})
-        if doc is None:
-            raise not_found("operation", op_id)
-        if doc["state"] in ("done", "failed") or asyncio.get_running_loop().time() >= deadline:
-            return doc
-        await asyncio.sleep(0.2)
+    doc = await poll_until(
+        lambda: operations.find_one({"_id": op_id}, {outbox.OUTBOX: 0}),
+        lambda d: d["state"] in ("done", "failed"),
+        wait,
+        interval=0.2,
+    )
+    if doc is None:
+        raise not_found("operation", op_id)
+    return doc
 
 
 async def repair_dimensions(request: web.Request) -> web.Response:

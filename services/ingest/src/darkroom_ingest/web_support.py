@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
-from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.mongo import MONGO_DB, Document
 from darkroom_kit.problems import FieldError, Problem
 from pydantic import BaseModel, ValidationError
 
@@ -142,3 +144,20 @@ def json_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+async def poll_until(
+    fetch: Callable[[], Awaitable[Document | None]],
+    final: Callable[[Document], bool],
+    wait_seconds: float,
+    interval: float = 0.1,
+) -> Document | None:
+    """Fetch until the record is final (or gone) or ``wait_seconds`` have passed: the ``?wait=``
+    of operations and the test send's wait for its attempt."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    while True:
+        doc = await fetch()
+        if doc is None or final(doc) or loop.time() >= deadline:
+            return doc
+        await asyncio.sleep(interval)

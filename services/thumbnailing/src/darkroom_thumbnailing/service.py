@@ -52,39 +52,44 @@ class Thumbnailer:
         doc = await self._photos.find_one({"_id": photo_id}, {outbox.OUTBOX: 0})
         if doc is None or doc["status"] in ("deleting", "processed", "failed"):
             return  # deleted, or a duplicate delivery of work already done
-        duration_ms = None
+        try:
+            data, duration_ms = await self._source(doc)
+            rendered = await self._render(data, attempt)
+        except ImageRefused as exc:
+            # Everything that can never succeed for this file ends here, once: marked on the
+            # photo, dead-lettered, not retried.
+            await self._fail(doc, exc.code, exc.detail)
+            raise Reject(str(exc)) from None
+        await self._store_variants(doc, rendered, duration_ms)
+
+    async def _source(self, doc: Document) -> tuple[bytes, int | None]:
+        """The bytes to render: the original, or a video's poster frame (and its duration)."""
         try:
             if doc.get("kind", "image") == "video":
                 url = await self._store.presigned_get(doc["original_key"])
                 poster = await poster_frame(url, POSTER_AT_SECONDS, self._timeout)
-                data, duration_ms = poster.png, poster.duration_ms
-            else:
-                data = await self._store.get_bytes(doc["original_key"])
+                return poster.png, poster.duration_ms
+            return await self._store.get_bytes(doc["original_key"]), None
         except ObjectNotFound:
-            await self._fail(doc, "original_missing", "the stored original is gone")
-            raise Reject("original missing") from None
+            raise ImageRefused("original_missing", "the stored original is gone") from None
         except StorageUnavailable as exc:
             raise Retry(f"storage: {exc}") from exc
-        except ImageRefused as exc:
-            await self._fail(doc, exc.code, exc.detail)
-            raise Reject(str(exc)) from None
+
+    async def _render(self, data: bytes, attempt: int) -> Rendered:
         try:
-            rendered = await self._pool.run(self._timeout, render_variants, data, self._spec)
-        except ImageRefused as exc:
-            await self._fail(doc, exc.code, exc.detail)
-            raise Reject(str(exc)) from None
+            return await self._pool.run(self._timeout, render_variants, data, self._spec)
         except JobTimedOut:
-            await self._fail(doc, "render_timeout", f"rendering took over {self._timeout:g}s")
-            raise Reject("render timeout") from None
+            raise ImageRefused(
+                "render_timeout", f"rendering took over {self._timeout:g}s"
+            ) from None
         except PoolRestarted as exc:
             # A worker died: this file's render (an allocation over the memory bound kills the
             # process) or another's time limit. Retried; after the last retry it is this file.
             if attempt > self._retries:
-                await self._fail(doc, "render_crashed", "the rendering process died every time")
-                raise Reject("render crashed") from None
+                raise ImageRefused(
+                    "render_crashed", "the rendering process died every time"
+                ) from None
             raise Retry(f"render pool: {exc}") from None
-        del data
-        await self._store_variants(doc, rendered, duration_ms)
 
     async def _store_variants(
         self, doc: Document, rendered: Rendered, duration_ms: int | None = None

@@ -19,6 +19,7 @@ from darkroom_kit.messaging import Envelope, Publisher, QueueSpec, Retry, Topolo
 from darkroom_kit.metrics import LATENCY_BUCKETS
 from darkroom_kit.mongo import Database, Document
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pymongo import UpdateOne
 
 from darkroom_webhooks.signing import signature_header
 from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
@@ -232,28 +233,33 @@ class Dispatcher:
             ensure_ascii=False,
         )
         event_ms = iso_to_ms(envelope.time) or now_ms()
-        commands = []
-        for endpoint in targets:
-            did = delivery_id(envelope.id, endpoint["_id"])
-            await self._deliveries.update_one(
-                {"_id": did},
-                {
-                    "$setOnInsert": {
-                        "endpoint_id": endpoint["_id"],
-                        "message_id": envelope.id,
-                        "event_type": envelope.type,
-                        "payload": payload,
-                        "status": "pending",
-                        "attempt_count": 0,
-                        "event_ms": event_ms,
-                        "created_ms": now_ms(),
-                        "lease_until_ms": 0,
-                        "last_attempt_ms": None,
-                    }
-                },
-                upsert=True,
-            )
-            commands.append(Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": did}))
+        ids = [delivery_id(envelope.id, e["_id"]) for e in targets]
+        # One bulk write for all endpoints (an upsert each, so a redelivered event changes nothing).
+        await self._deliveries.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": did},
+                    {
+                        "$setOnInsert": {
+                            "endpoint_id": endpoint["_id"],
+                            "message_id": envelope.id,
+                            "event_type": envelope.type,
+                            "payload": payload,
+                            "status": "pending",
+                            "attempt_count": 0,
+                            "event_ms": event_ms,
+                            "created_ms": now_ms(),
+                            "lease_until_ms": 0,
+                            "last_attempt_ms": None,
+                        }
+                    },
+                    upsert=True,
+                )
+                for did, endpoint in zip(ids, targets, strict=True)
+            ],
+            ordered=False,
+        )
+        commands = [Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": did}) for did in ids]
         await self._publisher.publish_many(self._topology.commands, commands)
 
     async def attempt(self, envelope: Envelope, attempt: int) -> None:
