@@ -4,6 +4,7 @@ health notices; the delivery log's filters, resend and test sends; the SSRF guar
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from darkroom_kit import records
 from darkroom_kit.messaging import Topology
+from darkroom_kit.mongo import MONGO_DB
 from darkroom_webhooks.app import attempts_spec, fanout_spec
 from darkroom_webhooks.app import create_app as create_dispatch
 from darkroom_webhooks.settings import WebhookSettings
@@ -157,7 +160,8 @@ async def test_endpoint_notices_failing_recovered_disabled(
     _, dead_url = await serve(aiohttp_server, [(500, {}, b"")])
     ep_operator = await register(api, token, operator_url, ["endpoint.*"])
     ep_flaky = await register(api, token, flaky_url, ["photo.uploaded"])
-    ep_dead = await register(api, token, dead_url, ["photo.uploaded"])
+    # The dead endpoint also listens to notices: it hears about the flaky one, never itself.
+    ep_dead = await register(api, token, dead_url, ["photo.uploaded", "endpoint.*"])
     await upload_one(api, token)
 
     def notices() -> list[tuple[str, str]]:
@@ -189,6 +193,18 @@ async def test_endpoint_notices_failing_recovered_disabled(
     assert (dead_now["enabled"], dead_now["disabled_reason"]) == (False, "failing")
     flaky_now = await (await api.get(f"/v1/webhooks/{ep_flaky['id']}", headers=auth(token))).json()
     assert (flaky_now["enabled"], flaky_now["failing_since"]) == (True, None)
+    # Every notice was fanned out by now (the operator has all four): the dead endpoint got the
+    # flaky one's (and those of earlier tests' endpoints, which share the database), never its
+    # own, although its failing notice came out while it was still enabled and subscribed.
+    stored = api.server.app[MONGO_DB][records.WEBHOOK_DELIVERIES]
+    about = [
+        json.loads(d["payload"])["data"]["endpoint"]["id"]
+        async for d in stored.find(
+            {"endpoint_id": ep_dead["id"], "event_type": {"$in": list(records.ENDPOINT_NOTICES)}}
+        )
+    ]
+    assert ep_flaky["id"] in about
+    assert ep_dead["id"] not in about
 
 
 async def test_delivery_log_filters_resend_and_test_send(
