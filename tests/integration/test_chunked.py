@@ -61,6 +61,15 @@ async def put(
     )
 
 
+async def upload_small_video(api: Client, token: str, event_id: str, data: bytes, name: str) -> str:
+    """A video of one chunk through the whole chunked flow; its photo id."""
+    upload = await start(api, token, event_id, data, name=name, mime="video/mp4")
+    assert (await put(api, token, upload, data, 0)).status == 200
+    done = await api.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
+    assert done.status == 200, await done.text()
+    return str((await done.json())["id"])
+
+
 async def test_out_of_order_parallel_duplicate_and_checksums(
     capi: Client,
     make_token: TokenMaker,

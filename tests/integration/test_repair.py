@@ -256,7 +256,7 @@ async def test_repair_of_a_video_reads_its_header_over_a_presigned_url(
     janitor: QueueJanitor,
     tmp_path: Any,
 ) -> None:
-    from tests.integration.test_chunked import put, start
+    from tests.integration.test_chunked import upload_small_video
     from tests.integration.test_thumbnailing import make_clip
 
     settings = RepairSettings(**settings_kwargs)
@@ -265,10 +265,7 @@ async def test_repair_of_a_video_reads_its_header_over_a_presigned_url(
     token = await make_token()
     event = await make_event(capi, token)
     clip = make_clip(tmp_path / "phone.mp4", 1.5, "640x360", rotation=90)
-    upload = await start(capi, token, event["id"], clip, name="phone.mp4", mime="video/mp4")
-    assert (await put(capi, token, upload, clip, 0)).status == 200
-    done = await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
-    video_id = (await done.json())["id"]
+    video_id = await upload_small_video(capi, token, event["id"], clip, "phone.mp4")
     photos = capi.server.app[MONGO_DB][records.PHOTOS]
     await photos.update_one(
         {"_id": video_id},

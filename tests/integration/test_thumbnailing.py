@@ -49,6 +49,24 @@ def corrupt_jpeg() -> bytes:
     return bytes(data)
 
 
+async def settled(
+    api: Client, token: str, ids: dict[str, str], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """The photos (by name) once thumbnailing has finished with every one of them."""
+
+    async def done() -> dict[str, dict[str, Any]] | None:
+        out = {}
+        for name, photo_id in ids.items():
+            got = await (await api.get(f"/v1/photos/{photo_id}", headers=auth(token))).json()
+            if got["status"] == "uploaded":
+                return None
+            out[name] = got
+        return out
+
+    result: dict[str, dict[str, Any]] = await eventually(done, timeout=timeout)
+    return result
+
+
 async def test_variants_dimensions_and_refusals(
     api: Client,
     aiohttp_client: Any,
@@ -78,16 +96,7 @@ async def test_variants_dimensions_and_refusals(
     uploaded = {p["filename"]: p for p in (await resp.json())["uploaded"]}
     assert sorted(uploaded) == ["bomb.png", "broken.jpg", "gps.jpg", "portrait.jpg", "small.png"]
 
-    async def settled() -> dict[str, Any] | None:
-        out = {}
-        for name, p in uploaded.items():
-            got = await (await api.get(f"/v1/photos/{p['id']}", headers=auth(token))).json()
-            if got["status"] == "uploaded":
-                return None
-            out[name] = got
-        return out
-
-    photos = await eventually(settled, timeout=30)
+    photos = await settled(api, token, {n: p["id"] for n, p in uploaded.items()}, timeout=30)
     portrait = photos["portrait.jpg"]
     assert (portrait["status"], portrait["width"], portrait["height"]) == ("processed", 2000, 3000)
     assert portrait["captured_at"] == "2024-05-06T07:08:09.000Z"
@@ -205,7 +214,7 @@ async def test_video_posters(
     janitor: QueueJanitor,
     tmp_path: Any,
 ) -> None:
-    from tests.integration.test_chunked import put, start
+    from tests.integration.test_chunked import upload_small_video
 
     settings = ThumbnailSettings(**settings_kwargs, render_processes=1, retry_delays_ms=(200, 400))
     janitor.add(queue_spec(Topology(settings.amqp_namespace), settings))
@@ -219,23 +228,11 @@ async def test_video_posters(
         "phone.mp4": make_clip(tmp_path / "phone.mp4", 1.5, "640x360", rotation=90),
         "broken.mp4": b"\0\0\0\x18ftypmp42" + b"\0garbage" * 500,
     }
-    ids = {}
-    for name, data in clips.items():
-        upload = await start(capi, token, event["id"], data, name=name, mime="video/mp4")
-        assert (await put(capi, token, upload, data, 0)).status == 200
-        done = await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
-        ids[name] = (await done.json())["id"]
-
-    async def settled() -> dict[str, Any] | None:
-        out = {}
-        for name, photo_id in ids.items():
-            got = await (await capi.get(f"/v1/photos/{photo_id}", headers=auth(token))).json()
-            if got["status"] == "uploaded":
-                return None
-            out[name] = got
-        return out
-
-    videos = await eventually(settled, timeout=60)
+    ids = {
+        name: await upload_small_video(capi, token, event["id"], data, name)
+        for name, data in clips.items()
+    }
+    videos = await settled(capi, token, ids, timeout=60)
     clip = videos["clip.mp4"]
     assert (clip["status"], clip["kind"], clip["width"], clip["height"]) == (
         "processed",
