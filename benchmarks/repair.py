@@ -45,7 +45,7 @@ async def bare_loop(store: S3ObjectStore, keys: list[str], count: int) -> float:
         await asyncio.gather(*(one(keys[i % len(keys)]) for i in range(count)))
         return count / (time.perf_counter() - started)
     finally:
-        pool.shutdown()
+        await pool.close()
 
 
 async def main() -> None:

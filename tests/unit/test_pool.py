@@ -45,7 +45,7 @@ async def test_a_job_past_its_time_limit_is_killed_and_the_pool_carries_on() -> 
         assert not alive(first_worker)  # the stuck render does not keep its core
         assert await pool.run(30, sleep_then_pid, 0) != first_worker
     finally:
-        pool.shutdown()
+        await pool.close()
 
 
 async def test_jobs_sharing_a_killed_pool_are_told_to_retry() -> None:
@@ -60,7 +60,7 @@ async def test_jobs_sharing_a_killed_pool_are_told_to_retry() -> None:
         assert pool.restarts == 1  # one rebuild, not one per failed job
         assert await pool.run(30, sleep_then_pid, 0) > 0
     finally:
-        pool.shutdown()
+        await pool.close()
 
 
 async def test_the_memory_bound_holds_in_the_worker_only() -> None:
@@ -70,5 +70,5 @@ async def test_the_memory_bound_holds_in_the_worker_only() -> None:
             await pool.run(30, allocate, 512)
         assert await pool.run(30, allocate, 16) == 16 * 2**20
     finally:
-        pool.shutdown()
+        await pool.close()
     assert len(bytearray(512 * 2**20)) == 512 * 2**20  # the parent is not bounded

@@ -74,14 +74,20 @@ class RenderPool:
         log.warning("restarting the worker pool: %s", why)
         self.restarts += 1
         self._pool = self._new_pool()
-        # The executor has no public way to stop a running job: kill its processes.
-        workers = list((getattr(pool, "_processes", None) or {}).values())
-        for process in workers:
-            process.kill()
+        _kill(pool)
         pool.shutdown(wait=False, cancel_futures=True)
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        """Stop the workers at once (a job still running belongs to a message that was not
+        acknowledged, so it is redelivered) and wait for the pool's threads off the event loop."""
+        _kill(self._pool)
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    # The executor has no public way to stop a running job: kill its processes.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
 
 
 RENDER_POOL: web.AppKey[RenderPool] = web.AppKey("render_pool", RenderPool)
@@ -99,6 +105,6 @@ def pool_ctx(
         try:
             yield
         finally:
-            pool.shutdown()
+            await pool.close()
 
     return ctx
