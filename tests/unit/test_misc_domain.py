@@ -37,3 +37,18 @@ def test_subscriptions_and_stable_delivery_ids() -> None:
     assert not subscribed(["photo.deleted"], "photo.uploaded")
     assert delivery_id("msg_a", "wh_1") == delivery_id("msg_a", "wh_1")
     assert delivery_id("msg_a", "wh_1") != delivery_id("msg_a", "wh_2")
+
+
+def test_a_part_body_reads_like_a_file_and_rewinds() -> None:
+    from darkroom_kit.storage import PartBody
+
+    body = PartBody()
+    for chunk in (b"abc", b"", b"defg", b"h"):
+        body.append(chunk)
+    assert len(body) == 8
+    assert [body.read(3), body.read(3), body.read(3), body.read(3)] == [b"abc", b"def", b"gh", b""]
+    assert body.tell() == 8
+    assert body.seek(0) == 0
+    assert body.read() == b"abcdefgh"
+    body.seek(0)
+    assert (body.read(5), body.read()) == (b"abcde", b"fgh")

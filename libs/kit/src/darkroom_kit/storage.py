@@ -244,6 +244,7 @@ class PartBody:
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
+        self._position = 0  # for read(); iteration always starts at the first chunk
 
     def append(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
@@ -256,18 +257,27 @@ class PartBody:
         return True  # an empty part is still a body (botocore tests truthiness for "no body")
 
     def read(self, size: int = -1) -> bytes:
-        # Only for code that insists on reading (aiohttp iterates instead).
-        return b"".join(self._chunks)
+        """File-like reading, for code that insists on it (aiohttp iterates instead)."""
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        out, start = [], 0
+        for chunk in self._chunks:
+            stop = start + len(chunk)
+            if stop > self._position and start < end:
+                out.append(chunk[max(0, self._position - start) : end - start])
+            start = stop
+        self._position = end
+        return b"".join(out)
 
-    # botocore rewinds a body before it retries a request; every iteration starts at the first
-    # chunk, so rewinding is a no-op. Without these a failed attempt could not be retried.
+    # botocore rewinds a body before it retries a request. Without these a failed attempt could
+    # not be retried.
     def seek(self, offset: int, whence: int = 0) -> int:
         if offset != 0 or whence != 0:
             raise OSError("a part body can only be rewound to its start")
+        self._position = 0
         return 0
 
     def tell(self) -> int:
-        return 0
+        return self._position
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._iterate()
@@ -282,10 +292,8 @@ class StreamingWriter:
 
     Bytes are gathered into parts of ``part_size``; each full part is uploaded in the background
     while the next one fills, so reading the client and writing to S3 overlap. At most two parts
-    are held at once. A stream shorter than one part becomes a single PUT.
-
-    A part is a ``bytearray`` handed to the client as it is: botocore would wrap ``bytes`` in a
-    BytesIO that aiohttp then copies out and sends 64 KiB at a time.
+    are held at once. A stream shorter than one part becomes a single PUT. A part is a
+    :class:`PartBody`: the chunks as they arrived, never joined.
     """
 
     def __init__(self, store: S3ObjectStore, key: str, content_type: str, part_size: int) -> None:
