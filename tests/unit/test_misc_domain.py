@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from darkroom_kit.clock import ms_to_iso
 from darkroom_kit.ids import new_id
 from darkroom_kit.imaging import parse_exif_date
@@ -52,3 +54,23 @@ def test_a_part_body_reads_like_a_file_and_rewinds() -> None:
     assert body.read() == b"abcdefgh"
     body.seek(0)
     assert (body.read(5), body.read()) == (b"abcde", b"fgh")
+
+
+async def test_object_storage_failing_under_any_handler_is_a_503_problem(
+    aiohttp_client: Any,
+) -> None:
+    from aiohttp import web
+    from darkroom_kit.httpapp import create_base_app
+    from darkroom_kit.storage import StorageUnavailable
+
+    async def broken(request: web.Request) -> web.Response:
+        raise StorageUnavailable("connection refused")
+
+    app = create_base_app("test")
+    app.router.add_get("/x", broken)
+    client = await aiohttp_client(app)
+    resp = await client.get("/x")
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["code"] == "storage_unavailable"

@@ -15,6 +15,7 @@ from darkroom_kit.logs import configure_logging
 from darkroom_kit.metrics import HttpMetrics
 from darkroom_kit.problems import Problem, problem_response
 from darkroom_kit.settings import CommonSettings
+from darkroom_kit.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,20 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except Problem as problem:
         return problem_response(problem, request.path)
+    except StorageError:
+        # Object storage failing under any handler is the same answer: not our bug, not the
+        # client's, try again. (Handlers that stream uploads discard what they stored first.)
+        log.warning("object storage failed", extra={"path": request.path}, exc_info=True)
+        return problem_response(
+            Problem(
+                503,
+                "storage_unavailable",
+                "Object storage is not answering",
+                "The request was not completed and nothing of it was kept; retry it shortly.",
+                headers={"Retry-After": "5"},
+            ),
+            request.path,
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

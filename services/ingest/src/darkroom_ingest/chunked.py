@@ -102,6 +102,8 @@ class ChunkedUploads:
         self._store = store
         self._photos = photos
         self._settings = settings
+        # Chunked uploads take every accepted image type and the videos.
+        self._accepted_types = set(settings.allowed_types) | set(settings.allowed_video_types)
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("state", ASCENDING), ("expires_ms", ASCENDING)])
@@ -124,7 +126,7 @@ class ChunkedUploads:
             ) from None
         declared = sniff.BY_CONTENT_TYPE.get(mime_type)
         kind = declared.name if declared is not None else None
-        allowed = set(settings.allowed_types) | set(settings.allowed_video_types)
+        allowed = self._accepted_types
         if kind is None or kind not in allowed:
             raise Problem(
                 422,
@@ -340,8 +342,7 @@ class ChunkedUploads:
             return existing
         try:
             kind = sniff.sniff(bytes(doc.get("head") or b""))
-            allowed = set(self._settings.allowed_types) | set(self._settings.allowed_video_types)
-            if kind is None or kind.name not in allowed:
+            if kind is None or kind.name not in self._accepted_types:
                 raise Problem(
                     422,
                     "unsupported_type",

@@ -15,7 +15,7 @@ from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, Envelope
 from darkroom_kit.mongo import MONGO_DB, Document
 from darkroom_kit.outbox import Outbox
 from darkroom_kit.problems import FieldError, Problem, not_found
-from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound, StorageError
+from darkroom_kit.storage import OBJECT_STORE, ObjectNotFound
 from prometheus_client import Counter
 
 from darkroom_ingest import models
@@ -53,16 +53,6 @@ async def get_me(request: web.Request) -> web.Response:
             event_id=principal.event_id,
             created_at=ms_to_iso(principal.created_ms) or "",
         ).model_dump()
-    )
-
-
-def storage_unavailable(exc: Exception) -> Problem:
-    return Problem(
-        503,
-        "storage_unavailable",
-        "Object storage is not answering",
-        "Nothing of this request was kept; retry it shortly.",
-        headers={"Retry-After": "5"},
     )
 
 
@@ -222,10 +212,7 @@ async def upload_batch(request: web.Request) -> web.Response:
         raise Problem(
             400, "malformed_multipart", "The multipart body is not valid", str(exc)
         ) from None
-    try:
-        batch = await receiver.receive(reader)
-    except StorageError as exc:
-        raise storage_unavailable(exc) from None
+    batch = await receiver.receive(reader)
     category_ids = {c["id"] for c in event.get("categories", [])}
     if batch.category_id is not None and batch.category_id not in category_ids:
         await receiver.discard(batch.stored)
@@ -250,10 +237,7 @@ async def upload_batch(request: web.Request) -> web.Response:
             ],
             extra={"skipped": [s.as_dict() for s in batch.skipped]},
         )
-    try:
-        docs = await request.app[PHOTO_SERVICE].commit_batch(event, batch.stored, batch.category_id)
-    except StorageError as exc:
-        raise storage_unavailable(exc) from None
+    docs = await request.app[PHOTO_SERVICE].commit_batch(event, batch.stored, batch.category_id)
     return json_response(
         {
             "uploaded": [photo_out(request, d) for d in docs],
@@ -481,12 +465,9 @@ async def put_chunk(request: web.Request) -> web.Response:
     digests = parse_digest_headers(
         request.headers.get("Content-Digest"), request.headers.get("X-Checksum-CRC32C")
     )
-    try:
-        part = await request.app[CHUNKED].put_chunk(
-            doc, index, request.content_length, digests, request.content.iter_any()
-        )
-    except StorageError as exc:
-        raise storage_unavailable(exc) from None
+    part = await request.app[CHUNKED].put_chunk(
+        doc, index, request.content_length, digests, request.content.iter_any()
+    )
     request.app[UPLOAD_BYTES].inc(part["size"])
     return json_response(part)
 
@@ -494,10 +475,7 @@ async def put_chunk(request: web.Request) -> web.Response:
 async def complete_upload(request: web.Request) -> web.Response:
     principal = await require(request, Scope.PHOTOS_WRITE)
     doc = await _load_upload(request, principal)
-    try:
-        photo = await request.app[CHUNKED].complete(doc["_id"])
-    except StorageError as exc:
-        raise storage_unavailable(exc) from None
+    photo = await request.app[CHUNKED].complete(doc["_id"])
     return json_response(photo_out(request, photo))
 
 
