@@ -164,12 +164,20 @@ async def test_endpoint_notices_failing_recovered_disabled(
     ep_dead = await register(api, token, dead_url, ["photo.uploaded", "endpoint.*"])
     await upload_one(api, token)
 
+    types = await (await api.get("/v1/webhook-event-types", headers=auth(token))).json()
+    documented = {
+        t["type"]: set(t["schema"]["properties"]["data"]["properties"]["endpoint"]["properties"])
+        for t in types["items"]
+        if t["type"].startswith("endpoint.")
+    }
+
     def notices() -> list[tuple[str, str]]:
         # Endpoints of earlier tests share the database: only this test's count here.
         verify = Webhook(ep_operator["secret"]).verify
         out = []
         for _, headers, body in operator.requests:
             msg = verify(body, headers)
+            assert set(msg["data"]["endpoint"]) == documented[msg["type"]]  # as documented
             about = msg["data"]["endpoint"]["id"]
             assert about != ep_operator["id"]  # never told about itself
             if about in (ep_flaky["id"], ep_dead["id"]):

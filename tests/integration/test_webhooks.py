@@ -291,3 +291,5 @@ async def test_rotation_patch_and_event_types(
     ]
     uploaded = types["items"][0]["schema"]
     assert "id" in uploaded["properties"]["data"]["properties"]["photo"]["properties"]
+    failing = types["items"][5]["schema"]["properties"]["data"]["properties"]
+    assert list(failing) == ["endpoint"]

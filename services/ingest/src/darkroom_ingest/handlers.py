@@ -28,6 +28,7 @@ from darkroom_ingest.web_support import (
     SETTINGS,
     authenticate,
     json_response,
+    page_response,
     parse_json,
     parse_query,
     poll_until,
@@ -120,14 +121,7 @@ async def list_events(request: web.Request) -> web.Response:
     docs, total = await EventStore(request.app[MONGO_DB]).page(
         query.limit, query.offset, slug=query.slug, event_id=principal.event_id
     )
-    return json_response(
-        {
-            "items": [event_out(d) for d in docs],
-            "total": total,
-            "limit": query.limit,
-            "offset": query.offset,
-        }
-    )
+    return page_response([event_out(d) for d in docs], total, query)
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -254,9 +248,7 @@ async def list_photos(request: web.Request) -> web.Response:
     is_hidden = query.is_hidden
     if principal.event_id is not None:
         if is_hidden:  # a gallery token never sees hidden photos
-            return json_response(
-                {"items": [], "total": 0, "limit": query.limit, "offset": query.offset}
-            )
+            return page_response([], 0, query)
         is_hidden = False
     docs, total = await request.app[PHOTO_SERVICE].photos.page(
         event["_id"],
@@ -266,14 +258,7 @@ async def list_photos(request: web.Request) -> web.Response:
         is_hidden=is_hidden,
         sort=query.sort,
     )
-    return json_response(
-        {
-            "items": [photo_out(request, d) for d in docs],
-            "total": total,
-            "limit": query.limit,
-            "offset": query.offset,
-        }
-    )
+    return page_response([photo_out(request, d) for d in docs], total, query)
 
 
 async def _load_photo(request: web.Request, principal: Principal) -> Document:
@@ -547,14 +532,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     await require(request, Scope.WEBHOOKS_MANAGE)
     query = parse_query(request, models.PageQuery)
     docs, total = await WebhookStore(request.app[MONGO_DB]).page(query.limit, query.offset)
-    return json_response(
-        {
-            "items": [webhook_out(d) for d in docs],
-            "total": total,
-            "limit": query.limit,
-            "offset": query.offset,
-        }
-    )
+    return page_response([webhook_out(d) for d in docs], total, query)
 
 
 async def _load_webhook(request: web.Request) -> Document:
@@ -633,15 +611,19 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
 
 async def list_event_types(request: web.Request) -> web.Response:
     await authenticate(request)
-    photo = models.PhotoOut.model_json_schema()
-    event = models.EventOut.model_json_schema()
+    photo = {"photo": models.PhotoOut.model_json_schema()}
+    event = {"event": models.EventOut.model_json_schema()}
+    endpoint = {"endpoint": models.EndpointNotice.model_json_schema()}
     items: list[dict[str, Any]] = []
     for name, description in records.EVENT_TYPE_DESCRIPTIONS.items():
-        data = (
-            {"type": "object", "properties": {"event": event}}
-            if name == "event.archived"
-            else {"type": "object", "properties": {"photo": photo}}
+        properties = (
+            event
+            if name == records.EVENT_ARCHIVED
+            else endpoint
+            if name in records.ENDPOINT_NOTICES
+            else photo
         )
+        data = {"type": "object", "properties": properties}
         schema = {
             "type": "object",
             "properties": {
@@ -706,14 +688,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     docs, total = await WebhookStore(request.app[MONGO_DB]).deliveries(
         doc["_id"], query.limit, query.offset, filters
     )
-    return json_response(
-        {
-            "items": [delivery_out(d) for d in docs],
-            "total": total,
-            "limit": query.limit,
-            "offset": query.offset,
-        }
-    )
+    return page_response([delivery_out(d) for d in docs], total, query)
 
 
 async def get_delivery(request: web.Request) -> web.Response:

@@ -107,6 +107,18 @@ class RotateSecret(Strict):
     grace_period_hours: Annotated[float, Field(ge=0, le=24 * 14)] = 24
 
 
+class EndpointNotice(BaseModel):
+    """``data.endpoint`` of the endpoint.failing / disabled / recovered notices (webhook-dispatch
+    writes them)."""
+
+    id: str
+    url: str
+    description: str | None
+    enabled: bool
+    failing_since: str | None
+    disabled_reason: str | None
+
+
 class EventTypeOut(BaseModel):
     type: str
     description: str

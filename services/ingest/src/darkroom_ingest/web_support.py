@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from darkroom_kit.mongo import MONGO_DB, Document
@@ -133,6 +133,18 @@ async def require(request: web.Request, scope: Scope) -> Principal:
             extra={"required_scope": scope.value},
         )
     return principal
+
+
+class Paged(Protocol):
+    limit: int
+    offset: int
+
+
+def page_response(items: list[Any], total: int, query: Paged) -> web.Response:
+    """Every list answers the same way: the page's items, the total, and the page asked for."""
+    return json_response(
+        {"items": items, "total": total, "limit": query.limit, "offset": query.offset}
+    )
 
 
 def json_response(
