@@ -7,12 +7,14 @@ from typing import Any
 
 from aiohttp import web
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from darkroom_kit.settings import CommonSettings
 
 Document = dict[str, Any]
 Database = AsyncDatabase[Document]
+Collection = AsyncCollection[Document]
 
 MONGO_DB: web.AppKey[Database] = web.AppKey("mongo_db", AsyncDatabase)
 

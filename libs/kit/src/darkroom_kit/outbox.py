@@ -16,17 +16,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.asynchronous.collection import AsyncCollection
 
 from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Publisher
+from darkroom_kit.mongo import Collection
 
 log = logging.getLogger(__name__)
 
 OUTBOX = "outbox"
 OUTBOX_DUE = "outbox_due_ms"
 
-Collection = AsyncCollection[dict[str, Any]]
 AfterFlush = Callable[[dict[str, Any]], Awaitable[None]]
 
 

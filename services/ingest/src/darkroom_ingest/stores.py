@@ -10,7 +10,7 @@ from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Envelope
-from darkroom_kit.mongo import Database, Document
+from darkroom_kit.mongo import Collection, Database, Document
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -24,6 +24,24 @@ PHOTO_SORT_FIELDS = {
     "size": "size",
     "rating": "rating",
 }
+
+
+NEWEST_FIRST = [("created_ms", DESCENDING), ("_id", DESCENDING)]
+
+
+async def _page(
+    col: Collection,
+    query: Document,
+    projection: Document | None,
+    sort: list[tuple[str, int]],
+    limit: int,
+    offset: int,
+) -> tuple[list[Document], int]:
+    """One page of a list and the total it is a page of (the _id in ``sort`` keeps equal keys
+    in a stable order across pages)."""
+    total = await col.count_documents(query)
+    cursor = col.find(query, projection).sort(sort).skip(offset).limit(limit)
+    return [d async for d in cursor], total
 
 
 class Conflict(Exception):
@@ -107,14 +125,7 @@ class EventStore:
             query["slug"] = slug
         if event_id is not None:
             query["_id"] = event_id
-        total = await self.col.count_documents(query)
-        cursor = (
-            self.col.find(query, {outbox.OUTBOX: 0})
-            .sort([("created_ms", DESCENDING), ("_id", DESCENDING)])
-            .skip(offset)
-            .limit(limit)
-        )
-        return [d async for d in cursor], total
+        return await _page(self.col, query, {outbox.OUTBOX: 0}, NEWEST_FIRST, limit, offset)
 
     async def by_slug(self, slug: str) -> Document | None:
         return await self.col.find_one({"slug": slug}, {outbox.OUTBOX: 0})
@@ -246,14 +257,14 @@ class PhotoStore:
             query["is_hidden"] = {"$ne": True}
         key, _, direction = sort.rpartition("_")
         order = ASCENDING if direction == "asc" else DESCENDING
-        total = await self.col.count_documents(query)
-        cursor = (
-            self.col.find(query, {outbox.OUTBOX: 0})
-            .sort([(PHOTO_SORT_FIELDS[key], order), ("_id", order)])
-            .skip(offset)
-            .limit(limit)
+        return await _page(
+            self.col,
+            query,
+            {outbox.OUTBOX: 0},
+            [(PHOTO_SORT_FIELDS[key], order), ("_id", order)],
+            limit,
+            offset,
         )
-        return [d async for d in cursor], total
 
     async def patch(self, photo_id: str, fields: Document) -> Document | None:
         return await self.col.find_one_and_update(
@@ -298,9 +309,7 @@ class WebhookStore:
 
     async def page(self, limit: int, offset: int) -> tuple[list[Document], int]:
         query = {"deleted": {"$ne": True}}
-        total = await self._col.count_documents(query)
-        cursor = self._col.find(query).sort("created_ms", DESCENDING).skip(offset).limit(limit)
-        return [d async for d in cursor], total
+        return await _page(self._col, query, None, NEWEST_FIRST, limit, offset)
 
     async def patch(
         self, endpoint_id: str, fields: Document, unset: Document | None = None
@@ -321,14 +330,9 @@ class WebhookStore:
     ) -> tuple[list[Document], int]:
         """A page of an endpoint's deliveries (newest first), each with its attempts."""
         query = {**(filters or {}), "endpoint_id": endpoint_id}
-        total = await self._deliveries.count_documents(query)
-        cursor = (
-            self._deliveries.find(query, {"payload": 0})
-            .sort([("created_ms", DESCENDING), ("_id", DESCENDING)])
-            .skip(offset)
-            .limit(limit)
+        docs, total = await _page(
+            self._deliveries, query, {"payload": 0}, NEWEST_FIRST, limit, offset
         )
-        docs = [d async for d in cursor]
         await self._with_attempts(docs)
         return docs, total
 
