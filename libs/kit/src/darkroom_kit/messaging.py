@@ -11,6 +11,8 @@ Topology (names carry the ``amqp_namespace`` prefix, here ``ns``):
   plus one retry-tier queue per delay (``<queue>.retry.<ms>ms``): a message waits there for the
   queue's TTL, then is dead-lettered back to its consumer queue. RabbitMQ 3.10 has no native delayed
   delivery; tiers keep waiting messages durable across restarts of any service.
+* A consumer may also have defer queues (``<queue>.defer.<ms>ms``): a message its handler cannot
+  take *now* (a rate or concurrency limit) waits there without counting as a failed attempt.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from darkroom_kit.settings import CommonSettings
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-darkroom-attempt"
+DEFERRED_HEADER = "x-darkroom-deferred"
 
 
 class Envelope(BaseModel):
@@ -91,6 +94,20 @@ class QueueSpec:
     # per message would wait behind a longer one at the head of its queue).
     jitter: float = 0.0
     jitter_steps: int = 5
+    # Waits for a message that is not failing but cannot be handled yet (see :class:`Defer`).
+    defer_delays_ms: tuple[int, ...] = ()
+
+    def defer_queue(self, delay_ms: int) -> str:
+        return f"{self.name}.defer.{delay_ms}ms"
+
+    def defer_delay(self, at_least_ms: int, deferrals: int, escalate: bool) -> int:
+        """The shortest defer queue at least ``at_least_ms`` long; when escalating, also at least
+        twice as long as the previous wait of this message, so a backlog held back by a busy
+        receiver cycles ever more slowly instead of spinning."""
+        if escalate and self.defer_delays_ms:
+            at_least_ms = max(at_least_ms, self.defer_delays_ms[0] * 2 ** min(deferrals, 16))
+        longer = [d for d in self.defer_delays_ms if d >= at_least_ms]
+        return min(longer) if longer else max(self.defer_delays_ms)
 
     def retry_queue(self, delay_ms: int) -> str:
         return f"{self.name}.retry.{delay_ms}ms"
@@ -120,7 +137,12 @@ class QueueSpec:
         return f"{self.name}.dead"
 
     def all_queue_names(self) -> list[str]:
-        return [self.name, self.dead_queue, *(self.retry_queue(d) for d in self.all_retry_delays())]
+        return [
+            self.name,
+            self.dead_queue,
+            *(self.retry_queue(d) for d in self.all_retry_delays()),
+            *(self.defer_queue(d) for d in self.defer_delays_ms),
+        ]
 
 
 async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> None:
@@ -150,9 +172,11 @@ async def declare_consumer_queue(
         spec.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
     )
     await dead.bind(await channel.get_exchange(topology.dead_letter, ensure=False), spec.name)
-    for delay in spec.all_retry_delays():
+    waits = [(spec.retry_queue(d), d) for d in spec.all_retry_delays()]
+    waits += [(spec.defer_queue(d), d) for d in spec.defer_delays_ms]
+    for name, delay in waits:
         await channel.declare_queue(
-            spec.retry_queue(delay),
+            name,
             durable=True,
             arguments={
                 "x-queue-type": "quorum",
@@ -226,6 +250,17 @@ class Reject(Exception):
     """The message can never succeed: dead-letter it now."""
 
 
+class Defer(Exception):
+    """The handler cannot take the message yet (a limit is reached), nothing failed: park it in
+    a defer queue for at least ``at_least_ms`` without counting an attempt. With ``escalate``,
+    each further deferral of the same message waits longer (see :meth:`QueueSpec.defer_delay`)."""
+
+    def __init__(self, reason: str, at_least_ms: int, *, escalate: bool = False) -> None:
+        super().__init__(reason)
+        self.at_least_ms = at_least_ms
+        self.escalate = escalate
+
+
 Handler = Callable[[Envelope, int], Awaitable[None]]
 
 
@@ -237,6 +272,8 @@ class Consumer:
     * handler raises :class:`Reject` or the body is not an envelope: dead-letter it;
     * handler raises :class:`Retry` or anything unexpected: republish to the next retry tier (with
       a confirm), then ack; past the last tier, dead-letter;
+    * handler raises :class:`Defer`: republish to a defer queue with the same attempt number
+      (with a confirm), then ack;
     * handler cancelled (shutdown): neither ack nor reject; the broker redelivers it elsewhere.
     """
 
@@ -306,6 +343,8 @@ class Consumer:
             await self.handler(envelope, attempt)
         except asyncio.CancelledError:
             raise
+        except Defer as exc:
+            return await self._defer(message, envelope, attempt, exc)
         except Reject as exc:
             log.warning(
                 "message dead-lettered: %s",
@@ -323,6 +362,41 @@ class Consumer:
         await message.ack()
         return "acked"
 
+    async def _defer(
+        self, message: AbstractIncomingMessage, envelope: Envelope, attempt: int, exc: Defer
+    ) -> str:
+        if not self.spec.defer_delays_ms:
+            return await self._retry_later(message, envelope, attempt, Retry(str(exc)))
+        raw = (message.headers or {}).get(DEFERRED_HEADER, 0)
+        deferrals = raw if isinstance(raw, int) and raw > 0 else 0
+        delay = self.spec.defer_delay(exc.at_least_ms, deferrals, exc.escalate)
+        return await self._park(
+            message,
+            envelope,
+            self.spec.defer_queue(delay),
+            {ATTEMPT_HEADER: attempt, DEFERRED_HEADER: deferrals + 1},
+            "deferred",
+        )
+
+    async def _park(
+        self,
+        message: AbstractIncomingMessage,
+        envelope: Envelope,
+        queue: str,
+        headers: dict[str, Any],
+        outcome: str,
+    ) -> str:
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish("", envelope, routing_key=queue, headers=headers)
+        except Exception:
+            # Could not park it: hand it back to the broker rather than lose it.
+            log.exception("park publish failed; requeued", extra={"queue": self.spec.name})
+            await message.nack(requeue=True)
+            return "requeued"
+        await message.ack()
+        return outcome
+
     async def _retry_later(
         self, message: AbstractIncomingMessage, envelope: Envelope, attempt: int, exc: Exception
     ) -> str:
@@ -335,25 +409,14 @@ class Consumer:
             )
             await message.reject(requeue=False)
             return "dead_lettered"
-        assert self._publisher is not None
-        try:
-            await self._publisher.publish(
-                "",
-                envelope,
-                routing_key=self.spec.retry_queue(
-                    self.spec.retry_delay(
-                        attempt, exc.at_least_ms if isinstance(exc, Retry) else None
-                    )
-                ),
-                headers={ATTEMPT_HEADER: attempt + 1},
-            )
-        except Exception:
-            # Could not park it in a retry tier: hand it back to the broker rather than lose it.
-            log.exception("retry publish failed; requeued", extra={"queue": self.spec.name})
-            await message.nack(requeue=True)
-            return "requeued"
-        await message.ack()
-        return "retried"
+        delay = self.spec.retry_delay(attempt, exc.at_least_ms if isinstance(exc, Retry) else None)
+        return await self._park(
+            message,
+            envelope,
+            self.spec.retry_queue(delay),
+            {ATTEMPT_HEADER: attempt + 1},
+            "retried",
+        )
 
 
 AMQP_CONNECTION: web.AppKey[AbstractRobustConnection] = web.AppKey(

@@ -49,6 +49,7 @@ EVENT_TYPE_DESCRIPTIONS = {
 # Commands.
 REPAIR_REQUESTED = "repair.requested"
 WEBHOOK_ATTEMPT = "webhook.attempt"
+WEBHOOK_RECOVER = "webhook.recover"
 
 # Collections and their one writer.
 EVENTS = "events"  # upload-ingest
@@ -58,7 +59,7 @@ WEBHOOK_ENDPOINTS = "webhook_endpoints"  # upload-ingest
 WEBHOOK_DELIVERIES = "webhook_deliveries"  # webhook-dispatch
 WEBHOOK_ATTEMPTS = "webhook_attempts"  # webhook-dispatch
 IDEMPOTENCY = "idempotency_keys"  # upload-ingest
-OPERATIONS = "operations"  # upload-ingest creates, metadata-repair progresses
+OPERATIONS = "operations"  # upload-ingest creates; metadata-repair, webhook-dispatch progress
 
 
 def original_key(event_id: str, photo_id: str) -> str:

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from darkroom_kit import records
+from darkroom_kit.background import periodic_ctx
 from darkroom_kit.httpapp import REGISTRY, create_base_app
 from darkroom_kit.messaging import (
+    AMQP_CONNECTION,
     PUBLISHER,
     TOPOLOGY,
     Handler,
@@ -21,13 +23,22 @@ from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
 from darkroom_kit.readiness import readiness_ctx
 
+from darkroom_webhooks import housekeeping
 from darkroom_webhooks.delivery import Dispatcher, Sender, WebhookMetrics, close_quietly
+from darkroom_webhooks.housekeeping import WaitingGauges
+from darkroom_webhooks.limits import EndpointGate
+from darkroom_webhooks.recover import Recoverer
 from darkroom_webhooks.settings import WebhookSettings
 from darkroom_webhooks.ssrf import GuardedResolver, parse_networks
 
 SERVICE = "webhook-dispatch"
 
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
+GATE: web.AppKey[EndpointGate] = web.AppKey("gate", EndpointGate)
+RECOVERER: web.AppKey[Recoverer] = web.AppKey("recoverer", Recoverer)
+# A limited attempt waits in one of these (escalating for a busy endpoint), uncounted.
+DEFER_DELAYS_MS = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000)
+RECOVER_RETRY_DELAYS_MS = (5_000, 60_000, 600_000)
 
 
 def fanout_spec(topology: Topology) -> QueueSpec:
@@ -46,6 +57,16 @@ def attempts_spec(topology: Topology, settings: WebhookSettings) -> QueueSpec:
         (records.WEBHOOK_ATTEMPT,),
         settings.retry_delays_ms,
         jitter=settings.retry_jitter,
+        defer_delays_ms=DEFER_DELAYS_MS,
+    )
+
+
+def recover_spec(topology: Topology) -> QueueSpec:
+    return QueueSpec(
+        topology.queue(SERVICE, "recover"),
+        topology.commands,
+        (records.WEBHOOK_RECOVER,),
+        RECOVER_RETRY_DELAYS_MS,
     )
 
 
@@ -69,6 +90,14 @@ def create_app(settings: WebhookSettings) -> web.Application:
         )
         sender = Sender(session, allowed, settings.response_body_limit, timeout)
         lease_ms = int((settings.timeout_seconds + 10) * 1000)
+        db = app[MONGO_DB]
+        gate = EndpointGate(db, settings.endpoint_replica_concurrency, lease_ms)
+        await gate.ensure_indexes()
+        await housekeeping.ensure_indexes(db)
+        app[GATE] = gate
+        app[RECOVERER] = Recoverer(
+            db, app[PUBLISHER], app[TOPOLOGY], retries=len(RECOVER_RETRY_DELAYS_MS)
+        )
         app[DISPATCHER] = Dispatcher(
             app[MONGO_DB],
             app[PUBLISHER],
@@ -77,6 +106,7 @@ def create_app(settings: WebhookSettings) -> web.Application:
             attempts_spec(app[TOPOLOGY], settings),
             lease_ms,
             webhook_metrics,
+            gate,
             auto_disable_ms=int(settings.auto_disable_after_hours * 3600 * 1000),
         )
 
@@ -91,6 +121,19 @@ def create_app(settings: WebhookSettings) -> web.Application:
     def attempt(app: web.Application) -> Handler:
         return app[DISPATCHER].attempt
 
+    def recover(app: web.Application) -> Handler:
+        return app[RECOVERER].handle
+
+    gauges = WaitingGauges(registry)
+
+    async def measure(app: web.Application) -> None:
+        spec = attempts_spec(app[TOPOLOGY], settings)
+        await gauges.measure(app[AMQP_CONNECTION], spec, app[MONGO_DB])
+
+    async def prune(app: web.Application) -> int:
+        retention_ms = int(settings.retention_days * 86_400_000)
+        return await housekeeping.prune(app[MONGO_DB], app[GATE], retention_ms)
+
     app.cleanup_ctx.extend(
         [
             mongo_ctx(settings),
@@ -99,6 +142,9 @@ def create_app(settings: WebhookSettings) -> web.Application:
             readiness_ctx,
             consumer_ctx(settings, lambda t: attempts_spec(t, settings), attempt, metrics),
             consumer_ctx(settings, fanout_spec, fan_out, metrics),
+            consumer_ctx(settings, recover_spec, recover, metrics),
+            periodic_ctx("webhook gauges", measure, settings.gauge_interval_seconds),
+            periodic_ctx("webhook log pruning", prune, settings.prune_interval_seconds),
         ]
     )
     return app

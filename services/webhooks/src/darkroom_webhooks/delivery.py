@@ -14,13 +14,24 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from darkroom_kit import records
+from darkroom_kit.batching import Batcher
 from darkroom_kit.clock import iso_to_ms, ms_to_iso, now_ms
-from darkroom_kit.messaging import Envelope, Publisher, QueueSpec, Retry, Topology
+from darkroom_kit.ids import new_id
+from darkroom_kit.messaging import (
+    ATTEMPT_HEADER,
+    Defer,
+    Envelope,
+    Publisher,
+    QueueSpec,
+    Retry,
+    Topology,
+)
 from darkroom_kit.metrics import LATENCY_BUCKETS
 from darkroom_kit.mongo import Database, Document
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo import UpdateOne
 
+from darkroom_webhooks.limits import EndpointGate, Limited, Ticket
 from darkroom_webhooks.signing import signature_header
 from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
 
@@ -82,6 +93,12 @@ class WebhookMetrics:
             "webhook_event_to_delivery_seconds",
             "From the event's time to its successful delivery",
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.deferred = Counter(
+            "webhook_attempts_deferred_total",
+            "Attempts held back by a limit (replica cap, endpoint rate or concurrency)",
+            ["limit"],
             registry=registry,
         )
         self.notices = Counter(
@@ -197,7 +214,25 @@ def wants(endpoint: Document, envelope: Envelope) -> bool:
     return not only or event_id_of(envelope) in only
 
 
+@dataclass(slots=True)
+class Job:
+    """One attempt about to be made: the delivery, where it goes, and which attempt it is."""
+
+    delivery: Document
+    endpoint: Document
+    attempt: int  # the message's attempt number: where it stands in the retry schedule
+    single: bool = False
+
+
+LogEntry = tuple[Document, str]  # an attempt record, and the delivery's status after it
+
+
 class Dispatcher:
+    """Fan-out and attempts. An event's first attempts are made right in its fan-out (no second
+    trip through the broker) when nothing limits the endpoint; everything else, retries,
+    resends, tests and limited endpoints, goes through ``webhook.attempt`` commands. Every
+    delivery is leased before its attempt, so a message consumed twice is sent once."""
+
     def __init__(
         self,
         db: Database,
@@ -207,6 +242,7 @@ class Dispatcher:
         attempts: QueueSpec,
         lease_ms: int,
         metrics: WebhookMetrics,
+        gate: EndpointGate,
         *,
         auto_disable_ms: int,
     ) -> None:
@@ -219,11 +255,20 @@ class Dispatcher:
         self._spec = attempts
         self._lease_ms = lease_ms
         self._metrics = metrics
+        self._gate = gate
         self._auto_disable_ms = auto_disable_ms
+        self._holder = new_id("lease")
+        # Many messages at once share one read of the endpoints and one bulk write each.
+        self._endpoint_reads: Batcher[None, list[Document]] = Batcher(self._load_endpoints)
+        self._upserts: Batcher[list[Document], set[str]] = Batcher(self._upsert_deliveries)
+        self._log: Batcher[LogEntry, None] = Batcher(self._write_log)
+
+    # ---- fan-out -------------------------------------------------------------------------------
 
     async def fan_out(self, envelope: Envelope, attempt: int) -> None:
-        """One delivery per subscribed endpoint, then one attempt command per delivery."""
-        endpoints = [e async for e in self._endpoints.find({"enabled": True})]
+        """One delivery per subscribed endpoint; the first attempt of each is made now where
+        nothing limits the endpoint, otherwise an attempt command is sent."""
+        endpoints = await self._endpoint_reads.submit(None)
         targets = [e for e in endpoints if wants(e, envelope)]
         if not targets:
             return
@@ -232,71 +277,151 @@ class Dispatcher:
             separators=(",", ":"),
             ensure_ascii=False,
         )
-        event_ms = iso_to_ms(envelope.time) or now_ms()
-        ids = [delivery_id(envelope.id, e["_id"]) for e in targets]
-        # One bulk write for all endpoints (an upsert each, so a redelivered event changes nothing).
-        await self._deliveries.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": did},
-                    {
-                        "$setOnInsert": {
-                            "endpoint_id": endpoint["_id"],
-                            "message_id": envelope.id,
-                            "event_type": envelope.type,
-                            "payload": payload,
-                            "status": "pending",
-                            "attempt_count": 0,
-                            "event_ms": event_ms,
-                            "created_ms": now_ms(),
-                            "lease_until_ms": 0,
-                            "last_attempt_ms": None,
-                        }
-                    },
-                    upsert=True,
-                )
-                for did, endpoint in zip(ids, targets, strict=True)
-            ],
+        now = now_ms()
+        event_ms = iso_to_ms(envelope.time) or now
+        # Decided before the write: the places under the replica cap are taken now, so that
+        # concurrent fan-outs cannot all see room for the same endpoint.
+        tickets: dict[str, Ticket] = {
+            e["_id"]: self._gate.enter_local(e["_id"], self._holder)
+            for e in targets
+            if self._gate.has_room(e)
+        }
+        docs = [
+            {
+                "_id": delivery_id(envelope.id, e["_id"]),
+                "endpoint_id": e["_id"],
+                "message_id": envelope.id,
+                "event_type": envelope.type,
+                "payload": payload,
+                "status": "pending",
+                "attempt_count": 0,
+                "event_ms": event_ms,
+                "created_ms": now,
+                # Leased from the start when attempted right here.
+                "lease_until_ms": now + self._lease_ms if e["_id"] in tickets else 0,
+                "last_attempt_ms": None,
+            }
+            for e in targets
+        ]
+        try:
+            inserted = await self._upserts.submit(docs)
+        except BaseException:
+            for taken in tickets.values():
+                await self._gate.leave(taken)
+            raise
+        now_jobs: list[tuple[Job, Ticket]] = []
+        later: list[tuple[str, str]] = []
+        for doc, endpoint in zip(docs, targets, strict=True):
+            ticket = tickets.pop(endpoint["_id"]) if endpoint["_id"] in tickets else None
+            if doc["_id"] in inserted and ticket is not None:
+                now_jobs.append((Job(doc, endpoint, 1), ticket))
+                continue
+            if ticket is not None:
+                await self._gate.leave(ticket)
+            # Limited, or the delivery existed already (this event came again, perhaps after a
+            # crash before its attempts): the command path leases and attempts it.
+            later.append((doc["_id"], endpoint["_id"]))
+        results = await asyncio.gather(
+            *(self._run(job, ticket) for job, ticket in now_jobs),
+            self._send_commands(later),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _send_commands(self, targets: list[tuple[str, str]]) -> None:
+        commands = [
+            Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": did, "endpoint_id": eid})
+            for did, eid in targets
+        ]
+        await self._publisher.publish_many(self._topology.commands, commands)
+
+    async def _load_endpoints(self, requests: list[None]) -> list[list[Document]]:
+        endpoints = [e async for e in self._endpoints.find({"enabled": True})]
+        return [endpoints] * len(requests)
+
+    async def _upsert_deliveries(self, batches: list[list[Document]]) -> list[set[str]]:
+        flat = [doc for docs in batches for doc in docs]
+        # An upsert each, so a redelivered event changes nothing; the ones this write inserted
+        # are the ones this replica may attempt at once (it holds their lease).
+        result = await self._deliveries.bulk_write(
+            [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": d}, upsert=True) for d in flat],
             ordered=False,
         )
-        commands = [Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": did}) for did in ids]
-        await self._publisher.publish_many(self._topology.commands, commands)
+        inserted = {flat[i]["_id"] for i in result.upserted_ids or {}}
+        return [inserted] * len(batches)
+
+    # ---- attempts through commands -------------------------------------------------------------
 
     async def attempt(self, envelope: Envelope, attempt: int) -> None:
         did = envelope.data["delivery_id"]
-        now = now_ms()
-        delivery = await self._deliveries.find_one_and_update(
-            {"_id": did, "status": "pending", "lease_until_ms": {"$lt": now}},
-            {"$set": {"lease_until_ms": now + self._lease_ms}},
-        )
-        if delivery is None:
-            current = await self._deliveries.find_one({"_id": did}, {"status": 1})
-            if current is not None and current["status"] == "pending":
-                # Another dispatcher holds it right now; come back after a delay to make sure
-                # it finished, instead of dropping the only message that can finish it.
-                raise Retry("delivery leased by another consumer")
-            return  # unknown or already final: a duplicate message
-        endpoint = await self._endpoints.find_one({"_id": delivery["endpoint_id"]})
+        endpoint_id = envelope.data.get("endpoint_id")
+        if endpoint_id is None:  # a command from before commands named their endpoint
+            found = await self._deliveries.find_one({"_id": did}, {"endpoint_id": 1})
+            if found is None:
+                return
+            endpoint_id = found["endpoint_id"]
+        endpoint = await self._endpoints.find_one({"_id": endpoint_id})
         if endpoint is None or not endpoint.get("enabled", True):
-            await self._finish(did, "cancelled", None)
+            await self._deliveries.update_one(
+                {"_id": did, "status": "pending"}, {"$set": {"status": "cancelled"}}
+            )
+            self._metrics.deliveries.labels("cancelled").inc()
             return
-        now = now_ms()
-        secrets = [
-            s["secret"]
-            for s in endpoint.get("secrets", [])
-            if s.get("expires_ms") is None or s["expires_ms"] > now
-        ]
-        result = await self._sender.send(
-            endpoint["url"], did, secrets, delivery["payload"].encode()
-        )
+        try:
+            ticket = await self._gate.enter(endpoint, self._holder)
+        except Limited as exc:
+            self._metrics.deferred.labels("rate" if "rate" in str(exc) else "concurrency").inc()
+            raise Defer(str(exc), exc.wait_ms, escalate=exc.escalate) from None
+        try:
+            now = now_ms()
+            delivery = await self._deliveries.find_one_and_update(
+                {"_id": did, "status": "pending", "lease_until_ms": {"$lt": now}},
+                {"$set": {"lease_until_ms": now + self._lease_ms}},
+            )
+            if delivery is None:
+                current = await self._deliveries.find_one({"_id": did}, {"status": 1})
+                if current is not None and current["status"] == "pending":
+                    # Another dispatcher holds it right now; come back after a delay to make
+                    # sure it finished, instead of dropping the only message that can finish it.
+                    raise Retry("delivery leased by another consumer")
+                return  # unknown or already final: a duplicate message
+        except BaseException:
+            await self._gate.leave(ticket)
+            raise
+        job = Job(delivery, endpoint, attempt, bool(delivery.get("single_attempt")))
+        retry_after = await self._run(job, ticket, retry_by_command=False)
+        if retry_after is not None:
+            raise Retry(f"attempt {attempt} failed", at_least_ms=retry_after or None)
+
+    # ---- one attempt ---------------------------------------------------------------------------
+
+    async def _run(self, job: Job, ticket: Ticket, *, retry_by_command: bool = True) -> int | None:
+        """Send, log, judge. Returns None when the delivery is final or its retry is scheduled
+        here, otherwise the wait the receiver asked for (0 for none) for the caller to retry."""
+        delivery, endpoint = job.delivery, job.endpoint
+        did = delivery["_id"]
+        started = now_ms()
+        try:
+            secrets = [
+                s["secret"]
+                for s in endpoint.get("secrets", [])
+                if s.get("expires_ms") is None or s["expires_ms"] > started
+            ]
+            result = await self._sender.send(
+                endpoint["url"], did, secrets, delivery["payload"].encode()
+            )
+        finally:
+            await self._gate.leave(ticket)
         self._metrics.duration.observe(result.duration_ms / 1000)
         # The attempt's number in the log counts every attempt of this delivery, resends too.
-        number = int(delivery.get("attempt_count", 0)) + 1
         record = {
+            "_id": f"{did}.{int(delivery.get('attempt_count', 0)) + 1}",
             "delivery_id": did,
             "endpoint_id": endpoint["_id"],
-            "attempt": number,
-            "at_ms": now,
+            "attempt": int(delivery.get("attempt_count", 0)) + 1,
+            "at_ms": started,
             "status_code": result.status_code,
             "error": result.error,
             "duration_ms": result.duration_ms,
@@ -306,31 +431,78 @@ class Dispatcher:
         }
         if result.succeeded:
             self._metrics.attempts.labels("succeeded").inc()
-            self._metrics.latency.observe(max(0, now_ms() - delivery.get("event_ms", now)) / 1000)
-            await self._finish(did, "succeeded", record)
-            if not delivery.get("single_attempt"):
+            await self._finish(record, "succeeded")
+            self._metrics.latency.observe(
+                max(0, now_ms() - delivery.get("event_ms", started)) / 1000
+            )
+            if not job.single:
                 await self._health(endpoint, succeeded=True)
-            return
+            return None
         if result.status_code == 410:
             # 410 Gone: the receiver says the endpoint is gone for good (Standard Webhooks).
             self._metrics.attempts.labels("gone").inc()
-            await self._finish(did, "failed", record)
+            await self._finish(record, "failed")
             await self._disable(endpoint, "gone_410")
-            return
+            return None
         self._metrics.attempts.labels("failed").inc()
-        single = bool(delivery.get("single_attempt"))
-        if not single:  # a test send says nothing about the endpoint's health
+        if not job.single:  # a test send says nothing about the endpoint's health
             await self._health(endpoint, succeeded=False)
-        if single or attempt > len(self._spec.retry_delays_ms):
-            await self._finish(did, "failed", record)
-            return
-        await self._record(did, record, "pending")
+        if job.single or job.attempt > len(self._spec.retry_delays_ms):
+            await self._finish(record, "failed")
+            return None
+        await self._log.submit((record, "pending"))
         wait_ms = None
         if result.status_code in (429, 503):
             wait_ms = parse_retry_after(result.headers.get("retry-after"), time.time())
-        raise Retry(
-            f"attempt {attempt} failed: {result.status_code or result.error}", at_least_ms=wait_ms
+        if not retry_by_command:
+            return wait_ms or 0
+        # The first attempt was made in the fan-out: its retry goes straight to the retry tier
+        # of the attempt commands, as the attempt consumer's own retry would.
+        delay = self._spec.retry_delay(job.attempt, wait_ms)
+        await self._publisher.publish(
+            "",
+            Envelope.new(
+                records.WEBHOOK_ATTEMPT, {"delivery_id": did, "endpoint_id": endpoint["_id"]}
+            ),
+            routing_key=self._spec.retry_queue(delay),
+            headers={ATTEMPT_HEADER: job.attempt + 1},
         )
+        return None
+
+    async def _finish(self, record: Document, status: str) -> None:
+        await self._log.submit((record, status))
+        self._metrics.deliveries.labels(status).inc()
+
+    async def _write_log(self, entries: list[LogEntry]) -> list[None]:
+        # One document per attempt, keyed by delivery and attempt number: a repeated write of
+        # the same attempt lands on the same document instead of logging it twice.
+        await self._attempts.bulk_write(
+            [
+                UpdateOne({"_id": record["_id"]}, {"$set": record}, upsert=True)
+                for record, _ in entries
+            ],
+            ordered=False,
+        )
+        await self._deliveries.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": record["delivery_id"]},
+                    {
+                        "$set": {
+                            "status": status,
+                            "lease_until_ms": 0,
+                            "last_attempt_ms": record["at_ms"],
+                            "attempt_count": record["attempt"],
+                        }
+                    },
+                )
+                for record, status in entries
+            ],
+            ordered=False,
+        )
+        return [None] * len(entries)
+
+    # ---- endpoint health -----------------------------------------------------------------------
 
     async def _health(self, endpoint: Document, *, succeeded: bool) -> None:
         """Failing since the first failure after a success; disabled when that lasts past the
@@ -397,33 +569,6 @@ class Dispatcher:
             # The state change is stored and logged; a lost notice is not worth a retry of
             # the delivery that caused it.
             log.exception("could not publish %s", kind, extra={"endpoint_id": endpoint["_id"]})
-
-    async def _record(self, did: str, record: Document, status: str) -> None:
-        # One document per attempt, keyed by delivery and attempt number: a repeated write of the
-        # same attempt lands on the same document instead of logging it twice.
-        await self._attempts.update_one(
-            {"_id": f"{did}.{record['attempt']}"}, {"$set": record}, upsert=True
-        )
-        await self._deliveries.update_one(
-            {"_id": did},
-            {
-                "$set": {
-                    "status": status,
-                    "lease_until_ms": 0,
-                    "last_attempt_ms": record["at_ms"],
-                    "attempt_count": record["attempt"],
-                },
-            },
-        )
-
-    async def _finish(self, did: str, status: str, record: Document | None) -> None:
-        self._metrics.deliveries.labels(status).inc()
-        if record is None:
-            await self._deliveries.update_one(
-                {"_id": did}, {"$set": {"status": status, "lease_until_ms": 0}}
-            )
-            return
-        await self._record(did, record, status)
 
 
 async def close_quietly(session: aiohttp.ClientSession) -> None:

@@ -30,5 +30,13 @@ class WebhookSettings(CommonSettings):
     response_body_limit: int = Field(default=64 * 1024, ge=0)
     # CIDR ranges that are reachable although private or loopback (self-hosting, tests).
     allow_private_networks: list[str] = []
+    # At most this many attempts in flight from one replica to one endpoint: a receiver that
+    # hangs holds no more of a replica's work than this (the rest waits in a defer queue).
+    endpoint_replica_concurrency: int = Field(default=16, ge=1, le=1000)
+    # The delivery log (attempts, and final deliveries) is kept this long, then pruned.
+    retention_days: float = Field(default=30.0, gt=0)
+    prune_interval_seconds: float = Field(default=3600.0, ge=0)
+    # How often the waiting-messages and endpoints-by-state gauges are measured (0: never).
+    gauge_interval_seconds: float = Field(default=15.0, ge=0)
     prefetch: int = 256
     max_connections: int = 512
