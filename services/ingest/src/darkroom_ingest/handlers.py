@@ -496,6 +496,8 @@ def webhook_out(doc: Document, secret: str | None = None) -> dict[str, Any]:
         description=doc.get("description"),
         enabled=doc.get("enabled", True),
         event_ids=doc.get("event_ids"),
+        rate_limit=doc.get("rate_limit"),
+        max_concurrency=doc.get("max_concurrency"),
         failing_since=ms_to_iso(doc.get("failing_since_ms")),
         disabled_reason=doc.get("disabled_reason"),
         created_at=ms_to_iso(doc["created_ms"]) or "",
@@ -517,6 +519,8 @@ async def create_webhook(request: web.Request) -> web.Response:
         "event_types": body.event_types,
         "description": body.description,
         "event_ids": body.event_ids,
+        "rate_limit": body.rate_limit,
+        "max_concurrency": body.max_concurrency,
         "enabled": True,
         "failing_since_ms": None,
         "created_ms": now_ms(),
@@ -790,7 +794,7 @@ def operation_out(doc: Document) -> dict[str, Any]:
         state=doc["state"],
         created_at=ms_to_iso(doc["created_ms"]) or "",
         updated_at=ms_to_iso(doc.get("updated_ms")),
-        progress=doc.get("progress") or {"scanned": 0, "repaired": 0, "failed": 0},
+        progress=doc.get("progress") or {},
         result=doc.get("result"),
     ).model_dump()
 
@@ -808,37 +812,24 @@ async def _wait_for_operation(request: web.Request, op_id: str, wait: float) -> 
     return doc
 
 
-async def repair_dimensions(request: web.Request) -> web.Response:
-    """Start a repair of missing dimensions (and capture dates, if asked); 202 with the
-    Operation, or its result when it finishes within ?wait=N seconds."""
-    principal = await require(request, Scope.PHOTOS_WRITE)
-    body = await parse_json(request, models.RepairRequest)
+async def _start_operation(
+    request: web.Request, kind: str, params: Document, progress: dict[str, int], command: Envelope
+) -> web.Response:
+    """Store an Operation with its command in the same write (outbox), publish the command, and
+    answer 202 with it, or 200 with the result when it ends within ?wait=N seconds."""
     wait = parse_query(request, models.WaitQuery).wait
-    event_id = body.event_id or principal.event_id
-    if event_id is not None:
-        _visible_event(principal, event_id)
-        if await EventStore(request.app[MONGO_DB]).get(event_id) is None:
-            raise not_found("event", event_id)
-    op_id = new_id("op")
-    command = Envelope.new(
-        records.REPAIR_REQUESTED,
-        {
-            "operation_id": op_id,
-            "event_id": event_id,
-            "include_capture_date": body.include_capture_date,
-        },
-    )
-    settings = request.app[SETTINGS]
+    op_id = command.data["operation_id"]
     doc: Document = {
         "_id": op_id,
-        "kind": "repair_dimensions",
+        "kind": kind,
         "state": "queued",
         "created_ms": now_ms(),
-        "params": {"event_id": event_id, "include_capture_date": body.include_capture_date},
-        "progress": {"scanned": 0, "repaired": 0, "failed": 0},
+        "params": params,
+        "progress": progress,
         "result": None,
-        # The command goes out with the record (outbox): a crash cannot lose it.
-        **outbox.fields(request.app[TOPOLOGY].commands, [command], settings.outbox_grace_ms),
+        **outbox.fields(
+            request.app[TOPOLOGY].commands, [command], request.app[SETTINGS].outbox_grace_ms
+        ),
     }
     operations = request.app[MONGO_DB][records.OPERATIONS]
     await operations.insert_one(doc)
@@ -850,9 +841,56 @@ async def repair_dimensions(request: web.Request) -> web.Response:
     )
 
 
+async def repair_dimensions(request: web.Request) -> web.Response:
+    """Start a repair of missing dimensions (and capture dates, if asked)."""
+    principal = await require(request, Scope.PHOTOS_WRITE)
+    body = await parse_json(request, models.RepairRequest)
+    event_id = body.event_id or principal.event_id
+    if event_id is not None:
+        _visible_event(principal, event_id)
+        if await EventStore(request.app[MONGO_DB]).get(event_id) is None:
+            raise not_found("event", event_id)
+    params = {"event_id": event_id, "include_capture_date": body.include_capture_date}
+    command = Envelope.new(records.REPAIR_REQUESTED, {"operation_id": new_id("op"), **params})
+    progress = {"scanned": 0, "repaired": 0, "failed": 0}
+    return await _start_operation(request, "repair_dimensions", params, progress, command)
+
+
+async def recover_webhook(request: web.Request) -> web.Response:
+    """Send every failed delivery of an endpoint created in [since, until) again, each with
+    its own webhook-id unchanged and a fresh retry schedule."""
+    await require(request, Scope.WEBHOOKS_MANAGE)
+    endpoint = await _load_webhook(request)
+    body = await parse_json(request, models.RecoverRequest)
+    since_ms = datetime_to_ms(body.since)
+    until_ms = datetime_to_ms(body.until) if body.until is not None else now_ms()
+    if until_ms <= since_ms:
+        raise Problem(
+            422,
+            "validation_failed",
+            "The request is not valid",
+            errors=[FieldError("/until", "must be after since", "range")],
+        )
+    params = {"endpoint_id": endpoint["_id"], "since_ms": since_ms, "until_ms": until_ms}
+    command = Envelope.new(records.WEBHOOK_RECOVER, {"operation_id": new_id("op")})
+    # The total is counted when the recovery starts (the range may still be filling up).
+    progress = {"resent": 0}
+    return await _start_operation(request, "webhook_recover", params, progress, command)
+
+
+# Who may read an Operation: whoever may start one of its kind (read side).
+OPERATION_SCOPES = {
+    "repair_dimensions": Scope.PHOTOS_READ,
+    "webhook_recover": Scope.WEBHOOKS_MANAGE,
+}
+
+
 async def get_operation(request: web.Request) -> web.Response:
-    await require(request, Scope.PHOTOS_READ)
+    await authenticate(request)
     wait = parse_query(request, models.WaitQuery).wait
-    return json_response(
-        operation_out(await _wait_for_operation(request, request.match_info["operation_id"], wait))
-    )
+    op_id = request.match_info["operation_id"]
+    kind = await request.app[MONGO_DB][records.OPERATIONS].find_one({"_id": op_id}, {"kind": 1})
+    if kind is None:
+        raise not_found("operation", op_id)
+    await require(request, OPERATION_SCOPES.get(kind["kind"], Scope.ADMIN))
+    return json_response(operation_out(await _wait_for_operation(request, op_id, wait)))

@@ -74,11 +74,25 @@ EventIdFilter = Annotated[
 ]
 
 
+RateLimit = Annotated[
+    int | None,
+    Field(ge=1, le=10_000, description="At most this many attempts per second (all replicas)"),
+]
+MaxConcurrency = Annotated[
+    int | None,
+    Field(
+        ge=1, le=1_000, description="At most this many attempts in flight at once (all replicas)"
+    ),
+]
+
+
 class WebhookCreate(Strict):
     url: HttpUrl
     event_types: Annotated[list[str], Field(min_length=1, max_length=50)]
     description: Annotated[str | None, Field(max_length=500)] = None
     event_ids: EventIdFilter = None
+    rate_limit: RateLimit = None
+    max_concurrency: MaxConcurrency = None
 
     @field_validator("event_types")
     @classmethod
@@ -92,6 +106,8 @@ class WebhookPatch(Strict):
     description: Annotated[str | None, Field(max_length=500)] = None
     enabled: bool | None = None
     event_ids: EventIdFilter = None
+    rate_limit: RateLimit = None
+    max_concurrency: MaxConcurrency = None
 
     @field_validator("event_types")
     @classmethod
@@ -132,6 +148,8 @@ class WebhookOut(BaseModel):
     description: str | None
     enabled: bool
     event_ids: list[str] | None = None
+    rate_limit: int | None = None
+    max_concurrency: int | None = None
     failing_since: str | None = Field(
         default=None, description="Set while deliveries fail; cleared by the next success"
     )
@@ -366,6 +384,11 @@ class RepairRequest(Strict):
 
 class WaitQuery(Strict):
     wait: Annotated[float, Field(ge=0, le=60, description="hold the answer up to N seconds")] = 0
+
+
+class RecoverRequest(Strict):
+    since: AwareDatetime = Field(description="Deliveries created at or after this time")
+    until: AwareDatetime | None = Field(default=None, description="... and before this (now)")
 
 
 class OperationFailure(BaseModel):
