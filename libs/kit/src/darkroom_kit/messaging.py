@@ -289,6 +289,8 @@ class Consumer:
     _tag: str | None = None
     _publisher: Publisher | None = None
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    _counted: dict[str, Any] = field(default_factory=dict)
+    _timed: Any = None
 
     async def start(self) -> None:
         self._channel = await self.connection.channel(
@@ -326,9 +328,16 @@ class Consumer:
         finally:
             if task is not None:
                 self._in_flight.discard(task)
-            m = self.metrics
-            m.consumed.labels(m.service, self.spec.name, outcome).inc()
-            m.handling.labels(m.service, self.spec.name).observe(time.perf_counter() - started)
+            # Labelled children looked up once per outcome: this runs for every message.
+            counted = self._counted.get(outcome)
+            if counted is None:
+                m = self.metrics
+                counted = m.consumed.labels(m.service, self.spec.name, outcome)
+                self._counted[outcome] = counted
+            counted.inc()
+            if self._timed is None:
+                self._timed = self.metrics.handling.labels(self.metrics.service, self.spec.name)
+            self._timed.observe(time.perf_counter() - started)
 
     async def _handle(self, message: AbstractIncomingMessage) -> str:
         try:

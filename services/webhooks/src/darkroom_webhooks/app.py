@@ -81,7 +81,9 @@ def create_app(settings: WebhookSettings) -> web.Application:
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(allowed),
             limit=settings.max_connections,
-            limit_per_host=32,
+            # No cap per host: the replica cap bounds each endpoint, and several endpoints on one
+            # host (one receiver, many endpoints) must not queue behind each other's slow ones.
+            limit_per_host=0,
             ttl_dns_cache=30,
         )
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)

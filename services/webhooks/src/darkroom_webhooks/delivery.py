@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from darkroom_kit.mongo import Database, Document
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo import UpdateOne
 
-from darkroom_webhooks.limits import EndpointGate, Limited, Ticket
+from darkroom_webhooks.limits import BUSY_WAIT_MS, EndpointGate, Limited, Ticket
 from darkroom_webhooks.signing import signature_header
 from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
 
@@ -205,13 +206,21 @@ def event_id_of(envelope: Envelope) -> str | None:
 
 
 def wants(endpoint: Document, envelope: Envelope) -> bool:
-    if not subscribed(endpoint["event_types"], envelope.type):
-        return False
     if envelope.type in records.ENDPOINT_NOTICES:
-        # A notice about an endpoint never goes to that endpoint (it is the one failing).
-        return bool(envelope.data.get("endpoint", {}).get("id") != endpoint["_id"])
-    only = endpoint.get("event_ids")
-    return not only or event_id_of(envelope) in only
+        # A notice about an endpoint never goes to that endpoint (it is the one failing), and
+        # passes every event filter.
+        if envelope.data.get("endpoint", {}).get("id") == endpoint["_id"]:
+            return False
+    else:
+        only = endpoint.get("event_ids")
+        if only and event_id_of(envelope) not in only:  # cheaper than the patterns: first
+            return False
+    return _subscribed(tuple(endpoint["event_types"]), envelope.type)
+
+
+@functools.lru_cache(maxsize=4096)
+def _subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
+    return subscribed(list(patterns), event_type)
 
 
 @dataclass(slots=True)
@@ -225,6 +234,10 @@ class Job:
 
 
 LogEntry = tuple[Document, str]  # an attempt record, and the delivery's status after it
+
+# How long a fan-out waits for a place under the replica cap before it hands the attempt to the
+# command path: long enough for a fast receiver to free one, short for a message held meanwhile.
+LOCAL_WAIT_S = 0.2
 
 
 class Dispatcher:
@@ -279,13 +292,23 @@ class Dispatcher:
         )
         now = now_ms()
         event_ms = iso_to_ms(envelope.time) or now
-        # Decided before the write: the places under the replica cap are taken now, so that
-        # concurrent fan-outs cannot all see room for the same endpoint.
-        tickets: dict[str, Ticket] = {
-            e["_id"]: self._gate.enter_local(e["_id"], self._holder)
-            for e in targets
-            if self._gate.has_room(e)
-        }
+        # Places under the replica cap are taken before the write, so the deliveries this
+        # replica will attempt at once are leased from the start.
+        tickets: dict[str, Ticket] = {}
+        waits = []
+        for e in targets:
+            if not self._gate.unlimited(e):
+                continue
+            ticket = self._gate.try_enter_local(e["_id"], self._holder)
+            if ticket is not None:
+                tickets[e["_id"]] = ticket
+            else:
+                waits.append(e["_id"])
+        if waits:  # a busy endpoint here: wait a moment for a place, then hand it on
+            taken = await asyncio.gather(
+                *(self._gate.enter_local(eid, self._holder, LOCAL_WAIT_S) for eid in waits)
+            )
+            tickets.update({eid: t for eid, t in zip(waits, taken, strict=True) if t is not None})
         docs = [
             {
                 "_id": delivery_id(envelope.id, e["_id"]),
@@ -306,8 +329,8 @@ class Dispatcher:
         try:
             inserted = await self._upserts.submit(docs)
         except BaseException:
-            for taken in tickets.values():
-                await self._gate.leave(taken)
+            for held in tickets.values():
+                await self._gate.leave(held)
             raise
         now_jobs: list[tuple[Job, Ticket]] = []
         later: list[tuple[str, str]] = []
@@ -321,6 +344,9 @@ class Dispatcher:
             # Limited, or the delivery existed already (this event came again, perhaps after a
             # crash before its attempts): the command path leases and attempts it.
             later.append((doc["_id"], endpoint["_id"]))
+        if len(now_jobs) == 1 and not later:  # the common case, without a task of its own
+            await self._run(*now_jobs[0])
+            return
         results = await asyncio.gather(
             *(self._run(job, ticket) for job, ticket in now_jobs),
             self._send_commands(later),
@@ -362,6 +388,9 @@ class Dispatcher:
             if found is None:
                 return
             endpoint_id = found["endpoint_id"]
+        if self._gate.full(endpoint_id):  # asked before MongoDB: a busy endpoint costs no read
+            self._metrics.deferred.labels("replica").inc()
+            raise Defer("replica cap reached", BUSY_WAIT_MS, escalate=True)
         endpoint = await self._endpoints.find_one({"_id": endpoint_id})
         if endpoint is None or not endpoint.get("enabled", True):
             await self._deliveries.update_one(

@@ -16,9 +16,10 @@ attempt).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from darkroom_kit.clock import now_ms
@@ -58,6 +59,7 @@ class EndpointGate:
         self._replica_cap = replica_cap
         self._lease_ms = lease_ms
         self._in_flight: Counter[str] = Counter()
+        self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._seeded: set[tuple[str, int]] = set()
 
     async def ensure_indexes(self) -> None:
@@ -67,18 +69,42 @@ class EndpointGate:
     def in_flight(self, endpoint_id: str) -> int:
         return self._in_flight[endpoint_id]
 
-    def has_room(self, endpoint: Document) -> bool:
-        """Whether an attempt could go without asking MongoDB: no shared limit, room here."""
-        return (
-            not endpoint.get("max_concurrency")
-            and not endpoint.get("rate_limit")
-            and self._in_flight[endpoint["_id"]] < self._replica_cap
-        )
+    @staticmethod
+    def unlimited(endpoint: Document) -> bool:
+        """No shared limit: an attempt needs only a place under the replica cap."""
+        return not endpoint.get("max_concurrency") and not endpoint.get("rate_limit")
 
-    def enter_local(self, endpoint_id: str, holder: str) -> Ticket:
-        """Take a place under the replica cap (the caller checked :meth:`has_room`)."""
-        self._in_flight[endpoint_id] += 1
-        return Ticket(endpoint_id, None, holder)
+    def full(self, endpoint_id: str) -> bool:
+        return self._in_flight[endpoint_id] >= self._replica_cap
+
+    def try_enter_local(self, endpoint_id: str, holder: str) -> Ticket | None:
+        """A place under the replica cap if there is one now."""
+        if self._in_flight[endpoint_id] < self._replica_cap:
+            self._in_flight[endpoint_id] += 1
+            return Ticket(endpoint_id, None, holder)
+        return None
+
+    async def enter_local(self, endpoint_id: str, holder: str, wait_s: float) -> Ticket | None:
+        """A place under the replica cap, waiting up to ``wait_s`` for one to free up: a fast
+        receiver frees its places in milliseconds, a hanging one does not (None then)."""
+        ticket = self.try_enter_local(endpoint_id, holder)
+        if ticket is not None:
+            return ticket
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiting.setdefault(endpoint_id, deque())
+        queue.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), wait_s)
+        except TimeoutError:
+            if not waiter.done():
+                waiter.cancel()
+                return None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release_local(endpoint_id)  # handed over, but nobody will use it
+            waiter.cancel()
+            raise
+        return Ticket(endpoint_id, None, holder)  # the place was handed over by leave()
 
     async def enter(self, endpoint: Document, holder: str) -> Ticket:
         """A place for one attempt to ``endpoint``, or :class:`Limited`."""
@@ -95,10 +121,21 @@ class EndpointGate:
         self._in_flight[endpoint_id] += 1
         return Ticket(endpoint_id, slot_id, holder)
 
+    def _release_local(self, endpoint_id: str) -> None:
+        # Hand the place straight to a waiter, if one is still waiting, else give it back.
+        queue = self._waiting.get(endpoint_id)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._waiting.pop(endpoint_id, None)
+        self._in_flight[endpoint_id] -= 1
+        if self._in_flight[endpoint_id] <= 0:
+            del self._in_flight[endpoint_id]
+
     async def leave(self, ticket: Ticket) -> None:
-        self._in_flight[ticket.endpoint_id] -= 1
-        if self._in_flight[ticket.endpoint_id] <= 0:
-            del self._in_flight[ticket.endpoint_id]
+        self._release_local(ticket.endpoint_id)
         if ticket.slot_id is not None:
             await self._slots.update_one(
                 {"_id": ticket.slot_id, "holder": ticket.holder}, {"$set": {"until_ms": 0}}
