@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair compose-config clean
+.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks compose-config clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-thumbnailing: install ## Benchmark thumbnailing: 1,000 24 MP JPEGs through
 
 bench-repair: install ## Benchmark metadata repair over 10,000 photos with cleared dimensions
 	.venv/bin/python -m benchmarks.repair
+
+bench-webhooks: install ## Benchmark webhook delivery: backlog drain, 200 events/s, one endpoint of ten hanging
+	.venv/bin/python -m benchmarks.webhooks
 
 bench-floor: install ## What the bare stack costs per GiB (receive, forward to S3, + SHA-256)
 	.venv/bin/python -m benchmarks.upload_floor
