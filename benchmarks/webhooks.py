@@ -28,7 +28,7 @@ from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Publisher, Topology, declare_consumer_queue
 from darkroom_kit.mongo import Database, open_mongo
-from darkroom_webhooks.app import attempts_spec, fanout_spec, recover_spec
+from darkroom_webhooks.app import fanout_spec, queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 from darkroom_webhooks.signing import signature_header
 
@@ -275,14 +275,13 @@ async def main() -> None:
             finally:
                 await mongo.drop_database(settings.mongo_db)
                 await mongo.close()
-                specs = (
-                    fanout_spec(topology),
-                    attempts_spec(topology, WebhookSettings(amqp_namespace=topology.namespace)),
-                    recover_spec(topology),
-                )
+                specs = queue_specs(topology, WebhookSettings(amqp_namespace=topology.namespace))
                 cleanup = await stack.connection.channel()
                 for spec in specs:
-                    for name in spec.all_queue_names():
+                    # Waiting queues first, emptied (see tests/conftest.py: deleting a queue that
+                    # others still dead-letter into, at least once, hung RabbitMQ 3.10).
+                    for name in reversed(spec.all_queue_names()):
+                        await cleanup.queue_purge(name)
                         await cleanup.queue_delete(name)
     finally:
         rproc.kill()  # a graceful stop would wait for the hanging requests

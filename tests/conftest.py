@@ -8,6 +8,7 @@ Each run gets its own exchange/queue namespace, database and bucket, so runs nev
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -117,7 +118,12 @@ class QueueJanitor:
         try:
             channel = await connection.channel()
             for spec in self.specs:
-                for name in spec.all_queue_names():
+                # Waiting queues first, emptied, then the queues they dead-letter into: a
+                # quorum queue deleted while its at-least-once dead-letters have no target
+                # left hung RabbitMQ 3.10 here.
+                for name in reversed(spec.all_queue_names()):
+                    with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+                        await channel.queue_purge(name)
                     await channel.queue_delete(name)
             for ns in self.namespaces:
                 t = Topology(ns)

@@ -22,7 +22,7 @@ from darkroom_kit.messaging import Topology
 from darkroom_repair.app import queue_spec as repair_spec
 from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
 from darkroom_thumbnailing.settings import ThumbnailSettings
-from darkroom_webhooks.app import attempts_spec, fanout_spec
+from darkroom_webhooks.app import queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 from PIL import Image
 from standardwebhooks import Webhook
@@ -102,8 +102,7 @@ async def system(
     janitor.add(
         thumbnail_spec(topology, ThumbnailSettings(retry_delays_ms=(2000, 3000))),
         repair_spec(topology),
-        fanout_spec(topology),
-        attempts_spec(topology, WebhookSettings(retry_delays_ms=(2000, 3000))),
+        *queue_specs(topology, WebhookSettings(retry_delays_ms=(2000, 3000))),
     )
     logs = Path(tempfile.mkdtemp(prefix="darkroom-e2e-"))
     services = await asyncio.to_thread(start_services, env, logs, base)

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from darkroom_kit import records
 from darkroom_kit.messaging import Topology
 from darkroom_kit.mongo import MONGO_DB
-from darkroom_webhooks.app import attempts_spec, fanout_spec
 from darkroom_webhooks.app import create_app as create_dispatch
+from darkroom_webhooks.app import queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 from standardwebhooks import Webhook, WebhookVerificationError
 
@@ -66,7 +66,7 @@ async def start_dispatch(
         }
     )
     topology = Topology(settings.amqp_namespace)
-    janitor.add(fanout_spec(topology), attempts_spec(topology, settings))
+    janitor.add(*queue_specs(topology, settings))
     client: Client = await aiohttp_client(create_dispatch(settings))
     return client
 

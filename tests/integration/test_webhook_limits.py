@@ -306,27 +306,37 @@ async def test_pruning_keeps_recent_and_pending_deliveries(
     day = 86_400_000
     old, recent = now_ms() - 40 * day, now_ms() - day
     tag = f"prune{now_ms()}"
+    # (created, last attempt, status)
     docs = {
-        f"{tag}-old-final": (old, "failed"),
-        f"{tag}-old-pending": (old, "pending"),
-        f"{tag}-recent-final": (recent, "succeeded"),
+        f"{tag}-old-final": (old, old, "failed"),
+        f"{tag}-old-pending": (old, old, "pending"),
+        f"{tag}-old-resent-lately": (old, recent, "succeeded"),
+        f"{tag}-recent-final": (recent, recent, "succeeded"),
     }
     await db[records.WEBHOOK_DELIVERIES].insert_many(
         [
-            {"_id": did, "endpoint_id": tag, "status": status, "created_ms": at}
-            for did, (at, status) in docs.items()
+            {
+                "_id": did,
+                "endpoint_id": tag,
+                "status": status,
+                "created_ms": created,
+                "last_attempt_ms": last,
+                "attempts": {"1": {"attempt": 1, "at_ms": last}},
+            }
+            for did, (created, last, status) in docs.items()
         ]
     )
+    # Attempts logged as documents of their own, as before they lived in their delivery.
     await db[records.WEBHOOK_ATTEMPTS].insert_many(
         [
-            {"_id": f"{did}.1", "delivery_id": did, "attempt": 1, "at_ms": at}
-            for did, (at, _) in docs.items()
+            {"_id": f"{did}.0", "delivery_id": did, "attempt": 0, "at_ms": created}
+            for did, (created, _, _) in docs.items()
         ]
     )
     pruned = await housekeeping.prune(db, dispatch.server.app[GATE], 30 * day)
-    assert pruned >= 3  # the old final delivery and both old attempts (more from other tests)
+    assert pruned >= 4  # the old final delivery and three old attempts (more from other tests)
     kept = {d["_id"] async for d in db[records.WEBHOOK_DELIVERIES].find({"endpoint_id": tag})}
-    assert kept == {f"{tag}-old-pending", f"{tag}-recent-final"}
+    assert kept == {f"{tag}-old-pending", f"{tag}-old-resent-lately", f"{tag}-recent-final"}
     attempts = {
         a["delivery_id"]
         async for a in db[records.WEBHOOK_ATTEMPTS].find({"delivery_id": {"$in": list(docs)}})

@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.messaging import Envelope, Publisher, Topology
-from darkroom_webhooks.app import attempts_spec, fanout_spec
 from darkroom_webhooks.app import create_app as create_dispatch
+from darkroom_webhooks.app import queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 from standardwebhooks import Webhook
 
@@ -63,7 +63,7 @@ async def dispatch(
         timeout_seconds=3,
     )
     topology = Topology(settings.amqp_namespace)
-    janitor.add(fanout_spec(topology), attempts_spec(topology, settings))
+    janitor.add(*queue_specs(topology, settings))
     client: Client = await aiohttp_client(create_dispatch(settings))
     return client
 

@@ -343,13 +343,21 @@ class WebhookStore:
         return doc
 
     async def _with_attempts(self, docs: list[Document]) -> None:
-        by_delivery: dict[str, list[Document]] = {d["_id"]: [] for d in docs}
+        """Each delivery's attempts as a list by number: webhook-dispatch keeps them in the
+        delivery (a map by number); deliveries logged before that have them as documents of
+        their own, which are read too."""
+        by_delivery: dict[str, dict[int, Document]] = {}
+        for doc in docs:
+            held = doc.get("attempts")
+            by_delivery[doc["_id"]] = {
+                int(a["attempt"]): a for a in (held.values() if isinstance(held, dict) else [])
+            }
         if docs:
             attempts = self._attempts.find({"delivery_id": {"$in": list(by_delivery)}})
             async for attempt in attempts:
-                by_delivery[attempt["delivery_id"]].append(attempt)
+                by_delivery[attempt["delivery_id"]].setdefault(int(attempt["attempt"]), attempt)
         for doc in docs:
-            doc["attempts"] = sorted(by_delivery[doc["_id"]], key=lambda a: a["attempt"])
+            doc["attempts"] = [a for _, a in sorted(by_delivery[doc["_id"]].items())]
 
     async def reopen(self, endpoint_id: str, delivery_id: str) -> Document | None:
         """Make a final delivery pending again (for a resend); None if it is not final."""

@@ -70,6 +70,11 @@ def recover_spec(topology: Topology) -> QueueSpec:
     )
 
 
+def queue_specs(topology: Topology, settings: WebhookSettings) -> list[QueueSpec]:
+    """Every queue webhook-dispatch consumes (for tools that must clean up after it)."""
+    return [fanout_spec(topology), attempts_spec(topology, settings), recover_spec(topology)]
+
+
 def create_app(settings: WebhookSettings) -> web.Application:
     app = create_base_app(SERVICE)
     registry = app[REGISTRY]

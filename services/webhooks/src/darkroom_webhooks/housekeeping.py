@@ -24,13 +24,19 @@ async def ensure_indexes(db: Database) -> None:
 
 
 async def prune(db: Database, gate: EndpointGate, retention_ms: int) -> int:
-    """Attempts older than the retention go, and final deliveries made before it (a pending
-    delivery stays whatever its age: it still has work to do)."""
+    """Final deliveries whose last attempt (or creation) is older than the retention go, with
+    the attempts they hold; a pending delivery stays whatever its age (it still has work to
+    do). Attempts logged as documents of their own (before they lived in their delivery) go
+    by their own time."""
     cutoff = now_ms() - retention_ms
-    attempts = await db[records.WEBHOOK_ATTEMPTS].delete_many({"at_ms": {"$lt": cutoff}})
     deliveries = await db[records.WEBHOOK_DELIVERIES].delete_many(
-        {"created_ms": {"$lt": cutoff}, "status": {"$in": FINAL}}
+        {
+            "status": {"$in": FINAL},
+            "created_ms": {"$lt": cutoff},
+            "$or": [{"last_attempt_ms": {"$lt": cutoff}}, {"last_attempt_ms": {"$eq": None}}],
+        }
     )
+    attempts = await db[records.WEBHOOK_ATTEMPTS].delete_many({"at_ms": {"$lt": cutoff}})
     # Rate windows matter only for the current second.
     await gate.prune(now_ms() - 60_000)
     return int(attempts.deleted_count) + int(deliveries.deleted_count)
