@@ -26,7 +26,13 @@ from typing import Any
 import aiohttp
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
-from darkroom_kit.messaging import Envelope, Publisher, Topology, declare_consumer_queue
+from darkroom_kit.messaging import (
+    Envelope,
+    Publisher,
+    Topology,
+    declare_consumer_queue,
+    delete_queues,
+)
 from darkroom_kit.mongo import Database, open_mongo
 from darkroom_webhooks.app import fanout_spec, queue_specs
 from darkroom_webhooks.settings import WebhookSettings
@@ -276,13 +282,8 @@ async def main() -> None:
                 await mongo.drop_database(settings.mongo_db)
                 await mongo.close()
                 specs = queue_specs(topology, WebhookSettings(amqp_namespace=topology.namespace))
-                cleanup = await stack.connection.channel()
                 for spec in specs:
-                    # Waiting queues first, emptied (see tests/conftest.py: deleting a queue that
-                    # others still dead-letter into, at least once, hung RabbitMQ 3.10).
-                    for name in reversed(spec.all_queue_names()):
-                        await cleanup.queue_purge(name)
-                        await cleanup.queue_delete(name)
+                    await delete_queues(stack.connection, list(reversed(spec.all_queue_names())))
     finally:
         rproc.kill()  # a graceful stop would wait for the hanging requests
         rproc.wait(10)

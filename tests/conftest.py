@@ -8,7 +8,6 @@ Each run gets its own exchange/queue namespace, database and bucket, so runs nev
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import secrets
@@ -20,7 +19,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from darkroom_kit.messaging import QueueSpec, Topology
+from darkroom_kit.messaging import QueueSpec, Topology, delete_queues
 from PIL import Image
 
 from darkroom_dev.servers import (
@@ -118,13 +117,7 @@ class QueueJanitor:
         try:
             channel = await connection.channel()
             for spec in self.specs:
-                # Waiting queues first, emptied, then the queues they dead-letter into: a
-                # quorum queue deleted while its at-least-once dead-letters have no target
-                # left hung RabbitMQ 3.10 here.
-                for name in reversed(spec.all_queue_names()):
-                    with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
-                        await channel.queue_purge(name)
-                    await channel.queue_delete(name)
+                await delete_queues(connection, list(reversed(spec.all_queue_names())))
             for ns in self.namespaces:
                 t = Topology(ns)
                 for name in (t.events, t.commands, t.dead_letter):
