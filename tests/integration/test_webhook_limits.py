@@ -71,6 +71,13 @@ async def second_replica(aiohttp_client: Any, settings_kwargs: dict[str, Any], *
     return await aiohttp_client(create_dispatch(settings))
 
 
+async def stop_replicas(*clients: Any) -> None:
+    """Stop both replicas before the janitor deletes their queues: a consumer still running
+    there declares its queue again when the broker cancels it."""
+    for client in clients:
+        await client.close()
+
+
 async def all_succeeded(
     api: Client, token: str, endpoint_id: str, count: int
 ) -> list[dict[str, Any]] | None:
@@ -92,8 +99,8 @@ async def test_rate_limit_holds_across_two_replicas(
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
-    await start_dispatch(aiohttp_client, settings_kwargs, janitor)
-    await second_replica(aiohttp_client, settings_kwargs)
+    first = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
+    second = await second_replica(aiohttp_client, settings_kwargs)
     token = await make_token()
     limited, limited_url = await serve(aiohttp_server, [(200, {}, b"")])
     free, free_url = await serve(aiohttp_server, [(200, {}, b"")])
@@ -121,6 +128,7 @@ async def test_rate_limit_holds_across_two_replicas(
     # Held back, never failed: every delivery succeeded at its first attempt.
     log = await eventually(lambda: all_succeeded(api, token, endpoint["id"], 8))
     assert [d["attempt_count"] for d in log] == [1] * 8
+    await stop_replicas(first, second)
 
 
 async def test_max_concurrency_holds_across_two_replicas(
@@ -170,6 +178,7 @@ async def test_max_concurrency_holds_across_two_replicas(
             if line.startswith("webhook_attempts_deferred_total{")
         )
     assert deferred > 0
+    await stop_replicas(first, second)
 
 
 async def test_hanging_endpoint_does_not_delay_the_others(
