@@ -108,11 +108,19 @@ class QueueJanitor:
     def __init__(self) -> None:
         self.specs: list[QueueSpec] = []
         self.namespaces: set[str] = set()
+        self.consumers: list[Any] = []
 
     def add(self, *specs: QueueSpec) -> None:
         self.specs.extend(specs)
 
+    def stop_first(self, client: Any) -> None:
+        """A test client whose app consumes these queues: it is closed before they are deleted
+        (a consumer still running declares its queue again when the broker cancels it)."""
+        self.consumers.append(client)
+
     async def clean(self, amqp_url: str) -> None:
+        for client in self.consumers:
+            await client.close()
         connection = await aio_pika.connect(amqp_url)
         try:
             channel = await connection.channel()

@@ -68,6 +68,7 @@ async def start_dispatch(
     topology = Topology(settings.amqp_namespace)
     janitor.add(*queue_specs(topology, settings))
     client: Client = await aiohttp_client(create_dispatch(settings))
+    janitor.stop_first(client)
     return client
 
 

@@ -56,7 +56,9 @@ async def register_limited(
     return dict(await resp.json())
 
 
-async def second_replica(aiohttp_client: Any, settings_kwargs: dict[str, Any], **extra: Any) -> Any:
+async def second_replica(
+    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor, **extra: Any
+) -> Any:
     """Another webhook-dispatch on the same queues (its queues are the first one's: the janitor
     already knows them)."""
     settings = WebhookSettings(
@@ -68,14 +70,9 @@ async def second_replica(aiohttp_client: Any, settings_kwargs: dict[str, Any], *
             **extra,
         }
     )
-    return await aiohttp_client(create_dispatch(settings))
-
-
-async def stop_replicas(*clients: Any) -> None:
-    """Stop both replicas before the janitor deletes their queues: a consumer still running
-    there declares its queue again when the broker cancels it."""
-    for client in clients:
-        await client.close()
+    client = await aiohttp_client(create_dispatch(settings))
+    janitor.stop_first(client)
+    return client
 
 
 async def all_succeeded(
@@ -99,8 +96,8 @@ async def test_rate_limit_holds_across_two_replicas(
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
-    first = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
-    second = await second_replica(aiohttp_client, settings_kwargs)
+    await start_dispatch(aiohttp_client, settings_kwargs, janitor)
+    await second_replica(aiohttp_client, settings_kwargs, janitor)
     token = await make_token()
     limited, limited_url = await serve(aiohttp_server, [(200, {}, b"")])
     free, free_url = await serve(aiohttp_server, [(200, {}, b"")])
@@ -128,7 +125,6 @@ async def test_rate_limit_holds_across_two_replicas(
     # Held back, never failed: every delivery succeeded at its first attempt.
     log = await eventually(lambda: all_succeeded(api, token, endpoint["id"], 8))
     assert [d["attempt_count"] for d in log] == [1] * 8
-    await stop_replicas(first, second)
 
 
 async def test_max_concurrency_holds_across_two_replicas(
@@ -141,7 +137,7 @@ async def test_max_concurrency_holds_across_two_replicas(
     ingest_settings: IngestSettings,
 ) -> None:
     first = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
-    second = await second_replica(aiohttp_client, settings_kwargs)
+    second = await second_replica(aiohttp_client, settings_kwargs, janitor)
     now_in = 0
     most = 0
 
@@ -178,7 +174,6 @@ async def test_max_concurrency_holds_across_two_replicas(
             if line.startswith("webhook_attempts_deferred_total{")
         )
     assert deferred > 0
-    await stop_replicas(first, second)
 
 
 async def test_hanging_endpoint_does_not_delay_the_others(
