@@ -75,6 +75,19 @@ async def second_replica(
     return client
 
 
+async def deferred_by(*replicas: Any, limit: str) -> float:
+    """``webhook_attempts_deferred_total{limit=...}`` over the replicas."""
+    total = 0.0
+    for client in replicas:
+        text = await (await client.get("/metrics")).text()
+        total += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(f'webhook_attempts_deferred_total{{limit="{limit}"}}')
+        )
+    return total
+
+
 async def all_succeeded(
     api: Client, token: str, endpoint_id: str, count: int
 ) -> list[dict[str, Any]] | None:
@@ -96,8 +109,8 @@ async def test_rate_limit_holds_across_two_replicas(
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
-    await start_dispatch(aiohttp_client, settings_kwargs, janitor)
-    await second_replica(aiohttp_client, settings_kwargs, janitor)
+    first = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
+    second = await second_replica(aiohttp_client, settings_kwargs, janitor)
     token = await make_token()
     limited, limited_url = await serve(aiohttp_server, [(200, {}, b"")])
     free, free_url = await serve(aiohttp_server, [(200, {}, b"")])
@@ -125,6 +138,8 @@ async def test_rate_limit_holds_across_two_replicas(
     # Held back, never failed: every delivery succeeded at its first attempt.
     log = await eventually(lambda: all_succeeded(api, token, endpoint["id"], 8))
     assert [d["attempt_count"] for d in log] == [1] * 8
+    assert await deferred_by(first, second, limit="rate") > 0
+    assert await deferred_by(first, second, limit="concurrency") == 0  # counted as what held it
 
 
 async def test_max_concurrency_holds_across_two_replicas(
@@ -165,15 +180,7 @@ async def test_max_concurrency_holds_across_two_replicas(
     assert len(hook.requests) == 10  # each once
     log = await eventually(lambda: all_succeeded(api, token, endpoint["id"], 10))
     assert all(d["attempt_count"] == 1 for d in log)
-    deferred = 0.0
-    for client in (first, second):
-        text = await (await client.get("/metrics")).text()
-        deferred += sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("webhook_attempts_deferred_total{")
-        )
-    assert deferred > 0
+    assert await deferred_by(first, second, limit="concurrency") > 0
 
 
 async def test_hanging_endpoint_does_not_delay_the_others(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from darkroom_kit.batching import Batcher
 from darkroom_kit.messaging import QueueSpec
-from darkroom_webhooks.limits import EndpointGate
+from darkroom_webhooks.limits import EndpointGate, Limited
 
 
 async def test_batcher_groups_concurrent_submits_and_keeps_order() -> None:
@@ -63,16 +63,17 @@ def gate() -> EndpointGate:
 
 
 async def test_replica_cap_hands_a_freed_place_to_a_waiter(gate: EndpointGate) -> None:
-    a = gate.try_enter_local("wh_1", "me")
-    b = gate.try_enter_local("wh_1", "me")
+    a = gate.try_enter_local("wh_1")
+    b = gate.try_enter_local("wh_1")
     assert a is not None
     assert b is not None
-    assert gate.try_enter_local("wh_1", "me") is None
-    assert gate.full("wh_1")
-    assert gate.try_enter_local("wh_2", "me") is not None  # other endpoints are not affected
+    assert gate.try_enter_local("wh_1") is None
+    with pytest.raises(Limited):
+        gate.check_room("wh_1")
+    assert gate.try_enter_local("wh_2") is not None  # other endpoints are not affected
     # Nobody leaves: the waiter gives up after its wait.
-    assert await gate.enter_local("wh_1", "me", 0.01) is None
-    waiter = asyncio.ensure_future(gate.enter_local("wh_1", "me", 1))
+    assert await gate.enter_local("wh_1", 0.01) is None
+    waiter = asyncio.ensure_future(gate.enter_local("wh_1", 1))
     await asyncio.sleep(0.01)
     await gate.leave(a)
     assert await waiter is not None  # handed over at once

@@ -17,7 +17,6 @@ import aiohttp
 from darkroom_kit import records
 from darkroom_kit.batching import Batcher
 from darkroom_kit.clock import iso_to_ms, ms_to_iso, now_ms
-from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import (
     ATTEMPT_HEADER,
     Defer,
@@ -33,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError
 
-from darkroom_webhooks.limits import BUSY_WAIT_MS, EndpointGate, Limited, Ticket
+from darkroom_webhooks.limits import EndpointGate, Limited, Ticket
 from darkroom_webhooks.signing import signature_header
 from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
 
@@ -273,7 +272,6 @@ class Dispatcher:
         self._metrics = metrics
         self._gate = gate
         self._auto_disable_ms = auto_disable_ms
-        self._holder = new_id("lease")
         # Many messages at once share one read of the endpoints and one bulk write each.
         self._endpoint_reads: Batcher[None, list[Document]] = Batcher(self._load_endpoints)
         self._upserts: Batcher[list[Document], set[str]] = Batcher(self._upsert_deliveries)
@@ -302,14 +300,14 @@ class Dispatcher:
         for e in targets:
             if not self._gate.unlimited(e):
                 continue
-            ticket = self._gate.try_enter_local(e["_id"], self._holder)
+            ticket = self._gate.try_enter_local(e["_id"])
             if ticket is not None:
                 tickets[e["_id"]] = ticket
             else:
                 waits.append(e["_id"])
         if waits:  # a busy endpoint here: wait a moment for a place, then hand it on
             taken = await asyncio.gather(
-                *(self._gate.enter_local(eid, self._holder, LOCAL_WAIT_S) for eid in waits)
+                *(self._gate.enter_local(eid, LOCAL_WAIT_S) for eid in waits)
             )
             tickets.update({eid: t for eid, t in zip(waits, taken, strict=True) if t is not None})
         docs = [
@@ -338,7 +336,7 @@ class Dispatcher:
         now_jobs: list[tuple[Job, Ticket]] = []
         later: list[tuple[str, str]] = []
         for doc, endpoint in zip(docs, targets, strict=True):
-            ticket = tickets.pop(endpoint["_id"]) if endpoint["_id"] in tickets else None
+            ticket = tickets.pop(endpoint["_id"], None)
             if doc["_id"] in inserted and ticket is not None:
                 now_jobs.append((Job(doc, endpoint, 1), ticket))
                 continue
@@ -396,20 +394,18 @@ class Dispatcher:
             if found is None:
                 return
             endpoint_id = found["endpoint_id"]
-        if self._gate.full(endpoint_id):  # asked before MongoDB: a busy endpoint costs no read
-            self._metrics.deferred.labels("replica").inc()
-            raise Defer("replica cap reached", BUSY_WAIT_MS, escalate=True)
-        endpoint = await self._endpoints.find_one({"_id": endpoint_id})
-        if endpoint is None or not endpoint.get("enabled", True):
-            await self._deliveries.update_one(
-                {"_id": did, "status": "pending"}, {"$set": {"status": "cancelled"}}
-            )
-            self._metrics.deliveries.labels("cancelled").inc()
-            return
         try:
-            ticket = await self._gate.enter(endpoint, self._holder)
+            self._gate.check_room(endpoint_id)  # before MongoDB: a busy endpoint costs no read
+            endpoint = await self._endpoints.find_one({"_id": endpoint_id})
+            if endpoint is None or not endpoint.get("enabled", True):
+                await self._deliveries.update_one(
+                    {"_id": did, "status": "pending"}, {"$set": {"status": "cancelled"}}
+                )
+                self._metrics.deliveries.labels("cancelled").inc()
+                return
+            ticket = await self._gate.enter(endpoint)
         except Limited as exc:
-            self._metrics.deferred.labels("rate" if "rate" in str(exc) else "concurrency").inc()
+            self._metrics.deferred.labels(exc.limit).inc()
             raise Defer(str(exc), exc.wait_ms, escalate=exc.escalate) from None
         try:
             now = now_ms()

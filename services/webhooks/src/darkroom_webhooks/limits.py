@@ -23,6 +23,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from darkroom_kit.clock import now_ms
+from darkroom_kit.ids import new_id
 from darkroom_kit.mongo import Database, Document
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import BulkWriteError
@@ -48,8 +49,10 @@ class Limited(Exception):
 @dataclass(frozen=True, slots=True)
 class Ticket:
     endpoint_id: str
-    slot_id: str | None
-    holder: str
+    # The shared slot this attempt holds (max_concurrency), and the lease it holds it by: one
+    # per attempt, so that releasing it can never free a slot someone else took meanwhile.
+    slot_id: str | None = None
+    holder: str | None = None
 
 
 class EndpointGate:
@@ -74,20 +77,22 @@ class EndpointGate:
         """No shared limit: an attempt needs only a place under the replica cap."""
         return not endpoint.get("max_concurrency") and not endpoint.get("rate_limit")
 
-    def full(self, endpoint_id: str) -> bool:
-        return self._in_flight[endpoint_id] >= self._replica_cap
+    def check_room(self, endpoint_id: str) -> None:
+        """:class:`Limited` when this replica already sends all it may to the endpoint."""
+        if self._in_flight[endpoint_id] >= self._replica_cap:
+            raise Limited("replica", BUSY_WAIT_MS, escalate=True)
 
-    def try_enter_local(self, endpoint_id: str, holder: str) -> Ticket | None:
+    def try_enter_local(self, endpoint_id: str) -> Ticket | None:
         """A place under the replica cap if there is one now."""
         if self._in_flight[endpoint_id] < self._replica_cap:
             self._in_flight[endpoint_id] += 1
-            return Ticket(endpoint_id, None, holder)
+            return Ticket(endpoint_id)
         return None
 
-    async def enter_local(self, endpoint_id: str, holder: str, wait_s: float) -> Ticket | None:
+    async def enter_local(self, endpoint_id: str, wait_s: float) -> Ticket | None:
         """A place under the replica cap, waiting up to ``wait_s`` for one to free up: a fast
         receiver frees its places in milliseconds, a hanging one does not (None then)."""
-        ticket = self.try_enter_local(endpoint_id, holder)
+        ticket = self.try_enter_local(endpoint_id)
         if ticket is not None:
             return ticket
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -104,22 +109,21 @@ class EndpointGate:
                 self._release_local(endpoint_id)  # handed over, but nobody will use it
             waiter.cancel()
             raise
-        return Ticket(endpoint_id, None, holder)  # the place was handed over by leave()
+        return Ticket(endpoint_id)  # the place was handed over by leave()
 
-    async def enter(self, endpoint: Document, holder: str) -> Ticket:
+    async def enter(self, endpoint: Document) -> Ticket:
         """A place for one attempt to ``endpoint``, or :class:`Limited`."""
         endpoint_id = endpoint["_id"]
-        if self._in_flight[endpoint_id] >= self._replica_cap:
-            raise Limited("replica", BUSY_WAIT_MS, escalate=True)
+        self.check_room(endpoint_id)
         rate = endpoint.get("rate_limit")
         if rate:
             await self._count_rate(endpoint_id, int(rate))
-        slot_id = None
+        ticket = Ticket(endpoint_id)
         limit = endpoint.get("max_concurrency")
         if limit:
-            slot_id = await self._take_slot(endpoint_id, int(limit), holder)
+            ticket = await self._take_slot(endpoint_id, int(limit))
         self._in_flight[endpoint_id] += 1
-        return Ticket(endpoint_id, slot_id, holder)
+        return ticket
 
     def _release_local(self, endpoint_id: str) -> None:
         # Hand the place straight to a waiter, if one is still waiting, else give it back.
@@ -154,9 +158,10 @@ class EndpointGate:
             wait = (second + 1) * 1000 - now + random.randrange(RATE_SPREAD_MS)
             raise Limited("rate", wait, escalate=False)
 
-    async def _take_slot(self, endpoint_id: str, limit: int, holder: str) -> str:
+    async def _take_slot(self, endpoint_id: str, limit: int) -> Ticket:
         if (endpoint_id, limit) not in self._seeded:
             await self._seed(endpoint_id, limit)
+        holder = new_id("lease")
         now = now_ms()
         slot = await self._slots.find_one_and_update(
             {"endpoint_id": endpoint_id, "k": {"$lt": limit}, "until_ms": {"$lt": now}},
@@ -164,7 +169,7 @@ class EndpointGate:
         )
         if slot is None:
             raise Limited("concurrency", BUSY_WAIT_MS, escalate=True)
-        return str(slot["_id"])
+        return Ticket(endpoint_id, str(slot["_id"]), holder)
 
     async def _seed(self, endpoint_id: str, limit: int) -> None:
         # One document per slot, made once; every replica may try, the unique _id keeps one.
