@@ -10,9 +10,9 @@ from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Envelope
-from darkroom_kit.mongo import Collection, Database, Document
+from darkroom_kit.mongo import Collection, Database, Document, insert_new
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from darkroom_ingest.filenames import numbered
 
@@ -201,15 +201,7 @@ class PhotoStore:
             return []
         for doc in docs:
             prepare(doc)
-        failed: list[int] = []
-        try:
-            await self.col.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            for err in exc.details.get("writeErrors", []):
-                if err.get("code") != 11000:
-                    raise
-                failed.append(err["index"])
-        for index in failed:
+        for index in sorted(await insert_new(self.col, docs)):
             doc = docs[index]
             # Renumbering helps only a name clash; a photo whose id exists is a Conflict.
             if await self.col.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:

@@ -27,10 +27,9 @@ from darkroom_kit.messaging import (
     Topology,
 )
 from darkroom_kit.metrics import LATENCY_BUCKETS
-from darkroom_kit.mongo import Database, Document
+from darkroom_kit.mongo import Database, Document, insert_new
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError
 
 from darkroom_webhooks.limits import EndpointGate, Limited, Ticket
 from darkroom_webhooks.signing import signature_header
@@ -38,7 +37,6 @@ from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
 
 log = logging.getLogger(__name__)
 
-DUPLICATE_KEY = 11000
 ATTEMPTS = "attempts"  # the field of a delivery that holds its attempts, by number
 
 # Response headers kept per attempt: enough to debug, bounded against a hostile receiver.
@@ -274,7 +272,7 @@ class Dispatcher:
         self._auto_disable_ms = auto_disable_ms
         # Many messages at once share one read of the endpoints and one bulk write each.
         self._endpoint_reads: Batcher[None, list[Document]] = Batcher(self._load_endpoints)
-        self._upserts: Batcher[list[Document], set[str]] = Batcher(self._upsert_deliveries)
+        self._inserts: Batcher[list[Document], set[str]] = Batcher(self._insert_deliveries)
         self._log: Batcher[LogEntry, None] = Batcher(self._write_log)
 
     # ---- fan-out -------------------------------------------------------------------------------
@@ -328,7 +326,7 @@ class Dispatcher:
             for e in targets
         ]
         try:
-            inserted = await self._upserts.submit(docs)
+            inserted = await self._inserts.submit(docs)
         except BaseException:
             for held in tickets.values():
                 await self._gate.leave(held)
@@ -368,19 +366,11 @@ class Dispatcher:
         endpoints = [e async for e in self._endpoints.find({"enabled": True})]
         return [endpoints] * len(requests)
 
-    async def _upsert_deliveries(self, batches: list[list[Document]]) -> list[set[str]]:
-        flat = [doc for docs in batches for doc in docs]
+    async def _insert_deliveries(self, batches: list[list[Document]]) -> list[set[str]]:
         # Inserted, or there already (this event came again): the ones this write inserted are
-        # the ones this replica may attempt at once (it holds their lease). An insert is the
-        # cheapest write there is; a duplicate _id changes nothing.
-        refused: set[int] = set()
-        try:
-            await self._deliveries.insert_many(flat, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            refused = {int(e["index"]) for e in errors}
+        # the ones this replica may attempt at once (it holds their lease).
+        flat = [doc for docs in batches for doc in docs]
+        refused = await insert_new(self._deliveries, flat)
         inserted = {d["_id"] for i, d in enumerate(flat) if i not in refused}
         return [inserted] * len(batches)
 

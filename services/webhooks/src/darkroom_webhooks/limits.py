@@ -17,16 +17,14 @@ attempt).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import Counter, deque
 from dataclasses import dataclass
 
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
-from darkroom_kit.mongo import Database, Document
+from darkroom_kit.mongo import Database, Document, insert_new
 from pymongo import ASCENDING, ReturnDocument
-from pymongo.errors import BulkWriteError
 
 SLOTS = "webhook_endpoint_slots"  # webhook-dispatch
 RATE_WINDOWS = "webhook_rate_windows"  # webhook-dispatch
@@ -173,14 +171,13 @@ class EndpointGate:
 
     async def _seed(self, endpoint_id: str, limit: int) -> None:
         # One document per slot, made once; every replica may try, the unique _id keeps one.
-        with contextlib.suppress(BulkWriteError):
-            await self._slots.insert_many(
-                [
-                    {"_id": f"{endpoint_id}:{k}", "endpoint_id": endpoint_id, "k": k, "until_ms": 0}
-                    for k in range(limit)
-                ],
-                ordered=False,
-            )
+        await insert_new(
+            self._slots,
+            [
+                {"_id": f"{endpoint_id}:{k}", "endpoint_id": endpoint_id, "k": k, "until_ms": 0}
+                for k in range(limit)
+            ],
+        )
         self._seeded.add((endpoint_id, limit))
 
     async def prune(self, before_ms: int) -> int:
