@@ -132,6 +132,14 @@ class QueueSpec:
             return min(longer) if longer else max(self.all_retry_delays())
         return random.choice(self.tier_delays(self.retry_delays_ms[attempt - 1]))
 
+    def retry_route(
+        self, attempt: int, at_least_ms: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Where the retry after ``attempt`` waits (a retry-tier queue, by the default exchange)
+        and the headers it carries, for the consumer and for anyone who retries on its behalf."""
+        queue = self.retry_queue(self.retry_delay(attempt, at_least_ms))
+        return queue, {ATTEMPT_HEADER: attempt + 1}
+
     @property
     def dead_queue(self) -> str:
         return f"{self.name}.dead"
@@ -436,14 +444,10 @@ class Consumer:
             )
             await message.reject(requeue=False)
             return "dead_lettered"
-        delay = self.spec.retry_delay(attempt, exc.at_least_ms if isinstance(exc, Retry) else None)
-        return await self._park(
-            message,
-            envelope,
-            self.spec.retry_queue(delay),
-            {ATTEMPT_HEADER: attempt + 1},
-            "retried",
+        queue, headers = self.spec.retry_route(
+            attempt, exc.at_least_ms if isinstance(exc, Retry) else None
         )
+        return await self._park(message, envelope, queue, headers, "retried")
 
 
 AMQP_CONNECTION: web.AppKey[AbstractRobustConnection] = web.AppKey(

@@ -51,6 +51,13 @@ REPAIR_REQUESTED = "repair.requested"
 WEBHOOK_ATTEMPT = "webhook.attempt"
 WEBHOOK_RECOVER = "webhook.recover"
 
+
+def attempt_data(delivery_id: str, endpoint_id: str) -> dict[str, Any]:
+    """The data of a ``webhook.attempt`` command: the endpoint lets webhook-dispatch check its
+    limits before it reads anything."""
+    return {"delivery_id": delivery_id, "endpoint_id": endpoint_id}
+
+
 # Collections and their one writer.
 EVENTS = "events"  # upload-ingest
 PHOTOS = "photos"  # upload-ingest; thumbnailing and metadata-repair $set the fields they own

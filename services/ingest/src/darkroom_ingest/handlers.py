@@ -705,10 +705,10 @@ async def get_delivery(request: web.Request) -> web.Response:
     return json_response(delivery_out(doc))
 
 
-async def _send_attempt(request: web.Request, delivery_id: str) -> None:
+async def _send_attempt(request: web.Request, delivery_id: str, endpoint_id: str) -> None:
     await request.app[PUBLISHER].publish(
         request.app[TOPOLOGY].commands,
-        Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": delivery_id}),
+        Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(delivery_id, endpoint_id)),
     )
 
 
@@ -731,7 +731,7 @@ async def resend_delivery(request: web.Request) -> web.Response:
             "A pending delivery is retried on its own schedule; resend it once it is final.",
         )
     try:
-        await _send_attempt(request, delivery_id)
+        await _send_attempt(request, delivery_id, endpoint["_id"])
     except Exception:
         await store.set_status(delivery_id, "failed")  # not sent: final again, resend later
         raise
@@ -772,7 +772,7 @@ async def send_test_message(request: web.Request) -> web.Response:
             "single_attempt": True,
         }
     )
-    await _send_attempt(request, delivery_id)
+    await _send_attempt(request, delivery_id, endpoint["_id"])
     deliveries = request.app[MONGO_DB][records.WEBHOOK_DELIVERIES]
     await poll_until(
         lambda: deliveries.find_one({"_id": delivery_id}, {"status": 1}),

@@ -18,7 +18,6 @@ from darkroom_kit import records
 from darkroom_kit.batching import Batcher
 from darkroom_kit.clock import iso_to_ms, ms_to_iso, now_ms
 from darkroom_kit.messaging import (
-    ATTEMPT_HEADER,
     Defer,
     Envelope,
     Publisher,
@@ -357,7 +356,7 @@ class Dispatcher:
 
     async def _send_commands(self, targets: list[tuple[str, str]]) -> None:
         commands = [
-            Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": did, "endpoint_id": eid})
+            Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(did, eid))
             for did, eid in targets
         ]
         await self._publisher.publish_many(self._topology.commands, commands)
@@ -480,15 +479,9 @@ class Dispatcher:
             return wait_ms or 0
         # The first attempt was made in the fan-out: its retry goes straight to the retry tier
         # of the attempt commands, as the attempt consumer's own retry would.
-        delay = self._spec.retry_delay(job.attempt, wait_ms)
-        await self._publisher.publish(
-            "",
-            Envelope.new(
-                records.WEBHOOK_ATTEMPT, {"delivery_id": did, "endpoint_id": endpoint["_id"]}
-            ),
-            routing_key=self._spec.retry_queue(delay),
-            headers={ATTEMPT_HEADER: job.attempt + 1},
-        )
+        queue, headers = self._spec.retry_route(job.attempt, wait_ms)
+        command = Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(did, endpoint["_id"]))
+        await self._publisher.publish("", command, routing_key=queue, headers=headers)
         return None
 
     async def _finish(self, record: Document, status: str) -> None:

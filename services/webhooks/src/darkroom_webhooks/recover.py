@@ -90,8 +90,7 @@ class Recoverer:
                 self._topology.commands,
                 [
                     Envelope.new(
-                        records.WEBHOOK_ATTEMPT,
-                        {"delivery_id": d["_id"], "endpoint_id": d["endpoint_id"]},
+                        records.WEBHOOK_ATTEMPT, records.attempt_data(d["_id"], d["endpoint_id"])
                     )
                     for d in batch
                 ],
