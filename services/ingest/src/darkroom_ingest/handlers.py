@@ -799,11 +799,14 @@ def operation_out(doc: Document) -> dict[str, Any]:
     ).model_dump()
 
 
+OPERATION_FINAL = ("done", "failed")
+
+
 async def _wait_for_operation(request: web.Request, op_id: str, wait: float) -> Document:
     operations = request.app[MONGO_DB][records.OPERATIONS]
     doc = await poll_until(
         lambda: operations.find_one({"_id": op_id}, {outbox.OUTBOX: 0}),
-        lambda d: d["state"] in ("done", "failed"),
+        lambda d: d["state"] in OPERATION_FINAL,
         wait,
         interval=0.2,
     )
@@ -835,7 +838,7 @@ async def _start_operation(
     await operations.insert_one(doc)
     await Outbox(request.app[PUBLISHER]).flush(operations, op_id, outbox.pending_of(doc))
     current = await _wait_for_operation(request, op_id, wait)
-    status = 200 if current["state"] in ("done", "failed") else 202
+    status = 200 if current["state"] in OPERATION_FINAL else 202
     return json_response(
         operation_out(current), status=status, headers={"Location": f"/v1/operations/{op_id}"}
     )
@@ -889,8 +892,9 @@ async def get_operation(request: web.Request) -> web.Response:
     await authenticate(request)
     wait = parse_query(request, models.WaitQuery).wait
     op_id = request.match_info["operation_id"]
-    kind = await request.app[MONGO_DB][records.OPERATIONS].find_one({"_id": op_id}, {"kind": 1})
-    if kind is None:
-        raise not_found("operation", op_id)
-    await require(request, OPERATION_SCOPES.get(kind["kind"], Scope.ADMIN))
-    return json_response(operation_out(await _wait_for_operation(request, op_id, wait)))
+    # Read once: its kind says who may see it, and without ?wait it is the answer.
+    doc = await _wait_for_operation(request, op_id, 0)
+    await require(request, OPERATION_SCOPES.get(doc["kind"], Scope.ADMIN))
+    if wait and doc["state"] not in OPERATION_FINAL:
+        doc = await _wait_for_operation(request, op_id, wait)
+    return json_response(operation_out(doc))
