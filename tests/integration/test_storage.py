@@ -109,3 +109,88 @@ async def test_racing_writes_of_one_part_are_retried_and_succeed(store: S3Object
             f"t/race{trial}", upload_id, [StoredPart(1, parts[0].etag, len(data))]
         )
         assert await store.get_bytes(f"t/race{trial}") == data
+
+
+async def test_hostile_keys_round_trip(store: S3ObjectStore) -> None:
+    """Keys are quoted as botocore quotes them; the data path and the control plane agree."""
+    key = "ev-1/originals/ü ph_1 file+(1)~=&?#%.jpg"
+    data = os.urandom(6 * MIB)
+    await store.put_bytes(key, data[:100], "image/jpeg")
+    assert await store.get_bytes(key) == data[:100]
+    assert (await store.head(key)).size == 100
+    assert key in await store.list_keys("ev-1/")
+    upload_id = await store.create_multipart(key + ".mp4", "video/mp4")
+    first = await store.upload_part(key + ".mp4", upload_id, 1, data[: 5 * MIB])
+    second = await store.upload_part(key + ".mp4", upload_id, 2, data[5 * MIB :])
+    await store.complete_multipart(key + ".mp4", upload_id, [first, second])
+    assert (
+        await store.get_bytes(key + ".mp4", 5 * MIB - 2, 5 * MIB + 1)
+        == data[5 * MIB - 2 : 5 * MIB + 2]
+    )
+    async with store.open_stream(key + ".mp4") as (info, chunks):
+        assert info.size == len(data) and info.content_type == "video/mp4"
+        assert b"".join([c async for c in chunks]) == data
+    await store.delete_many([key, key + ".mp4"])
+    with pytest.raises(ObjectNotFound):
+        await store.head(key)
+
+
+async def test_a_range_past_the_end_is_a_storage_error(store: S3ObjectStore) -> None:
+    from darkroom_kit.storage import StorageError
+
+    await store.put_bytes("t/short", b"abc", "text/plain")
+    with pytest.raises(StorageError) as caught:
+        await store.get_bytes("t/short", 10, 20)
+    assert not isinstance(caught.value, (ObjectNotFound, StorageUnavailable))
+
+
+async def test_data_path_retries_throttling_and_refuses_the_rest(aiohttp_server: Any) -> None:
+    """Against a server that answers like S3 under load: SlowDown twice, then the part."""
+    import aiohttp
+    from aiohttp import web
+    from botocore.credentials import Credentials
+    from darkroom_kit.storage import S3Http, StorageError, s3_http_session
+
+    seen: list[tuple[str, str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append((request.method, request.path_qs, request.headers.get("Authorization", "")))
+        if request.path.endswith("/slow") and len(seen) <= 2:
+            return web.Response(
+                status=503, text="<Error><Code>SlowDown</Code><Message>later</Message></Error>"
+            )
+        if request.path.endswith("/gone"):
+            return web.Response(
+                status=404, text="<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"
+            )
+        if request.path.endswith("/forbidden"):
+            return web.Response(
+                status=403, text="<Error><Code>AccessDenied</Code><Message>no</Message></Error>"
+            )
+        return web.Response(headers={"ETag": '"e-%d"' % len(body)})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    async with s3_http_session() as session:
+        http = S3Http(session, str(server.make_url("")), "bk", Credentials("a", "b"), "us-east-1")
+        async with http.request(
+            "PUT", "slow", query={"partNumber": "1", "uploadId": "u"}, data=b"12345"
+        ) as response:
+            assert response.headers["ETag"] == '"e-5"'
+        assert [m for m, _, _ in seen] == ["PUT", "PUT", "PUT"]
+        # Each attempt is signed afresh, with the query it was sent with.
+        assert all(path == "/bk/slow?partNumber=1&uploadId=u" for _, path, _ in seen)
+        assert all(auth.startswith("AWS4-HMAC-SHA256 Credential=a/") for _, _, auth in seen)
+        seen.clear()
+        with pytest.raises(StorageError, match="AccessDenied") as caught:
+            await http.read("GET", "forbidden")
+        assert not isinstance(caught.value, StorageUnavailable)
+        assert len(seen) == 1  # a refusal is not retried
+        with pytest.raises(ObjectNotFound, match="NoSuchUpload"):
+            await http.read("PUT", "gone")
+        await server.close()
+        with pytest.raises(StorageUnavailable):
+            await http.read("GET", "anything")
+    assert isinstance(session, aiohttp.ClientSession)
