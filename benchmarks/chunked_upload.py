@@ -1,11 +1,14 @@
 """Chunked upload benchmark (issue 3's figures).
 
 Uploads one file in 8 MiB chunks, 4 at a time, through the upload-ingest API (its own process), and
-in the same run sends the same parts straight to the same S3 server with the same client library
-(aiobotocore upload_part, 4 at a time). Runs 512 MiB, then 2 GiB, so the API's peak RSS can be seen
-not to grow with the file.
+in the same run sends the same parts straight to the same S3 server with the same client code
+(``S3ObjectStore.upload_part``, 4 at a time), and through a bare forwarder
+(``benchmarks/bare_chunk_server.py``, its own process: receive the chunk, forward it as the part,
+nothing else). Runs 512 MiB, then 2 GiB, so the API's peak RSS can be seen not to grow with the
+file.
 
-Prints: API CPU-seconds per GiB, API peak RSS after each size, throughputs and their ratio.
+Prints: API CPU-seconds per GiB next to the bare forwarder's, API peak RSS after each size,
+throughputs and their ratio.
 Targets: <= 1.5 CPU-s/GiB, peak RSS < 150 MB and independent of the file size, ratio >= 0.85.
 """
 
@@ -21,6 +24,7 @@ import aiohttp
 from darkroom_kit.storage import MIB, StoredPart, open_object_store
 
 from benchmarks.harness import GIB, ApiUnderTest, Progress, api_under_test, cpu_seconds, status_mb
+from darkroom_dev.servers import free_port, port_open, wait_until
 
 CHUNK = 8 * MIB
 PARALLEL = 4
@@ -62,6 +66,49 @@ async def direct(api: ApiUnderTest, chunks: Chunks) -> float:
         await store.delete_many([key])
     progress.end()
     return elapsed
+
+
+async def bare_forwarder(api: ApiUnderTest, chunks: Chunks) -> tuple[float, float]:
+    """(elapsed, CPU-seconds) of the bare forwarder for the same chunks."""
+    port, key = free_port(), f"bench-bare/{chunks.size}"
+    env = {
+        **os.environ,
+        "S3_ENDPOINT_URL": api.settings.s3_endpoint_url or "",
+        "S3_BUCKET": api.settings.s3_bucket,
+    }
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.bare_chunk_server", str(port), key, env=env
+    )
+    progress = Progress("bare", chunks.size)
+    try:
+        await asyncio.to_thread(wait_until, lambda: port_open("127.0.0.1", port), 30, "forwarder")
+        async with (
+            open_object_store(api.settings) as store,
+            aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http,
+        ):
+            user0, sys0 = cpu_seconds(server.pid)
+            started = time.perf_counter()
+            upload_id = await store.create_multipart(key, "video/mp4")
+            limit = asyncio.Semaphore(PARALLEL)
+
+            async def one(i: int) -> StoredPart:
+                async with limit:
+                    r = await http.put(f"/{upload_id}/{i + 1}", data=chunks[i])
+                    assert r.status == 200, await r.text()
+                    part = await r.json()
+                    progress.add(part["size"])
+                    return StoredPart(i + 1, part["etag"], part["size"])
+
+            parts = await asyncio.gather(*(one(i) for i in range(chunks.count)))
+            await store.complete_multipart(key, upload_id, list(parts))
+            elapsed = time.perf_counter() - started
+            user1, sys1 = cpu_seconds(server.pid)
+            await store.delete_many([key])
+    finally:
+        server.terminate()
+        await server.wait()
+    progress.end()
+    return elapsed, (user1 - user0) + (sys1 - sys0)
 
 
 async def through_api(api: ApiUnderTest, chunks: Chunks, name: str) -> tuple[float, float, float]:
@@ -109,6 +156,7 @@ async def main() -> int:
             chunks = Chunks(size)
             base = await direct(api, chunks)
             elapsed, user, system = await through_api(api, chunks, f"big-{size}.mp4")
+            _, bare_cpu = await bare_forwarder(api, chunks)
             gib = size / GIB
             rows.append(
                 (
@@ -118,17 +166,19 @@ async def main() -> int:
                     (user + system) / gib,
                     user / gib,
                     system / gib,
+                    bare_cpu / gib,
                     status_mb(api.pid, "VmHWM"),
                 )
             )
         print()
         print(
-            "file      baseline MB/s   API MB/s   ratio   API CPU-s/GiB (user/sys)   API peak RSS"
+            "file      baseline MB/s   API MB/s   ratio   API CPU-s/GiB (user/sys)"
+            "   bare forwarder CPU-s/GiB   API peak RSS"
         )
-        for size, base_mbs, api_mbs, cpu, user, system, rss in rows:
+        for size, base_mbs, api_mbs, cpu, user, system, bare, rss in rows:
             print(
                 f"{size // MIB:5d} MiB {base_mbs:13.1f} {api_mbs:10.1f} {api_mbs / base_mbs:7.2f}"
-                f" {cpu:9.2f} ({user:.2f}/{system:.2f}) {rss:16.0f} MB"
+                f" {cpu:9.2f} ({user:.2f}/{system:.2f}) {bare:20.2f} {rss:20.0f} MB"
             )
         print("targets: ratio >= 0.85, <= 1.5 CPU-s/GiB, peak RSS < 150 MB and flat across sizes")
     return 0

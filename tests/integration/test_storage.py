@@ -128,7 +128,8 @@ async def test_hostile_keys_round_trip(store: S3ObjectStore) -> None:
         == data[5 * MIB - 2 : 5 * MIB + 2]
     )
     async with store.open_stream(key + ".mp4") as (info, chunks):
-        assert info.size == len(data) and info.content_type == "video/mp4"
+        assert info.size == len(data)
+        assert info.content_type == "video/mp4"
         assert b"".join([c async for c in chunks]) == data
     await store.delete_many([key, key + ".mp4"])
     with pytest.raises(ObjectNotFound):
@@ -168,7 +169,7 @@ async def test_data_path_retries_throttling_and_refuses_the_rest(aiohttp_server:
             return web.Response(
                 status=403, text="<Error><Code>AccessDenied</Code><Message>no</Message></Error>"
             )
-        return web.Response(headers={"ETag": '"e-%d"' % len(body)})
+        return web.Response(headers={"ETag": f'"e-{len(body)}"'})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
