@@ -147,7 +147,6 @@ async def test_a_range_past_the_end_is_a_storage_error(store: S3ObjectStore) -> 
 
 async def test_data_path_retries_throttling_and_refuses_the_rest(aiohttp_server: Any) -> None:
     """Against a server that answers like S3 under load: SlowDown twice, then the part."""
-    import aiohttp
     from aiohttp import web
     from botocore.credentials import Credentials
     from darkroom_kit.storage import S3Http, StorageError, s3_http_session
@@ -186,12 +185,11 @@ async def test_data_path_retries_throttling_and_refuses_the_rest(aiohttp_server:
         assert all(auth.startswith("AWS4-HMAC-SHA256 Credential=a/") for _, _, auth in seen)
         seen.clear()
         with pytest.raises(StorageError, match="AccessDenied") as caught:
-            await http.read("GET", "forbidden")
+            await http.read("forbidden")
         assert not isinstance(caught.value, StorageUnavailable)
         assert len(seen) == 1  # a refusal is not retried
         with pytest.raises(ObjectNotFound, match="NoSuchUpload"):
-            await http.read("PUT", "gone")
+            await http.read("gone")
         await server.close()
         with pytest.raises(StorageUnavailable):
-            await http.read("GET", "anything")
-    assert isinstance(session, aiohttp.ClientSession)
+            await http.read("anything")

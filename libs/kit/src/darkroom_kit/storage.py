@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -32,6 +32,8 @@ from darkroom_kit.settings import CommonSettings
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 # S3's minimum for every part but the last.
@@ -53,18 +55,27 @@ class StorageUnavailable(StorageError):
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload", "NoSuchBucket"}
 
 
+# Worth another try: the store is busy or briefly broken, not the request wrong.
+_RETRY_CODES = {"SlowDown", "RequestTimeout"}
+
+
+def _storage_error(status: int, code: str, detail: str) -> StorageError:
+    """What an S3 error answer means to the domain, whichever client got it."""
+    if status == 404 or code in _NOT_FOUND_CODES:
+        return ObjectNotFound(code)
+    if status >= 500 or status == 0 or code in _RETRY_CODES:
+        return StorageUnavailable(f"{code}: {detail}")
+    return StorageError(f"{code}: {detail}")
+
+
 @contextlib.contextmanager
 def _translated() -> Any:
     try:
         yield
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _NOT_FOUND_CODES:
-            raise ObjectNotFound(code) from exc
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if status >= 500 or status == 0 or code in {"SlowDown", "RequestTimeout"}:
-            raise StorageUnavailable(f"{code}: {exc}") from exc
-        raise StorageError(f"{code}: {exc}") from exc
+        raise _storage_error(status, code, str(exc)) from exc
     except (TimeoutError, BotoCoreError, OSError) as exc:
         raise StorageUnavailable(str(exc)) from exc
 
@@ -84,9 +95,6 @@ class StoredPart:
     size: int
 
 
-# Worth another try: the store is busy or briefly broken, not the request wrong.
-_RETRY_STATUSES = {500, 502, 503, 504}
-_RETRY_CODES = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
 
@@ -135,6 +143,39 @@ class S3Http:
         self._signer.add_auth(request)
         return URL(url, encoded=True), dict(request.headers.items())
 
+    async def _send(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str] | None,
+        headers: dict[str, str] | None,
+        data: bytes | bytearray | PartBody | None,
+    ) -> aiohttp.ClientResponse:
+        """One attempt: a successful response, not yet read, or the storage error it stands for."""
+        url, signed = self.sign(method, key, query or {}, headers or {})
+        if data is not None:
+            # A part body is an async iterable of unknown length to aiohttp, which would send it
+            # chunked; S3 wants the length up front. Not signed, as botocore does not.
+            signed["Content-Length"] = str(len(data))
+        try:
+            response = await self._session.request(method, url, headers=signed, data=data)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StorageUnavailable(f"{method} {key}: {exc!r}") from exc
+        if response.status < 300:
+            return response
+        try:
+            raise await _error_of(response)
+        finally:
+            response.release()
+
+    async def _retried(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        for attempt in range(1, self._attempts):
+            try:
+                return await attempt_once()
+            except StorageUnavailable:
+                await asyncio.sleep(random.random() * min(20.0, 2.0 ** (attempt - 1)))
+        return await attempt_once()
+
     @contextlib.asynccontextmanager
     async def request(
         self,
@@ -145,50 +186,26 @@ class S3Http:
         headers: dict[str, str] | None = None,
         data: bytes | bytearray | PartBody | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A successful response, not yet read; errors are raised as storage errors."""
-        for attempt in range(1, self._attempts + 1):
-            url, signed = self.sign(method, key, query or {}, headers or {})
-            if data is not None:
-                # A part body is an async iterable of unknown length to aiohttp, which would send
-                # it chunked; S3 wants the length up front. Not signed, as botocore does not.
-                signed["Content-Length"] = str(len(data))
-            last = attempt == self._attempts
+        """A successful response to read as it comes; retried until its headers are in."""
+        response = await self._retried(lambda: self._send(method, key, query, headers, data))
+        try:
+            yield response
+        finally:
+            response.release()
+
+    async def read(self, key: str, *, headers: dict[str, str] | None = None) -> bytes:
+        """A GET's whole body; a connection lost mid-body is retried like any other."""
+
+        async def attempt_once() -> bytes:
+            response = await self._send("GET", key, None, headers, None)
             try:
-                response = await self._session.request(method, url, headers=signed, data=data)
+                return await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if last:
-                    raise StorageUnavailable(f"{method} {key}: {exc!r}") from exc
-                await _backoff(attempt)
-                continue
-            try:
-                if response.status < 300:
-                    yield response
-                    return
-                error = await _error_of(response)
+                raise StorageUnavailable(f"GET {key}: {exc!r}") from exc
             finally:
                 response.release()
-            if not last and isinstance(error, StorageUnavailable):
-                await _backoff(attempt)
-                continue
-            raise error
 
-    async def read(
-        self, method: str, key: str, *, headers: dict[str, str] | None = None
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
-        """A response and its whole body; a connection lost mid-body is retried too."""
-        for attempt in range(1, self._attempts + 1):
-            try:
-                async with self.request(method, key, headers=headers) as response:
-                    return response, await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == self._attempts:
-                    raise StorageUnavailable(f"{method} {key}: {exc!r}") from exc
-                await _backoff(attempt)
-        raise AssertionError("unreachable")
-
-
-async def _backoff(attempt: int) -> None:
-    await asyncio.sleep(random.random() * min(20.0, 2.0 ** (attempt - 1)))
+        return await self._retried(attempt_once)
 
 
 async def _error_of(response: aiohttp.ClientResponse) -> StorageError:
@@ -201,18 +218,18 @@ async def _error_of(response: aiohttp.ClientResponse) -> StorageError:
     code = found.group(1).decode(errors="replace") if found else str(response.status)
     found = _ERROR_MESSAGE.search(body)
     message = found.group(1).decode(errors="replace") if found else response.reason or ""
-    if response.status == 404 or code in _NOT_FOUND_CODES:
-        return ObjectNotFound(code)
-    if response.status in _RETRY_STATUSES or code in _RETRY_CODES:
-        return StorageUnavailable(f"{code}: {message}")
-    return StorageError(f"{code}: {message}")
+    return _storage_error(response.status, code, message)
 
 
-def _object_info(key: str, response: aiohttp.ClientResponse, size: int | None = None) -> ObjectInfo:
+def _etag(response: aiohttp.ClientResponse) -> str:
+    return response.headers.get("ETag", "").strip('"')
+
+
+def _object_info(key: str, response: aiohttp.ClientResponse) -> ObjectInfo:
     return ObjectInfo(
         key,
-        int(response.headers.get("Content-Length", 0)) if size is None else size,
-        response.headers.get("ETag", "").strip('"'),
+        int(response.headers.get("Content-Length", 0)),
+        _etag(response),
         response.headers.get("Content-Type", "application/octet-stream"),
     )
 
@@ -249,8 +266,7 @@ class S3ObjectStore:
     ) -> ObjectInfo:
         headers = {"Content-Type": content_type}
         async with self._http.request("PUT", key, headers=headers, data=data) as response:
-            etag = response.headers.get("ETag", "").strip('"')
-        return ObjectInfo(key, len(data), etag, content_type)
+            return ObjectInfo(key, len(data), _etag(response), content_type)
 
     async def head(self, key: str) -> ObjectInfo:
         async with self._http.request("HEAD", key) as response:
@@ -261,8 +277,7 @@ class S3ObjectStore:
         headers: dict[str, str] = {}
         if start is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
-        _, body = await self._http.read("GET", key, headers=headers)
-        return body
+        return await self._http.read(key, headers=headers)
 
     @contextlib.asynccontextmanager
     async def open_stream(self, key: str) -> AsyncIterator[tuple[ObjectInfo, AsyncIterator[bytes]]]:
@@ -321,8 +336,7 @@ class S3ObjectStore:
     ) -> StoredPart:
         query = {"partNumber": str(number), "uploadId": upload_id}
         async with self._http.request("PUT", key, query=query, data=data) as response:
-            etag = response.headers.get("ETag", "").strip('"')
-        return StoredPart(number, etag, len(data))
+            return StoredPart(number, _etag(response), len(data))
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[StoredPart]) -> str:
         with _translated():
