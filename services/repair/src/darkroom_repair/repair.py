@@ -235,46 +235,35 @@ class Repairer:
         # The scan walks the photos in id order (a cursor on _id, not a growing $nin list) and
         # runs one batch ahead: while a batch's heads are read, the next one is found and
         # claimed, and the one before is written. Each stage waits on a different server.
-        claimed: asyncio.Queue[tuple[bool, list[Document]] | BaseException] = asyncio.Queue(1)
 
-        async def scan() -> None:
-            after = ""
-            try:
-                while True:
-                    # Only ids: the claim reads the claimed photos whole anyway.
-                    page = await (
-                        self._photos.find({**query, "_id": {"$gt": after}}, {"_id": 1})
-                        .sort("_id", 1)
-                        .to_list(self._batch_size)
-                    )
-                    batch = [d for d in page if d["_id"] not in known_failures]
-                    mine = await self._claim(batch, owner, include_capture_date) if batch else []
-                    await claimed.put((bool(page), mine))
-                    if not page:
-                        return
-                    after = page[-1]["_id"]
-            except Exception as exc:  # handed to the loop below, which raises it
-                await claimed.put(exc)
+        async def find_and_claim(after: str) -> tuple[list[Document], list[Document]]:
+            # Only ids: the claim reads the claimed photos whole anyway.
+            page = await (
+                self._photos.find({**query, "_id": {"$gt": after}}, {"_id": 1})
+                .sort("_id", 1)
+                .to_list(self._batch_size)
+            )
+            batch = [d for d in page if d["_id"] not in known_failures]
+            return page, await self._claim(batch, owner, include_capture_date) if batch else []
 
-        scanner = asyncio.create_task(scan())
+        scanning = asyncio.create_task(find_and_claim(""))
         writing: asyncio.Task[Batch] | None = None
         try:
             while True:
-                item = await claimed.get()
-                if isinstance(item, BaseException):
-                    raise item
-                more, mine = item
+                page, mine = await scanning
+                if page:
+                    scanning = asyncio.create_task(find_and_claim(page[-1]["_id"]))
                 outcomes = await self._find_all(mine)
                 if writing is not None:
                     await self._count(result, await writing, on_batch)
                     writing = None
-                if not more:
+                if not page:
                     return result
                 writing = asyncio.create_task(
                     self._write(owner, include_capture_date, list(zip(mine, outcomes, strict=True)))
                 )
         finally:
-            for task in (scanner, writing):
+            for task in (scanning, writing):
                 if task is not None and not task.done():
                     task.cancel()
 
