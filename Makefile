@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks compose-config clean
+.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-repair: install ## Benchmark metadata repair over 10,000 photos with clear
 
 bench-webhooks: install ## Benchmark webhook delivery: backlog drain, 200 events/s, one endpoint of ten hanging
 	.venv/bin/python -m benchmarks.webhooks
+
+bench-s3: install ## S3 data path vs aiobotocore: client (and moto_server) CPU-ms per call, side by side
+	.venv/bin/python -m benchmarks.s3_data_path
 
 bench-floor: install ## What the bare stack costs per GiB (receive, forward to S3, + SHA-256)
 	.venv/bin/python -m benchmarks.upload_floor

@@ -102,10 +102,11 @@ _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
 class S3Http:
     """Object requests signed with botocore's own SigV4 signer and sent straight over aiohttp.
 
-    aiobotocore costs about 2.5 ms of CPU per call beyond the request itself (event hooks,
-    endpoint rules, the user-agent string, response parsing): 4.8 against 2.5 ms a call for the
-    same signed ranged GET, measured side by side on this project's machine. The data path pays
-    that for every photo fetched, every variant stored and every 8 MiB chunk, so it skips it. The
+    aiobotocore costs about 2.2 ms of CPU per call beyond the request itself (event hooks,
+    endpoint rules, the user-agent string, response parsing): 4.6 against 2.4 ms a call for the
+    same signed ranged GET, side by side on this project's machine (``make bench-s3``). The data
+    path pays that for every photo fetched, every variant stored and every 8 MiB chunk, so it
+    skips it. The
     signature is botocore's (``tests/unit/test_s3_signing.py`` checks it equals the client's);
     the payload is not signed (``UNSIGNED-PAYLOAD``), as the client is configured, so no body is
     hashed twice. Retries follow botocore's standard mode: 3 attempts, jittered exponential
