@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,10 +25,30 @@ def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
     return False
 
 
+def _ephemeral_start() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out (binding port 0) is one it may also give any outgoing connection
+    as its local port before the server that was meant to bind it starts; with S3 stand-ins that
+    close every connection, thousands of those are made. Below the ephemeral range only an
+    explicit bind can take it.
+    """
+    high = _ephemeral_start()
+    for _ in range(200):
+        port = random.randrange(max(1024, high - 12000), high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:
