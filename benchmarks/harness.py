@@ -22,7 +22,7 @@ from darkroom_thumbnailing.app import queue_spec as thumbnailing_queue
 from darkroom_thumbnailing.settings import ThumbnailSettings
 
 from darkroom_dev.servers import ensure_rabbitmq, free_port, start_mongo_standin, start_s3_standin
-from darkroom_dev.stack import start_services
+from darkroom_dev.stack import SERVICES, start_services
 
 CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1024**3
@@ -153,7 +153,7 @@ async def stack_under_test(extra_env: dict[str, str] | None = None) -> AsyncIter
 @contextlib.asynccontextmanager
 async def api_under_test(extra_env: dict[str, str] | None = None) -> AsyncIterator[ApiUnderTest]:
     """upload-ingest as its own process on :func:`stack_under_test`, with a token and an event."""
-    port = free_port()
+    port = free_port(len(SERVICES))
     extra = {"PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **(extra_env or {})}
     async with stack_under_test(extra) as stack:
         env, settings = stack.env, stack.settings

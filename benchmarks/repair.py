@@ -24,7 +24,7 @@ from darkroom_repair.repair import header_facts
 from benchmarks.harness import cpu_seconds, machine_cpu, percentile, stack_under_test
 from benchmarks.thumbnailing import camera_like_jpeg
 from darkroom_dev.servers import free_port
-from darkroom_dev.stack import start_services
+from darkroom_dev.stack import SERVICES, start_services
 
 HEAD = 256 * 1024
 
@@ -99,7 +99,7 @@ async def main() -> None:
                     "progress": {"scanned": 0, "repaired": 0, "failed": 0},
                 }
             )
-            port = free_port()
+            port = free_port(len(SERVICES))
             [service] = await asyncio.to_thread(
                 start_services, stack.env, stack.logs, port, ["metadata-repair"]
             )

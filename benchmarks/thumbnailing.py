@@ -27,7 +27,7 @@ from darkroom_thumbnailing.render import RenderSpec, render_variants
 
 from benchmarks.harness import children, cpu_seconds, machine_cpu, stack_under_test, status_mb
 from darkroom_dev.servers import free_port
-from darkroom_dev.stack import start_services
+from darkroom_dev.stack import SERVICES, start_services
 
 PROCESSES = 2
 
@@ -77,7 +77,7 @@ async def service_run(files: list[bytes], count: int) -> dict[str, float]:
     extra = {"RENDER_PROCESSES": str(PROCESSES)}
     async with stack_under_test(extra) as stack:
         settings = stack.settings
-        port = free_port()  # after the stand-ins took theirs
+        port = free_port(len(SERVICES))  # after the stand-ins took theirs
         async with open_object_store(settings) as store:
             await store.ensure_bucket()
             keys = [f"bench/originals/{i}.jpg" for i in range(len(files))]

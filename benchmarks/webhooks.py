@@ -40,7 +40,7 @@ from darkroom_webhooks.signing import signature_header
 
 from benchmarks.harness import cpu_seconds, percentile, stack_under_test, status_mb
 from darkroom_dev.servers import free_port, port_open, wait_until
-from darkroom_dev.stack import start_services
+from darkroom_dev.stack import SERVICES, start_services
 
 ENDPOINTS = 10
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -208,7 +208,11 @@ async def main() -> None:
                     )
                 await http.post(f"{receiver}/reset")
                 [service] = await asyncio.to_thread(
-                    start_services, stack.env, stack.logs, free_port(), ["webhook-dispatch"]
+                    start_services,
+                    stack.env,
+                    stack.logs,
+                    free_port(len(SERVICES)),
+                    ["webhook-dispatch"],
                 )
                 assert service.process is not None
                 pid = service.process.pid

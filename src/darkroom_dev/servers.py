@@ -31,8 +31,8 @@ def _ephemeral_start() -> int:
     return 32768
 
 
-def free_port() -> int:
-    """A port free now, chosen below the kernel's ephemeral range.
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` consecutive ports, all free now, below the kernel's ephemeral range.
 
     A port the kernel hands out (binding port 0) is one it may also give any outgoing connection
     as its local port before the server that was meant to bind it starts; with S3 stand-ins that
@@ -41,14 +41,19 @@ def free_port() -> int:
     """
     high = _ephemeral_start()
     for _ in range(200):
-        port = random.randrange(max(1024, high - 12000), high)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+        base = random.randrange(max(1024, high - 12000), high - count + 1)
+        if all(_bindable(base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} free consecutive ports below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until(check: object, timeout: float, what: str) -> None:

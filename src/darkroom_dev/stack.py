@@ -46,7 +46,9 @@ def _ready(port: int) -> bool:
 def start_services(
     env: dict[str, str], log_dir: Path, base_port: int | None = None, names: list[str] | None = None
 ) -> list[Server]:
-    """Start the services as processes and wait until each says it is ready."""
+    """Start the services as processes and wait until each says it is ready; if one does not,
+    stop them all before raising. With ``base_port``, service i of SERVICES listens on
+    ``base_port + i`` (take ``free_port(len(SERVICES))``)."""
     started: list[Server] = []
     log_dir.mkdir(parents=True, exist_ok=True)
     for offset, (name, module, default_port) in enumerate(SERVICES):
@@ -62,15 +64,21 @@ def start_services(
                 stderr=subprocess.STDOUT,
             )
         started.append(Server(name, f"http://127.0.0.1:{port}", proc))
-    for server in started:
-        port = int(server.url.rsplit(":", 1)[1])
+    try:
+        for server in started:
+            port = int(server.url.rsplit(":", 1)[1])
 
-        def up(server: Server = server, port: int = port) -> bool:
-            if server.process is not None and server.process.poll() is not None:
-                raise RuntimeError(f"{server.name} exited; see {log_dir / server.name}.log")
-            return _ready(port)
+            def up(server: Server = server, port: int = port) -> bool:
+                if server.process is not None and server.process.poll() is not None:
+                    raise RuntimeError(f"{server.name} exited; see {log_dir / server.name}.log")
+                return _ready(port)
 
-        wait_until(up, 60, server.name)
+            wait_until(up, 60, server.name)
+    except BaseException:
+        # Otherwise the others live on, consuming their queues on a shared broker.
+        for server in started:
+            server.stop()
+        raise
     return started
 
 

@@ -27,8 +27,8 @@ from darkroom_webhooks.settings import WebhookSettings
 from PIL import Image
 from standardwebhooks import Webhook
 
-from darkroom_dev.servers import Server, free_port, port_open
-from darkroom_dev.stack import start_services
+from darkroom_dev.servers import Server, free_port
+from darkroom_dev.stack import SERVICES, start_services
 from tests.conftest import QueueJanitor, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -52,14 +52,6 @@ class Receiver:
         ]
 
 
-def four_free_ports() -> int:
-    for _ in range(200):
-        base = free_port()
-        if base < 60000 and not any(port_open("127.0.0.1", base + i) for i in range(1, 4)):
-            return base
-    raise RuntimeError("no four consecutive free ports")
-
-
 def to_env(settings: dict[str, Any]) -> dict[str, str]:
     return {k.upper(): v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}
 
@@ -79,7 +71,7 @@ async def system(
 ) -> AsyncIterator[tuple[str, dict[str, str], list[Server], Path]]:
     import os
 
-    base = four_free_ports()
+    base = free_port(len(SERVICES))
     api_url = f"http://127.0.0.1:{base}"
     env = {
         **os.environ,

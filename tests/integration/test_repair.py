@@ -364,7 +364,7 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
     import signal
 
     from darkroom_dev.servers import free_port
-    from darkroom_dev.stack import start_services
+    from darkroom_dev.stack import SERVICES, start_services
     from tests.e2e.test_pipeline import to_env
 
     janitor.add(queue_spec(Topology(settings_kwargs["amqp_namespace"])))
@@ -380,7 +380,9 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
     await clone_photos(api, token, event["id"], 600)
 
     def start() -> Any:
-        [service] = start_services(env, tmp_path, free_port(), names=["metadata-repair"])
+        [service] = start_services(
+            env, tmp_path, free_port(len(SERVICES)), names=["metadata-repair"]
+        )
         return service
 
     service = await asyncio.to_thread(start)
