@@ -26,7 +26,7 @@ from darkroom_kit.readiness import readiness_ctx
 from darkroom_webhooks import housekeeping
 from darkroom_webhooks.delivery import Dispatcher, Sender, WebhookMetrics, close_quietly
 from darkroom_webhooks.housekeeping import WaitingGauges
-from darkroom_webhooks.limits import EndpointGate
+from darkroom_webhooks.limits import EndpointGate, PlacesCollector
 from darkroom_webhooks.recover import Recoverer
 from darkroom_webhooks.settings import WebhookSettings
 from darkroom_webhooks.ssrf import GuardedResolver, parse_networks
@@ -96,7 +96,7 @@ def create_app(settings: WebhookSettings) -> web.Application:
             total=settings.timeout_seconds, connect=settings.connect_timeout_seconds
         )
         sender = Sender(session, allowed, settings.response_body_limit, timeout)
-        lease_ms = int((settings.timeout_seconds + 10) * 1000)
+        lease_ms = int(settings.delivery_lease_seconds * 1000)
         db = app[MONGO_DB]
         gate = EndpointGate(db, settings.endpoint_replica_concurrency, lease_ms)
         await gate.ensure_indexes()
@@ -117,9 +117,12 @@ def create_app(settings: WebhookSettings) -> web.Application:
             auto_disable_ms=int(settings.auto_disable_after_hours * 3600 * 1000),
         )
 
+        places = PlacesCollector(gate)
+        registry.register(places)
         try:
             yield
         finally:
+            registry.unregister(places)
             await close_quietly(session)
 
     def fan_out(app: web.Application) -> Handler:

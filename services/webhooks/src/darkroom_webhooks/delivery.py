@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from fnmatch import fnmatchcase
@@ -30,7 +32,7 @@ from darkroom_kit.mongo import Database, Document, insert_new
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pymongo import UpdateOne
 
-from darkroom_webhooks.limits import EndpointGate, Limited, Ticket
+from darkroom_webhooks.limits import BUSY_WAIT_MS, EndpointGate, Limited, Ticket
 from darkroom_webhooks.signing import signature_header
 from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
 
@@ -98,8 +100,15 @@ class WebhookMetrics:
         )
         self.deferred = Counter(
             "webhook_attempts_deferred_total",
-            "Attempts held back by a limit (replica cap, endpoint rate or concurrency)",
+            "Attempts held back, not counted as attempts: by a limit (replica cap, endpoint rate "
+            "or concurrency) or by the lease of another dispatcher on the delivery",
             ["limit"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "webhook_attempt_duplicates_total",
+            "Attempt commands that found their delivery final or unknown (nothing sent)",
+            ["status"],
             registry=registry,
         )
         self.notices = Counter(
@@ -233,7 +242,9 @@ class Job:
     single: bool = False
 
 
-LogEntry = tuple[Document, str]  # an attempt record, and the delivery's status after it
+# An attempt record, the delivery's status after it, and until when the delivery stays leased
+# (for a pending one, until its retry is due).
+LogEntry = tuple[Document, str, int]
 
 # How long a fan-out waits for a place under the replica cap before it hands the attempt to the
 # command path: long enough for a fast receiver to free one, short for a message held meanwhile.
@@ -244,7 +255,11 @@ class Dispatcher:
     """Fan-out and attempts. An event's first attempts are made right in its fan-out (no second
     trip through the broker) when nothing limits the endpoint; everything else, retries,
     resends, tests and limited endpoints, goes through ``webhook.attempt`` commands. Every
-    delivery is leased before its attempt, so a message consumed twice is sent once."""
+    delivery is leased before its attempt (a short lease, renewed while the request runs), so a
+    message consumed twice is sent once; a failed attempt leaves it leased until its retry is
+    due, so a message that comes back early (after a crash) adds no attempt ahead of the
+    schedule. A message that finds its delivery leased waits for the lease (deferred, not
+    counted as an attempt); one that finds it final is a counted, logged duplicate."""
 
     def __init__(
         self,
@@ -291,65 +306,49 @@ class Dispatcher:
         now = now_ms()
         event_ms = iso_to_ms(envelope.time) or now
         # Places under the replica cap are taken before the write, so the deliveries this
-        # replica will attempt at once are leased from the start.
-        tickets: dict[str, Ticket] = {}
-        waits = []
-        for e in targets:
-            if not self._gate.unlimited(e):
-                continue
-            ticket = self._gate.try_enter_local(e["_id"])
-            if ticket is not None:
-                tickets[e["_id"]] = ticket
-            else:
-                waits.append(e["_id"])
-        if waits:  # a busy endpoint here: wait a moment for a place, then hand it on
-            taken = await asyncio.gather(
-                *(self._gate.enter_local(eid, LOCAL_WAIT_S) for eid in waits)
-            )
-            tickets.update({eid: t for eid, t in zip(waits, taken, strict=True) if t is not None})
-        docs = [
-            {
-                "_id": delivery_id(envelope.id, e["_id"]),
-                "endpoint_id": e["_id"],
-                "message_id": envelope.id,
-                "event_type": envelope.type,
-                "payload": payload,
-                "status": "pending",
-                "attempt_count": 0,
-                "event_ms": event_ms,
-                "created_ms": now,
-                # Leased from the start when attempted right here.
-                "lease_until_ms": now + self._lease_ms if e["_id"] in tickets else 0,
-                "last_attempt_ms": None,
-            }
-            for e in targets
-        ]
-        try:
+        # replica will attempt at once are leased from the start. A busy endpoint here waits a
+        # moment for a place, then hands its attempt on. Every place taken is given back on the
+        # way out, whatever happens (each attempt gives its own back as soon as it is answered).
+        unlimited = [e["_id"] for e in targets if self._gate.unlimited(e)]
+        async with self._gate.local_places(unlimited, LOCAL_WAIT_S) as tickets:
+            docs = [
+                {
+                    "_id": delivery_id(envelope.id, e["_id"]),
+                    "endpoint_id": e["_id"],
+                    "message_id": envelope.id,
+                    "event_type": envelope.type,
+                    "payload": payload,
+                    "status": "pending",
+                    "attempt_count": 0,
+                    "event_ms": event_ms,
+                    "created_ms": now,
+                    # Leased from the start when attempted right here.
+                    "lease_until_ms": now + self._lease_ms if e["_id"] in tickets else 0,
+                    "last_attempt_ms": None,
+                }
+                for e in targets
+            ]
             inserted = await self._inserts.submit(docs)
-        except BaseException:
-            for held in tickets.values():
-                await self._gate.leave(held)
-            raise
-        now_jobs: list[tuple[Job, Ticket]] = []
-        later: list[tuple[str, str]] = []
-        for doc, endpoint in zip(docs, targets, strict=True):
-            ticket = tickets.pop(endpoint["_id"], None)
-            if doc["_id"] in inserted and ticket is not None:
-                now_jobs.append((Job(doc, endpoint, 1), ticket))
-                continue
-            if ticket is not None:
-                await self._gate.leave(ticket)
-            # Limited, or the delivery existed already (this event came again, perhaps after a
-            # crash before its attempts): the command path leases and attempts it.
-            later.append((doc["_id"], endpoint["_id"]))
-        if len(now_jobs) == 1 and not later:  # the common case, without a task of its own
-            await self._run(*now_jobs[0])
-            return
-        results = await asyncio.gather(
-            *(self._run(job, ticket) for job, ticket in now_jobs),
-            self._send_commands(later),
-            return_exceptions=True,
-        )
+            now_jobs: list[tuple[Job, Ticket]] = []
+            later: list[tuple[str, str]] = []
+            for doc, endpoint in zip(docs, targets, strict=True):
+                ticket = tickets.get(endpoint["_id"])
+                if doc["_id"] in inserted and ticket is not None:
+                    now_jobs.append((Job(doc, endpoint, 1), ticket))
+                    continue
+                if ticket is not None:
+                    await self._gate.leave(ticket)
+                # Limited, or the delivery existed already (this event came again, perhaps
+                # after a crash before its attempts): the command path leases and attempts it.
+                later.append((doc["_id"], endpoint["_id"]))
+            if len(now_jobs) == 1 and not later:  # the common case, without a task of its own
+                await self._run(*now_jobs[0])
+                return
+            results = await asyncio.gather(
+                *(self._run(job, ticket) for job, ticket in now_jobs),
+                self._send_commands(later),
+                return_exceptions=True,
+            )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -381,41 +380,100 @@ class Dispatcher:
         if endpoint_id is None:  # a command from before commands named their endpoint
             found = await self._deliveries.find_one({"_id": did}, {"endpoint_id": 1})
             if found is None:
+                self._duplicate(envelope, did, None, None)
                 return
             endpoint_id = found["endpoint_id"]
         try:
             self._gate.check_room(endpoint_id)  # before MongoDB: a busy endpoint costs no read
-            endpoint = await self._endpoints.find_one({"_id": endpoint_id})
-            if endpoint is None or not endpoint.get("enabled", True):
-                await self._deliveries.update_one(
-                    {"_id": did, "status": "pending"}, {"$set": {"status": "cancelled"}}
-                )
-                self._metrics.deliveries.labels("cancelled").inc()
-                return
-            ticket = await self._gate.enter(endpoint)
         except Limited as exc:
             self._metrics.deferred.labels(exc.limit).inc()
             raise Defer(str(exc), exc.wait_ms, escalate=exc.escalate) from None
-        try:
-            now = now_ms()
-            delivery = await self._deliveries.find_one_and_update(
-                {"_id": did, "status": "pending", "lease_until_ms": {"$lt": now}},
-                {"$set": {"lease_until_ms": now + self._lease_ms}},
+        endpoint = await self._endpoints.find_one({"_id": endpoint_id})
+        if endpoint is None or not endpoint.get("enabled", True):
+            cancelled = await self._deliveries.update_one(
+                {"_id": did, "status": "pending"}, {"$set": {"status": "cancelled"}}
             )
-            if delivery is None:
-                current = await self._deliveries.find_one({"_id": did}, {"status": 1})
-                if current is not None and current["status"] == "pending":
-                    # Another dispatcher holds it right now; come back after a delay to make
-                    # sure it finished, instead of dropping the only message that can finish it.
-                    raise Retry("delivery leased by another consumer")
-                return  # unknown or already final: a duplicate message
-        except BaseException:
-            await self._gate.leave(ticket)
-            raise
-        job = Job(delivery, endpoint, attempt, bool(delivery.get("single_attempt")))
-        retry_after = await self._run(job, ticket, retry_by_command=False)
+            if cancelled.modified_count:
+                self._metrics.deliveries.labels("cancelled").inc()
+            return
+        if not self._gate.unlimited(endpoint):
+            # A place at a limited endpoint costs a rate window's budget or a shared slot: look
+            # first whether the delivery still needs one. (At an unlimited endpoint the place is
+            # a counter in memory, and the lease below says the same.)
+            current = await self._deliveries.find_one(
+                {"_id": did}, {"status": 1, "lease_until_ms": 1}
+            )
+            if not self._still_to_attempt(envelope, did, endpoint_id, current, now_ms()):
+                return
+        try:
+            async with self._gate.entered(endpoint) as ticket:
+                now = now_ms()
+                delivery = await self._deliveries.find_one_and_update(
+                    {"_id": did, "status": "pending", "lease_until_ms": {"$lt": now}},
+                    {"$set": {"lease_until_ms": now + self._lease_ms}},
+                )
+                if delivery is None:
+                    current = await self._deliveries.find_one(
+                        {"_id": did}, {"status": 1, "lease_until_ms": 1}
+                    )
+                    if self._still_to_attempt(envelope, did, endpoint_id, current, now_ms()):
+                        # Its holder let go between the two reads: take it on the next pass
+                        # rather than drop what may be the only message that finishes it.
+                        raise Defer("delivery released meanwhile", BUSY_WAIT_MS)
+                    return
+                job = Job(delivery, endpoint, attempt, bool(delivery.get("single_attempt")))
+                retry_after = await self._run(job, ticket, retry_by_command=False)
+        except Limited as exc:  # only entering raises it
+            self._metrics.deferred.labels(exc.limit).inc()
+            raise Defer(str(exc), exc.wait_ms, escalate=exc.escalate) from None
         if retry_after is not None:
             raise Retry(f"attempt {attempt} failed", at_least_ms=retry_after or None)
+
+    def _still_to_attempt(
+        self,
+        envelope: Envelope,
+        did: str,
+        endpoint_id: str,
+        current: Document | None,
+        now: int,
+    ) -> bool:
+        """Whether the delivery ``current`` still waits for this attempt. A pending one still
+        leased (another dispatcher is attempting it, or died mid-attempt, or its retry is not due
+        yet) is deferred (:class:`Defer`) until its lease ends: this message may be the only one
+        that can finish it, but waiting for a lease is no failed attempt, so the retry schedule
+        stays where the message stands (a :class:`Retry` here would push the first retry after
+        a crash into the second tier)."""
+        if current is None or current.get("status") != "pending":
+            self._duplicate(envelope, did, endpoint_id, current)
+            return False
+        until = int(current.get("lease_until_ms") or 0)
+        if until >= now:
+            self._metrics.deferred.labels("lease").inc()
+            # In steps no longer than what is left of the lease (the longest defer queue that
+            # fits), so the attempt comes back soon after the lease ends, not up to a whole
+            # longer queue later.
+            left = until - now + 1
+            fits = [d for d in self._spec.defer_delays_ms if d <= left]
+            raise Defer("delivery leased", max(fits) if fits else left)
+        return True
+
+    def _duplicate(
+        self, envelope: Envelope, did: str, endpoint_id: str | None, current: Document | None
+    ) -> None:
+        """An attempt command for a delivery that is final or unknown: a duplicate (a message
+        redelivered, a resend racing a success). Nothing to send, and said so."""
+        status = "unknown" if current is None else str(current.get("status"))
+        self._metrics.duplicates.labels(status).inc()
+        log.info(
+            "attempt command for a delivery already %s: nothing to send",
+            status,
+            extra={
+                "delivery_id": did,
+                "endpoint_id": endpoint_id,
+                "message_id": envelope.id,
+                "status": status,
+            },
+        )
 
     # ---- one attempt ---------------------------------------------------------------------------
 
@@ -431,9 +489,10 @@ class Dispatcher:
                 for s in endpoint.get("secrets", [])
                 if s.get("expires_ms") is None or s["expires_ms"] > started
             ]
-            result = await self._sender.send(
-                endpoint["url"], did, secrets, delivery["payload"].encode()
-            )
+            async with self._leases_kept(did, ticket, int(delivery.get("attempt_count", 0)) + 1):
+                result = await self._sender.send(
+                    endpoint["url"], did, secrets, delivery["payload"].encode()
+                )
         finally:
             await self._gate.leave(ticket)
         self._metrics.duration.observe(result.duration_ms / 1000)
@@ -471,10 +530,13 @@ class Dispatcher:
         if job.single or job.attempt > len(self._spec.retry_delays_ms):
             await self._finish(record, "failed")
             return None
-        await self._log.submit((record, "pending"))
         wait_ms = None
         if result.status_code in (429, 503):
             wait_ms = parse_retry_after(result.headers.get("retry-after"), time.time())
+        # Leased until its retry is due: a copy of the message that would attempt it sooner (the
+        # event redelivered after a crash before its retry was queued) waits for that instead,
+        # so a crash never adds an attempt ahead of the schedule.
+        await self._log.submit((record, "pending", started + self._retry_floor_ms(job, wait_ms)))
         if not retry_by_command:
             return wait_ms or 0
         # The first attempt was made in the fan-out: its retry goes straight to the retry tier
@@ -484,8 +546,45 @@ class Dispatcher:
         await self._publisher.publish("", command, routing_key=queue, headers=headers)
         return None
 
+    def _retry_floor_ms(self, job: Job, wait_ms: int | None) -> int:
+        """The shortest wait the retry after ``job`` can get (its tier's shortest queue, or the
+        first queue at least as long as what the receiver asked for): never later than it."""
+        spec = self._spec
+        if wait_ms is not None:
+            return min(wait_ms, max(spec.all_retry_delays()))
+        return min(spec.tier_delays(spec.retry_delays_ms[job.attempt - 1]))
+
+    @contextlib.asynccontextmanager
+    async def _leases_kept(self, did: str, ticket: Ticket, attempt: int) -> AsyncIterator[None]:
+        """Keeps the delivery's lease (and the endpoint slot's) alive while the request runs, so
+        a lease can be short: a dispatcher that dies mid-attempt holds the delivery for one
+        lease length at most, not for the longest request it might have been making."""
+        task = asyncio.create_task(self._renew(did, ticket, attempt), name=f"lease {did}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.wait([task])  # neither raises its cancellation nor swallows ours
+
+    async def _renew(self, did: str, ticket: Ticket, attempt: int) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3 / 1000)
+            try:
+                await self._deliveries.update_one(
+                    # Not once this attempt is logged: a late renewal must not push the lease
+                    # past the retry it set.
+                    {"_id": did, "status": "pending", "attempt_count": {"$ne": attempt}},
+                    {"$set": {"lease_until_ms": now_ms() + self._lease_ms}},
+                )
+                await self._gate.renew(ticket)
+            except Exception:
+                # MongoDB is away: try again at the next turn. Should it stay away past the
+                # lease, a duplicate message may attempt the delivery too (receivers dedupe on
+                # its webhook-id), which beats a lease that outlasts a dead holder.
+                log.warning("could not renew the lease of %s", did, exc_info=True)
+
     async def _finish(self, record: Document, status: str) -> None:
-        await self._log.submit((record, status))
+        await self._log.submit((record, status, 0))
         self._metrics.deliveries.labels(status).inc()
 
     async def _write_log(self, entries: list[LogEntry]) -> list[None]:
@@ -499,14 +598,14 @@ class Dispatcher:
                     {
                         "$set": {
                             "status": status,
-                            "lease_until_ms": 0,
+                            "lease_until_ms": lease_until,
                             "last_attempt_ms": record["at_ms"],
                             "attempt_count": record["attempt"],
                             f"{ATTEMPTS}.{record['attempt']}": record,
                         }
                     },
                 )
-                for record, status in entries
+                for record, status, lease_until in entries
             ],
             ordered=False,
         )

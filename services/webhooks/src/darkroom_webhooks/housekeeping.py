@@ -13,7 +13,7 @@ from darkroom_kit.mongo import Database
 from prometheus_client import CollectorRegistry, Gauge
 from pymongo import ASCENDING
 
-from darkroom_webhooks.limits import EndpointGate
+from darkroom_webhooks.limits import EndpointGate, slots_leased
 
 FINAL = ["succeeded", "failed", "cancelled"]
 
@@ -65,6 +65,13 @@ class WaitingGauges:
             ["state"],
             registry=registry,
         )
+        self.slots_leased = Gauge(
+            "webhook_endpoint_slots_leased",
+            "Shared max_concurrency slots of each endpoint whose lease has not ended (over every "
+            "replica; a dead replica's slots count until their lease ends)",
+            ["endpoint_id"],
+            registry=registry,
+        )
 
     async def measure(
         self, connection: AbstractRobustConnection, spec: QueueSpec, db: Database
@@ -94,3 +101,8 @@ class WaitingGauges:
         self.endpoints.labels("healthy").set(enabled - failing)
         self.endpoints.labels("failing").set(failing)
         self.endpoints.labels("disabled").set(disabled)
+        leased = await slots_leased(db)
+        # Replaced whole (no await in between): an endpoint whose slots all came back drops out.
+        self.slots_leased.clear()
+        for endpoint_id, n in leased.items():
+            self.slots_leased.labels(endpoint_id).set(n)

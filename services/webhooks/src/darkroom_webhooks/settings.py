@@ -25,6 +25,11 @@ class WebhookSettings(CommonSettings):
     # An endpoint with nothing but failures for this long is disabled (Svix: 5 days).
     auto_disable_after_hours: float = Field(default=120.0, gt=0)
     timeout_seconds: float = Field(default=15.0, gt=0)
+    # A delivery (and an endpoint's concurrency slot) is leased by the dispatcher attempting it,
+    # and the lease is renewed every third of this while the request runs: a dispatcher that
+    # dies mid-attempt holds it this long at most. Long against the clock skew between
+    # replicas and a stalled event loop; it need not outlast a request.
+    delivery_lease_seconds: float = Field(default=10.0, ge=1)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # Response bodies are read up to this many bytes and stored truncated.
     response_body_limit: int = Field(default=64 * 1024, ge=0)
