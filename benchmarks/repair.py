@@ -113,7 +113,9 @@ async def main() -> None:
                 started = time.perf_counter()
                 await publisher.publish(
                     Topology(settings.amqp_namespace).commands,
-                    Envelope.new(records.REPAIR_REQUESTED, {"operation_id": op_id}),
+                    Envelope.new(
+                        records.REPAIR_REQUESTED, {"operation_id": op_id, "event_id": None}
+                    ),
                 )
                 gaps, last, last_count = [], started, 0
                 while True:

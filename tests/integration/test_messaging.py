@@ -18,8 +18,10 @@ from darkroom_kit.messaging import (
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from tests.conftest import QueueJanitor, Servers
+from tests.integration.conftest import drain
 
 
 async def _count(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
@@ -124,5 +126,70 @@ async def test_stop_waits_for_in_flight_work(
         await consumer.stop(5)
         assert finished == [message.id]
         assert await _count(channel, spec.name) == 0  # acked, not left behind
+    finally:
+        await connection.close()
+
+
+class Thing(BaseModel):
+    case: str
+
+
+async def test_invalid_payloads_are_dead_lettered_before_the_handler(
+    servers: Servers, namespace: str, janitor: QueueJanitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Data that does not validate against its type's model, and a type the queue does not
+    take, are dead-lettered at once (long retry tiers: a retried one would still be waiting),
+    logged with the reason and counted as ``invalid``; the handler never sees them."""
+    topology = Topology(namespace)
+    spec = QueueSpec(
+        topology.queue("test", "typed"), topology.events, ("thing.*", "other.*"), (60_000,)
+    )
+    janitor.add(spec)
+    seen: list[str] = []
+    registry = CollectorRegistry()
+
+    async def handler(envelope: Envelope, attempt: int) -> None:
+        seen.append(envelope.data["case"])
+
+    connection = await aio_pika.connect_robust(servers.amqp_url)
+    try:
+        consumer = Consumer(
+            connection,
+            topology,
+            spec,
+            handler,
+            ConsumerMetrics(registry, "test"),
+            payloads={"thing.happened": Thing},
+        )
+        await consumer.start()
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        publisher = Publisher(channel)
+        wrong_type = Envelope.new("thing.happened", {"case": 5})
+        missing = Envelope.new("thing.happened", {"nonsense": True})
+        unknown = Envelope.new("other.thing", {"case": "ok"})
+        for envelope in (wrong_type, missing, unknown):
+            await publisher.publish(topology.events, envelope)
+        await publisher.publish(topology.events, Envelope.new("thing.happened", {"case": "ok"}))
+
+        # Read, not counted: a quorum queue's declared message count can lag behind for long.
+        dead = await drain(servers.amqp_url, spec.dead_queue, 3)
+        assert sorted(m["id"] for m in dead) == sorted([wrong_type.id, missing.id, unknown.id])
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.1)
+        await consumer.stop(5)
+        assert seen == ["ok"]
+        assert await drain(servers.amqp_url, spec.retry_queue(60_000), 1, timeout=0.5) == []
+        labels = {"service": "test", "queue": spec.name, "outcome": "invalid"}
+        assert registry.get_sample_value("messages_consumed_total", labels) == 3
+        logged = {
+            r.message_id: r.getMessage()  # type: ignore[attr-defined]
+            for r in caplog.records
+            if r.levelname == "ERROR" and getattr(r, "queue", None) == spec.name
+        }
+        assert "case: Input should be a valid string" in logged[wrong_type.id]
+        assert "case: Field required" in logged[missing.id]
+        assert "'other.thing' is not one this queue takes" in logged[unknown.id]
     finally:
         await connection.close()

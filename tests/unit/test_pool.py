@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -72,3 +76,63 @@ async def test_the_memory_bound_holds_in_the_worker_only() -> None:
     finally:
         await pool.close()
     assert len(bytearray(512 * 2**20)) == 512 * 2**20  # the parent is not bounded
+
+
+_ORPHAN_PARENT = """
+import asyncio, multiprocessing, os, sys
+from darkroom_kit.pool import RenderPool
+
+async def main() -> None:
+    pool = RenderPool(2)
+    await asyncio.gather(*(pool.run(60, os.getpid) for _ in range(2)))
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+async def test_workers_die_when_their_parent_is_killed() -> None:
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _ORPHAN_PARENT, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    line = await asyncio.wait_for(parent.stdout.readline(), 60)
+    workers = [int(pid) for pid in line.split()]
+    try:
+        assert len(workers) == 2
+        assert all(alive(pid) for pid in workers)
+        parent.kill()  # SIGKILL: no cleanup code of the parent runs
+        await parent.wait()
+        for _ in range(100):
+            if not any(alive(pid) for pid in workers):
+                break
+            await asyncio.sleep(0.1)
+        assert not [pid for pid in workers if alive(pid)]
+    finally:
+        for pid in workers:  # left behind by a failure: still a pool worker, not a reused pid
+            with contextlib.suppress(OSError):
+                if b"multiprocessing" in _cmdline(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_whose_parent_died_before_it_started_exits() -> None:
+    # The parent died while the worker was starting: it was re-parented before the kernel could
+    # be told to kill it with its parent.
+    code = "import os, sys; from darkroom_kit.pool import _init_worker; "
+    orphan = f"{code}_init_worker(None, 1); print('lived')"
+    ran = subprocess.run(
+        [sys.executable, "-c", orphan], capture_output=True, timeout=60, check=False
+    )
+    assert (ran.returncode, ran.stdout, ran.stderr) == (1, b"", b"")
+    # With its parent there, it carries on.
+    child = f"{code}_init_worker(None, os.getppid()); print('lived')"
+    ran = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, timeout=60, check=False
+    )
+    assert (ran.returncode, ran.stdout) == (0, b"lived\n")

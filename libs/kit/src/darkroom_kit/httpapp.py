@@ -1,15 +1,18 @@
 """The base aiohttp application every service starts from: problem+json errors, request metrics,
-``/healthz``, ``/readyz`` and ``/metrics``."""
+``/healthz``, ``/readyz`` and ``/metrics``, and a serve loop that drains on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
 from darkroom_kit.logs import configure_logging
 from darkroom_kit.metrics import HttpMetrics
@@ -23,7 +26,46 @@ ReadyCheck = Callable[[], Awaitable[None]]
 
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
 HTTP_METRICS: web.AppKey[HttpMetrics] = web.AppKey("http_metrics", HttpMetrics)
-READY_CHECKS: web.AppKey[list[ReadyCheck]] = web.AppKey("ready_checks", list)
+# Each dependency's check by its name (``mongo``, ``amqp``, ``s3``), as /readyz reports it.
+READY_CHECKS: web.AppKey[dict[str, ReadyCheck]] = web.AppKey("ready_checks", dict)
+READY_TIMEOUT: web.AppKey[float] = web.AppKey("ready_timeout", float)
+# Checks that are reported but do not make the service unready: a dependency it can do its work
+# without for a while (upload-ingest writes every message to its outbox first).
+READY_OPTIONAL: web.AppKey[frozenset[str]] = web.AppKey("ready_optional", frozenset)
+
+
+class Drain:
+    """Whether the service is draining (SIGTERM received), and the requests it is handling."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Called with the grace period when draining starts, alongside the requests' drain:
+        # consumers stop taking messages at once and share the one grace period, instead of
+        # each waiting its own in turn while the cleanup contexts close.
+        self.stoppers: list[Callable[[float], Awaitable[None]]] = []
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def idle(self, within_seconds: float) -> bool:
+        """Wait until no request is in flight; False if some still are after that long."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), within_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+DRAIN: web.AppKey[Drain] = web.AppKey("drain", Drain)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -31,6 +73,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def _route_label(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    drain = request.app[DRAIN]
+    drain.enter()
+    try:
+        return await handler(request)
+    finally:
+        drain.leave()
+
+
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # A keep-alive connection would carry the client's next request to a process that is
+    # leaving: answer with "Connection: close" so the client opens its next one elsewhere.
+    if request.app[DRAIN].draining:
+        response.force_close()
+        # The headers are already prepared when this signal runs: say it too.
+        response.headers["Connection"] = "close"
 
 
 @web.middleware
@@ -62,6 +123,17 @@ _HTTP_CODES = {
 }
 
 
+def _database_outage(exc: PyMongoError) -> bool:
+    """MongoDB unreachable, failing over or too slow: not the request's fault and worth a retry.
+    Errors of the request itself (a duplicate key, a bad query) are bugs, not outages."""
+    return isinstance(exc, (ConnectionFailure, ExecutionTimeout)) or exc.timeout
+
+
+_INTERNAL_ERROR = Problem(
+    500, "internal_error", "Internal server error", "The server failed; the request can be retried."
+)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -82,6 +154,26 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             ),
             request.path,
         )
+    except PyMongoError as exc:
+        if not _database_outage(exc):
+            log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+            return problem_response(_INTERNAL_ERROR, request.path)
+        log.warning(
+            "database unavailable: %s: %s",
+            type(exc).__name__,
+            exc,
+            extra={"path": request.path, "method": request.method},
+        )
+        return problem_response(
+            Problem(
+                503,
+                "database_unavailable",
+                "The database is not answering",
+                "The database did not answer in time; retry the request shortly.",
+                headers={"Retry-After": "5"},
+            ),
+            request.path,
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -98,31 +190,40 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
-        return problem_response(
-            Problem(
-                500,
-                "internal_error",
-                "Internal server error",
-                "The server failed; the request can be retried.",
-            ),
-            request.path,
-        )
+        return problem_response(_INTERNAL_ERROR, request.path)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _run_check(check: ReadyCheck, within_seconds: float) -> str:
+    try:
+        await asyncio.wait_for(check(), within_seconds)
+    except TimeoutError:
+        return f"down: no answer within {within_seconds:g}s"
+    except Exception as exc:
+        return f"down: {type(exc).__name__}: {exc}"[:300]
+    return "ok"
+
+
 async def readyz(request: web.Request) -> web.Response:
-    failures: list[str] = []
-    for check in request.app[READY_CHECKS]:
-        try:
-            await check()
-        except Exception as exc:
-            failures.append(f"{getattr(check, '__name__', 'check')}: {exc}")
-    if failures:
-        return web.json_response({"ready": False, "failures": failures}, status=503)
-    return web.json_response({"ready": True})
+    """Ready: every dependency answered its check within the timeout, and not draining. The
+    checks run concurrently, so one dependency that hangs costs its own timeout, not the sum."""
+    app = request.app
+    if app[DRAIN].draining:
+        return web.json_response({"ready": False, "draining": True, "checks": {}}, status=503)
+    checks = app[READY_CHECKS]
+    results = await asyncio.gather(*(_run_check(c, app[READY_TIMEOUT]) for c in checks.values()))
+    answers = dict(zip(checks, results, strict=True))
+    optional = app[READY_OPTIONAL]
+    degraded = sorted(name for name, r in answers.items() if r != "ok" and name in optional)
+    # No checks yet: the cleanup contexts are still starting.
+    ready = bool(answers) and all(r == "ok" or n in optional for n, r in answers.items())
+    body: dict[str, object] = {"ready": ready, "checks": answers}
+    if degraded:
+        body["degraded"] = degraded
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -137,14 +238,18 @@ def create_base_app(
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
 ) -> web.Application:
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware, *middlewares],
+        middlewares=[drain_middleware, metrics_middleware, problem_middleware, *middlewares],
         client_max_size=client_max_size,
     )
     registry = CollectorRegistry()
     app[REGISTRY] = registry
     app[HTTP_METRICS] = HttpMetrics(registry, service)
-    # Not ready until a cleanup context appends its checks: /readyz is false while starting.
-    app[READY_CHECKS] = []
+    # Not ready until a cleanup context adds its checks: /readyz is false while starting.
+    app[READY_CHECKS] = {}
+    app[READY_TIMEOUT] = CommonSettings.model_fields["ready_check_timeout_seconds"].default
+    app[READY_OPTIONAL] = frozenset()
+    app[DRAIN] = Drain()
+    app.on_response_prepare.append(_close_when_draining)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -159,10 +264,81 @@ def serve(
 ) -> None:
     """A service's whole ``main()``: logging, the app from its settings, serve until SIGTERM."""
     configure_logging(service, settings.log_level, settings.log_json)
-    run(create_app(settings), settings.http_host, settings.http_port)
+    app = create_app(settings)
+    app[READY_TIMEOUT] = settings.ready_check_timeout_seconds
+    run(app, settings.http_host, settings.http_port, settings.shutdown_grace_seconds)
 
 
-def run(app: web.Application, host: str, port: int) -> None:
-    # aiohttp turns SIGINT and SIGTERM into a graceful shutdown that runs the cleanup contexts in
-    # reverse; shutdown_timeout bounds how long open requests may finish.
-    web.run_app(app, host=host, port=port, access_log=None, shutdown_timeout=20, print=None)
+def run(app: web.Application, host: str, port: int, grace_seconds: float) -> None:
+    """Serve until SIGTERM or SIGINT, then drain (see :func:`_drain`) and run the cleanup
+    contexts in reverse."""
+    asyncio.run(_serve(app, host, port, grace_seconds))
+
+
+# After the drain, how long aiohttp may take to write the last responses and cancel a request
+# that outlived the grace period.
+_CLOSE_SECONDS = 1.0
+
+
+async def _serve(app: web.Application, host: str, port: int, grace_seconds: float) -> None:
+    # Not web.run_app: its shutdown closes every connection before waiting for the requests on
+    # them, and aiohttp's protocol discards what arrives on a closed connection, so a request
+    # whose body was still arriving (an upload) stalled until it was cancelled.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CLOSE_SECONDS)
+    try:
+        if not await _unless(stop, runner.setup()):
+            log.info("stopped while starting")
+            return
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("listening on %s:%d", host, port)
+        await stop.wait()
+        await _drain(app, runner, grace_seconds)
+    finally:
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _unless(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> bool:
+    """Run ``work`` unless ``stop`` is set first (then cancel it): False if stopped."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
+
+
+async def _drain(app: web.Application, runner: web.AppRunner, grace_seconds: float) -> None:
+    """Not ready at once; no new connection (the listener closes, so a load balancer's next
+    connection goes to another replica); the requests in flight, bodies still arriving
+    included, finish within the grace period. Each response says ``Connection: close``."""
+    drain = app[DRAIN]
+    drain.draining = True
+    log.info(
+        "draining: %d request(s) in flight, up to %gs",
+        drain.in_flight,
+        grace_seconds,
+        extra={"in_flight": drain.in_flight},
+    )
+    started = time.monotonic()
+    for site in list(runner.sites):
+        await site.stop()
+    finished, *_ = await asyncio.gather(
+        drain.idle(grace_seconds), *(stop(grace_seconds) for stop in drain.stoppers)
+    )
+    log.info(
+        "drained in %.1fs%s",
+        time.monotonic() - started,
+        "" if finished else f"; {drain.in_flight} request(s) still running are cancelled",
+        extra={"in_flight": drain.in_flight},
+    )

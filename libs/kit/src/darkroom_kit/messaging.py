@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +38,10 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from darkroom_kit.clock import ms_to_iso, now_ms
+from darkroom_kit.httpapp import DRAIN
 from darkroom_kit.ids import new_id
 from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.payloads import payloads_for
 from darkroom_kit.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,11 @@ class Publisher:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._metrics = metrics
 
+    @property
+    def is_open(self) -> bool:
+        """Whether a publish now has a channel (a robust one reopens after a reconnect)."""
+        return not self._channel.is_closed
+
     async def _exchange(self, name: str) -> AbstractExchange:
         if name == "":
             return self._channel.default_exchange
@@ -295,7 +302,10 @@ class Consumer:
     """Consumes one queue. Ack policy, made explicit:
 
     * handler returns: ack;
-    * handler raises :class:`Reject` or the body is not an envelope: dead-letter it;
+    * the body is not an envelope, its type is not one the queue takes or its data does not
+      validate against the type's model (see ``payloads``): dead-letter it before the handler
+      runs (outcome ``invalid``);
+    * handler raises :class:`Reject`: dead-letter it;
     * handler raises :class:`Retry` or anything unexpected: republish to the next retry tier (with
       a confirm), then ack; past the last tier, dead-letter;
     * handler raises :class:`Defer`: republish to a defer queue with the same attempt number
@@ -310,6 +320,10 @@ class Consumer:
     metrics: ConsumerMetrics
     prefetch: int = 64
     delivery_limit: int = 20
+    # The model of each message type this queue takes: ``data`` is validated before the handler
+    # runs, and a message of another type or with invalid data is dead-lettered at once (it
+    # can never succeed; retried, it would cycle through every tier). None: not checked.
+    payloads: Mapping[str, type[BaseModel]] | None = None
     _channel: AbstractChannel | None = None
     _queue: AbstractQueue | None = None
     _tag: str | None = None
@@ -330,15 +344,36 @@ class Consumer:
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self, grace_seconds: float) -> None:
+        """Stop taking messages, let those in hand finish within ``grace_seconds`` (all of it
+        included), cancel the rest unacknowledged and close the channel: the broker redelivers
+        what was not acknowledged. Calling it again does nothing more."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        # What a cancelled handler needs to unwind; the grace period includes it.
+        unwind = min(2.0, grace_seconds / 4)
         if self._queue is not None and self._tag is not None:
+            tag, self._tag = self._tag, None
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
-        if self._in_flight:
-            _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=5)
+                # Bounded: while the connection is down this would wait for the reconnect.
+                await asyncio.wait_for(self._queue.cancel(tag), max(0.1, grace_seconds / 4))
+        # Deliveries that arrived before the cancel are tasks not yet started: let them enter.
+        await asyncio.sleep(0)
+        finished = 0
+        while self._in_flight and (left := deadline - unwind - loop.time()) > 0:
+            done, _ = await asyncio.wait(set(self._in_flight), timeout=left)
+            finished += len(done)
+        pending = set(self._in_flight)
+        if finished or pending:
+            log.info(
+                "consumer stopped: %d message(s) finished, %d cancelled for redelivery",
+                finished,
+                len(pending),
+                extra={"queue": self.spec.name},
+            )
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.1, deadline - loop.time()))
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
@@ -368,10 +403,24 @@ class Consumer:
     async def _handle(self, message: AbstractIncomingMessage) -> str:
         try:
             envelope = Envelope.model_validate_json(message.body)
-        except ValidationError:
-            log.error("not an envelope, dead-lettered", extra={"queue": self.spec.name})
+        except ValidationError as exc:
+            log.error(
+                "not an envelope, dead-lettered: %s",
+                _errors(exc),
+                extra={"queue": self.spec.name, "message_id": message.message_id},
+            )
             await message.reject(requeue=False)
-            return "dead_lettered"
+            return "invalid"
+        problem = self._invalid(envelope)
+        if problem is not None:
+            log.error(
+                "invalid %s message, dead-lettered: %s",
+                envelope.type,
+                problem,
+                extra={"queue": self.spec.name, "message_id": envelope.id, "type": envelope.type},
+            )
+            await message.reject(requeue=False)
+            return "invalid"
         raw_attempt = (message.headers or {}).get(ATTEMPT_HEADER, 1)
         attempt = raw_attempt if isinstance(raw_attempt, int) and raw_attempt > 0 else 1
         try:
@@ -396,6 +445,19 @@ class Consumer:
             return await self._retry_later(message, envelope, attempt, exc)
         await message.ack()
         return "acked"
+
+    def _invalid(self, envelope: Envelope) -> str | None:
+        """Why the envelope's data cannot be handled, or None."""
+        if self.payloads is None:
+            return None
+        model = self.payloads.get(envelope.type)
+        if model is None:
+            return f"type {envelope.type!r} is not one this queue takes"
+        try:
+            model.model_validate(envelope.data)
+        except ValidationError as exc:
+            return _errors(exc)
+        return None
 
     async def _defer(
         self, message: AbstractIncomingMessage, envelope: Envelope, attempt: int, exc: Defer
@@ -450,6 +512,17 @@ class Consumer:
         return await self._park(message, envelope, queue, headers, "retried")
 
 
+def _errors(exc: ValidationError, limit: int = 500) -> str:
+    """A validation error for a log line: where and what, never the values (a message may be
+    big, or carry what does not belong in logs), cut at ``limit`` characters."""
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc']) or '(data)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+    text = f"{exc.error_count()} error(s): " + "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 AMQP_CONNECTION: web.AppKey[AbstractRobustConnection] = web.AppKey(
     "amqp_connection", AbstractRobustConnection
 )
@@ -483,22 +556,30 @@ def consumer_ctx(
     spec_for: Callable[[Topology], QueueSpec],
     handler_for: Callable[[web.Application], Handler],
     metrics: ConsumerMetrics,
+    payloads: Mapping[str, type[BaseModel]] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A consumer as a cleanup context: it starts after its dependencies and stops (cancel, drain,
-    close) before them."""
+    close) before them. It takes the message types in ``payloads`` (by default those of its
+    queue's routing keys, with their models from :data:`darkroom_kit.payloads.PAYLOADS`) and
+    dead-letters any other message, or one whose data does not validate."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         topology = app[TOPOLOGY]
+        spec = spec_for(topology)
         consumer = Consumer(
             app[AMQP_CONNECTION],
             topology,
-            spec_for(topology),
+            spec,
             handler_for(app),
             metrics,
             prefetch=settings.prefetch,
             delivery_limit=settings.delivery_limit,
+            payloads=payloads if payloads is not None else payloads_for(spec.routing_keys),
         )
         await consumer.start()
+        # SIGTERM stops it at once, within the service's one grace period (see httpapp.Drain);
+        # the stop below is then a no-op, and is the stop of a shutdown without a drain.
+        app[DRAIN].stoppers.append(consumer.stop)
         try:
             yield
         finally:

@@ -9,9 +9,14 @@ same pool at that moment fail with :class:`PoolRestarted`, a transient error the
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -52,8 +57,8 @@ class RenderPool:
         return ProcessPoolExecutor(
             max_workers=self._processes,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker_process,
-            initargs=(self._memory_limit,),
+            initializer=_init_worker,
+            initargs=(self._memory_limit, os.getpid()),
         )
 
     async def run(self, time_limit: float, fn: Callable[..., T], *args: Any) -> T:
@@ -88,6 +93,43 @@ def _kill(pool: ProcessPoolExecutor) -> None:
     # The executor has no public way to stop a running job: kill its processes.
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.kill()
+
+
+_PR_SET_PDEATHSIG = 1  # from linux/prctl.h
+
+
+def _init_worker(memory_limit_bytes: int | None, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    init_worker_process(memory_limit_bytes)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker outlives a parent killed with SIGKILL (nothing closes its end of the job queue),
+    holding memory and the render slots of a service that is gone. On Linux the kernel kills
+    it when the parent dies. Strictly: when the parent's *thread* that spawned it exits; the
+    executor spawns workers in ``submit``, that is on the event loop's thread, which lives as
+    long as the service (Python 3.11 spawns from its manager thread only with
+    ``max_tasks_per_child``, not used here). Elsewhere a thread polls the parent."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        libc = None
+    prctl = getattr(libc, "prctl", None)
+    armed = prctl is not None and prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    if not armed:
+        threading.Thread(
+            target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True
+        ).start()
+    # The parent may have died between spawning this process and the line above; then this
+    # process already has another parent and the signal will never come.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(1)
 
 
 RENDER_POOL: web.AppKey[RenderPool] = web.AppKey("render_pool", RenderPool)

@@ -37,5 +37,8 @@ class CommonSettings(BaseSettings):
     # The broker dead-letters a message redelivered this many times (a poison message that keeps
     # crashing its consumer), independently of the application's own retry policy.
     delivery_limit: int = Field(default=20, ge=1)
-    # How long a graceful stop waits for in-flight messages before closing the channel.
-    shutdown_grace_seconds: float = 20.0
+    # SIGTERM to exit: how long requests and messages in flight may take to finish (Kubernetes'
+    # default terminationGracePeriodSeconds; it kills the process when it runs out).
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Each /readyz dependency check must answer within this, or that dependency is "down".
+    ready_check_timeout_seconds: float = Field(default=2.0, gt=0)
