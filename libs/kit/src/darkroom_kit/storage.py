@@ -15,6 +15,7 @@ import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -80,6 +81,23 @@ def _translated() -> Any:
         raise StorageUnavailable(str(exc)) from exc
 
 
+async def _translated_pages(pages: Any) -> AsyncIterator[Any]:
+    """A paginator's pages with vendor errors translated; the caller's own code between pages
+    runs outside the translation."""
+    iterator = aiter(pages)
+    while True:
+        with _translated():
+            try:
+                page = await anext(iterator)
+            except StopAsyncIteration:
+                return
+        yield page
+
+
+def _ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str
@@ -93,6 +111,22 @@ class StoredPart:
     number: int
     etag: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    key: str
+    size: int
+    last_modified_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMultipart:
+    """A multipart upload neither completed nor aborted, as ListMultipartUploads reports it."""
+
+    key: str
+    upload_id: str
+    initiated_ms: int
 
 
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
@@ -295,11 +329,51 @@ class S3ObjectStore:
 
     async def list_keys(self, prefix: str) -> list[str]:
         keys: list[str] = []
-        with _translated():
-            paginator = self._client.get_paginator("list_objects_v2")
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                keys.extend(obj["Key"] for obj in page.get("Contents", []))
+        async for page in self.iter_objects(prefix):
+            keys.extend(obj.key for obj in page)
         return keys
+
+    async def iter_objects(
+        self, prefix: str, page_size: int = 1000
+    ) -> AsyncIterator[list[ListedObject]]:
+        """The objects under ``prefix``, one ListObjectsV2 page at a time (continuation tokens),
+        so a caller never holds more than one page of a big bucket."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+        )
+        async for page in _translated_pages(pages):
+            yield [
+                ListedObject(o["Key"], int(o.get("Size", 0)), _ms(o["LastModified"]))
+                for o in page.get("Contents", [])
+            ]
+
+    async def iter_multipart_uploads(
+        self, prefix: str, page_size: int = 1000
+    ) -> AsyncIterator[list[OpenMultipart]]:
+        """The open multipart uploads under ``prefix``, a page at a time (key and upload id
+        markers)."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        pages = paginator.paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+        )
+        async for page in _translated_pages(pages):
+            yield [
+                OpenMultipart(u["Key"], u["UploadId"], _ms(u["Initiated"]))
+                for u in page.get("Uploads", [])
+            ]
+
+    async def last_part_ms(self, key: str, upload_id: str) -> int | None:
+        """When the newest part of a multipart upload was stored (None: no part yet). An upload
+        still receiving parts is alive however long ago it began. ObjectNotFound: it is gone."""
+        paginator = self._client.get_paginator("list_parts")
+        pages = paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        newest: int | None = None
+        async for page in _translated_pages(pages):
+            for part in page.get("Parts", []):
+                at = _ms(part["LastModified"])
+                newest = at if newest is None else max(newest, at)
+        return newest
 
     async def presigned_get(self, key: str, expires_seconds: int = 3600) -> str:
         """A URL that reads the object without credentials, for tools such as ffmpeg that seek
@@ -319,9 +393,19 @@ class S3ObjectStore:
             if not batch:
                 continue
             with _translated():
-                await self._client.delete_objects(
+                resp = await self._client.delete_objects(
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+                )
+            # DeleteObjects answers 200 even when some keys were not deleted; a caller that
+            # goes on as if they were would drop the record that says they exist.
+            if errors := resp.get("Errors"):
+                first = errors[0]
+                raise _storage_error(
+                    500 if first.get("Code") == "InternalError" else 400,
+                    str(first.get("Code", "")),
+                    f"{len(errors)} of {len(batch)} key(s) not deleted, "
+                    f"first {first.get('Key')}: {first.get('Message', '')}",
                 )
 
     # Multipart primitives: a streamed upload here, chunked uploads in upload-ingest.
@@ -353,9 +437,10 @@ class S3ObjectStore:
 
     async def open_multipart_uploads(self, prefix: str) -> list[str]:
         """Ids of the multipart uploads under ``prefix`` that are neither completed nor aborted."""
-        with _translated():
-            resp = await self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        return [u["UploadId"] for u in resp.get("Uploads", [])]
+        ids: list[str] = []
+        async for page in self.iter_multipart_uploads(prefix):
+            ids.extend(u.upload_id for u in page)
+        return ids
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         with contextlib.suppress(ObjectNotFound), _translated():

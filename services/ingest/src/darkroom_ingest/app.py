@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from darkroom_kit import records
 from darkroom_kit.background import periodic_ctx
-from darkroom_kit.httpapp import REGISTRY, create_base_app
+from darkroom_kit.httpapp import READY_OPTIONAL, REGISTRY, create_base_app
 from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, amqp_ctx
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
@@ -17,8 +17,10 @@ from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
 
 from darkroom_ingest.chunked import ChunkedUploads
+from darkroom_ingest.counting import COUNT_CORRECTIONS, PhotoCounts
 from darkroom_ingest.handlers import CHUNKED, PHOTO_SERVICE, UPLOAD_BYTES
 from darkroom_ingest.idempotency import idempotency_middleware
+from darkroom_ingest.orphans import orphan_sweeper_ctx, sweep_pass
 from darkroom_ingest.photos import PhotoService
 from darkroom_ingest.routes import api_routes, openapi_document, register
 from darkroom_ingest.settings import IngestSettings
@@ -41,6 +43,12 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         app[TOPOLOGY],
         settings.public_base_url,
         settings.outbox_grace_ms,
+        PhotoCounts(
+            db,
+            reservation_ttl_ms=int(settings.photo_reservation_ttl_seconds * 1000),
+            settle_ms=int(settings.photo_count_settle_seconds * 1000),
+            corrections=app[COUNT_CORRECTIONS],
+        ),
     )
     app[PHOTO_SERVICE] = service
     chunked = ChunkedUploads(db, app[OBJECT_STORE], service, settings)
@@ -58,6 +66,10 @@ async def _relay_pass(app: web.Application) -> int:
     return await app[RELAY].run_once()
 
 
+async def _count_pass(app: web.Application) -> int:
+    return await app[PHOTO_SERVICE].counts.run_pass()
+
+
 async def _expire_pass(app: web.Application) -> int:
     return await app[CHUNKED].expire_due()
 
@@ -68,9 +80,18 @@ def create_app(settings: IngestSettings) -> web.Application:
         SERVICE, client_max_size=settings.max_json_bytes, middlewares=(idempotency_middleware,)
     )
     app[SETTINGS] = settings
+    # Every message upload-ingest publishes is written to an outbox with its record first, so
+    # it takes uploads while the broker is away (the relay publishes them after): a broker
+    # outage is reported in /readyz, but does not take every replica out of the load balancer.
+    app[READY_OPTIONAL] = frozenset({"amqp"})
     registry = app[REGISTRY]
     app[UPLOAD_BYTES] = Counter(
         "upload_bytes_total", "Bytes received in uploads", registry=registry
+    )
+    app[COUNT_CORRECTIONS] = Counter(
+        "photo_count_corrections_total",
+        "Events whose photo_count a reconciliation corrected",
+        registry=registry,
     )
     metrics = ConsumerMetrics(registry, SERVICE)
     app.cleanup_ctx.extend(
@@ -85,6 +106,15 @@ def create_app(settings: IngestSettings) -> web.Application:
             ),
             periodic_ctx(
                 "abandoned uploads expired", _expire_pass, settings.upload_sweep_interval_seconds
+            ),
+            periodic_ctx(
+                "photo counts corrected", _count_pass, settings.photo_count_interval_seconds
+            ),
+            orphan_sweeper_ctx,
+            # The first pass an interval after start: a crash loop must not list the bucket on
+            # every start (`darkroom orphans sweep` runs one at once).
+            periodic_ctx(
+                "orphan sweep", sweep_pass, settings.orphan_sweep_interval_seconds, wait_first=True
             ),
         ]
     )

@@ -21,6 +21,7 @@ import google_crc32c
 from darkroom_kit import records
 from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.ids import new_id
+from darkroom_kit.lease import RELEASED, Lease
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.problems import FieldError, Problem, not_found
 from darkroom_kit.storage import (
@@ -40,7 +41,10 @@ from darkroom_ingest.uploads import StoredFile
 log = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
-# A complete whose process died is taken over after this long.
+# A complete holds the upload by a lease its process renews while it works (lock_lease_seconds),
+# so a complete whose process died is taken over within seconds. A record written before leases
+# existed carries only ``completing_ms``: its process (the previous version) does not renew, so it
+# keeps the old rule: taken over once this old.
 STALE_COMPLETING_MS = 5 * 60 * 1000
 MAX_PARTS = 10_000  # S3's limit
 
@@ -288,7 +292,11 @@ class ChunkedUploads:
 
     async def complete(self, upload_id: str) -> Document:
         """Create the photo exactly once; concurrent and repeated calls all get it."""
-        for _ in range(600):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.complete_wait_seconds
+        lease_ms = int(self._settings.lock_lease_seconds * 1000)
+        pause = 0.05
+        while True:
             doc = await self.get(upload_id)
             if doc["state"] == "completed":
                 return await self._photo_of(doc)
@@ -308,23 +316,37 @@ class ChunkedUploads:
             if doc["state"] == "open" and doc["expires_ms"] <= now_ms():
                 self._check_open(doc)
             now = now_ms()
+            lease = Lease(self.col, upload_id, lease_ms)
+            # Under $and: nx-27017 matches other documents when a single-document update's
+            # filter has fields beside a top-level $or.
             claimed = await self.col.find_one_and_update(
                 {
-                    "_id": upload_id,
-                    "$or": [
-                        {"state": "open"},
+                    "$and": [
+                        {"_id": upload_id},
                         {
-                            "state": "completing",
-                            "completing_ms": {"$lt": now - STALE_COMPLETING_MS},
+                            "$or": [
+                                {"state": "open"},
+                                {
+                                    "$and": [
+                                        {"state": "completing"},
+                                        Lease.free(now, "completing_ms", STALE_COMPLETING_MS),
+                                    ]
+                                },
+                            ]
                         },
-                    ],
+                    ]
                 },
-                {"$set": {"state": "completing", "completing_ms": now}},
+                {"$set": {"state": "completing", "completing_ms": now, **lease.fields(now)}},
                 return_document=ReturnDocument.AFTER,
             )
             if claimed is not None:
-                return await self._finish(claimed)
-            await asyncio.sleep(0.1)  # another request is completing it: wait for its answer
+                return await self._finish(claimed, lease)
+            # Another request is completing it: wait for its answer while its lease is renewed,
+            # and take over once it is not (its process died).
+            if loop.time() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
         raise Problem(
             503,
             "complete_in_progress",
@@ -333,64 +355,75 @@ class ChunkedUploads:
             headers={"Retry-After": "2"},
         )
 
-    async def _finish(self, doc: Document) -> Document:
-        # A completer that died after creating the photo but before recording it: the photo is
-        # there, so only the record is finished (never a second photo, never counted twice).
-        existing = await self._photos.photos.col.find_one({"_id": doc["photo_id"]})
-        if existing is not None:
-            await self._mark_completed(doc["_id"])
-            return existing
+    async def _finish(self, doc: Document, lease: Lease) -> Document:
+        # The lease is renewed while the photo is made; the writes that end the completion come
+        # after, so no renewal races them.
         try:
-            kind = sniff.sniff(bytes(doc.get("head") or b""))
-            if kind is None or kind.name not in self._accepted_types:
-                raise Problem(
-                    422,
-                    "unsupported_type",
-                    "The content is not an accepted type",
-                    "The file's bytes are not an accepted image or video format.",
-                )
-            parts = [
-                StoredPart(int(i) + 1, p["etag"], p["size"])
-                for i, p in sorted(doc["parts"].items(), key=lambda kv: int(kv[0]))
-            ]
-            try:
-                await self._store.complete_multipart(doc["key"], doc["s3_upload_id"], parts)
-            except ObjectNotFound:
-                # Completed by an earlier attempt that died before recording it.
-                info = await self._store.head(doc["key"])
-                if info.size != doc["size"]:
-                    raise
-            if doc.get("sha256"):
-                await self._verify_sha256(doc)
-            stored = StoredFile(
-                doc["photo_id"],
-                doc["key"],
-                filenames.with_extension(doc["filename"], kind.extension),
-                doc["filename"],
-                kind,
-                doc["size"],
-                doc.get("sha256"),
-            )
-            event = await self._photos.events.get(doc["event_id"])
-            if event is None:
-                raise not_found("event", doc["event_id"])
-            photos = await self._photos.commit_batch(event, [stored], None)
+            async with lease:
+                photo = await self._make_photo(doc)
         except Problem as problem:
-            await self._fail(doc, problem)
+            await self._fail(doc, lease, problem)
             raise
         except StorageError:
             # Let the client try completing again.
             await self.col.update_one(
-                {"_id": doc["_id"], "state": "completing"}, {"$set": {"state": "open"}}
+                {**lease.mine(), "state": "completing"},
+                {"$set": {"state": "open"}, "$unset": RELEASED},
             )
             raise
         await self._mark_completed(doc["_id"])
+        return photo
+
+    async def _make_photo(self, doc: Document) -> Document:
+        # A completer that died after creating the photo but before recording it: the photo is
+        # there, so only the record is finished (never a second photo, never counted twice).
+        existing = await self._photos.photos.col.find_one({"_id": doc["photo_id"]})
+        if existing is not None:
+            return existing
+        kind = sniff.sniff(bytes(doc.get("head") or b""))
+        if kind is None or kind.name not in self._accepted_types:
+            raise Problem(
+                422,
+                "unsupported_type",
+                "The content is not an accepted type",
+                "The file's bytes are not an accepted image or video format.",
+            )
+        parts = [
+            StoredPart(int(i) + 1, p["etag"], p["size"])
+            for i, p in sorted(doc["parts"].items(), key=lambda kv: int(kv[0]))
+        ]
+        try:
+            await self._store.complete_multipart(doc["key"], doc["s3_upload_id"], parts)
+        except ObjectNotFound:
+            # Completed by an earlier attempt that died before recording it.
+            info = await self._store.head(doc["key"])
+            if info.size != doc["size"]:
+                raise
+        if doc.get("sha256"):
+            await self._verify_sha256(doc)
+        stored = StoredFile(
+            doc["photo_id"],
+            doc["key"],
+            filenames.with_extension(doc["filename"], kind.extension),
+            doc["filename"],
+            kind,
+            doc["size"],
+            doc.get("sha256"),
+        )
+        event = await self._photos.events.get(doc["event_id"])
+        if event is None:
+            raise not_found("event", doc["event_id"])
+        photos = await self._photos.commit_batch(event, [stored], None)
         return photos[0]
 
     async def _mark_completed(self, upload_id: str) -> None:
+        # Unconditional: the photo exists, whichever completer made it.
         await self.col.update_one(
             {"_id": upload_id},
-            {"$set": {"state": "completed", "completed_ms": now_ms()}, "$unset": {"head": ""}},
+            {
+                "$set": {"state": "completed", "completed_ms": now_ms()},
+                "$unset": {"head": "", **RELEASED},
+            },
         )
 
     async def _verify_sha256(self, doc: Document) -> None:
@@ -408,9 +441,9 @@ class ChunkedUploads:
                 errors=[FieldError("/sha256", "does not match the content", "checksum_mismatch")],
             )
 
-    async def _fail(self, doc: Document, problem: Problem) -> None:
-        await self.col.update_one(
-            {"_id": doc["_id"]},
+    async def _fail(self, doc: Document, lease: Lease, problem: Problem) -> None:
+        failed = await self.col.update_one(
+            {**lease.mine(), "state": "completing"},
             {
                 "$set": {
                     "state": "failed",
@@ -419,10 +452,14 @@ class ChunkedUploads:
                         "code": problem.code,
                         "detail": problem.detail or problem.title,
                     },
-                }
+                },
+                "$unset": RELEASED,
             },
         )
-        await self._store.abort_multipart(doc["key"], doc["s3_upload_id"])
+        # A completer that lost its lease leaves the upload to the one that took it over (aborting
+        # the multipart upload would pull its parts from under it).
+        if failed.matched_count == 1:
+            await self._store.abort_multipart(doc["key"], doc["s3_upload_id"])
 
     async def _photo_of(self, doc: Document) -> Document:
         photo = await self._photos.photos.col.find_one({"_id": doc["photo_id"]})

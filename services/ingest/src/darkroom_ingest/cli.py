@@ -1,4 +1,4 @@
-"""``darkroom``: the server-side command line (token management)."""
+"""``darkroom``: the server-side command line (tokens, the orphan sweep)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import Any
 
 from darkroom_client.cli import main as upload_main
 from darkroom_kit.clock import ms_to_iso
 from darkroom_kit.mongo import open_mongo
+from darkroom_kit.storage import open_object_store
 
+from darkroom_ingest.orphans import OrphanSweeper
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import TokenStore, ensure_indexes
 from darkroom_ingest.tokens import generate_token, hash_token, parse_scopes
@@ -56,6 +59,37 @@ async def _revoke(settings: IngestSettings, token_id: str) -> bool:
         await client.close()
 
 
+async def sweep_orphans(
+    settings: IngestSettings, *, dry_run: bool, grace_seconds: float, max_deletions: int
+) -> dict[str, Any]:
+    client = open_mongo(settings)
+    try:
+        async with open_object_store(settings) as store:
+            sweeper = OrphanSweeper(
+                client[settings.mongo_db],
+                store,
+                grace_seconds=grace_seconds,
+                max_deletions=max_deletions,
+            )
+            return (await sweeper.sweep(dry_run=dry_run)).as_dict()
+    finally:
+        await client.close()
+
+
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of seconds >= 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["upload"]:
@@ -79,8 +113,45 @@ def main(argv: list[str] | None = None) -> int:
     token.add_parser("list", help="list tokens (never their values)")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("token_id")
+    orphans = sub.add_parser(
+        "orphans", help="objects in S3 whose record never landed"
+    ).add_subparsers(dest="cmd", required=True)
+    sweep = orphans.add_parser(
+        "sweep",
+        help="delete orphan objects and abort orphan multipart uploads older than the grace "
+        "period; prints what was found as JSON",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="report the orphans, delete nothing")
+    sweep.add_argument(
+        "--grace-seconds",
+        type=_non_negative,
+        default=None,
+        help="only what is older than this (default: ORPHAN_GRACE_SECONDS, 6 h); a batch "
+        "upload still running must be younger than it",
+    )
+    sweep.add_argument(
+        "--max-deletions",
+        type=_positive_int,
+        default=None,
+        help="stop after this many orphans (default: ORPHAN_MAX_DELETIONS)",
+    )
     args = parser.parse_args(argv)
     settings = IngestSettings()
+    if args.group == "orphans":
+        report = asyncio.run(
+            sweep_orphans(
+                settings,
+                dry_run=args.dry_run,
+                grace_seconds=(
+                    settings.orphan_grace_seconds
+                    if args.grace_seconds is None
+                    else args.grace_seconds
+                ),
+                max_deletions=args.max_deletions or settings.orphan_max_deletions,
+            )
+        )
+        print(json.dumps(report, indent=2))
+        return 0
     if args.cmd == "create":
         try:
             scopes = [s.value for s in parse_scopes(args.scopes)]

@@ -21,7 +21,10 @@ from darkroom_ingest.web_support import SETTINGS, authenticate
 
 WRITES = {"POST", "PATCH", "DELETE", "PUT"}
 MAX_KEY_LENGTH = 255
-# A claim older than this belongs to a request whose process died: it may be taken over.
+# A claim is a lease its request's process renews while the request runs (lock_lease_seconds), so
+# a crashed request's key is free within seconds. A claim written before leases existed carries
+# only ``started_ms``: its process (the previous version, still draining in a rolling deploy) does
+# not renew, so it keeps the old rule: taken over once this old.
 STALE_MS = 15 * 60 * 1000
 
 
@@ -54,7 +57,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     scoped = f"{principal.token_id}:{key}"
     fingerprint = await _fingerprint(request)
     ttl_ms = request.app[SETTINGS].idempotency_ttl_hours * 3600 * 1000
-    existing = await store.begin(scoped, fingerprint, ttl_ms, STALE_MS)
+    lease = store.lease(scoped, int(request.app[SETTINGS].lock_lease_seconds * 1000))
+    existing = await store.begin(scoped, fingerprint, ttl_ms, lease, STALE_MS)
     if existing is not None:
         if existing["fingerprint"] != fingerprint:
             raise Problem(
@@ -76,20 +80,23 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
             body=bytes(existing["body"]),
             headers={"Content-Type": existing["content_type"], "Idempotent-Replayed": "true"},
         )
+    # The lease is renewed only while the handler runs; the final write comes after, so no
+    # renewal races it (the lease still has two thirds of its length left then).
     try:
-        response = await handler(request)
+        async with lease:
+            response = await handler(request)
     except Problem as problem:
         if problem.status >= 500:
-            await store.abandon(scoped)
+            await store.abandon(lease)
             raise
         response = problem_response(problem, request.path)
     except BaseException:
         # Nothing durable to replay: let the client try again with the same key.
-        await store.abandon(scoped)
+        await store.abandon(lease)
         raise
     if isinstance(response, web.Response) and response.status < 500:
         body = response.body if isinstance(response.body, bytes) else b""
-        await store.finish(scoped, response.status, body, response.content_type)
+        await store.finish(lease, response.status, body, response.content_type)
     else:
-        await store.abandon(scoped)
+        await store.abandon(lease)
     return response

@@ -7,12 +7,14 @@ import logging
 
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
+from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.outbox import Outbox
 from darkroom_kit.problems import Problem
 from darkroom_kit.storage import S3ObjectStore, StorageError
 
+from darkroom_ingest.counting import PhotoCounts
 from darkroom_ingest.stores import CapExceeded, EventStore, PhotoStore
 from darkroom_ingest.uploads import StoredFile
 
@@ -45,9 +47,11 @@ class PhotoService:
         topology: Topology,
         base_url: str,
         grace_ms: int,
+        counts: PhotoCounts | None = None,
     ) -> None:
         self.photos = PhotoStore(db)
         self.events = EventStore(db)
+        self.counts = counts or PhotoCounts(db)
         self._store = store
         self._outbox = outbox_
         self._topology = topology
@@ -58,9 +62,15 @@ class PhotoService:
         self, event: Document, files: list[StoredFile], category_id: str | None
     ) -> list[Document]:
         """Count the files against the cap, write their records (each with its ``photo.uploaded``
-        in the same write), then publish. Raises Problem (and deletes the objects) on a refusal."""
+        in the same write), then publish. Raises Problem (and deletes the objects) on a refusal.
+
+        The places are reserved first; a process killed before the photos are in leaves a
+        reservation that expires and is given back by the reconciliation (counting.py)."""
+        reservation = new_id("rsv")
         try:
-            await self.events.reserve_photos(event, len(files))
+            await self.events.reserve_photos(
+                event, len(files), reservation, now_ms() + self.counts.reservation_ttl_ms
+            )
         except CapExceeded as exc:
             await self._discard(files)
             raise Problem(
@@ -93,6 +103,7 @@ class PhotoService:
                 "captured_at_ms": None,
                 "variants": {},
                 "created_ms": now,
+                "reservation_id": reservation,
             }
             docs.append(doc)
         events_exchange = self._topology.events
@@ -109,15 +120,47 @@ class PhotoService:
 
         try:
             await self.photos.insert_unique(docs, with_message)
-        except Exception:
-            await self.events.release_photos(event["_id"], len(files))
-            await self._discard(files)
+        except BaseException:
+            await self._abandon(event["_id"], reservation)
+            # Not discarded: some records may have landed (or may still land: a write that timed
+            # out can complete on the server), and deleting their objects would leave photos
+            # without bytes. The objects of those that never land are orphans, which the sweep
+            # removes after its grace period (orphans.py).
+            log.warning(
+                "photo records not written; objects left to the orphan sweep",
+                extra={"event_id": event["_id"], "photo_ids": [f.photo_id for f in files][:20]},
+            )
             raise
+        await self._settle(event["_id"], reservation)
         # Confirms pipelined across the batch: one broker round trip, not one per file.
         await asyncio.gather(
             *(self._outbox.flush(self.photos.col, d["_id"], outbox.pending_of(d)) for d in docs)
         )
         return docs
+
+    async def _abandon(self, event_id: str, reservation: str) -> None:
+        try:
+            await self.events.abandon_reservation(
+                event_id, reservation, now_ms() + self.counts.settle_ms
+            )
+        except Exception:  # the reservation then expires at its TTL; the insert's error counts
+            log.warning("could not abandon a reservation", exc_info=True)
+
+    async def _settle(self, event_id: str, reservation: str) -> None:
+        """The photos are in: a failure from here on must not fail the upload. Left alone, the
+        reservation expires and the recount counts the photos."""
+        try:
+            if await self.events.settle_reservation(event_id, reservation, now_ms()):
+                return
+            # Slower than the TTL: a recount may have given the places back before the photos
+            # landed, so count again now that they are all in.
+            log.warning(
+                "reservation expired before its photos landed; recounting",
+                extra={"event_id": event_id, "reservation_id": reservation},
+            )
+            await self.counts.reconcile(event_id)
+        except Exception:
+            log.warning("could not settle a reservation", exc_info=True)
 
     async def _discard(self, files: list[StoredFile]) -> None:
         try:
@@ -139,17 +182,36 @@ class PhotoService:
         )
         if marked is None:
             return False
-        await self.events.release_photos(photo["event_id"], 1)
+        # Before the flush: a photo.deleted still pending means the place may not be given back
+        # yet, and the relay that publishes it finishes the deletion (finish_deletion).
+        await self._release(marked)
         await self._outbox.flush(self.photos.col, photo["_id"], outbox.pending_of(marked))
-        await self.finish_deletion(marked)
+        await self._finish_deletion(marked, released=True)
         return True
+
+    async def _release(self, doc: Document) -> None:
+        await self.events.release_photo(
+            doc["event_id"],
+            doc["_id"],
+            doc.get("reservation_id"),
+            now_ms() + self.counts.reservation_ttl_ms,
+        )
 
     async def finish_deletion(self, doc: Document) -> None:
         """Remove a tombstoned photo's objects and record (the relay calls it for leftovers)."""
+        await self._finish_deletion(doc, released=False)
+
+    async def _finish_deletion(self, doc: Document, *, released: bool) -> None:
         if doc.get("status") != "deleting":
             return
         # Re-read: a thumbnail may have been stored after the tombstone was read.
-        fresh = await self.photos.col.find_one({"_id": doc["_id"]}) or doc
+        fresh = await self.photos.col.find_one({"_id": doc["_id"]})
+        if fresh is None:
+            return  # removed already (its place given back before that)
+        if not released:
+            # A deleter killed after the tombstone: give the place back (once) before the
+            # record goes, since after that nothing tells that it was held.
+            await self._release(fresh)
         if outbox.pending_of(fresh):
             return  # its photo.deleted is not out yet; the relay comes back
         try:

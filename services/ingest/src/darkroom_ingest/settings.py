@@ -23,6 +23,13 @@ class IngestSettings(CommonSettings):
     outbox_grace_ms: int = 10_000
     outbox_relay_interval_seconds: float = 2.0
     idempotency_ttl_hours: int = 24
+    # Locks held while a request works (an Idempotency-Key's first request, a chunked upload's
+    # completion) are leases of this length, renewed every third of it by their process: a dead
+    # process's lock is free after at most this long. Long against clock skew between replicas.
+    lock_lease_seconds: float = Field(default=10.0, ge=0.3)
+    # How long a complete waits for another one in progress before answering 503 with
+    # Retry-After: under the 60 s read timeout of common reverse proxies.
+    complete_wait_seconds: float = Field(default=30.0, ge=0)
     # Chunked uploads.
     allowed_video_types: list[str] = ["mp4", "mov", "webm", "avi"]
     max_video_bytes: int = Field(default=10 * 1000 * MB, ge=1)
@@ -31,3 +38,16 @@ class IngestSettings(CommonSettings):
     # Under MinIO's own 24 h purge of unfinished multipart uploads.
     upload_expiry_seconds: float = Field(default=12 * 3600, gt=0)
     upload_sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # Photo count (counting.py). A commit's reservation must outlive the slowest commit (the
+    # record writes after the bytes are stored: seconds, minutes when MongoDB stalls).
+    photo_reservation_ttl_seconds: float = Field(default=120.0, gt=0)
+    # A failed commit's places are given back this long after: its insert may still land.
+    photo_count_settle_seconds: float = Field(default=10.0, ge=0)
+    # Recount events whose reservations expired; the first pass after start recounts all.
+    photo_count_interval_seconds: float = Field(default=60.0, ge=0)  # 0: off
+    # Orphan sweep (orphans.py). Only age tells a live batch's objects from orphans (they are
+    # written before any record), so the grace must outlast the slowest batch request: a full
+    # max_batch_bytes (5 GiB) at 2 Mbit/s takes 6 h.
+    orphan_grace_seconds: float = Field(default=6 * 3600, ge=0)
+    orphan_sweep_interval_seconds: float = Field(default=3600.0, ge=0)  # 0: off
+    orphan_max_deletions: int = Field(default=10_000, ge=1)

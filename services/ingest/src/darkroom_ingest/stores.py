@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
+from darkroom_kit.lease import RELEASED, Lease
 from darkroom_kit.messaging import Envelope
 from darkroom_kit.mongo import Collection, Database, Document, insert_new
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
@@ -59,6 +60,8 @@ async def ensure_indexes(db: Database) -> None:
     await db[records.TOKENS].create_index([("hash", ASCENDING)], unique=True)
     await db[records.EVENTS].create_index([("slug", ASCENDING)], unique=True)
     await db[records.EVENTS].create_index([(outbox.OUTBOX_DUE, ASCENDING)], sparse=True)
+    # The photo-count reconciliation's periodic pass (darkroom_ingest.counting).
+    await db[records.EVENTS].create_index([("reconcile_due_ms", ASCENDING)], sparse=True)
     photos = db[records.PHOTOS]
     await photos.create_index([("event_id", ASCENDING), ("filename", ASCENDING)], unique=True)
     await photos.create_index([("event_id", ASCENDING), ("created_ms", DESCENDING)])
@@ -130,9 +133,17 @@ class EventStore:
     async def by_slug(self, slug: str) -> Document | None:
         return await self.col.find_one({"slug": slug}, {outbox.OUTBOX: 0})
 
-    async def reserve_photos(self, event: Document, n: int) -> None:
+    async def reserve_photos(
+        self, event: Document, n: int, reservation_id: str, until_ms: int
+    ) -> None:
         """Count ``n`` more photos against the event's cap, atomically: a conditional update, never
-        count-then-insert. Raises :class:`CapExceeded`."""
+        count-then-insert. The places are a reservation, in the same write, that a reconciliation
+        gives back once it expires (darkroom_ingest.counting). Raises :class:`CapExceeded`."""
+        ops: Document = {
+            "$inc": {"photo_count": n, "count_version": 1},
+            "$set": {f"reservations.{reservation_id}": {"n": n, "until_ms": until_ms}},
+            "$min": {"reconcile_due_ms": until_ms},
+        }
         for _ in range(5):
             cap = event.get("photo_cap")
             query: Document = {"_id": event["_id"]}
@@ -141,7 +152,7 @@ class EventStore:
             else:
                 query.update({"photo_cap": cap, "photo_count": {"$lte": cap - n}})
             updated = await self.col.find_one_and_update(
-                query, {"$inc": {"photo_count": n}}, return_document=ReturnDocument.AFTER
+                query, ops, {"_id": 1}, return_document=ReturnDocument.AFTER
             )
             if updated is not None:
                 return
@@ -182,8 +193,41 @@ class EventStore:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def release_photos(self, event_id: str, n: int) -> None:
-        await self.col.update_one({"_id": event_id}, {"$inc": {"photo_count": -n}})
+    async def settle_reservation(self, event_id: str, reservation_id: str, now: int) -> bool:
+        """A commit's photos are all in: its reservation becomes their count (the count itself
+        does not move). False if the reservation had already expired: a recount may have missed
+        photos that landed after it, so the caller recounts."""
+        result = await self.col.update_one(
+            {"_id": event_id, f"reservations.{reservation_id}.until_ms": {"$gt": now}},
+            {"$unset": {f"reservations.{reservation_id}": ""}},
+        )
+        return result.matched_count == 1
+
+    async def abandon_reservation(self, event_id: str, reservation_id: str, until_ms: int) -> None:
+        """A commit failed: its reservation expires at ``until_ms`` and the recount then counts
+        what landed. Not given back at once: an insert that timed out here may land later."""
+        await self.col.update_one(
+            {"_id": event_id, f"reservations.{reservation_id}": {"$exists": True}},
+            {
+                "$set": {f"reservations.{reservation_id}.until_ms": until_ms},
+                "$min": {"reconcile_due_ms": until_ms},
+                "$inc": {"count_version": 1},
+            },
+        )
+
+    async def release_photo(
+        self, event_id: str, photo_id: str, reservation_id: str | None, due_ms: int
+    ) -> None:
+        """Give back a deleted photo's place, once: the release is recorded in the same write, so
+        a repeat (the relay finishing a deletion) does nothing."""
+        await self.col.update_one(
+            {"_id": event_id, f"count_released.{photo_id}": {"$exists": False}},
+            {
+                "$inc": {"photo_count": -1, "count_version": 1},
+                "$set": {f"count_released.{photo_id}": {"at_ms": now_ms(), "rid": reservation_id}},
+                "$min": {"reconcile_due_ms": due_ms},
+            },
+        )
 
 
 class PhotoStore:
@@ -376,10 +420,13 @@ class IdempotencyStore:
     def __init__(self, db: Database) -> None:
         self._col = db[records.IDEMPOTENCY]
 
+    def lease(self, key: str, lease_ms: int) -> Lease:
+        return Lease(self._col, key, lease_ms)
+
     async def begin(
-        self, key: str, fingerprint: str, ttl_ms: int, stale_ms: int
+        self, key: str, fingerprint: str, ttl_ms: int, lease: Lease, legacy_stale_ms: int
     ) -> Document | None:
-        """Claim the key. None when claimed; otherwise the record that holds it."""
+        """Claim the key under ``lease``. None when claimed; otherwise the record that holds it."""
         now = now_ms()
         doc = {
             "_id": key,
@@ -387,39 +434,45 @@ class IdempotencyStore:
             "state": "running",
             "started_ms": now,
             "expires_at": datetime.now(UTC) + timedelta(milliseconds=ttl_ms),
+            **lease.fields(now),
         }
         with contextlib.suppress(DuplicateKeyError):
             await self._col.insert_one(doc)
             return None
-        # A claim whose holder died long ago may be taken over.
+        # A claim whose holder died (it stopped renewing its lease) may be taken over. The
+        # conditions are under $and: nx-27017 matches other documents when a single-document
+        # update's filter has fields beside a top-level $or.
         taken = await self._col.find_one_and_update(
             {
-                "_id": key,
-                "state": "running",
-                "started_ms": {"$lt": now - stale_ms},
-                "fingerprint": fingerprint,
+                "$and": [
+                    {"_id": key, "state": "running", "fingerprint": fingerprint},
+                    Lease.free(now, "started_ms", legacy_stale_ms),
+                ]
             },
-            {"$set": {"started_ms": now}},
+            {"$set": {"started_ms": now, **lease.fields(now)}},
         )
         if taken is not None:
             return None
         existing = await self._col.find_one({"_id": key})
         if existing is None:  # expired between the two calls: claim again
-            return await self.begin(key, fingerprint, ttl_ms, stale_ms)
+            return await self.begin(key, fingerprint, ttl_ms, lease, legacy_stale_ms)
         return existing
 
-    async def finish(self, key: str, status: int, body: bytes, content_type: str) -> None:
+    async def finish(self, lease: Lease, status: int, body: bytes, content_type: str) -> None:
+        # Only while this request still holds the key: one that lost it leaves the answer to the
+        # request that took over.
         await self._col.update_one(
-            {"_id": key},
+            lease.mine(),
             {
                 "$set": {
                     "state": "done",
                     "status": status,
                     "body": body,
                     "content_type": content_type,
-                }
+                },
+                "$unset": RELEASED,
             },
         )
 
-    async def abandon(self, key: str) -> None:
-        await self._col.delete_one({"_id": key, "state": "running"})
+    async def abandon(self, lease: Lease) -> None:
+        await self._col.delete_one({**lease.mine(), "state": "running"})

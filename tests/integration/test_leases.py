@@ -1,0 +1,288 @@
+"""Locks are leases their process renews while it works (issue 13, item 5): a dead owner's
+Idempotency-Key or chunked complete is taken over within seconds, a live owner's never."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+from darkroom_ingest.app import create_app
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit import records
+from darkroom_kit.clock import now_ms
+from darkroom_kit.lease import HOLDER, UNTIL, Lease
+from darkroom_kit.messaging import QueueSpec
+from darkroom_kit.mongo import MONGO_DB
+
+from tests.conftest import jpeg_bytes
+from tests.integration.conftest import TokenMaker, eventually
+from tests.integration.test_api import assert_problem, auth, make_event
+from tests.integration.test_chunked import jpeg_like, put, start
+
+Client = TestClient[Any, Any]
+LEASE_SECONDS = 1.0
+# Where a live holder's renewals must keep up: room for a slow MongoDB on a loaded machine.
+LIVE_LEASE_SECONDS = 2.0
+BOUNDARY = "leasetestboundary"
+
+
+def batch_body(content: bytes) -> tuple[bytes, dict[str, str]]:
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="photos"; '
+        f'filename="slow.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    ).encode()
+    body += content + f"\r\n--{BOUNDARY}--\r\n".encode()
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Content-Length": str(len(body)),
+    }
+    return body, headers
+
+
+async def dribble(body: bytes, hold: asyncio.Event) -> AsyncIterator[bytes]:
+    """The first half of the body, then the rest only once ``hold`` is set: a slow client that
+    keeps the request (and its Idempotency-Key) in progress."""
+    yield body[: len(body) // 2]
+    await hold.wait()
+    yield body[len(body) // 2 :]
+
+
+async def claim_of(api: Client, token: str, key: str) -> dict[str, Any] | None:
+    me = await (await api.get("/v1/me", headers=auth(token))).json()
+    keys = api.server.app[MONGO_DB][records.IDEMPOTENCY]
+    claim: dict[str, Any] | None = await keys.find_one({"_id": f"{me['id']}:{key}"})
+    return claim
+
+
+async def test_a_killed_requests_idempotency_key_is_free_within_seconds(
+    api: Client, settings_kwargs: dict[str, Any], make_token: TokenMaker, tmp_path: Any
+) -> None:
+    """upload-ingest as a process, SIGKILLed while a batch with an Idempotency-Key is arriving:
+    the same request with the same key succeeds seconds later (it was locked for 15 min)."""
+    from darkroom_dev.servers import free_port
+    from darkroom_dev.stack import SERVICES, start_services
+    from tests.e2e.test_pipeline import to_env
+
+    env = {**os.environ, **to_env(settings_kwargs), "LOCK_LEASE_SECONDS": str(LEASE_SECONDS)}
+    token = await make_token()
+    event = await make_event(api, token)
+    body, headers = batch_body(jpeg_bytes(400, 300))
+    headers = {**headers, **auth(token), "Idempotency-Key": "killed-1"}
+    url = f"/v1/events/{event['id']}/photos"
+
+    def start_api() -> Any:
+        [service] = start_services(env, tmp_path, free_port(len(SERVICES)), names=["upload-ingest"])
+        return service
+
+    service = await asyncio.to_thread(start_api)
+    hold = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+
+        async def slow() -> Any:
+            async with session.post(
+                service.url + url, data=dribble(body, hold), headers=headers
+            ) as resp:
+                return resp.status
+
+        first = asyncio.create_task(slow())
+        try:
+            claim = await eventually(lambda: claim_of(api, token, "killed-1"), timeout=20)
+            assert claim["state"] == "running"
+            service.process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(service.process.wait, 10)
+        finally:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGKILL)
+                await asyncio.to_thread(service.process.wait, 10)
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+    left = await claim_of(api, token, "killed-1")
+    assert left is not None
+    assert left["state"] == "running"
+
+    async def retried() -> Any:
+        resp = await api.post(url, data=body, headers=headers)
+        if resp.status == 409:
+            await assert_problem(resp, 409, "idempotency_key_in_use")
+            return None
+        return resp
+
+    # Bounded well under the old 15 minutes, and generously over the 1 s lease.
+    resp = await eventually(retried, timeout=20, interval=0.25)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers.get("Idempotent-Replayed") is None
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 1
+    again = await api.post(url, data=body, headers=headers)
+    assert again.status == 201
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert await photos.count_documents({"event_id": event["id"]}) == 1
+
+
+async def test_a_live_requests_idempotency_key_is_never_taken_over(
+    aiohttp_client: Any,
+    ingest_settings: IngestSettings,
+    watch_events: QueueSpec,
+    make_token: TokenMaker,
+) -> None:
+    """A request that runs for several lease lengths keeps its key: every duplicate meanwhile is
+    a 409, and the request's own answer is the one replayed."""
+    api: Client = await aiohttp_client(
+        create_app(ingest_settings.model_copy(update={"lock_lease_seconds": LIVE_LEASE_SECONDS}))
+    )
+    token = await make_token()
+    event = await make_event(api, token)
+    body, headers = batch_body(jpeg_bytes(400, 300))
+    headers = {**headers, **auth(token), "Idempotency-Key": "live-1"}
+    url = f"/v1/events/{event['id']}/photos"
+    hold = asyncio.Event()
+    first = asyncio.create_task(api.post(url, data=dribble(body, hold), headers=headers))
+    await eventually(lambda: claim_of(api, token, "live-1"))
+    loop = asyncio.get_running_loop()
+    held_until = loop.time() + 3 * LIVE_LEASE_SECONDS
+    duplicates = 0
+    while loop.time() < held_until:
+        await assert_problem(
+            await api.post(url, data=body, headers=headers), 409, "idempotency_key_in_use"
+        )
+        duplicates += 1
+        await asyncio.sleep(0.2)
+    hold.set()
+    resp = await first
+    assert resp.status == 201, await resp.text()
+    answer = await resp.json()
+    assert duplicates >= 6
+    replay = await api.post(url, data=body, headers=headers)
+    assert replay.status == 201
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert await replay.json() == answer
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 1
+
+
+async def lease_client(
+    aiohttp_client: Any, chunk_settings: IngestSettings, **update: Any
+) -> Client:
+    settings = chunk_settings.model_copy(update={"lock_lease_seconds": LEASE_SECONDS} | update)
+    client: Client = await aiohttp_client(create_app(settings))
+    return client
+
+
+async def test_an_interrupted_complete_is_taken_over_within_seconds(
+    aiohttp_client: Any,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    make_token: TokenMaker,
+) -> None:
+    """A complete whose process died after claiming the upload (state completing, its lease no
+    longer renewed): the next complete takes it over and makes exactly one photo (it waited
+    about 63 s and answered 503 for 5 minutes)."""
+    capi = await lease_client(aiohttp_client, chunk_settings)
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
+    upload = await start(capi, token, event["id"], data)
+    for i in range(2):
+        assert (await put(capi, token, upload, data, i)).status == 200
+    uploads = capi.server.app[MONGO_DB]["uploads"]
+    now = now_ms()
+    await uploads.update_one(
+        {"_id": upload["upload_id"]},
+        {
+            "$set": {
+                "state": "completing",
+                "completing_ms": now,
+                UNTIL: now + int(LEASE_SECONDS * 1000),
+                HOLDER: "lease_of_a_dead_process",
+            }
+        },
+    )
+    url = f"/v1/uploads/{upload['upload_id']}/complete"
+    done, again = await asyncio.gather(
+        capi.post(url, headers=auth(token)), capi.post(url, headers=auth(token))
+    )
+    assert done.status == again.status == 200, await done.text()
+    photo = await done.json()
+    assert (await again.json())["id"] == photo["id"]
+    assert photo["size"] == len(data)
+    record = await uploads.find_one({"_id": upload["upload_id"]})
+    assert record is not None
+    assert record["state"] == "completed"
+    photos = capi.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 1
+    got = await (await capi.get(f"/v1/events/{event['id']}", headers=auth(token))).json()
+    assert got["photo_count"] == 1
+
+
+async def test_a_live_complete_is_waited_for_within_bounds_and_never_taken_over(
+    aiohttp_client: Any,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    make_token: TokenMaker,
+) -> None:
+    """While another process completes the upload (its lease renewed), a complete waits a
+    bounded time and answers 503 with Retry-After, never taking over; once that process is gone,
+    the next complete finishes it."""
+    capi = await lease_client(
+        aiohttp_client,
+        chunk_settings,
+        lock_lease_seconds=LIVE_LEASE_SECONDS,
+        complete_wait_seconds=1.0,
+    )
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(5 * 1024 * 1024 + 10)
+    upload = await start(capi, token, event["id"], data)
+    for i in range(2):
+        assert (await put(capi, token, upload, data, i)).status == 200
+    uploads = capi.server.app[MONGO_DB]["uploads"]
+    # The other process: it claimed the upload as a complete does, and renews its lease.
+    owner = Lease(uploads, upload["upload_id"], int(LIVE_LEASE_SECONDS * 1000))
+    await uploads.update_one(
+        {"_id": upload["upload_id"], "state": "open"},
+        {"$set": {"state": "completing", "completing_ms": now_ms(), **owner.fields()}},
+    )
+    url = f"/v1/uploads/{upload['upload_id']}/complete"
+    async with owner:
+        for _ in range(4):  # each waits 1 s: two lease lengths in all
+            busy = await capi.post(url, headers=auth(token))
+            await assert_problem(busy, 503, "complete_in_progress")
+            assert busy.headers["Retry-After"]
+        record = await uploads.find_one({"_id": upload["upload_id"]})
+        assert record is not None
+        assert record[HOLDER] == owner.holder
+        assert not owner.lost
+
+    async def completed() -> Any:
+        # As a client would, after Retry-After: the dead owner's lease runs out within 2 s.
+        resp = await capi.post(url, headers=auth(token))
+        if resp.status == 503:
+            await assert_problem(resp, 503, "complete_in_progress")
+            return None
+        return resp
+
+    done = await eventually(completed, timeout=10)
+    assert done.status == 200, await done.text()
+    photos = capi.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 1
+
+
+async def test_a_holder_learns_that_its_lease_was_taken(api: Client) -> None:
+    col = api.server.app[MONGO_DB]["lease_test"]
+    lease = Lease(col, "doc-1", 1000)
+    await col.insert_one({"_id": "doc-1", **lease.fields()})
+    async with lease:
+        await asyncio.sleep(1.5)  # longer than the lease: renewed meanwhile
+        assert not lease.lost
+        mine = await col.find_one({"_id": "doc-1"})
+        assert mine is not None
+        assert mine[UNTIL] > now_ms()
+        thief = Lease(col, "doc-1", 1000)
+        await col.update_one({"_id": "doc-1"}, {"$set": thief.fields()})
+        await eventually(lambda: asyncio.sleep(0, lease.lost), timeout=5, interval=0.05)
+    assert (await col.find_one({"_id": "doc-1"}) or {})[HOLDER] == thief.holder
