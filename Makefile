@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config clean
+.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ install: .venv/.installed ## Install the workspace into .venv (from the lock fil
 run: install ## Run the whole system (embedded servers unless AMQP_URL/MONGO_URL/S3_ENDPOINT_URL are set)
 	.venv/bin/darkroom-dev
 
-test: install ## Run the whole test suite (unit, integration against real RabbitMQ and the stand-ins, end to end)
+test: install ## Run the whole test suite (unit, integration, end to end, the fault suite bounded)
 	.venv/bin/pytest $(PYTEST_ARGS)
+
+test-faults: install ## The fault suite with more load (hundreds of uploads); table in .data/faults-report.json
+	FAULTS_FULL=1 .venv/bin/pytest -p no:cacheprovider tests/faults $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy --strict
 	.venv/bin/ruff check .

@@ -3,6 +3,7 @@ protocol on SQLite) and moto_server (S3 API). Used by ``make run`` and by the te
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -159,3 +160,103 @@ def stop_rabbitmq() -> None:
     subprocess.run(
         [ctl, "stop"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60
     )
+
+
+# ---- fault injection (tests/faults) ---------------------------------------------------------
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (children, grandchildren...), read from /proc.
+
+    Collected before a kill -9: afterwards the orphans are re-parented to init and nothing links
+    them to the process that started them any more."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # gone while we looked
+        # The command name is in parentheses and may itself contain spaces or parentheses.
+        fields = text[text.rfind(")") + 2 :].split()
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rfind(")") + 2 :].split()[0] != "Z"
+
+
+class TcpProxy:
+    """A TCP forwarder that can be cut: every connection through it is closed at once and new
+    ones are refused until it is restored. For clients this is what a broker (or any server)
+    going away looks like, without stopping the server that others share."""
+
+    def __init__(self, target_host: str, target_port: int, listen_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = listen_port
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
+
+    @property
+    def url_netloc(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop every open one."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def restore(self) -> None:
+        if self._server is None:
+            await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer, up_writer}
+        self._writers |= pair
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            )
+        finally:
+            for w in pair:
+                w.transport.abort()
+            self._writers -= pair
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()

@@ -135,7 +135,7 @@ def main() -> int:
             if server.process is not None and server.process.poll() is None:
                 server.process.send_signal(signal.SIGTERM)
         for server in reversed(services):
-            server.stop(timeout=30)
+            server.stop(timeout=35)  # the services drain for up to SHUTDOWN_GRACE_SECONDS (30)
         for server in reversed(standins):
             server.stop()
         if started_rabbit:

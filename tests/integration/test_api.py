@@ -653,3 +653,34 @@ async def test_inserting_an_existing_photo_id_is_a_conflict(api: Client) -> None
     assert renamed[0]["filename"] == "a-2.jpg"
     with pytest.raises(Conflict):
         await store.insert_unique([{**doc, "filename": "b.jpg"}], lambda d: None)
+
+
+async def test_outbox_relay_gives_back_what_the_broker_refused(
+    api: Client, ingest_settings: IngestSettings, watch_events: QueueSpec
+) -> None:
+    """A relay pass whose publish fails (the broker away) leaves the document due at once, so
+    the first pass after the broker is back publishes it: its claim used to hold it back for
+    30 s more (the fault suite's broker outage took 33 s to recover)."""
+    from darkroom_kit.clock import now_ms
+    from darkroom_kit.messaging import PUBLISHER
+    from darkroom_kit.outbox import Outbox, OutboxRelay
+
+    class Refusing:
+        async def publish(self, *args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("broker away")
+
+    # A collection of its own: the app's relay must not take the document first.
+    col = api.server.app[MONGO_DB][f"relay_test_{secrets.token_hex(3)}"]
+    message = Envelope.new(records.PHOTO_UPLOADED, {"photo": {"id": "ph_refused"}})
+    fields = outbox.fields(Topology(ingest_settings.amqp_namespace).events, [message], -1)
+    await col.insert_one({"_id": "ph_refused", **fields})
+    refused = OutboxRelay(Outbox(Refusing()), [col])  # type: ignore[arg-type]
+    assert await refused.run_once() == 0
+    stored = await col.find_one({"_id": "ph_refused"})
+    assert stored is not None
+    assert outbox.pending_of(stored)
+    assert stored[outbox.OUTBOX_DUE] <= now_ms()  # due again now, not after the claim
+    relay = OutboxRelay(Outbox(api.server.app[PUBLISHER]), [col])
+    assert await relay.run_once() == 1
+    got = await drain(ingest_settings.amqp_url, watch_events.name, 1)
+    assert [m["id"] for m in got] == [message.id]

@@ -18,6 +18,7 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.lease import HOLDER, UNTIL, Lease
 from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.storage import OBJECT_STORE
 
 from tests.conftest import jpeg_bytes
 from tests.integration.conftest import TokenMaker, eventually
@@ -286,3 +287,62 @@ async def test_a_holder_learns_that_its_lease_was_taken(api: Client) -> None:
         await col.update_one({"_id": "doc-1"}, {"$set": thief.fields()})
         await eventually(lambda: asyncio.sleep(0, lease.lost), timeout=5, interval=0.05)
     assert (await col.find_one({"_id": "doc-1"}) or {})[HOLDER] == thief.holder
+
+
+async def test_a_repeat_after_a_crash_answers_the_photos_the_first_run_stored(
+    api: Client, make_token: TokenMaker
+) -> None:
+    """The process died after the batch's photos landed and before its answer was kept (the
+    fault suite's kill -9 of upload-ingest hit exactly this): once the lease is free, the repeat
+    with the same key answers those photos, and stores nothing twice."""
+    token = await make_token()
+    event = await make_event(api, token)
+    url = f"/v1/events/{event['id']}/photos"
+    first, second = jpeg_bytes(320, 200), jpeg_bytes(200, 320, color=(10, 200, 10))
+    form = aiohttp.FormData()
+    form.add_field("photos", first, filename="a.jpg", content_type="image/jpeg")
+    form.add_field("photos", second, filename="b.jpg", content_type="image/jpeg")
+    body = form()
+    payload = b"".join([chunk async for chunk in _chunks(body)])
+    headers = {
+        "Content-Type": body.content_type,
+        "Idempotency-Key": "crash-after-commit",
+        **auth(token),
+    }
+    answer = await api.post(url, data=payload, headers=headers)
+    assert answer.status == 201, await answer.text()
+    stored = [p["id"] for p in (await answer.json())["uploaded"]]
+    # What a process killed between the commit and keeping the answer leaves: the claim still
+    # "running", its lease no longer renewed.
+    me = await (await api.get("/v1/me", headers=auth(token))).json()
+    keys = api.server.app[MONGO_DB][records.IDEMPOTENCY]
+    await keys.update_one(
+        {"_id": f"{me['id']}:crash-after-commit"},
+        {"$set": {"state": "running", UNTIL: now_ms() - 1, HOLDER: "lease_dead"}},
+    )
+    repeat = await api.post(url, data=payload, headers=headers)
+    assert repeat.status == 201, await repeat.text()
+    assert repeat.headers.get("Idempotent-Replayed") is None  # run again, not replayed
+    assert [p["id"] for p in (await repeat.json())["uploaded"]] == stored
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 2
+    event_doc = await api.server.app[MONGO_DB][records.EVENTS].find_one({"_id": event["id"]})
+    assert event_doc is not None
+    assert event_doc["photo_count"] == 2
+    # The repeat's own copies of the bytes are not left behind.
+    listed = await api.server.app[OBJECT_STORE].list_keys(f"events/{event['id']}/originals/")
+    assert sorted(listed) == sorted(f"events/{event['id']}/originals/{pid}" for pid in stored)
+
+
+async def _chunks(body: Any) -> AsyncIterator[bytes]:
+    class Sink:
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+
+        async def write(self, data: bytes) -> None:
+            self.parts.append(bytes(data))
+
+    sink = Sink()
+    await body.write(sink)
+    for part in sink.parts:
+        yield part

@@ -126,13 +126,20 @@ class OutboxRelay:
         for collection in self._collections:
             for _ in range(limit):
                 now = now_ms()
+                claimed_until = now + self._lease_ms
                 doc = await collection.find_one_and_update(
-                    {OUTBOX_DUE: {"$lte": now}}, {"$set": {OUTBOX_DUE: now + self._lease_ms}}
+                    {OUTBOX_DUE: {"$lte": now}}, {"$set": {OUTBOX_DUE: claimed_until}}
                 )
                 if doc is None:
                     break
                 pending = pending_of(doc)
                 if pending and not await self._outbox.flush(collection, doc["_id"], pending):
+                    # The broker refused: give the claim back, or these messages would wait out
+                    # the whole claim (30 s) after the broker is back, instead of the next pass.
+                    await collection.update_one(
+                        {"_id": doc["_id"], OUTBOX_DUE: claimed_until},
+                        {"$set": {OUTBOX_DUE: now_ms()}},
+                    )
                     return relayed
                 if not pending:
                     await collection.update_one(

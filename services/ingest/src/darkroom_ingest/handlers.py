@@ -25,6 +25,7 @@ from darkroom_ingest.stores import Conflict, EventStore, WebhookStore
 from darkroom_ingest.tokens import Principal, Scope, effective_scopes
 from darkroom_ingest.uploads import BatchReceiver, batch_too_large
 from darkroom_ingest.web_support import (
+    IDEMPOTENCY_KEY,
     SETTINGS,
     authenticate,
     json_response,
@@ -231,7 +232,9 @@ async def upload_batch(request: web.Request) -> web.Response:
             ],
             extra={"skipped": [s.as_dict() for s in batch.skipped]},
         )
-    docs = await request.app[PHOTO_SERVICE].commit_batch(event, batch.stored, batch.category_id)
+    docs = await request.app[PHOTO_SERVICE].commit_batch(
+        event, batch.stored, batch.category_id, request_key=request.get(IDEMPOTENCY_KEY)
+    )
     return json_response(
         {
             "uploaded": [photo_out(request, d) for d in docs],

@@ -59,13 +59,62 @@ class PhotoService:
         self._grace_ms = grace_ms
 
     async def commit_batch(
-        self, event: Document, files: list[StoredFile], category_id: str | None
+        self,
+        event: Document,
+        files: list[StoredFile],
+        category_id: str | None,
+        *,
+        request_key: str | None = None,
     ) -> list[Document]:
         """Count the files against the cap, write their records (each with its ``photo.uploaded``
         in the same write), then publish. Raises Problem (and deletes the objects) on a refusal.
 
         The places are reserved first; a process killed before the photos are in leaves a
-        reservation that expires and is given back by the reconciliation (counting.py)."""
+        reservation that expires and is given back by the reconciliation (counting.py).
+
+        ``request_key`` (the request's Idempotency-Key) is stored on every photo: a repeat of a
+        request whose process died after its photos landed, but before its answer was kept,
+        answers those photos instead of storing the files a second time."""
+        landed = await self._landed(event["_id"], files, request_key)
+        if landed:
+            await self._discard([files[i] for i in landed])
+            log.info(
+                "photos of an interrupted request found; not stored again",
+                extra={"event_id": event["_id"], "photo_ids": [d["_id"] for d in landed.values()]},
+            )
+        fresh = [f for i, f in enumerate(files) if i not in landed]
+        docs = await self._commit_new(event, fresh, category_id, request_key) if fresh else []
+        new_docs = iter(docs)
+        return [landed[i] if i in landed else next(new_docs) for i in range(len(files))]
+
+    async def _landed(
+        self, event_id: str, files: list[StoredFile], request_key: str | None
+    ) -> dict[int, Document]:
+        """The photos an earlier run of the same request stored, by the position of the file
+        they stand for (same name and content; a name given twice is matched in order)."""
+        if request_key is None:
+            return {}
+        earlier: dict[tuple[str, str | None], list[Document]] = {}
+        cursor = self.photos.col.find(
+            {"event_id": event_id, "request_key": request_key, "status": {"$ne": "deleting"}},
+            {outbox.OUTBOX: 0},
+        ).sort("_id", 1)
+        async for doc in cursor:
+            earlier.setdefault((doc["original_filename"], doc["sha256"]), []).append(doc)
+        found: dict[int, Document] = {}
+        for i, f in enumerate(files):
+            same = earlier.get((f.original_filename, f.sha256))
+            if same:
+                found[i] = same.pop(0)
+        return found
+
+    async def _commit_new(
+        self,
+        event: Document,
+        files: list[StoredFile],
+        category_id: str | None,
+        request_key: str | None,
+    ) -> list[Document]:
         reservation = new_id("rsv")
         try:
             await self.events.reserve_photos(
@@ -105,6 +154,8 @@ class PhotoService:
                 "created_ms": now,
                 "reservation_id": reservation,
             }
+            if request_key is not None:
+                doc["request_key"] = request_key
             docs.append(doc)
         events_exchange = self._topology.events
 

@@ -65,6 +65,8 @@ async def ensure_indexes(db: Database) -> None:
     photos = db[records.PHOTOS]
     await photos.create_index([("event_id", ASCENDING), ("filename", ASCENDING)], unique=True)
     await photos.create_index([("event_id", ASCENDING), ("created_ms", DESCENDING)])
+    # A repeated request (same Idempotency-Key) finds the photos its first run stored.
+    await photos.create_index([("event_id", ASCENDING), ("request_key", ASCENDING)], sparse=True)
     await photos.create_index([(outbox.OUTBOX_DUE, ASCENDING)], sparse=True)
     # metadata-repair counts what one repair did (after a restart) by the photos it marked.
     await photos.create_index([("repaired_by", ASCENDING)], sparse=True)

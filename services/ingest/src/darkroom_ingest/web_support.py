@@ -20,6 +20,9 @@ M = TypeVar("M", bound=BaseModel)
 
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("settings", IngestSettings)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+# The Idempotency-Key a write came with, scoped to its token: what it writes carries it, so a
+# repeat after a crash finds what the first attempt already stored.
+IDEMPOTENCY_KEY: web.RequestKey[str] = web.RequestKey("idempotency_key", str)
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:

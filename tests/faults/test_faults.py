@@ -1,0 +1,466 @@
+"""Faults injected into the running stack, and the invariants checked afterwards (issue 13).
+
+Each case: the four services as processes against real RabbitMQ and the stand-ins, a load of
+uploads by a client that retries as a real one does, one fault, then ``Case.check``: every
+accepted upload is exactly one photo, every photo's ``photo.uploaded`` reached every endpoint
+(verified, deduplicated on webhook-id), a fresh upload after the fault is delivered (no endpoint
+stalled), ``photo_count`` equals the photos stored, no orphan object after a sweep; and at
+teardown no process is left behind. Bounded by default; ``FAULTS_FULL=1`` for more load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import aio_pika
+import pytest
+from darkroom_kit import records
+from darkroom_kit.messaging import Envelope
+from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
+from darkroom_thumbnailing.settings import ThumbnailSettings
+from darkroom_webhooks.app import fanout_spec
+
+from darkroom_dev.servers import pid_alive
+from tests.faults.harness import (
+    FULL,
+    RECOVERY_BOUND_S,
+    Case,
+    freeze,
+    poll,
+    readiness,
+    run_load,
+    run_load_until,
+    scaled,
+    thaw,
+    unique_jpeg,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(900 if FULL else 420)]
+
+INGEST = "upload-ingest"
+
+
+async def _pool_gone(case: Case, name: str, kids: set[int]) -> None:
+    """The killed service's render/parse pool processes must die with it."""
+    case.notes.append(f"{name} had {len(kids)} child process(es) when killed")
+
+    async def gone() -> bool:
+        return not [p for p in kids if pid_alive(p)]
+
+    try:
+        await poll(gone, 10, interval=0.2)
+    except AssertionError:
+        left = sorted(p for p in kids if pid_alive(p))
+        case.problems.append(f"{len(left)} pool process(es) of {name} outlived it: {left}")
+
+
+async def _publish(case: Case, exchange: str, body: bytes, message_id: str, key: str) -> None:
+    connection = await aio_pika.connect(case.amqp_url)
+    try:
+        channel = await connection.channel()
+        target = await channel.get_exchange(exchange, ensure=False)
+        await target.publish(
+            aio_pika.Message(
+                body=body,
+                message_id=message_id,
+                type=key,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=key,
+        )
+    finally:
+        await connection.close()
+
+
+async def _queue_depth(case: Case, name: str) -> int:
+    connection = await aio_pika.connect(case.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+# ---- upload-ingest --------------------------------------------------------------------------
+
+
+async def test_kill9_ingest_during_uploads(case: Case) -> None:
+    batches, per_batch, chunked = scaled(10, 100), scaled(3, 4), scaled(1, 4)
+    case.injected = (
+        f"kill -9 of upload-ingest during {batches} batches x {per_batch} and {chunked} chunked "
+        "upload(s) (3 chunks), restarted after 1 s"
+        + ("; a second kill -9 during a chunked complete" if FULL else "")
+    )
+    up = case.uploader
+    load = asyncio.create_task(
+        run_load(
+            up,
+            case.events,
+            batches=batches,
+            per_batch=per_batch,
+            chunked=chunked,
+            concurrency=4,
+            between_chunks_s=0.3,
+        )
+    )
+
+    async def mid_way() -> bool:
+        return up.chunks_sent >= 1 and len(up.accepted) >= batches * per_batch // 4
+
+    await poll(mid_way, 60, interval=0.02)
+    await case.stack.kill(INGEST)
+    await asyncio.sleep(1)
+    await case.stack.restart(INGEST)
+    if FULL:
+        await asyncio.wait_for(up.completing.wait(), 120)
+        await asyncio.sleep(0.01)
+        await case.stack.kill(INGEST)
+        await asyncio.sleep(1)
+        await case.stack.restart(INGEST)
+    fault_end = time.monotonic()
+    await load
+    await case.check(fault_end)
+
+
+async def test_sigterm_ingest_drains_uploads(case: Case) -> None:
+    slow_n = scaled(3, 8)
+    case.injected = (
+        f"SIGTERM to upload-ingest while {slow_n} batch bodies are still arriving (4 s each) "
+        "and other uploads go on; restarted once it exited"
+    )
+    up = case.uploader
+    slow = [
+        asyncio.create_task(
+            up.batch(
+                case.events[k % 2],
+                [(f"slow{k}-{j}.jpg", unique_jpeg(200_000)) for j in range(3)],
+                retry=False,
+                trickle_s=4,
+            )
+        )
+        for k in range(slow_n)
+    ]
+    load = asyncio.create_task(
+        run_load(up, case.events, batches=scaled(6, 60), per_batch=2, concurrency=2)
+    )
+    await asyncio.sleep(1.5)
+    process = case.stack.services[INGEST].process
+    assert process is not None
+    case.stack.track(INGEST)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+
+    async def not_ready() -> bool:
+        return await readiness(case.stack.url(INGEST)) != 200
+
+    try:
+        _, when = await poll(not_ready, 5, interval=0.1)
+        case.notes.append(f"/readyz not ready {when - sent:.1f}s after SIGTERM")
+    except AssertionError:
+        case.problems.append("/readyz still answered 200 5 s after SIGTERM")
+    code = await case.stack.terminate(INGEST, 45, sent=True)
+    case.notes.append(f"upload-ingest exited with {code} {time.monotonic() - sent:.1f}s after")
+    if code != 0:
+        case.problems.append(f"upload-ingest exited with {code} after SIGTERM (not 0)")
+    finished = await asyncio.gather(*slow)
+    if not all(finished):
+        case.problems.append(
+            f"{finished.count(False)} of {slow_n} uploads in flight at SIGTERM were cut off"
+        )
+    await case.stack.restart(INGEST)
+    fault_end = time.monotonic()
+    await load
+    await case.check(fault_end)
+
+
+# ---- the workers ----------------------------------------------------------------------------
+
+
+async def test_kill9_thumbnailing_mid_work(case: Case) -> None:
+    batches, per_batch = scaled(10, 100), scaled(3, 4)
+    case.injected = (
+        f"kill -9 of thumbnailing while {batches * per_batch} photos arrive, restarted after 1 s"
+    )
+    up = case.uploader
+    load = asyncio.create_task(
+        run_load(up, case.events, batches=batches, per_batch=per_batch, concurrency=3)
+    )
+    await poll(lambda: _at_least(up, batches * per_batch // 3), 60, interval=0.02)
+    kids = await case.stack.kill("thumbnailing")
+    await _pool_gone(case, "thumbnailing", kids)
+    await asyncio.sleep(1)
+    await case.stack.restart("thumbnailing")
+    fault_end = time.monotonic()
+    await load
+
+    async def all_processed() -> bool:
+        return not await case.db.photos.count_documents(
+            {"event_id": {"$in": case.events}, "status": "uploaded"}
+        )
+
+    try:
+        await poll(all_processed, RECOVERY_BOUND_S)
+    except AssertionError:
+        case.problems.append("photos left unprocessed after thumbnailing came back")
+    await case.check(fault_end)
+
+
+async def _at_least(up: Any, n: int) -> bool:
+    return len(up.accepted) >= n
+
+
+async def test_kill9_repair_mid_work(case: Case) -> None:
+    batches, per_batch = scaled(10, 100), scaled(4, 4)
+    up = case.uploader
+    await run_load(up, case.events, batches=batches, per_batch=per_batch, concurrency=3)
+
+    async def processed() -> bool:
+        return not await case.db.photos.count_documents(
+            {"event_id": {"$in": case.events}, "status": "uploaded"}
+        )
+
+    await poll(processed, RECOVERY_BOUND_S)
+    await case.db.photos.update_many(
+        {"event_id": {"$in": case.events}}, {"$set": {"width": None, "height": None}}
+    )
+    async with case.http.post("/v1/photos/repair-dimensions", json={}) as resp:
+        assert resp.status == 202, await resp.text()
+        operation = (await resp.json())["id"]
+    case.injected = (
+        f"kill -9 of metadata-repair during a repair of {len(up.accepted)} photos with "
+        "cleared dimensions, restarted after 1 s"
+    )
+
+    async def state() -> str:
+        async with case.http.get(f"/v1/operations/{operation}") as r:
+            return str((await r.json())["state"])
+
+    async def running() -> bool:
+        return await state() != "queued"
+
+    await poll(running, 30, interval=0.02)
+    case.notes.append(f"operation {await state()} when killed")
+    kids = await case.stack.kill("metadata-repair")
+    await _pool_gone(case, "metadata-repair", kids)
+    await asyncio.sleep(1)
+    await case.stack.restart("metadata-repair")
+    fault_end = time.monotonic()
+
+    async def repaired() -> bool:
+        missing = await case.db.photos.count_documents(
+            {"event_id": {"$in": case.events}, "width": None}
+        )
+        return missing == 0 and await state() in ("done", "failed")
+
+    try:
+        await poll(repaired, RECOVERY_BOUND_S)
+        case.notes.append(f"operation {await state()} after the restart")
+    except AssertionError:
+        case.problems.append(f"repair not finished after the restart (operation {await state()})")
+    await case.check(fault_end)
+
+
+async def test_kill9_dispatch_mid_drain(case: Case) -> None:
+    n = scaled(12, 120)
+    case.injected = (
+        f"kill -9 of webhook-dispatch while it drains a backlog of {2 * n * 2} deliveries "
+        "(2 endpoints, 50 ms each), restarted after 1 s"
+    )
+    await case.stack.terminate("webhook-dispatch", 45)
+    for endpoint in case.receiver.endpoints.values():
+        endpoint.delay_s = 0.05
+    up = case.uploader
+    await run_load(up, case.events, batches=n, per_batch=2, concurrency=3)
+    await case.stack.restart("webhook-dispatch")
+    total = len(up.accepted) * 2
+
+    async def draining() -> bool:
+        return case.receiver.delivered >= total // 4
+
+    await poll(draining, 60, interval=0.02)
+    case.notes.append(f"{case.receiver.delivered} of {total} delivered when killed")
+    await case.stack.kill("webhook-dispatch")
+    await asyncio.sleep(1)
+    await case.stack.restart("webhook-dispatch")
+    await case.check(time.monotonic())
+
+
+# ---- the servers ----------------------------------------------------------------------------
+
+
+@pytest.mark.amqp_proxy
+async def test_broker_outage_during_uploads(case: Case) -> None:
+    outage = 8.0
+    case.injected = (
+        f"RabbitMQ unreachable for {outage:.0f} s (every service connection cut at a TCP proxy, "
+        "new ones refused) during uploads"
+    )
+    up, stop = case.uploader, asyncio.Event()
+    load = asyncio.create_task(
+        run_load_until(
+            up,
+            case.events,
+            stop,
+            workers=scaled(2, 6),
+            per_batch=2,
+            pause_s=scaled(1, 0) * 0.8 + 0.1,
+        )
+    )
+    await poll(lambda: _at_least(up, 4), 60, interval=0.05)
+    proxy = case.proxy
+    assert proxy is not None
+    await proxy.cut()
+    not_ready: set[str] = set()
+    cut_at = time.monotonic()
+    while time.monotonic() - cut_at < outage:
+        for name in case.stack.services:
+            if await readiness(case.stack.url(name)) != 200:
+                not_ready.add(name)
+        await asyncio.sleep(0.5)
+    await proxy.restore()
+    fault_end = time.monotonic()
+    # upload-ingest may stay ready: its publishes land in its outbox (issue 13, item 4); the
+    # workers, which consume from the broker, may not.
+    ready = set(case.stack.services) - not_ready - {INGEST}
+    if ready:
+        case.problems.append(f"/readyz said ready while the broker was unreachable: {ready}")
+    case.notes.append(
+        f"upload-ingest /readyz during the cut: {'not ready' if INGEST in not_ready else 'ready'}"
+    )
+    await asyncio.sleep(2)
+    stop.set()
+    await load
+    await case.check(fault_end)
+
+
+async def test_s3_outage_during_uploads(case: Case) -> None:
+    outage = 6.0
+    case.injected = f"moto_server stopped (SIGSTOP) for {outage:.0f} s during uploads"
+    up, stop = case.uploader, asyncio.Event()
+    load = asyncio.create_task(
+        run_load_until(
+            up, case.events, stop, workers=scaled(2, 6), per_batch=2, pause_s=scaled(1, 0) * 0.8
+        )
+    )
+    await poll(lambda: _at_least(up, 4), 60, interval=0.05)
+    s3 = case.s3_process
+    freeze(s3)
+    try:
+        await asyncio.sleep(outage)
+    finally:
+        thaw(s3)
+    fault_end = time.monotonic()
+    await asyncio.sleep(2)
+    stop.set()
+    await load
+    case.notes.append(f"answers during the case: {dict(up.statuses)}")
+    await case.check(fault_end)
+
+
+async def test_mongo_freeze_during_uploads(case: Case) -> None:
+    outage = 10.0
+    case.injected = f"nx-27017 frozen (SIGSTOP) for {outage:.0f} s during uploads"
+    up, stop = case.uploader, asyncio.Event()
+    load = asyncio.create_task(
+        run_load_until(
+            up, case.events, stop, workers=scaled(2, 6), per_batch=2, pause_s=scaled(1, 0) * 0.8
+        )
+    )
+    await poll(lambda: _at_least(up, 4), 60, interval=0.05)
+    mongo = case.mongo_process
+    freeze(mongo)
+    try:
+        await asyncio.sleep(outage)
+    finally:
+        thaw(mongo)
+    fault_end = time.monotonic()
+    await asyncio.sleep(2)
+    stop.set()
+    await load
+    # 503 with Retry-After is allowed; a 500 is not (checked with the invariants).
+    await case.check(fault_end)
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+
+async def test_duplicated_messages(case: Case) -> None:
+    repeats, dup_attempts = 2, scaled(24, 60)
+    topology = case.topology
+    tap = f"{topology.namespace}.faults.tap"
+    connection = await aio_pika.connect(case.amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(tap, durable=False, auto_delete=False)
+        await queue.bind(topology.events, records.PHOTO_UPLOADED)
+        up = case.uploader
+        await run_load(up, case.events, batches=scaled(5, 50), per_batch=2, concurrency=2)
+
+        async def delivered() -> bool:
+            return not await case.problems_now()
+
+        await poll(delivered, RECOVERY_BOUND_S)
+        bodies = []
+        while (message := await queue.get(fail=False)) is not None:
+            await message.ack()
+            bodies.append((message.body, message.message_id or ""))
+        await queue.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
+    case.injected = (
+        f"every photo.uploaded ({len(bodies)}) published {repeats} more times with its id, and "
+        f"{dup_attempts} webhook.attempt commands for a final delivery, per endpoint"
+    )
+    for _ in range(repeats):
+        for body, message_id in bodies:
+            await _publish(case, topology.events, body, message_id, records.PHOTO_UPLOADED)
+    for endpoint in case.receiver.endpoints.values():
+        final = next(iter(endpoint.seen))
+        for _ in range(dup_attempts):
+            command = Envelope.new(
+                records.WEBHOOK_ATTEMPT, records.attempt_data(final, endpoint.endpoint_id)
+            )
+            await _publish(
+                case,
+                topology.commands,
+                command.model_dump_json().encode(),
+                command.id,
+                records.WEBHOOK_ATTEMPT,
+            )
+    fault_end = time.monotonic()
+    await asyncio.sleep(2)  # the duplicates are consumed: any place they leaked is gone now
+    # New photos after the duplicates: each must still reach both endpoints.
+    await run_load(up, case.events, batches=scaled(3, 20), per_batch=2, concurrency=2, prefix="n")
+    await case.check(fault_end)
+
+
+async def test_junk_message_dead_lettered(case: Case) -> None:
+    topology = case.topology
+    await run_load(case.uploader, case.events, batches=scaled(3, 20), per_batch=2, concurrency=2)
+    junk = Envelope.new(records.PHOTO_UPLOADED, {"nonsense": True})
+    case.injected = 'a photo.uploaded whose data is {"nonsense": true}'
+    dead = {
+        "webhook-dispatch": fanout_spec(topology).dead_queue,
+        "thumbnailing": thumbnail_spec(topology, ThumbnailSettings()).dead_queue,
+    }
+    before = {k: await _queue_depth(case, q) for k, q in dead.items()}
+    await _publish(
+        case, topology.events, junk.model_dump_json().encode(), junk.id, records.PHOTO_UPLOADED
+    )
+    fault_end = time.monotonic()
+    for service, queue in dead.items():
+
+        async def dead_lettered(queue: str = queue, service: str = service) -> bool:
+            return await _queue_depth(case, queue) > before[service]
+
+        try:
+            _, when = await poll(dead_lettered, 30)
+            case.notes.append(f"dead-lettered by {service} after {when - fault_end:.1f}s")
+        except AssertionError:
+            case.problems.append(f"{service} did not dead-letter the junk message within 30 s")
+    await case.check(fault_end)
