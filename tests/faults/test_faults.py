@@ -338,9 +338,9 @@ async def test_broker_outage_during_uploads(case: Case) -> None:
     await case.check(fault_end)
 
 
-async def test_s3_outage_during_uploads(case: Case) -> None:
-    outage = 6.0
-    case.injected = f"moto_server stopped (SIGSTOP) for {outage:.0f} s during uploads"
+async def _frozen_during_uploads(case: Case, process: Any, outage: float) -> float:
+    """Uploads run while ``process`` is stopped for ``outage`` s, and 2 s after it goes on;
+    gives the moment the fault ended."""
     up, stop = case.uploader, asyncio.Event()
     load = asyncio.create_task(
         run_load_until(
@@ -348,40 +348,30 @@ async def test_s3_outage_during_uploads(case: Case) -> None:
         )
     )
     await poll(lambda: _at_least(up, 4), 60, interval=0.05)
-    s3 = case.s3_process
-    freeze(s3)
+    freeze(process)
     try:
         await asyncio.sleep(outage)
     finally:
-        thaw(s3)
+        thaw(process)
     fault_end = time.monotonic()
     await asyncio.sleep(2)
     stop.set()
     await load
-    case.notes.append(f"answers during the case: {dict(up.statuses)}")
+    return fault_end
+
+
+async def test_s3_outage_during_uploads(case: Case) -> None:
+    outage = 6.0
+    case.injected = f"moto_server stopped (SIGSTOP) for {outage:.0f} s during uploads"
+    fault_end = await _frozen_during_uploads(case, case.s3_process, outage)
+    case.notes.append(f"answers during the case: {dict(case.uploader.statuses)}")
     await case.check(fault_end)
 
 
 async def test_mongo_freeze_during_uploads(case: Case) -> None:
     outage = 10.0
     case.injected = f"nx-27017 frozen (SIGSTOP) for {outage:.0f} s during uploads"
-    up, stop = case.uploader, asyncio.Event()
-    load = asyncio.create_task(
-        run_load_until(
-            up, case.events, stop, workers=scaled(2, 6), per_batch=2, pause_s=scaled(1, 0) * 0.8
-        )
-    )
-    await poll(lambda: _at_least(up, 4), 60, interval=0.05)
-    mongo = case.mongo_process
-    freeze(mongo)
-    try:
-        await asyncio.sleep(outage)
-    finally:
-        thaw(mongo)
-    fault_end = time.monotonic()
-    await asyncio.sleep(2)
-    stop.set()
-    await load
+    fault_end = await _frozen_during_uploads(case, case.mongo_process, outage)
     # 503 with Retry-After is allowed; a 500 is not (checked with the invariants).
     await case.check(fault_end)
 

@@ -1,18 +1,27 @@
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aio_pika
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from darkroom_ingest.app import create_app
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import QueueSpec, Topology
+from darkroom_kit.messaging import Consumer, Handler, QueueSpec, Topology
+from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_webhooks.app import create_app as create_dispatch
+from darkroom_webhooks.app import queue_specs
+from darkroom_webhooks.settings import WebhookSettings
 
 from tests.conftest import QueueJanitor
 
 TokenMaker = Callable[..., Awaitable[str]]
+Client = TestClient[Any, Any]
 
 
 @pytest.fixture
@@ -84,6 +93,27 @@ async def drain(amqp_url: str, queue_name: str, expect: int, timeout: float = 10
     return got
 
 
+@asynccontextmanager
+async def consuming(
+    amqp_url: str,
+    topology: Topology,
+    spec: QueueSpec,
+    handler: Handler,
+    metrics: ConsumerMetrics,
+    **options: Any,
+) -> AsyncIterator[tuple[Consumer, aio_pika.abc.AbstractChannel]]:
+    """A started consumer of ``spec`` and a publishing channel (confirms, unroutable an error)
+    on its connection, which is closed on the way out."""
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        consumer = Consumer(connection, topology, spec, handler, metrics, **options)
+        await consumer.start()
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        yield consumer, channel
+    finally:
+        await connection.close()
+
+
 async def eventually(
     check: Callable[[], Awaitable[Any]], timeout: float = 15, interval: float = 0.1
 ) -> Any:
@@ -118,3 +148,69 @@ async def capi(
     """The API with the smallest chunk size, so tests move few bytes."""
     client: TestClient[Any, Any] = await aiohttp_client(create_app(chunk_settings))
     return client
+
+
+# ---- webhook-dispatch and its receivers (helpers: webhook_support.py) -------------------------
+
+
+class Scripted:
+    """A receiver whose answers are scripted per request; the last one repeats. An answer is
+    ``(status, headers, body)`` or a handler of its own."""
+
+    def __init__(self, answers: list[Any]) -> None:
+        self.answers = answers
+        self.requests: list[tuple[float, dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((time.monotonic(), dict(request.headers), await request.read()))
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        if callable(answer):
+            result: web.StreamResponse = await answer(request)
+            return result
+        status, headers, body = answer
+        return web.Response(status=status, headers=headers, body=body)
+
+
+Serve = Callable[[list[Any]], Awaitable[tuple[Scripted, str]]]
+StartDispatch = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def serve(aiohttp_server: Any) -> Serve:
+    """Starts a scripted receiver on loopback; gives it and its URL."""
+
+    async def start(answers: list[Any]) -> tuple[Scripted, str]:
+        scripted = Scripted(answers)
+        app = web.Application()
+        app.router.add_post("/hook", scripted.handle)
+        server: TestServer = await aiohttp_server(app)
+        return scripted, f"http://127.0.0.1:{server.port}/hook"
+
+    return start
+
+
+@pytest.fixture
+def start_dispatch(
+    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor
+) -> StartDispatch:
+    """Starts webhook-dispatch in-process: short retries and timeout, loopback allowed, unless
+    ``extra`` settings say otherwise. ``replica=True``: another one on the queues of one already
+    started (the janitor knows them)."""
+
+    async def start(*, replica: bool = False, **extra: Any) -> Client:
+        settings = WebhookSettings(
+            **{
+                "retry_delays_ms": (300, 3000),
+                "allow_private_networks": ["127.0.0.0/8"],
+                "timeout_seconds": 3,
+                **settings_kwargs,
+                **extra,
+            }
+        )
+        if not replica:
+            janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
+        client: Client = await aiohttp_client(create_dispatch(settings))
+        janitor.stop_first(client)
+        return client
+
+    return start

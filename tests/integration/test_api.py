@@ -658,29 +658,45 @@ async def test_inserting_an_existing_photo_id_is_a_conflict(api: Client) -> None
 async def test_outbox_relay_gives_back_what_the_broker_refused(
     api: Client, ingest_settings: IngestSettings, watch_events: QueueSpec
 ) -> None:
-    """A relay pass whose publish fails (the broker away) leaves the document due at once, so
-    the first pass after the broker is back publishes it: its claim used to hold it back for
-    30 s more (the fault suite's broker outage took 33 s to recover)."""
+    """A relay pass whose publish fails leaves the document due again after a short wait, so the
+    first pass after the broker is back publishes it: its claim used to hold it back for 30 s
+    more (the fault suite's broker outage took 33 s to recover). And a message the broker
+    refuses does not hold up the others behind it."""
     from darkroom_kit.clock import now_ms
     from darkroom_kit.messaging import PUBLISHER
-    from darkroom_kit.outbox import Outbox, OutboxRelay
+    from darkroom_kit.outbox import REFUSED_RETRY_MS, Outbox, OutboxRelay
+
+    refuse: set[str] = set()
+    real = api.server.app[PUBLISHER]
 
     class Refusing:
-        async def publish(self, *args: Any, **kwargs: Any) -> None:
-            raise ConnectionError("broker away")
+        async def publish(self, exchange: str, envelope: Envelope, **kwargs: Any) -> None:
+            if envelope.id in refuse:
+                raise ConnectionError("broker away")
+            await real.publish(exchange, envelope, **kwargs)
 
-    # A collection of its own: the app's relay must not take the document first.
+    # A collection of its own: the app's relay must not take the documents first.
     col = api.server.app[MONGO_DB][f"relay_test_{secrets.token_hex(3)}"]
-    message = Envelope.new(records.PHOTO_UPLOADED, {"photo": {"id": "ph_refused"}})
-    fields = outbox.fields(Topology(ingest_settings.amqp_namespace).events, [message], -1)
-    await col.insert_one({"_id": "ph_refused", **fields})
-    refused = OutboxRelay(Outbox(Refusing()), [col])  # type: ignore[arg-type]
-    assert await refused.run_once() == 0
+    events = Topology(ingest_settings.amqp_namespace).events
+    bad = Envelope.new(records.PHOTO_UPLOADED, {"photo": {"id": "ph_refused"}})
+    good = Envelope.new(records.PHOTO_UPLOADED, {"photo": {"id": "ph_fine"}})
+    await col.insert_one({"_id": "ph_refused", **outbox.fields(events, [bad], -2)})
+    await col.insert_one({"_id": "ph_fine", **outbox.fields(events, [good], -1)})
+    refuse.add(bad.id)
+    relay = OutboxRelay(Outbox(Refusing()), [col])  # type: ignore[arg-type]
+    assert await relay.run_once() == 1  # the refused one did not stop the pass
+    got = await drain(ingest_settings.amqp_url, watch_events.name, 1)
+    assert [m["id"] for m in got] == [good.id]
     stored = await col.find_one({"_id": "ph_refused"})
     assert stored is not None
     assert outbox.pending_of(stored)
-    assert stored[outbox.OUTBOX_DUE] <= now_ms()  # due again now, not after the claim
-    relay = OutboxRelay(Outbox(api.server.app[PUBLISHER]), [col])
-    assert await relay.run_once() == 1
+    # Due again soon, not after the claim.
+    assert stored[outbox.OUTBOX_DUE] <= now_ms() + REFUSED_RETRY_MS
+    refuse.clear()  # the broker is back
+
+    async def relayed() -> bool:
+        return await relay.run_once() == 1
+
+    await eventually(relayed, timeout=REFUSED_RETRY_MS / 1000 + 5)
     got = await drain(ingest_settings.amqp_url, watch_events.name, 1)
-    assert [m["id"] for m in got] == [message.id]
+    assert [m["id"] for m in got] == [bad.id]

@@ -346,3 +346,111 @@ async def _chunks(body: Any) -> AsyncIterator[bytes]:
     await body.write(sink)
     for part in sink.parts:
         yield part
+
+
+async def test_a_request_that_lost_its_key_keeps_nothing(
+    api: Client, make_token: TokenMaker
+) -> None:
+    """A request whose lease ran out while its body arrived (its renewals failed longer than the
+    lease, in a database outage) and was taken over by a repeat: it stores nothing and says so,
+    and only the one that took over stores the files."""
+    token = await make_token()
+    event = await make_event(api, token)
+    body, headers = batch_body(jpeg_bytes(400, 300))
+    headers = {**headers, **auth(token), "Idempotency-Key": "lost-1"}
+    url = f"/v1/events/{event['id']}/photos"
+    hold = asyncio.Event()
+    first = asyncio.create_task(api.post(url, data=dribble(body, hold), headers=headers))
+    await eventually(lambda: claim_of(api, token, "lost-1"))
+    me = await (await api.get("/v1/me", headers=auth(token))).json()
+    keys = api.server.app[MONGO_DB][records.IDEMPOTENCY]
+    # What a takeover leaves: the claim held by another holder.
+    await keys.update_one(
+        {"_id": f"{me['id']}:lost-1"}, {"$set": {HOLDER: "lease_thief", UNTIL: now_ms() + 60_000}}
+    )
+    hold.set()
+    await assert_problem(await first, 409, "idempotency_key_in_use")
+    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 0
+    listed = await api.server.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+    assert listed == []
+
+
+async def test_two_completers_of_one_upload_answer_the_same_photo(
+    aiohttp_client: Any,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    make_token: TokenMaker,
+) -> None:
+    """A completer that lost its lease (another took over) and reaches the photo second: it
+    answers the photo the other made, not a 500 for the clash of their ids."""
+    from darkroom_ingest.handlers import CHUNKED
+
+    capi = await lease_client(aiohttp_client, chunk_settings)
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
+    upload = await start(capi, token, event["id"], data)
+    for i in range(2):
+        assert (await put(capi, token, upload, data, i)).status == 200
+    service = capi.server.app[CHUNKED]._photos
+    commit = service.commit_batch
+
+    async def the_other_completer_first(*args: Any, **kwargs: Any) -> Any:
+        await commit(*args, **kwargs)  # the one that took over lands first
+        return await commit(*args, **kwargs)
+
+    service.commit_batch = the_other_completer_first  # type: ignore[method-assign]
+    done = await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
+    assert done.status == 200, await done.text()
+    photos = capi.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"]}) == 1
+    assert (await done.json())["id"] == upload["photo_id"]
+
+
+async def test_a_complete_nobody_asks_for_again_is_finished_by_the_sweep(
+    aiohttp_client: Any,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    make_token: TokenMaker,
+) -> None:
+    """A completer killed mid-way whose client never calls complete again: the upload used to
+    stay "completing" for ever, its object owned by nobody. The expiry sweep finishes it into
+    exactly one photo once its lease ran out a while ago."""
+    from darkroom_ingest.chunked import ABANDONED_COMPLETE_MS
+    from darkroom_ingest.handlers import CHUNKED
+
+    capi = await lease_client(aiohttp_client, chunk_settings)
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
+    upload = await start(capi, token, event["id"], data)
+    for i in range(2):
+        assert (await put(capi, token, upload, data, i)).status == 200
+    uploads = capi.server.app[MONGO_DB]["uploads"]
+    gone = now_ms() - ABANDONED_COMPLETE_MS - 1000
+    await uploads.update_one(
+        {"_id": upload["upload_id"]},
+        {
+            "$set": {
+                "state": "completing",
+                "completing_ms": gone,
+                UNTIL: gone,
+                HOLDER: "lease_of_a_dead_process",
+            }
+        },
+    )
+    assert await capi.server.app[CHUNKED].expire_due() == 1
+    record = await uploads.find_one({"_id": upload["upload_id"]})
+    assert record is not None
+    assert record["state"] == "completed"
+    photos = capi.server.app[MONGO_DB][records.PHOTOS]
+    assert await photos.count_documents({"event_id": event["id"], "_id": upload["photo_id"]}) == 1
+    # A live complete (its lease still renewed) is left to its holder.
+    other = await start(capi, token, event["id"], data)
+    await uploads.update_one(
+        {"_id": other["upload_id"]},
+        {"$set": {"state": "completing", "completing_ms": now_ms(), UNTIL: now_ms() + 60_000}},
+    )
+    assert await capi.server.app[CHUNKED].expire_due() == 0
+    assert (await uploads.find_one({"_id": other["upload_id"]}) or {})["state"] == "completing"

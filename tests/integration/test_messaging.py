@@ -7,7 +7,6 @@ import asyncio
 import aio_pika
 import pytest
 from darkroom_kit.messaging import (
-    Consumer,
     Envelope,
     Publisher,
     QueueSpec,
@@ -21,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from tests.conftest import QueueJanitor, Servers
-from tests.integration.conftest import drain
+from tests.integration.conftest import consuming, drain
 
 
 async def _count(channel: aio_pika.abc.AbstractChannel, name: str) -> int:
@@ -54,18 +53,9 @@ async def test_ack_retry_and_dead_letter(
         if case == "hopeless":
             raise RuntimeError("always broken")
 
-    connection = await aio_pika.connect_robust(servers.amqp_url)
-    try:
-        consumer = Consumer(
-            connection,
-            topology,
-            spec,
-            handler,
-            ConsumerMetrics(CollectorRegistry(), "test"),
-            prefetch=10,
-        )
-        await consumer.start()
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    metrics = ConsumerMetrics(CollectorRegistry(), "test")
+    running = consuming(servers.amqp_url, topology, spec, handler, metrics, prefetch=10)
+    async with running as (consumer, channel):
         await declare_exchanges(channel, topology)
         publisher = Publisher(channel)
         for case in ("ok", "poison", "flaky", "hopeless"):
@@ -81,8 +71,6 @@ async def test_ack_retry_and_dead_letter(
         assert seen["flaky"] == [1, 2]
         assert seen["hopeless"] == [1, 2, 3]  # first try + one per retry tier, then dead
         assert await _count(channel, spec.dead_queue) == 3  # poison, hopeless, raw
-    finally:
-        await connection.close()
 
 
 async def test_unroutable_publish_raises(
@@ -113,21 +101,14 @@ async def test_stop_waits_for_in_flight_work(
         await asyncio.sleep(0.5)
         finished.append(envelope.id)
 
-    connection = await aio_pika.connect_robust(servers.amqp_url)
-    try:
-        consumer = Consumer(
-            connection, topology, spec, handler, ConsumerMetrics(CollectorRegistry(), "test")
-        )
-        await consumer.start()
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    metrics = ConsumerMetrics(CollectorRegistry(), "test")
+    async with consuming(servers.amqp_url, topology, spec, handler, metrics) as (consumer, channel):
         message = Envelope.new("slow.job", {})
         await Publisher(channel).publish(topology.events, message)
         await asyncio.wait_for(started.wait(), 5)
         await consumer.stop(5)
         assert finished == [message.id]
         assert await _count(channel, spec.name) == 0  # acked, not left behind
-    finally:
-        await connection.close()
 
 
 class Thing(BaseModel):
@@ -151,18 +132,10 @@ async def test_invalid_payloads_are_dead_lettered_before_the_handler(
     async def handler(envelope: Envelope, attempt: int) -> None:
         seen.append(envelope.data["case"])
 
-    connection = await aio_pika.connect_robust(servers.amqp_url)
-    try:
-        consumer = Consumer(
-            connection,
-            topology,
-            spec,
-            handler,
-            ConsumerMetrics(registry, "test"),
-            payloads={"thing.happened": Thing},
-        )
-        await consumer.start()
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    metrics = ConsumerMetrics(registry, "test")
+    async with consuming(
+        servers.amqp_url, topology, spec, handler, metrics, payloads={"thing.happened": Thing}
+    ) as (consumer, channel):
         publisher = Publisher(channel)
         wrong_type = Envelope.new("thing.happened", {"case": 5})
         missing = Envelope.new("thing.happened", {"nonsense": True})
@@ -191,5 +164,3 @@ async def test_invalid_payloads_are_dead_lettered_before_the_handler(
         assert "case: Input should be a valid string" in logged[wrong_type.id]
         assert "case: Field required" in logged[missing.id]
         assert "'other.thing' is not one this queue takes" in logged[unknown.id]
-    finally:
-        await connection.close()

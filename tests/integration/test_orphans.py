@@ -185,7 +185,8 @@ async def test_sweep_removes_orphans_and_keeps_what_records_own(
     assert young.orphans == 0, young.as_dict()
     assert young.kept_young >= 8
 
-    # A multipart upload that never received a part is judged by when it began.
+    # A multipart upload that never received a part holds no bytes and may be a batch file
+    # whose first part is still arriving (moto_server dates every upload 2010): never aborted.
     partless_key = records.original_key(event_id, new_id("ph"))
     partless = await store.create_multipart(partless_key, "image/jpeg")
 
@@ -206,10 +207,9 @@ async def test_sweep_removes_orphans_and_keeps_what_records_own(
     }
     assert {(u["key"], u["upload_id"]) for u in report.orphan_uploads} == {
         (orphan_mp_key, orphan_mp),
-        (partless_key, partless),
     }
     assert report.as_dict()["deleted_objects"] == 3
-    assert report.as_dict()["aborted_uploads"] == 2
+    assert report.as_dict()["aborted_uploads"] == 1
     assert not report.truncated
     for key in (orphan_original, orphan_variant, expired_key):
         assert not await exists(store, key), key
@@ -219,12 +219,12 @@ async def test_sweep_removes_orphans_and_keeps_what_records_own(
     assert open_s3_id in still_open
     assert elsewhere_upload in still_open
     assert orphan_mp not in still_open
-    assert partless not in still_open
+    assert partless in still_open
 
     def swept(kind: str) -> float | None:
         return registry.get_sample_value("orphan_objects_swept_total", {"kind": kind})
 
-    assert (swept("original"), swept("variant"), swept("multipart_upload")) == (2, 1, 2)
+    assert (swept("original"), swept("variant"), swept("multipart_upload")) == (2, 1, 1)
 
     # A second pass (another replica's, say) finds nothing left.
     again = await sweeper.sweep()

@@ -7,13 +7,12 @@ import json
 import logging
 from typing import Any
 
-import aio_pika
 import pytest
 from aiohttp.test_utils import TestClient
 from darkroom_ingest import models as api_models
 from darkroom_kit import records
 from darkroom_kit.ids import new_id
-from darkroom_kit.messaging import Envelope, Publisher, QueueSpec, Topology
+from darkroom_kit.messaging import Envelope, QueueSpec, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.payloads import (
     PAYLOADS,
@@ -37,11 +36,10 @@ from pydantic import BaseModel, ValidationError
 from standardwebhooks import Webhook
 
 from tests.conftest import QueueJanitor, jpeg_bytes
-from tests.integration.conftest import TokenMaker, drain, eventually
+from tests.integration.conftest import Serve, StartDispatch, TokenMaker, drain, eventually
 from tests.integration.test_api import auth, form, make_event
 from tests.integration.test_repair import upload_with_lost_dimensions
-from tests.integration.test_webhook_delivery import serve, start_dispatch, upload_one
-from tests.integration.test_webhooks import register
+from tests.integration.webhook_support import consumed, publish, register, upload_one
 
 Client = TestClient[Any, Any]
 BASE = "https://photos.example"
@@ -318,16 +316,6 @@ async def dead_ids(amqp_url: str, queue: str, expect: int) -> list[str]:
     return sorted(m["id"] for m in await drain(amqp_url, queue, expect, timeout=15))
 
 
-async def publish(amqp_url: str, exchange: str, *envelopes: Envelope) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        for envelope in envelopes:
-            await Publisher(channel).publish(exchange, envelope)
-    finally:
-        await connection.close()
-
-
 def logged_reason(caplog: pytest.LogCaptureFixture, queue: str, message_id: str) -> str:
     """The dead-letter log line of one message (it names queue, message id and type)."""
     for r in caplog.records:
@@ -337,32 +325,18 @@ def logged_reason(caplog: pytest.LogCaptureFixture, queue: str, message_id: str)
     raise AssertionError(f"no log line for {message_id} on {queue}")
 
 
-def consumed(metrics: str, queue: str, outcome: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(metrics)
-        for s in family.samples
-        if s.name == "messages_consumed_total"
-        and s.labels["queue"] == queue
-        and s.labels["outcome"] == outcome
-    )
-
-
 async def test_fan_out_dead_letters_an_invalid_event_and_sends_nothing(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
     make_token: TokenMaker,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    dispatch = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
+    dispatch = await start_dispatch()
     fanout = fanout_spec(Topology(settings_kwargs["amqp_namespace"])).name
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [(204, {}, b"")])
+    hook, url = await serve([(204, {}, b"")])
     endpoint = await register(api, token, url, ["photo.uploaded"])
     junk = Envelope.new(records.PHOTO_UPLOADED, {"nonsense": True})
     amqp_url = settings_kwargs["amqp_url"]
@@ -436,14 +410,13 @@ async def test_a_junk_repair_request_is_dead_lettered_and_repairs_nothing(
 
 
 async def test_a_malformed_attempt_command_is_dead_lettered_at_once(
-    aiohttp_client: Any,
+    start_dispatch: StartDispatch,
     settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Retries wait a minute: a malformed command that were retried would still be in a tier.
     settings = WebhookSettings(**settings_kwargs, retry_delays_ms=(60_000,))
-    await start_dispatch(aiohttp_client, settings_kwargs, janitor, retry_delays_ms=(60_000,))
+    await start_dispatch(retry_delays_ms=(60_000,))
     topology = Topology(settings.amqp_namespace)
     spec = attempts_spec(topology, settings)
     malformed = [

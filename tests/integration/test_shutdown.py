@@ -19,7 +19,7 @@ import pytest
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import records
-from darkroom_kit.messaging import Consumer, Envelope, Publisher, QueueSpec, Topology
+from darkroom_kit.messaging import Envelope, Publisher, QueueSpec, Topology
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import open_mongo
 from PIL import Image
@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from darkroom_dev.servers import Server, free_port
 from darkroom_dev.stack import SERVICES, start_services
 from tests.conftest import QueueJanitor, Servers
+from tests.integration.conftest import consuming
 
 BOUNDARY = "drainboundary"
 
@@ -178,13 +179,8 @@ async def test_a_consumer_stops_within_its_grace_and_hands_back_what_it_could_no
         await asyncio.sleep(0.5 if envelope.type == "drain.quick" else 3600)
         finished.append(envelope.type)
 
-    connection = await aio_pika.connect_robust(servers.amqp_url)
-    try:
-        consumer = Consumer(
-            connection, topology, spec, handler, ConsumerMetrics(CollectorRegistry(), "test")
-        )
-        await consumer.start()
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    metrics = ConsumerMetrics(CollectorRegistry(), "test")
+    async with consuming(servers.amqp_url, topology, spec, handler, metrics) as (consumer, channel):
         publisher = Publisher(channel)
         for kind in ("drain.quick", "drain.stuck"):
             await publisher.publish(topology.events, Envelope.new(kind, {}))
@@ -205,8 +201,6 @@ async def test_a_consumer_stops_within_its_grace_and_hands_back_what_it_could_no
         assert again.redelivered
         await again.ack()
         assert await queue.get(fail=False) is None
-    finally:
-        await connection.close()
 
 
 async def test_consumers_of_a_service_share_one_grace_period(

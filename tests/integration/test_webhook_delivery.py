@@ -5,101 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from darkroom_kit import records
-from darkroom_kit.messaging import Topology
 from darkroom_kit.mongo import MONGO_DB
-from darkroom_webhooks.app import create_app as create_dispatch
-from darkroom_webhooks.app import queue_specs
-from darkroom_webhooks.settings import WebhookSettings
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.conftest import QueueJanitor, jpeg_bytes
-from tests.integration.conftest import TokenMaker, eventually
-from tests.integration.test_api import auth, form, make_event
-from tests.integration.test_webhooks import deliveries, register
-
-Client = TestClient[Any, Any]
-
-
-class Scripted:
-    """A receiver whose answers are scripted per request; the last one repeats."""
-
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.requests: list[tuple[float, dict[str, str], bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((time.monotonic(), dict(request.headers), await request.read()))
-        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        if callable(answer):
-            result: web.StreamResponse = await answer(request)
-            return result
-        status, headers, body = answer
-        return web.Response(status=status, headers=headers, body=body)
-
-
-async def serve(aiohttp_server: Any, answers: list[Any]) -> tuple[Scripted, str]:
-    scripted = Scripted(answers)
-    app = web.Application()
-    app.router.add_post("/hook", scripted.handle)
-    server: TestServer = await aiohttp_server(app)
-    return scripted, f"http://127.0.0.1:{server.port}/hook"
-
-
-async def start_dispatch(
-    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor, **extra: Any
-) -> Client:
-    settings = WebhookSettings(
-        **{
-            "retry_delays_ms": (300, 3000),
-            "allow_private_networks": ["127.0.0.0/8"],
-            "timeout_seconds": 3,
-            **settings_kwargs,
-            **extra,
-        }
-    )
-    topology = Topology(settings.amqp_namespace)
-    janitor.add(*queue_specs(topology, settings))
-    client: Client = await aiohttp_client(create_dispatch(settings))
-    janitor.stop_first(client)
-    return client
-
-
-async def upload_one(api: Client, token: str) -> dict[str, Any]:
-    event = await make_event(api, token)
-    resp = await api.post(
-        f"/v1/events/{event['id']}/photos",
-        data=form(("p.jpg", jpeg_bytes(64, 64))),
-        headers=auth(token),
-    )
-    assert resp.status == 201
-    return event
-
-
-async def final_log(api: Client, token: str, endpoint_id: str, timeout: float = 20) -> Any:
-    async def final() -> Any:
-        log = await deliveries(api, token, endpoint_id)
-        return log if log and log[0]["status"] in ("failed", "succeeded") else None
-
-    return await eventually(final, timeout=timeout)
+from tests.integration.conftest import Client, Serve, StartDispatch, TokenMaker, eventually
+from tests.integration.test_api import auth, make_event
+from tests.integration.webhook_support import deliveries, final_log, register, upload_one
 
 
 async def test_retry_after_hang_huge_body_and_headers(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
 ) -> None:
-    await start_dispatch(aiohttp_client, settings_kwargs, janitor, timeout_seconds=1)
+    await start_dispatch(timeout_seconds=1)
 
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(5)
@@ -107,11 +33,10 @@ async def test_retry_after_hang_huge_body_and_headers(
 
     token = await make_token()
     polite, polite_url = await serve(
-        aiohttp_server,
         [(429, {"Retry-After": "1"}, b"slow down"), (200, {"X-Receiver": "yes"}, b"ok")],
     )
-    hanging, hanging_url = await serve(aiohttp_server, [hang, (200, {}, b"")])
-    _, huge_url = await serve(aiohttp_server, [(200, {}, b"x" * 1_000_000)])
+    hanging, hanging_url = await serve([hang, (200, {}, b"")])
+    _, huge_url = await serve([(200, {}, b"x" * 1_000_000)])
     ep_polite = await register(api, token, polite_url, ["photo.uploaded"])
     ep_hanging = await register(api, token, hanging_url, ["photo.uploaded"])
     ep_huge = await register(api, token, huge_url, ["photo.uploaded"])
@@ -141,24 +66,19 @@ async def test_retry_after_hang_huge_body_and_headers(
 
 async def test_endpoint_notices_failing_recovered_disabled(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
 ) -> None:
     # Auto-disable after 0.2 s of nothing but failures, so the test does not wait 5 days.
     await start_dispatch(
-        aiohttp_client,
-        settings_kwargs,
-        janitor,
         retry_delays_ms=(400, 400),
         auto_disable_after_hours=0.2 / 3600,
     )
     token = await make_token()
-    operator, operator_url = await serve(aiohttp_server, [(204, {}, b"")])
-    _, flaky_url = await serve(aiohttp_server, [(500, {}, b""), (200, {}, b"")])
-    _, dead_url = await serve(aiohttp_server, [(500, {}, b"")])
+    operator, operator_url = await serve([(204, {}, b"")])
+    _, flaky_url = await serve([(500, {}, b""), (200, {}, b"")])
+    _, dead_url = await serve([(500, {}, b"")])
     ep_operator = await register(api, token, operator_url, ["endpoint.*"])
     ep_flaky = await register(api, token, flaky_url, ["photo.uploaded"])
     # The dead endpoint also listens to notices: it hears about the flaky one, never itself.
@@ -218,16 +138,14 @@ async def test_endpoint_notices_failing_recovered_disabled(
 
 async def test_delivery_log_filters_resend_and_test_send(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await start_dispatch(aiohttp_client, settings_kwargs, janitor, retry_delays_ms=(200,))
+    await start_dispatch(retry_delays_ms=(200,))
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [(500, {}, b""), (500, {}, b""), (200, {}, b"ok")])
+    hook, url = await serve([(500, {}, b""), (500, {}, b""), (200, {}, b"ok")])
     other_event = await make_event(api, token)
     endpoint = await register(api, token, url, ["photo.*"])
     filtered = await register(api, token, url.replace("/hook", "/never"), ["photo.*"])

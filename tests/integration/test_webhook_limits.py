@@ -10,110 +10,40 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aio_pika
 from aiohttp import web
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
-from darkroom_kit.messaging import Envelope, Publisher, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_webhooks import housekeeping
 from darkroom_webhooks.app import GATE
-from darkroom_webhooks.app import create_app as create_dispatch
-from darkroom_webhooks.settings import WebhookSettings
 from standardwebhooks import Webhook
 
-from tests.conftest import QueueJanitor
-from tests.integration.conftest import TokenMaker, eventually
+from tests.integration.conftest import Client, Serve, StartDispatch, TokenMaker, eventually
 from tests.integration.test_api import auth
-from tests.integration.test_webhook_delivery import Client, Scripted, serve, start_dispatch
-from tests.integration.test_webhooks import deliveries
-
-
-async def publish_photo_events(settings: IngestSettings, event_id: str, count: int) -> None:
-    """``count`` photo.uploaded facts about one darkroom event, as the API's outbox sends them."""
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        envelopes = [
-            Envelope.new(records.PHOTO_UPLOADED, {"photo": {"id": f"ph_{i}", "event_id": event_id}})
-            for i in range(count)
-        ]
-        await Publisher(channel).publish_many(Topology(settings.amqp_namespace).events, envelopes)
-    finally:
-        await connection.close()
-
-
-async def register_limited(
-    api: Client, token: str, url: str, event_id: str, **limits: Any
-) -> dict[str, Any]:
-    resp = await api.post(
-        "/v1/webhooks",
-        json={"url": url, "event_types": ["photo.uploaded"], "event_ids": [event_id], **limits},
-        headers=auth(token),
-    )
-    assert resp.status == 201, await resp.text()
-    return dict(await resp.json())
-
-
-async def second_replica(
-    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor, **extra: Any
-) -> Any:
-    """Another webhook-dispatch on the same queues (its queues are the first one's: the janitor
-    already knows them)."""
-    settings = WebhookSettings(
-        **{
-            "retry_delays_ms": (300, 3000),
-            "allow_private_networks": ["127.0.0.0/8"],
-            "timeout_seconds": 3,
-            **settings_kwargs,
-            **extra,
-        }
-    )
-    client = await aiohttp_client(create_dispatch(settings))
-    janitor.stop_first(client)
-    return client
-
-
-async def deferred_by(*replicas: Any, limit: str) -> float:
-    """``webhook_attempts_deferred_total{limit=...}`` over the replicas."""
-    total = 0.0
-    for client in replicas:
-        text = await (await client.get("/metrics")).text()
-        total += sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith(f'webhook_attempts_deferred_total{{limit="{limit}"}}')
-        )
-    return total
-
-
-async def all_succeeded(
-    api: Client, token: str, endpoint_id: str, count: int
-) -> list[dict[str, Any]] | None:
-    log = await deliveries(api, token, endpoint_id)
-    done = len(log) == count and all(d["status"] == "succeeded" for d in log)
-    return log if done else None
-
-
-def unique_ids(scripted: Scripted) -> set[str]:
-    return {headers["webhook-id"] for _, headers, _ in scripted.requests}
+from tests.integration.webhook_support import (
+    all_succeeded,
+    deferred_by,
+    deliveries,
+    publish_photo_events,
+    register_limited,
+    sample,
+    unique_ids,
+)
 
 
 async def test_rate_limit_holds_across_two_replicas(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
-    first = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
-    second = await second_replica(aiohttp_client, settings_kwargs, janitor)
+    first = await start_dispatch()
+    second = await start_dispatch(replica=True)
     token = await make_token()
-    limited, limited_url = await serve(aiohttp_server, [(200, {}, b"")])
-    free, free_url = await serve(aiohttp_server, [(200, {}, b"")])
+    limited, limited_url = await serve([(200, {}, b"")])
+    free, free_url = await serve([(200, {}, b"")])
     event_id = f"ev_rate{now_ms()}"
     endpoint = await register_limited(api, token, limited_url, event_id, rate_limit=2)
     assert endpoint["rate_limit"] == 2
@@ -147,15 +77,13 @@ async def test_rate_limit_holds_across_two_replicas(
 
 async def test_max_concurrency_holds_across_two_replicas(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
-    first = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
-    second = await second_replica(aiohttp_client, settings_kwargs, janitor)
+    first = await start_dispatch()
+    second = await start_dispatch(replica=True)
     now_in = 0
     most = 0
 
@@ -170,7 +98,7 @@ async def test_max_concurrency_holds_across_two_replicas(
         return web.Response(status=200)
 
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [slow])
+    hook, url = await serve([slow])
     event_id = f"ev_conc{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id, max_concurrency=2)
     await publish_photo_events(ingest_settings, event_id, 10)
@@ -188,18 +116,13 @@ async def test_max_concurrency_holds_across_two_replicas(
 
 async def test_hanging_endpoint_does_not_delay_the_others(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
     # A small replica: 16 messages at once, 2 of them at most for any one endpoint.
     await start_dispatch(
-        aiohttp_client,
-        settings_kwargs,
-        janitor,
         prefetch=16,
         endpoint_replica_concurrency=2,
         timeout_seconds=10,
@@ -211,8 +134,8 @@ async def test_hanging_endpoint_does_not_delay_the_others(
         return web.Response(status=200)
 
     token = await make_token()
-    hanging, hanging_url = await serve(aiohttp_server, [hang])
-    fast, fast_url = await serve(aiohttp_server, [(200, {}, b"")])
+    hanging, hanging_url = await serve([hang])
+    fast, fast_url = await serve([(200, {}, b"")])
     event_id = f"ev_hang{now_ms()}"
     await register_limited(api, token, hanging_url, event_id)
     fast_endpoint = await register_limited(api, token, fast_url, event_id)
@@ -233,17 +156,15 @@ async def test_hanging_endpoint_does_not_delay_the_others(
 
 async def test_recover_resends_failed_deliveries_of_a_range(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
-    await start_dispatch(aiohttp_client, settings_kwargs, janitor, retry_delays_ms=())
+    await start_dispatch(retry_delays_ms=())
     token = await make_token()
     answers: list[Any] = [(500, {}, b"down")]
-    hook, url = await serve(aiohttp_server, answers)
+    hook, url = await serve(answers)
     event_id = f"ev_recover{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id)
     base = f"/v1/webhooks/{endpoint['id']}"
@@ -311,11 +232,9 @@ async def test_recover_resends_failed_deliveries_of_a_range(
 
 
 async def test_pruning_keeps_recent_and_pending_deliveries(
-    aiohttp_client: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
 ) -> None:
-    dispatch = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
+    dispatch = await start_dispatch()
     db = dispatch.server.app[MONGO_DB]
     day = 86_400_000
     old, recent = now_ms() - 40 * day, now_ms() - day
@@ -360,46 +279,35 @@ async def test_pruning_keeps_recent_and_pending_deliveries(
 
 async def test_gauges_show_waiting_retries_and_endpoint_states(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
     dispatch = await start_dispatch(
-        aiohttp_client,
-        settings_kwargs,
-        janitor,
         retry_delays_ms=(60_000,),
         gauge_interval_seconds=0.2,
     )
     token = await make_token()
-    _, url = await serve(aiohttp_server, [(500, {}, b"")])
+    _, url = await serve([(500, {}, b"")])
     event_id = f"ev_gauge{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id)
     await publish_photo_events(ingest_settings, event_id, 2)
 
-    def gauge(text: str, name: str) -> float | None:
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
     async def waiting() -> str | None:
         text = await (await dispatch.get("/metrics")).text()
-        value = gauge(text, 'webhook_retry_messages{tier="60s"}')
+        value = sample(text, "webhook_retry_messages", tier="60s")
         return text if value is not None and value >= 2 else None
 
     text = await eventually(waiting, timeout=20)
-    failing = gauge(text, 'webhook_endpoints{state="failing"}')
+    failing = sample(text, "webhook_endpoints", state="failing")
     assert failing is not None
     assert failing >= 1
     await api.patch(f"/v1/webhooks/{endpoint['id']}", json={"enabled": False}, headers=auth(token))
 
     async def disabled() -> bool:
         text = await (await dispatch.get("/metrics")).text()
-        value = gauge(text, 'webhook_endpoints{state="disabled"}')
+        value = sample(text, "webhook_endpoints", state="disabled")
         return value is not None and value >= 1
 
     await eventually(disabled, timeout=10)
@@ -407,19 +315,15 @@ async def test_gauges_show_waiting_retries_and_endpoint_states(
 
 async def test_every_kind_of_private_target_is_refused(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
     # No allowlist: loopback is as private as any other range here.
-    await start_dispatch(
-        aiohttp_client, settings_kwargs, janitor, allow_private_networks=[], retry_delays_ms=()
-    )
+    await start_dispatch(allow_private_networks=[], retry_delays_ms=())
     token = await make_token()
-    listening, url = await serve(aiohttp_server, [(200, {}, b"")])
+    listening, url = await serve([(200, {}, b"")])
     port = url.split(":")[2].split("/")[0]
     event_id = f"ev_ssrf{now_ms()}"
     targets = {

@@ -8,73 +8,42 @@ import asyncio
 import json
 from typing import Any
 
-import aio_pika
 import pytest
 from aiohttp import web
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
-from darkroom_kit.messaging import Envelope, Publisher, Topology
+from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_webhooks.app import DISPATCHER
 from darkroom_webhooks.delivery import delivery_id
 from darkroom_webhooks.limits import SLOTS, EndpointGate
 from darkroom_webhooks.settings import WebhookSettings
 
-from tests.conftest import QueueJanitor
-from tests.integration.conftest import TokenMaker, eventually
-from tests.integration.test_webhook_delivery import Client, serve, start_dispatch
-from tests.integration.test_webhook_limits import (
+from tests.integration.conftest import Client, Serve, StartDispatch, TokenMaker, eventually
+from tests.integration.webhook_support import (
     all_succeeded,
+    consumed,
+    deferred_by,
+    metric,
+    publish,
     publish_photo_events,
     register_limited,
     unique_ids,
 )
 
 
-async def publish(amqp_url: str, exchange: str, envelopes: list[Envelope]) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await Publisher(channel).publish_many(exchange, envelopes)
-    finally:
-        await connection.close()
-
-
-async def metric(client: Client, name: str, **labels: str) -> float | None:
-    """One sample of the dispatcher's /metrics (None when the series is not there)."""
-    wanted = name + (
-        "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-    )
-    text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        if line.startswith(wanted + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-async def consumed(client: Client, queue: str) -> float:
-    """Messages the dispatcher took from ``queue``, whatever came of them."""
-    text = await (await client.get("/metrics")).text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("messages_consumed_total{") and f'queue="{queue}"' in line
-    )
-
-
 async def test_duplicate_attempts_of_a_final_delivery_do_not_stall_the_endpoint(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
+    settings_kwargs: dict[str, Any],
 ) -> None:
-    dispatch = await start_dispatch(aiohttp_client, settings_kwargs, janitor)
+    dispatch = await start_dispatch()
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [(200, {}, b"")])
+    hook, url = await serve([(200, {}, b"")])
     event_id = f"ev_dup{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id)
     await publish_photo_events(ingest_settings, event_id, 1)
@@ -88,15 +57,15 @@ async def test_duplicate_attempts_of_a_final_delivery_do_not_stall_the_endpoint(
     await publish(
         ingest_settings.amqp_url,
         topology.commands,
-        [
+        *(
             Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(done["id"], endpoint["id"]))
             for _ in range(n)
-        ],
+        ),
     )
     attempts_queue = topology.queue("webhook-dispatch", "attempts")
 
     async def all_handled() -> bool:
-        return await consumed(dispatch, attempts_queue) >= n
+        return consumed(await (await dispatch.get("/metrics")).text(), attempts_queue) >= n
 
     await eventually(all_handled, timeout=20)
 
@@ -115,20 +84,16 @@ async def test_duplicate_attempts_of_a_final_delivery_do_not_stall_the_endpoint(
 
 async def test_a_dead_dispatchers_lease_delays_the_attempt_not_the_retry_schedule(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
     # The second tier is far longer than the test waits: only a first retry that keeps its
     # (first-tier) schedule lets the delivery succeed in time.
-    dispatch = await start_dispatch(
-        aiohttp_client, settings_kwargs, janitor, retry_delays_ms=(500, 120_000), retry_jitter=0
-    )
+    dispatch = await start_dispatch(retry_delays_ms=(500, 120_000), retry_jitter=0)
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [(500, {}, b"down"), (200, {}, b"")])
+    hook, url = await serve([(500, {}, b"down"), (200, {}, b"")])
     event_id = f"ev_lease{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id)
     db = dispatch.app[MONGO_DB]
@@ -158,7 +123,7 @@ async def test_a_dead_dispatchers_lease_delays_the_attempt_not_the_retry_schedul
         }
     )
     await publish(
-        ingest_settings.amqp_url, Topology(ingest_settings.amqp_namespace).events, [envelope]
+        ingest_settings.amqp_url, Topology(ingest_settings.amqp_namespace).events, envelope
     )
 
     log = await eventually(lambda: all_succeeded(api, token, endpoint["id"], 1), timeout=40)
@@ -175,24 +140,20 @@ async def test_a_dead_dispatchers_lease_delays_the_attempt_not_the_retry_schedul
     # was not counted as an attempt.
     assert second - first < 60_000
     assert len(hook.requests) == 2
-    assert (await metric(dispatch, "webhook_attempts_deferred_total", limit="lease") or 0) > 0
+    assert await deferred_by(dispatch, limit="lease") > 0
 
 
 async def test_a_failure_logged_before_a_crash_keeps_its_retry_delay(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    dispatch = await start_dispatch(
-        aiohttp_client, settings_kwargs, janitor, retry_delays_ms=(3000, 120_000), retry_jitter=0
-    )
+    dispatch = await start_dispatch(retry_delays_ms=(3000, 120_000), retry_jitter=0)
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [(500, {}, b"down"), (200, {}, b"")])
+    hook, url = await serve([(500, {}, b"down"), (200, {}, b"")])
     event_id = f"ev_logged{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id)
 
@@ -230,32 +191,28 @@ async def test_a_failure_logged_before_a_crash_keeps_its_retry_delay(
 
 async def test_a_live_attempt_keeps_its_short_lease(
     api: Client,
-    aiohttp_client: Any,
-    aiohttp_server: Any,
-    settings_kwargs: dict[str, Any],
-    janitor: QueueJanitor,
+    start_dispatch: StartDispatch,
+    serve: Serve,
     make_token: TokenMaker,
     ingest_settings: IngestSettings,
 ) -> None:
     # A 1 s lease and a request of 2.5 s: only a lease renewed while the request runs keeps a
     # duplicate attempt command from sending the delivery a second time meanwhile.
-    dispatch = await start_dispatch(
-        aiohttp_client, settings_kwargs, janitor, delivery_lease_seconds=1, timeout_seconds=6
-    )
+    dispatch = await start_dispatch(delivery_lease_seconds=1, timeout_seconds=6)
 
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(2.5)
         return web.Response(status=200)
 
     token = await make_token()
-    hook, url = await serve(aiohttp_server, [slow])
+    hook, url = await serve([slow])
     event_id = f"ev_renew{now_ms()}"
     endpoint = await register_limited(api, token, url, event_id)
     envelope = Envelope.new(
         records.PHOTO_UPLOADED, {"photo": {"id": "ph_renew", "event_id": event_id}}
     )
     topology = Topology(ingest_settings.amqp_namespace)
-    await publish(ingest_settings.amqp_url, topology.events, [envelope])
+    await publish(ingest_settings.amqp_url, topology.events, envelope)
 
     async def sending() -> bool:
         return len(hook.requests) == 1
@@ -265,7 +222,7 @@ async def test_a_live_attempt_keeps_its_short_lease(
     await publish(
         ingest_settings.amqp_url,
         topology.commands,
-        [Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(did, endpoint["id"]))],
+        Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(did, endpoint["id"])),
     )
 
     async def duplicate_seen() -> bool:
@@ -276,15 +233,11 @@ async def test_a_live_attempt_keeps_its_short_lease(
     # delivery final.
     await eventually(duplicate_seen, timeout=20)
     assert len(hook.requests) == 1
-    assert (await metric(dispatch, "webhook_attempts_deferred_total", limit="lease") or 0) > 0
+    assert await deferred_by(dispatch, limit="lease") > 0
 
 
-async def test_slots_leased_gauge_counts_only_live_leases(
-    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor
-) -> None:
-    dispatch = await start_dispatch(
-        aiohttp_client, settings_kwargs, janitor, gauge_interval_seconds=0.2
-    )
+async def test_slots_leased_gauge_counts_only_live_leases(start_dispatch: StartDispatch) -> None:
+    dispatch = await start_dispatch(gauge_interval_seconds=0.2)
     endpoint_id = f"wh_slots{now_ms()}"
     now = now_ms()
     # Two slots leased (one by a replica that died a moment ago: its lease still runs), one

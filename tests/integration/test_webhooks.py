@@ -4,82 +4,40 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import aio_pika
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import Envelope, Publisher, Topology
-from darkroom_webhooks.app import create_app as create_dispatch
-from darkroom_webhooks.app import queue_specs
-from darkroom_webhooks.settings import WebhookSettings
+from darkroom_kit.messaging import Envelope, Topology
 from standardwebhooks import Webhook
 
-from tests.conftest import QueueJanitor, jpeg_bytes
-from tests.integration.conftest import TokenMaker, eventually
+from tests.conftest import jpeg_bytes
+from tests.integration.conftest import (
+    Client,
+    Scripted,
+    Serve,
+    StartDispatch,
+    TokenMaker,
+    eventually,
+)
 from tests.integration.test_api import auth, form, make_event
+from tests.integration.webhook_support import deliveries, final_log, publish, register
 
-Client = TestClient[Any, Any]
-
-
-class Receiver:
-    """A webhook receiver whose answers a test scripts: a list of statuses, the last repeats."""
-
-    def __init__(self, answers: list[int]) -> None:
-        self.answers = answers
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append((dict(request.headers), await request.read()))
-        status = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        return web.Response(status=status, text=f"answer {status}")
-
-
-MakeReceiver = Callable[[list[int]], Awaitable[tuple[Receiver, str]]]
+MakeReceiver = Callable[[list[int]], Awaitable[tuple[Scripted, str]]]
 
 
 @pytest.fixture
-async def receiver(aiohttp_server: Any) -> MakeReceiver:
-    async def make(answers: list[int]) -> tuple[Receiver, str]:
-        r = Receiver(answers)
-        app = web.Application()
-        app.router.add_post("/hook", r.handle)
-        server: TestServer = await aiohttp_server(app)
-        return r, f"http://127.0.0.1:{server.port}/hook"
+def receiver(serve: Serve) -> MakeReceiver:
+    """A receiver answering the statuses given (the last repeats), each body naming its status."""
+
+    async def make(statuses: list[int]) -> tuple[Scripted, str]:
+        return await serve([(status, {}, f"answer {status}".encode()) for status in statuses])
 
     return make
 
 
 @pytest.fixture
-async def dispatch(
-    aiohttp_client: Any, settings_kwargs: dict[str, Any], janitor: QueueJanitor
-) -> Client:
-    settings = WebhookSettings(
-        **settings_kwargs,
-        retry_delays_ms=(300, 600),
-        allow_private_networks=["127.0.0.0/8"],
-        timeout_seconds=3,
-    )
-    topology = Topology(settings.amqp_namespace)
-    janitor.add(*queue_specs(topology, settings))
-    client: Client = await aiohttp_client(create_dispatch(settings))
-    janitor.stop_first(client)
-    return client
-
-
-async def register(api: Client, token: str, url: str, types: list[str]) -> dict[str, Any]:
-    resp = await api.post(
-        "/v1/webhooks", json={"url": url, "event_types": types}, headers=auth(token)
-    )
-    assert resp.status == 201
-    return dict(await resp.json())
-
-
-async def deliveries(api: Client, token: str, endpoint_id: str) -> list[dict[str, Any]]:
-    resp = await api.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=auth(token))
-    return list((await resp.json())["items"])
+async def dispatch(start_dispatch: StartDispatch) -> Client:
+    return await start_dispatch(retry_delays_ms=(300, 600))
 
 
 async def test_signed_delivery_retry_and_delete(
@@ -99,9 +57,9 @@ async def test_signed_delivery_retry_and_delete(
     await eventually(lambda: _succeeded(api, token, ep_steady["id"]))
     # 500 then 200: two attempts with the same webhook-id, each signed for its own timestamp.
     assert len(flaky.requests) == 2
-    ids = {h["webhook-id"] for h, _ in flaky.requests}
+    ids = {h["webhook-id"] for _, h, _ in flaky.requests}
     assert len(ids) == 1
-    for headers, body in flaky.requests:
+    for _, headers, body in flaky.requests:
         payload = Webhook(ep_flaky["secret"]).verify(body, headers)
         assert payload["type"] == "photo.uploaded"
         assert payload["data"]["photo"]["id"] == photo["id"]
@@ -111,8 +69,8 @@ async def test_signed_delivery_retry_and_delete(
     # The steady endpoint gets photo.uploaded; deleting sends photo.deleted to photo.* only.
     assert (await api.delete(f"/v1/photos/{photo['id']}", headers=auth(token))).status == 204
 
-    def types(r: Receiver) -> list[str]:
-        return [Webhook(ep_steady["secret"]).verify(b, h)["type"] for h, b in r.requests]
+    def types(r: Scripted) -> list[str]:
+        return [Webhook(ep_steady["secret"]).verify(b, h)["type"] for _, h, b in r.requests]
 
     async def got_deleted() -> bool:
         return "photo.deleted" in types(steady)
@@ -139,15 +97,8 @@ async def test_same_message_twice_is_delivered_once(
     hook, url = await receiver([200])
     endpoint = await register(api, token, url, ["photo.uploaded"])
     message = Envelope.new("photo.uploaded", {"photo": {"id": "ph_dup"}})
-    connection = await aio_pika.connect(ingest_settings.amqp_url)
-    try:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        publisher = Publisher(channel)
-        topology = Topology(ingest_settings.amqp_namespace)
-        await publisher.publish(topology.events, message)
-        await publisher.publish(topology.events, message)
-    finally:
-        await connection.close()
+    events = Topology(ingest_settings.amqp_namespace).events
+    await publish(ingest_settings.amqp_url, events, message, message)
     await eventually(lambda: _succeeded(api, token, endpoint["id"]))
     await asyncio.sleep(1.5)
     assert len(hook.requests) == 1
@@ -175,21 +126,17 @@ async def test_gone_disables_and_private_targets_are_refused(
         headers=auth(token),
     )
 
-    async def final(endpoint_id: str) -> list[dict[str, Any]] | None:
-        log = await deliveries(api, token, endpoint_id)
-        return log if log and log[0]["status"] in ("failed", "succeeded") else None
-
-    log = await eventually(lambda: final(ep_gone["id"]))
+    log = await final_log(api, token, ep_gone["id"], timeout=15)
     assert log[0]["status"] == "failed"
     assert len(gone.requests) == 1  # 410 is final: no retries
     got = await (await api.get(f"/v1/webhooks/{ep_gone['id']}", headers=auth(token))).json()
     assert got["enabled"] is False
     # A redirect is not followed: it is a failed attempt, retried, then the delivery fails.
-    log = await eventually(lambda: final(ep_moved["id"]), timeout=20)
+    log = await final_log(api, token, ep_moved["id"])
     assert log[0]["status"] == "failed"
     assert [a["status_code"] for a in log[0]["attempts"]] == [301, 301, 301]
     assert len(moved.requests) == 3
-    log = await eventually(lambda: final(ep_private["id"]), timeout=20)
+    log = await final_log(api, token, ep_private["id"])
     assert log[0]["status"] == "failed"
     assert len(log[0]["attempts"]) == 3  # first try and both retry tiers
     assert all(a["error"].startswith("blocked_address") for a in log[0]["attempts"])
@@ -228,7 +175,7 @@ async def test_rotation_patch_and_event_types(
         return len(hook.requests) >= n
 
     await eventually(lambda: delivered(1))
-    headers, body = hook.requests[0]
+    _, headers, body = hook.requests[0]
     assert len(headers["webhook-signature"].split(" ")) == 2  # both, during the grace period
     Webhook(old).verify(body, headers)
     Webhook(new).verify(body, headers)
@@ -248,7 +195,7 @@ async def test_rotation_patch_and_event_types(
         headers=auth(token),
     )
     await eventually(lambda: delivered(2))
-    headers, body = hook.requests[1]
+    _, headers, body = hook.requests[1]
     Webhook(newest).verify(body, headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(new).verify(body, headers)

@@ -71,6 +71,18 @@ class Lease:
         writes, so a holder that lost the lease never overwrites its successor's work."""
         return {"_id": self.doc_id, HOLDER: self.holder}
 
+    async def confirm(self) -> bool:
+        """Renew now and say whether this holder still holds the lease: for the moment just
+        before a write that must happen once, since a holder can lose its lease while it works
+        (its renewals failed for longer than the lease, during a database outage, and another
+        process took over)."""
+        if self.lost:
+            return False
+        result = await self.col.update_one(self.mine(), {"$set": {UNTIL: now_ms() + self.lease_ms}})
+        if result.matched_count == 0:
+            self.lost = True
+        return not self.lost
+
     async def __aenter__(self) -> Lease:
         self._task = asyncio.create_task(self._keep(), name=f"lease {self.doc_id}")
         return self

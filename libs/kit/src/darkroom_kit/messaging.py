@@ -331,6 +331,7 @@ class Consumer:
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
     _counted: dict[str, Any] = field(default_factory=dict)
     _timed: Any = None
+    _stopped: bool = False
 
     async def start(self) -> None:
         self._channel = await self.connection.channel(
@@ -347,6 +348,10 @@ class Consumer:
         """Stop taking messages, let those in hand finish within ``grace_seconds`` (all of it
         included), cancel the rest unacknowledged and close the channel: the broker redelivers
         what was not acknowledged. Calling it again does nothing more."""
+        if self._stopped:
+            # The drain stopped it already: its grace period is spent, not to be spent again.
+            return
+        self._stopped = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
         # What a cancelled handler needs to unwind; the grace period includes it.
@@ -471,7 +476,9 @@ class Consumer:
             message,
             envelope,
             self.spec.defer_queue(delay),
-            {ATTEMPT_HEADER: attempt, DEFERRED_HEADER: deferrals + 1},
+            # Only escalating waits count: a wait for a lease must not lengthen a later one
+            # for a busy endpoint.
+            {ATTEMPT_HEADER: attempt, DEFERRED_HEADER: deferrals + (1 if exc.escalate else 0)},
             "deferred",
         )
 

@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 OUTBOX = "outbox"
 OUTBOX_DUE = "outbox_due_ms"
 
+# A document whose messages the broker refused is tried again after this long.
+REFUSED_RETRY_MS = 2_000
+# Refusals in a row after which a relay pass stops (the broker is away, not one message bad).
+REFUSALS_PER_PASS = 3
+
 AfterFlush = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -124,6 +129,7 @@ class OutboxRelay:
     async def run_once(self, limit: int = 500) -> int:
         relayed = 0
         for collection in self._collections:
+            failures = 0
             for _ in range(limit):
                 now = now_ms()
                 claimed_until = now + self._lease_ms
@@ -134,13 +140,20 @@ class OutboxRelay:
                     break
                 pending = pending_of(doc)
                 if pending and not await self._outbox.flush(collection, doc["_id"], pending):
-                    # The broker refused: give the claim back, or these messages would wait out
-                    # the whole claim (30 s) after the broker is back, instead of the next pass.
+                    # Refused: due again after a short wait, not after the whole claim (30 s),
+                    # so a broker outage is over for these messages a moment after the broker
+                    # is back. The pass goes on to the next document, so one message the broker
+                    # never takes cannot hold up the others; a few refusals in a row mean the
+                    # broker is away, and the pass ends.
                     await collection.update_one(
                         {"_id": doc["_id"], OUTBOX_DUE: claimed_until},
-                        {"$set": {OUTBOX_DUE: now_ms()}},
+                        {"$set": {OUTBOX_DUE: now_ms() + REFUSED_RETRY_MS}},
                     )
-                    return relayed
+                    failures += 1
+                    if failures >= REFUSALS_PER_PASS:
+                        return relayed
+                    continue
+                failures = 0
                 if not pending:
                     await collection.update_one(
                         {"_id": doc["_id"], OUTBOX: {}}, {"$unset": {OUTBOX_DUE: ""}}

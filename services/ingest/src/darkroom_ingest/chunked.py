@@ -36,6 +36,7 @@ from pymongo import ASCENDING, ReturnDocument
 from darkroom_ingest import filenames, sniff
 from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
 from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.stores import Conflict
 from darkroom_ingest.uploads import StoredFile
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ UPLOADS = "uploads"
 # existed carries only ``completing_ms``: its process (the previous version) does not renew, so it
 # keeps the old rule: taken over once this old.
 STALE_COMPLETING_MS = 5 * 60 * 1000
+# A complete whose lease ran out this long ago, and that no client asked for again, is finished
+# by the sweep (a client's own retry normally comes much sooner).
+ABANDONED_COMPLETE_MS = 60_000
 MAX_PARTS = 10_000  # S3's limit
 
 
@@ -413,7 +417,15 @@ class ChunkedUploads:
         event = await self._photos.events.get(doc["event_id"])
         if event is None:
             raise not_found("event", doc["event_id"])
-        photos = await self._photos.commit_batch(event, [stored], None)
+        try:
+            photos = await self._photos.commit_batch(event, [stored], None)
+        except Conflict:
+            # Another completer created it first: one that took over a lease this one lost
+            # (its renewals failed for longer than the lease). The photo is the same one.
+            landed = await self._photos.photos.col.find_one({"_id": doc["photo_id"]})
+            if landed is None:
+                raise
+            return landed
         return photos[0]
 
     async def _mark_completed(self, upload_id: str) -> None:
@@ -495,7 +507,39 @@ class ChunkedUploads:
                 break
             await self._store.abort_multipart(doc["key"], doc["s3_upload_id"])
             expired += 1
-        return expired
+        return expired + await self.finish_abandoned(limit)
+
+    async def finish_abandoned(self, limit: int = 100) -> int:
+        """Completes whose process died and whose client never asked again: the client asked
+        for the photo, so it is made (exactly once, as a complete would), rather than the
+        upload left "completing" for ever with its object owned by nobody."""
+        now = now_ms()
+        stale = self.col.find(
+            {
+                "$and": [
+                    {"state": "completing"},
+                    Lease.free(now - ABANDONED_COMPLETE_MS, "completing_ms", STALE_COMPLETING_MS),
+                ]
+            },
+            {"_id": 1},
+        ).limit(limit)
+        finished = 0
+        async for doc in stale:
+            try:
+                photo = await self.complete(doc["_id"])
+            except (Problem, StorageError) as exc:
+                log.warning(
+                    "abandoned complete could not be finished: %s",
+                    exc,
+                    extra={"upload_id": doc["_id"]},
+                )
+                continue
+            log.info(
+                "abandoned complete finished",
+                extra={"upload_id": doc["_id"], "photo_id": photo["_id"]},
+            )
+            finished += 1
+        return finished
 
 
 def _mismatch(algorithm: str, index: int) -> Problem:

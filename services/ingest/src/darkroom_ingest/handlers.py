@@ -26,6 +26,7 @@ from darkroom_ingest.tokens import Principal, Scope, effective_scopes
 from darkroom_ingest.uploads import BatchReceiver, batch_too_large
 from darkroom_ingest.web_support import (
     IDEMPOTENCY_KEY,
+    IDEMPOTENCY_LEASE,
     SETTINGS,
     authenticate,
     json_response,
@@ -231,6 +232,19 @@ async def upload_batch(request: web.Request) -> web.Response:
                 FieldError(s.field, f"{s.filename}: {s.detail}", s.code) for s in batch.skipped
             ],
             extra={"skipped": [s.as_dict() for s in batch.skipped]},
+        )
+    lease = request.get(IDEMPOTENCY_LEASE)
+    if lease is not None and not await lease.confirm():
+        # Another request with this key took over while this one's body arrived (this one's
+        # renewals failed for longer than the lease): only one of them may store the files.
+        await receiver.discard(batch.stored)
+        raise Problem(
+            409,
+            "idempotency_key_in_use",
+            "Another request with this key took over",
+            "This request lost its hold on the Idempotency-Key and kept nothing; ask again "
+            "with the same key for the answer of the one that took over.",
+            headers={"Retry-After": "1"},
         )
     docs = await request.app[PHOTO_SERVICE].commit_batch(
         event, batch.stored, batch.category_id, request_key=request.get(IDEMPOTENCY_KEY)

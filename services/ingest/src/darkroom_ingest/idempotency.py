@@ -17,7 +17,12 @@ from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.problems import Problem, problem_response
 
 from darkroom_ingest.stores import IdempotencyStore
-from darkroom_ingest.web_support import IDEMPOTENCY_KEY, SETTINGS, authenticate
+from darkroom_ingest.web_support import (
+    IDEMPOTENCY_KEY,
+    IDEMPOTENCY_LEASE,
+    SETTINGS,
+    authenticate,
+)
 
 WRITES = {"POST", "PATCH", "DELETE", "PUT"}
 MAX_KEY_LENGTH = 255
@@ -60,6 +65,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     ttl_ms = request.app[SETTINGS].idempotency_ttl_hours * 3600 * 1000
     lease = store.lease(scoped, int(request.app[SETTINGS].lock_lease_seconds * 1000))
     existing = await store.begin(scoped, fingerprint, ttl_ms, lease, STALE_MS)
+    request[IDEMPOTENCY_LEASE] = lease
     if existing is not None:
         if existing["fingerprint"] != fingerprint:
             raise Problem(

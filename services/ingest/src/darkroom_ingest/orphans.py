@@ -239,7 +239,10 @@ class OrphanSweeper:
                 last_part = await self._store.last_part_ms(upload.key, upload.upload_id)
             except ObjectNotFound:
                 continue  # completed or aborted since the listing
-            if last_part is not None and last_part > report.cutoff_ms:
+            # One without a part holds no bytes, and its age is unknown where the server's
+            # Initiated is not to be trusted: aborting it gains nothing and could fail a batch
+            # whose first part is still arriving. (MinIO purges unfinished uploads after 24 h.)
+            if last_part is None or last_part > report.cutoff_ms:
                 report.kept_young += 1
                 continue
             if not report.dry_run:

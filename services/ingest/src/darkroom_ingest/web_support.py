@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from darkroom_kit.lease import Lease
 from darkroom_kit.mongo import MONGO_DB, Document
 from darkroom_kit.problems import FieldError, Problem
 from pydantic import BaseModel, ValidationError
@@ -23,6 +24,8 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 # The Idempotency-Key a write came with, scoped to its token: what it writes carries it, so a
 # repeat after a crash finds what the first attempt already stored.
 IDEMPOTENCY_KEY: web.RequestKey[str] = web.RequestKey("idempotency_key", str)
+# The lease that holds that key while the request runs.
+IDEMPOTENCY_LEASE: web.RequestKey[Lease] = web.RequestKey("idempotency_lease", Lease)
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:

@@ -1,0 +1,132 @@
+"""What the webhook-dispatch tests share besides the ``serve`` and ``start_dispatch`` fixtures
+(in this directory's conftest): endpoints registered through the API, messages published
+straight to the broker, the delivery log and the dispatcher's metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit import records
+from darkroom_kit.messaging import Envelope, Publisher, Topology
+
+from tests.conftest import jpeg_bytes
+from tests.integration.conftest import Client, Scripted, eventually
+from tests.integration.test_api import auth, form, make_event
+
+
+async def register(
+    api: Client, token: str, url: str, types: list[str], **fields: Any
+) -> dict[str, Any]:
+    resp = await api.post(
+        "/v1/webhooks", json={"url": url, "event_types": types, **fields}, headers=auth(token)
+    )
+    assert resp.status == 201, await resp.text()
+    return dict(await resp.json())
+
+
+async def register_limited(
+    api: Client, token: str, url: str, event_id: str, **limits: Any
+) -> dict[str, Any]:
+    """An endpoint for photo.uploaded of one darkroom event only, with ``limits``."""
+    return await register(api, token, url, ["photo.uploaded"], event_ids=[event_id], **limits)
+
+
+async def upload_one(api: Client, token: str) -> dict[str, Any]:
+    """A new darkroom event with one photo uploaded; gives the event."""
+    event = await make_event(api, token)
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(("p.jpg", jpeg_bytes(64, 64))),
+        headers=auth(token),
+    )
+    assert resp.status == 201
+    return event
+
+
+async def publish(amqp_url: str, exchange: str, *envelopes: Envelope) -> None:
+    """Straight to the broker, each confirmed (and an unroutable one an error)."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await Publisher(channel).publish_many(exchange, envelopes)
+    finally:
+        await connection.close()
+
+
+async def publish_photo_events(settings: IngestSettings, event_id: str, count: int) -> None:
+    """``count`` photo.uploaded facts about one darkroom event, as the API's outbox sends them."""
+    await publish(
+        settings.amqp_url,
+        Topology(settings.amqp_namespace).events,
+        *(
+            Envelope.new(records.PHOTO_UPLOADED, {"photo": {"id": f"ph_{i}", "event_id": event_id}})
+            for i in range(count)
+        ),
+    )
+
+
+async def deliveries(api: Client, token: str, endpoint_id: str) -> list[dict[str, Any]]:
+    resp = await api.get(f"/v1/webhooks/{endpoint_id}/deliveries", headers=auth(token))
+    return list((await resp.json())["items"])
+
+
+async def all_succeeded(
+    api: Client, token: str, endpoint_id: str, count: int
+) -> list[dict[str, Any]] | None:
+    log = await deliveries(api, token, endpoint_id)
+    done = len(log) == count and all(d["status"] == "succeeded" for d in log)
+    return log if done else None
+
+
+async def final_log(api: Client, token: str, endpoint_id: str, timeout: float = 20) -> Any:
+    """The delivery log once its newest delivery is final (failed or succeeded)."""
+
+    async def final() -> Any:
+        log = await deliveries(api, token, endpoint_id)
+        return log if log and log[0]["status"] in ("failed", "succeeded") else None
+
+    return await eventually(final, timeout=timeout)
+
+
+def unique_ids(scripted: Scripted) -> set[str]:
+    return {headers["webhook-id"] for _, headers, _ in scripted.requests}
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """One series of a /metrics text (None when it is not there)."""
+    wanted = name + (
+        "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
+    )
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def metric(client: Client, name: str, **labels: str) -> float | None:
+    """One series of a service's /metrics (None when it is not there)."""
+    return sample(await (await client.get("/metrics")).text(), name, **labels)
+
+
+async def deferred_by(*replicas: Client, limit: str) -> float:
+    """``webhook_attempts_deferred_total{limit=...}`` over the replicas."""
+    total = 0.0
+    for client in replicas:
+        total += await metric(client, "webhook_attempts_deferred_total", limit=limit) or 0.0
+    return total
+
+
+def consumed(text: str, queue: str, outcome: str | None = None) -> float:
+    """``messages_consumed_total`` of ``queue`` in a /metrics text: with ``outcome``, or all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "messages_consumed_total"
+        and s.labels["queue"] == queue
+        and (outcome is None or s.labels["outcome"] == outcome)
+    )
