@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -49,24 +50,44 @@ def status_mb(pid: int, field: str) -> float:
     return float("nan")
 
 
+class StatusLine:
+    """A status that changes often: redrawn in place on a terminal; elsewhere (a log, CI) a
+    plain line now and then, not one per update."""
+
+    EVERY_S = 5.0
+
+    def __init__(self) -> None:
+        self._terminal = sys.stdout.isatty()
+        self._last = time.perf_counter()
+        self._text = ""
+
+    def show(self, text: str) -> None:
+        self._text = text
+        if self._terminal:
+            print(f"\r{text}", end="", flush=True)
+        elif time.perf_counter() - self._last >= self.EVERY_S:
+            self._last = time.perf_counter()
+            print(text, flush=True)
+
+    def end(self) -> None:
+        print(("\r" if self._terminal else "") + self._text, flush=True)
+
+
 class Progress:
     """A one-line progress bar: bytes, rate."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label, self.total, self.done, self.start = label, total, 0, time.perf_counter()
+        self._line = StatusLine()
 
     def add(self, n: int) -> None:
         self.done += n
         rate = self.done / max(1e-9, time.perf_counter() - self.start) / 1e6
         bar = "#" * int(30 * self.done / self.total)
-        print(
-            f"\r  {self.label:9} [{bar:30}] {self.done / 1e6:7.0f} MB {rate:6.1f} MB/s",
-            end="",
-            flush=True,
-        )
+        self._line.show(f"  {self.label:9} [{bar:30}] {self.done / 1e6:7.0f} MB {rate:6.1f} MB/s")
 
     def end(self) -> None:
-        print(flush=True)
+        self._line.end()
 
 
 @dataclass

@@ -21,7 +21,13 @@ from darkroom_kit.pool import RenderPool
 from darkroom_kit.storage import S3ObjectStore, open_object_store
 from darkroom_repair.repair import header_facts
 
-from benchmarks.harness import cpu_seconds, machine_cpu, percentile, stack_under_test
+from benchmarks.harness import (
+    StatusLine,
+    cpu_seconds,
+    machine_cpu,
+    percentile,
+    stack_under_test,
+)
 from benchmarks.thumbnailing import camera_like_jpeg
 from darkroom_dev.servers import free_port
 from darkroom_dev.stack import SERVICES, start_services
@@ -118,6 +124,7 @@ async def main() -> None:
                     ),
                 )
                 gaps, last, last_count = [], started, 0
+                status = StatusLine()
                 while True:
                     await asyncio.sleep(0.5)
                     op = await db[records.OPERATIONS].find_one({"_id": op_id})
@@ -127,16 +134,14 @@ async def main() -> None:
                     if count > last_count:
                         gaps.append((count - last_count) / (now - last))
                         last, last_count = now, count
-                    print(
-                        f"\r  service  {count:6}/{args.photos} repaired, "
-                        f"{count / (now - started):6.0f}/s",
-                        end="",
-                        flush=True,
+                    status.show(
+                        f"  service  {count:6}/{args.photos} repaired, "
+                        f"{count / (now - started):6.0f}/s"
                     )
                     if op["state"] in ("done", "failed"):
                         break
                 wall = time.perf_counter() - started
-                print()
+                status.end()
                 # The pool's processes are children; count the whole machine as well.
                 service_cpu = sum(cpu_seconds(pid)) - cpu_before
                 busy = machine_cpu()[0] - busy_before

@@ -157,13 +157,10 @@ async def service_run(files: list[bytes], count: int) -> dict[str, float]:
                 if time.perf_counter() - last_print > 2:
                     last_print = time.perf_counter()
                     rate = done / (last_print - started)
-                    print(
-                        f"\r  service  {done:5}/{count} images, {rate:5.2f}/s", end="", flush=True
-                    )
+                    print(f"  service  {done:5}/{count} images, {rate:5.2f}/s", flush=True)
             wall = time.perf_counter() - started
             busy, idle = machine_cpu()
             busy, idle = busy - busy_before, idle - idle_before
-            print()
             workers = children(pid)
             worker_cpu = sum(sum(cpu_seconds(w)) for w in workers)
             main_cpu = sum(cpu_seconds(pid)) - main_before

@@ -38,7 +38,7 @@ from darkroom_webhooks.app import fanout_spec, queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 from darkroom_webhooks.signing import signature_header
 
-from benchmarks.harness import cpu_seconds, percentile, stack_under_test, status_mb
+from benchmarks.harness import StatusLine, cpu_seconds, percentile, stack_under_test, status_mb
 from darkroom_dev.servers import free_port, port_open, wait_until
 from darkroom_dev.stack import SERVICES, start_services
 
@@ -224,10 +224,11 @@ async def main() -> None:
                     started, cpu0 = time.perf_counter(), sum(cpu_seconds(pid))
                     # The receiver is asked (cheap); MongoDB only once it has them all: a count
                     # over the log would stall the stand-in while it drains.
+                    status = StatusLine()
                     while True:
                         done = (await receiver_stats(http, receiver))["unique"]
                         rate = done / (time.perf_counter() - started)
-                        print(f"\r  received {done:6}/{args.backlog}, {rate:6.0f}/s", end="")
+                        status.show(f"  received {done:6}/{args.backlog}, {rate:6.0f}/s")
                         if done >= args.backlog:
                             break
                         await asyncio.sleep(0.1)
@@ -238,7 +239,7 @@ async def main() -> None:
                         await asyncio.sleep(0.1)
                     wall = time.perf_counter() - started
                     cpu = sum(cpu_seconds(pid)) - cpu0
-                    print()
+                    status.end()
                     figures["drain"] = (
                         args.backlog / wall,
                         cpu / args.backlog * 1000,
