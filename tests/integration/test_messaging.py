@@ -164,3 +164,44 @@ async def test_invalid_payloads_are_dead_lettered_before_the_handler(
         assert "case: Input should be a valid string" in logged[wrong_type.id]
         assert "case: Field required" in logged[missing.id]
         assert "'other.thing' is not one this queue takes" in logged[unknown.id]
+
+
+async def test_only_escalating_defers_count_towards_the_next_wait(
+    servers: Servers, namespace: str, janitor: QueueJanitor
+) -> None:
+    """A wait that is not the message's fault and does not grow (a delivery's lease held by
+    another dispatcher) leaves the count of escalating waits alone, so a later busy endpoint
+    starts from the shortest wait again, not from one doubled by every lease it waited for."""
+    from darkroom_kit.messaging import DEFERRED_HEADER, Defer
+
+    topology = Topology(namespace)
+    spec = QueueSpec(
+        topology.queue("test", "defer"),
+        topology.events,
+        ("defer.*",),
+        (1000,),
+        defer_delays_ms=(60_000,),  # long: the parked copies are read before they come back
+    )
+    janitor.add(spec)
+
+    async def handler(envelope: Envelope, attempt: int) -> None:
+        raise Defer("waiting", 100, escalate=envelope.type == "defer.busy")
+
+    metrics = ConsumerMetrics(CollectorRegistry(), "test")
+    async with consuming(servers.amqp_url, topology, spec, handler, metrics) as (consumer, ch):
+        publisher = Publisher(ch)
+        for kind in ("defer.lease", "defer.busy"):
+            await publisher.publish(topology.events, Envelope.new(kind, {}))
+        queue = await ch.get_queue(spec.defer_queue(60_000))
+        counts: dict[str | None, object] = {}
+        for _ in range(200):
+            message = await queue.get(fail=False)
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            counts[message.type] = (message.headers or {}).get(DEFERRED_HEADER)
+            if len(counts) == 2:
+                break
+        await consumer.stop(5)
+    assert counts == {"defer.lease": 0, "defer.busy": 1}
