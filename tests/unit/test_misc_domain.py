@@ -74,3 +74,20 @@ async def test_object_storage_failing_under_any_handler_is_a_503_problem(
     assert resp.headers["Retry-After"] == "5"
     assert resp.content_type == "application/problem+json"
     assert (await resp.json())["code"] == "storage_unavailable"
+
+
+def test_photo_of_key_reads_back_the_keys_records_makes() -> None:
+    from darkroom_kit import records
+
+    assert records.photo_of_key(records.original_key("ev_1", "ph_2")) == ("ph_2", records.ORIGINAL)
+    assert records.photo_of_key(records.variant_key("ev_1", "ph_2", "hero")) == (
+        "ph_2",
+        records.VARIANT,
+    )
+    for other in (
+        "events/ev_1/notes.txt",
+        "elsewhere/x.jpg",
+        "events/ev_1/hero/noext",
+        "events//originals/p",
+    ):
+        assert records.photo_of_key(other) is None, other

@@ -77,6 +77,23 @@ def variant_key(event_id: str, photo_id: str, variant: str, ext: str = "jpg") ->
     return f"events/{event_id}/{variant}/{photo_id}.{ext}"
 
 
+# What photo_of_key says an object is.
+ORIGINAL = "original"
+VARIANT = "variant"
+
+
+def photo_of_key(key: str) -> tuple[str, str] | None:
+    """(photo id, ORIGINAL or VARIANT) of a key made by :func:`original_key` or
+    :func:`variant_key`; None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "events" or not parts[1] or not parts[2]:
+        return None
+    if parts[2] == "originals":
+        return (parts[3], ORIGINAL) if parts[3] else None
+    photo_id, dot, ext = parts[3].rpartition(".")
+    return (photo_id, VARIANT) if photo_id and dot and ext else None
+
+
 def photo_object_keys(doc: dict[str, Any]) -> list[str]:
     keys = [doc["original_key"]]
     keys.extend(v["key"] for v in (doc.get("variants") or {}).values() if v.get("key"))

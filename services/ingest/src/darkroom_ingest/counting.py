@@ -182,17 +182,19 @@ class PhotoCounts:
         counts written before reservations existed). Returns how many were corrected."""
         corrected = 0
         async for ids in self._pages_of_all():
-            for event_id in ids:
-                correction = await self.reconcile(event_id)
-                corrected += correction is not None and correction.before != correction.after
+            corrected += await self._reconcile_each(ids)
         return corrected
 
     async def reconcile_due(self, limit: int = 500) -> int:
         """Recount the events whose reservations expired or whose releases wait to be pruned.
         A bounded list per pass: an event that stays busy is left due for the next one."""
         ids = await self._ids({"reconcile_due_ms": {"$lte": now_ms()}}, "reconcile_due_ms", limit)
+        return await self._reconcile_each(ids)
+
+    async def _reconcile_each(self, event_ids: list[str]) -> int:
+        """Recount each; how many counts changed."""
         corrected = 0
-        for event_id in ids:
+        for event_id in event_ids:
             correction = await self.reconcile(event_id)
             corrected += correction is not None and correction.before != correction.after
         return corrected

@@ -25,7 +25,6 @@ from darkroom_ingest.stores import Conflict, EventStore, WebhookStore
 from darkroom_ingest.tokens import Principal, Scope, effective_scopes
 from darkroom_ingest.uploads import BatchReceiver, batch_too_large
 from darkroom_ingest.web_support import (
-    IDEMPOTENCY_KEY,
     IDEMPOTENCY_LEASE,
     SETTINGS,
     authenticate,
@@ -247,7 +246,10 @@ async def upload_batch(request: web.Request) -> web.Response:
             headers={"Retry-After": "1"},
         )
     docs = await request.app[PHOTO_SERVICE].commit_batch(
-        event, batch.stored, batch.category_id, request_key=request.get(IDEMPOTENCY_KEY)
+        event,
+        batch.stored,
+        batch.category_id,
+        request_key=str(lease.doc_id) if lease is not None else None,
     )
     return json_response(
         {

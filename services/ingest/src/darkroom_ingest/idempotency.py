@@ -18,7 +18,6 @@ from darkroom_kit.problems import Problem, problem_response
 
 from darkroom_ingest.stores import IdempotencyStore
 from darkroom_ingest.web_support import (
-    IDEMPOTENCY_KEY,
     IDEMPOTENCY_LEASE,
     SETTINGS,
     authenticate,
@@ -60,7 +59,6 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     principal = await authenticate(request)
     store = IdempotencyStore(request.app[MONGO_DB])
     scoped = f"{principal.token_id}:{key}"
-    request[IDEMPOTENCY_KEY] = scoped
     fingerprint = await _fingerprint(request)
     ttl_ms = request.app[SETTINGS].idempotency_ttl_hours * 3600 * 1000
     lease = store.lease(scoped, int(request.app[SETTINGS].lock_lease_seconds * 1000))

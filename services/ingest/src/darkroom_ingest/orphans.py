@@ -8,9 +8,10 @@ store a variant just after its photo was deleted. An object is an orphan when
 - no upload record in state open/completing names its key, and
 - its photo id has no photo record at all (a "deleting" tombstone counts: deletion owns it).
 
-An open multipart upload is an orphan when it began before the grace period, received no part
-within it, and no open/completing upload record names its key (aborting one never touches a
-completed object under the same key).
+An open multipart upload is an orphan when it began before the grace period, its newest part is
+older than that too, and no open/completing upload record names its key (aborting one never
+touches a completed object under the same key). One without any part is never aborted: it holds
+no bytes, and its age is unknown where the server's Initiated is wrong (moto_server).
 
 The grace period is what keeps the sweep away from work in progress: a batch request writes its
 objects before its records, so nothing can tell a live batch's object from an orphan except its
@@ -51,28 +52,11 @@ from darkroom_ingest.web_support import SETTINGS
 log = logging.getLogger(__name__)
 
 PREFIX = "events/"
-ORIGINALS = "originals"
 # Upload states whose record still owns its key and its S3 multipart upload.
 LIVE_UPLOAD_STATES = ["open", "completing"]
 
-# Kinds, as counted in orphan_objects_swept_total.
-ORIGINAL = "original"
-VARIANT = "variant"
+# Kinds, as counted in orphan_objects_swept_total (besides records.ORIGINAL and records.VARIANT).
 MULTIPART = "multipart_upload"
-
-
-def photo_of_key(key: str) -> tuple[str, str] | None:
-    """(photo id, kind) of an object key, or None for a key that is not a photo's object.
-
-    ``events/{event}/originals/{photo}`` and ``events/{event}/{variant}/{photo}.{ext}``
-    (records.original_key and records.variant_key)."""
-    parts = key.split("/")
-    if len(parts) != 4 or parts[0] != "events" or not parts[1] or not parts[2]:
-        return None
-    if parts[2] == ORIGINALS:
-        return (parts[3], ORIGINAL) if parts[3] else None
-    photo_id, dot, ext = parts[3].rpartition(".")
-    return (photo_id, VARIANT) if photo_id and dot and ext else None
 
 
 def swept_counter(registry: CollectorRegistry) -> Counter:
@@ -183,7 +167,7 @@ class OrphanSweeper:
         """Sweep one listing page; False once the pass is full."""
         candidates: dict[str, tuple[ListedObject, str, str]] = {}
         for obj in page:
-            parsed = photo_of_key(obj.key)
+            parsed = records.photo_of_key(obj.key)
             if parsed is None:
                 report.kept_unrecognised += 1
             elif obj.last_modified_ms > report.cutoff_ms:

@@ -21,10 +21,9 @@ M = TypeVar("M", bound=BaseModel)
 
 SETTINGS: web.AppKey[IngestSettings] = web.AppKey("settings", IngestSettings)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-# The Idempotency-Key a write came with, scoped to its token: what it writes carries it, so a
-# repeat after a crash finds what the first attempt already stored.
-IDEMPOTENCY_KEY: web.RequestKey[str] = web.RequestKey("idempotency_key", str)
-# The lease that holds that key while the request runs.
+# The lease that holds a write's Idempotency-Key (its ``doc_id``: the key scoped to its token)
+# while the request runs. What the write stores carries that key, so a repeat after a crash finds
+# what the first attempt already stored.
 IDEMPOTENCY_LEASE: web.RequestKey[Lease] = web.RequestKey("idempotency_lease", Lease)
 
 
