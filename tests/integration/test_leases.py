@@ -60,6 +60,21 @@ async def claim_of(api: Client, token: str, key: str) -> dict[str, Any] | None:
     return claim
 
 
+async def held_batch(
+    api: Client, token: str, key: str
+) -> tuple[asyncio.Task[Any], asyncio.Event, str, bytes, dict[str, str], dict[str, Any]]:
+    """A batch upload with ``key`` whose body stops half-way until the returned event is set,
+    started and holding its key: (the request, the event, url, body, headers, darkroom event)."""
+    event = await make_event(api, token)
+    body, headers = batch_body(jpeg_bytes(400, 300))
+    headers = {**headers, **auth(token), "Idempotency-Key": key}
+    url = f"/v1/events/{event['id']}/photos"
+    hold = asyncio.Event()
+    first = asyncio.create_task(api.post(url, data=dribble(body, hold), headers=headers))
+    await eventually(lambda: claim_of(api, token, key))
+    return first, hold, url, body, headers, event
+
+
 async def test_a_killed_requests_idempotency_key_is_free_within_seconds(
     api: Client, settings_kwargs: dict[str, Any], make_token: TokenMaker, tmp_path: Any
 ) -> None:
@@ -137,13 +152,7 @@ async def test_a_live_requests_idempotency_key_is_never_taken_over(
         create_app(ingest_settings.model_copy(update={"lock_lease_seconds": LIVE_LEASE_SECONDS}))
     )
     token = await make_token()
-    event = await make_event(api, token)
-    body, headers = batch_body(jpeg_bytes(400, 300))
-    headers = {**headers, **auth(token), "Idempotency-Key": "live-1"}
-    url = f"/v1/events/{event['id']}/photos"
-    hold = asyncio.Event()
-    first = asyncio.create_task(api.post(url, data=dribble(body, hold), headers=headers))
-    await eventually(lambda: claim_of(api, token, "live-1"))
+    first, hold, url, body, headers, event = await held_batch(api, token, "live-1")
     loop = asyncio.get_running_loop()
     held_until = loop.time() + 3 * LIVE_LEASE_SECONDS
     duplicates = 0
@@ -174,6 +183,15 @@ async def lease_client(
     return client
 
 
+async def all_chunks_in(api: Client, token: str, event_id: str) -> tuple[dict[str, Any], bytes]:
+    """A chunked upload of two chunks, both sent, not completed: (the upload, its bytes)."""
+    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
+    upload = await start(api, token, event_id, data)
+    for i in range(2):
+        assert (await put(api, token, upload, data, i)).status == 200
+    return upload, data
+
+
 async def test_an_interrupted_complete_is_taken_over_within_seconds(
     aiohttp_client: Any,
     chunk_settings: IngestSettings,
@@ -186,10 +204,7 @@ async def test_an_interrupted_complete_is_taken_over_within_seconds(
     capi = await lease_client(aiohttp_client, chunk_settings)
     token = await make_token()
     event = await make_event(capi, token)
-    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
-    upload = await start(capi, token, event["id"], data)
-    for i in range(2):
-        assert (await put(capi, token, upload, data, i)).status == 200
+    upload, data = await all_chunks_in(capi, token, event["id"])
     uploads = capi.server.app[MONGO_DB]["uploads"]
     now = now_ms()
     await uploads.update_one(
@@ -353,15 +368,9 @@ async def test_a_request_that_lost_its_key_keeps_nothing(
 ) -> None:
     """A request whose lease ran out while its body arrived (its renewals failed longer than the
     lease, in a database outage) and was taken over by a repeat: it stores nothing and says so,
-    and only the one that took over stores the files."""
+    leaving the files to the one that took over."""
     token = await make_token()
-    event = await make_event(api, token)
-    body, headers = batch_body(jpeg_bytes(400, 300))
-    headers = {**headers, **auth(token), "Idempotency-Key": "lost-1"}
-    url = f"/v1/events/{event['id']}/photos"
-    hold = asyncio.Event()
-    first = asyncio.create_task(api.post(url, data=dribble(body, hold), headers=headers))
-    await eventually(lambda: claim_of(api, token, "lost-1"))
+    first, hold, _, _, _, event = await held_batch(api, token, "lost-1")
     me = await (await api.get("/v1/me", headers=auth(token))).json()
     keys = api.server.app[MONGO_DB][records.IDEMPOTENCY]
     # What a takeover leaves: the claim held by another holder.
@@ -389,10 +398,7 @@ async def test_two_completers_of_one_upload_answer_the_same_photo(
     capi = await lease_client(aiohttp_client, chunk_settings)
     token = await make_token()
     event = await make_event(capi, token)
-    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
-    upload = await start(capi, token, event["id"], data)
-    for i in range(2):
-        assert (await put(capi, token, upload, data, i)).status == 200
+    upload, _ = await all_chunks_in(capi, token, event["id"])
     service = capi.server.app[CHUNKED]._photos
     commit = service.commit_batch
 
@@ -423,10 +429,7 @@ async def test_a_complete_nobody_asks_for_again_is_finished_by_the_sweep(
     capi = await lease_client(aiohttp_client, chunk_settings)
     token = await make_token()
     event = await make_event(capi, token)
-    data = jpeg_like(2 * 5 * 1024 * 1024 - 100)
-    upload = await start(capi, token, event["id"], data)
-    for i in range(2):
-        assert (await put(capi, token, upload, data, i)).status == 200
+    upload, data = await all_chunks_in(capi, token, event["id"])
     uploads = capi.server.app[MONGO_DB]["uploads"]
     gone = now_ms() - ABANDONED_COMPLETE_MS - 1000
     await uploads.update_one(
