@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config clean
+.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ help: ## Show this help
 $(UV):
 	python3 -m pip install --quiet 'uv>=0.9,<1'
 
-.venv/.installed: uv.lock pyproject.toml libs/kit/pyproject.toml services/*/pyproject.toml | $(UV)
+.venv/.installed: uv.lock pyproject.toml libs/*/pyproject.toml services/*/pyproject.toml | $(UV)
 	$(UV) sync $(UV_FLAGS) --all-packages
 	@touch $@
 
@@ -67,6 +67,9 @@ bench-s3: install ## S3 data path vs aiobotocore: client (and moto_server) CPU-m
 
 bench-floor: install ## What the bare stack costs per GiB (receive, forward to S3, + SHA-256)
 	.venv/bin/python -m benchmarks.upload_floor
+
+asyncapi: install ## Write docs/asyncapi.json (the messaging contract) from the payload models
+	.venv/bin/python -m darkroom_kit.asyncapi --out docs/asyncapi.json
 
 compose-config: ## Validate docker-compose.yml offline (docker compose, or Debian's docker-compose)
 	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from darkroom_ingest.app import create_app
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import Consumer, Handler, QueueSpec, Topology
+from darkroom_kit.messaging import Consumer, Handler, QueueSpec, Topology, Typed
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_webhooks.app import create_app as create_dispatch
 from darkroom_webhooks.app import queue_specs
@@ -98,7 +98,7 @@ async def consuming(
     amqp_url: str,
     topology: Topology,
     spec: QueueSpec,
-    handler: Handler,
+    handler: Handler | Typed,
     metrics: ConsumerMetrics,
     **options: Any,
 ) -> AsyncIterator[tuple[Consumer, aio_pika.abc.AbstractChannel]]:

@@ -519,11 +519,9 @@ async def test_idempotency_keys(api: Client, make_token: TokenMaker) -> None:
         409,
         "slug_taken",
     )
-    await assert_problem(
-        await api.post("/v1/events", json={"name": "A", "slug": "idem-a"}, headers=dup),
-        409,
-        "slug_taken",
-    )
+    replay = await api.post("/v1/events", json={"name": "A", "slug": "idem-a"}, headers=dup)
+    assert replay.headers.get("Idempotent-Replayed") == "true"
+    await assert_problem(replay, 409, "slug_taken")
     # Keys belong to the token that sent them.
     other = {**auth(await make_token()), "Idempotency-Key": "key-1"}
     await assert_problem(

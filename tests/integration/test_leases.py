@@ -393,13 +393,13 @@ async def test_two_completers_of_one_upload_answer_the_same_photo(
 ) -> None:
     """A completer that lost its lease (another took over) and reaches the photo second: it
     answers the photo the other made, not a 500 for the clash of their ids."""
-    from darkroom_ingest.handlers import CHUNKED
+    from darkroom_ingest.deps import DEPS
 
     capi = await lease_client(aiohttp_client, chunk_settings)
     token = await make_token()
     event = await make_event(capi, token)
     upload, _ = await all_chunks_in(capi, token, event["id"])
-    service = capi.server.app[CHUNKED]._photos
+    service = capi.server.app[DEPS].chunked._photos
     commit = service.commit_batch
 
     async def the_other_completer_first(*args: Any, **kwargs: Any) -> Any:
@@ -424,7 +424,7 @@ async def test_a_complete_nobody_asks_for_again_is_finished_by_the_sweep(
     stay "completing" for ever, its object owned by nobody. The expiry sweep finishes it into
     exactly one photo once its lease ran out a while ago."""
     from darkroom_ingest.chunked import ABANDONED_COMPLETE_MS
-    from darkroom_ingest.handlers import CHUNKED
+    from darkroom_ingest.deps import DEPS
 
     capi = await lease_client(aiohttp_client, chunk_settings)
     token = await make_token()
@@ -443,7 +443,7 @@ async def test_a_complete_nobody_asks_for_again_is_finished_by_the_sweep(
             }
         },
     )
-    assert await capi.server.app[CHUNKED].expire_due() == 1
+    assert await capi.server.app[DEPS].chunked.expire_due() == 1
     record = await uploads.find_one({"_id": upload["upload_id"]})
     assert record is not None
     assert record["state"] == "completed"
@@ -455,5 +455,5 @@ async def test_a_complete_nobody_asks_for_again_is_finished_by_the_sweep(
         {"_id": other["upload_id"]},
         {"$set": {"state": "completing", "completing_ms": now_ms(), UNTIL: now_ms() + 60_000}},
     )
-    assert await capi.server.app[CHUNKED].expire_due() == 0
+    assert await capi.server.app[DEPS].chunked.expire_due() == 0
     assert (await uploads.find_one({"_id": other["upload_id"]}) or {})["state"] == "completing"

@@ -205,3 +205,73 @@ async def test_only_escalating_defers_count_towards_the_next_wait(
                 break
         await consumer.stop(5)
     assert counts == {"defer.lease": 0, "defer.busy": 1}
+
+
+async def test_a_typed_handler_gets_the_payload_validated_once(
+    servers: Servers, namespace: str, janitor: QueueJanitor
+) -> None:
+    """A typed handler receives the model its consumer validated (not the raw data to read by
+    key), with the envelope and the attempt; the data is validated once per delivery."""
+    from darkroom_kit.messaging import Message, typed
+    from pydantic import model_validator
+
+    validations: list[str] = []
+
+    class Counted(BaseModel):
+        case: str
+
+        @model_validator(mode="after")
+        def _count(self) -> Counted:
+            validations.append(self.case)
+            return self
+
+    topology = Topology(namespace)
+    spec = QueueSpec(topology.queue("test", "typed2"), topology.events, ("typed.*",), (300,))
+    janitor.add(spec)
+    got: list[tuple[Counted, str, int]] = []
+    done = asyncio.Event()
+
+    async def handle(message: Message[Counted]) -> None:
+        got.append((message.payload, message.envelope.type, message.attempt))
+        if message.payload.case == "flaky" and message.attempt == 1:
+            raise Retry("once more")
+        if len(got) == 3:
+            done.set()
+
+    metrics = ConsumerMetrics(CollectorRegistry(), "test")
+    async with consuming(
+        servers.amqp_url,
+        topology,
+        spec,
+        typed(handle),
+        metrics,
+        payloads={"typed.thing": Counted},
+    ) as (consumer, channel):
+        publisher = Publisher(channel)
+        for case in ("ok", "flaky"):
+            await publisher.publish(topology.events, Envelope.new("typed.thing", {"case": case}))
+        await asyncio.wait_for(done.wait(), 15)
+        await consumer.stop(5)
+    assert [(p.case, t, a) for p, t, a in got] == [
+        ("ok", "typed.thing", 1),
+        ("flaky", "typed.thing", 1),
+        ("flaky", "typed.thing", 2),
+    ]
+    assert all(isinstance(p, Counted) for p, _, _ in got)
+    assert sorted(validations) == ["flaky", "flaky", "ok"]  # once per delivery, not twice
+
+
+async def test_a_typed_handler_needs_its_payload_models(
+    servers: Servers, namespace: str, janitor: QueueJanitor
+) -> None:
+    from darkroom_kit.messaging import Message, typed
+
+    async def handle(message: Message[BaseModel]) -> None:
+        raise AssertionError("never called")
+
+    topology = Topology(namespace)
+    spec = QueueSpec(topology.queue("test", "untyped"), topology.events, ("u.*",), (300,))
+    metrics = ConsumerMetrics(CollectorRegistry(), "test")
+    with pytest.raises(ValueError, match="payload models"):
+        async with consuming(servers.amqp_url, topology, spec, typed(handle), metrics):
+            pass

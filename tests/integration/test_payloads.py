@@ -9,20 +9,19 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from darkroom_ingest import models as api_models
 from darkroom_kit import records
 from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Envelope, QueueSpec, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.payloads import (
     PAYLOADS,
-    Endpoint,
     Event,
     Photo,
     PhotoUploaded,
     RepairRequested,
     payloads_for,
 )
+from darkroom_kit.views import EventView, PhotoView
 from darkroom_repair.app import REPAIRER
 from darkroom_repair.app import create_app as create_repair
 from darkroom_repair.app import queue_spec as repair_spec
@@ -43,7 +42,13 @@ from tests.integration.webhook_support import consumed, publish, register, uploa
 
 Client = TestClient[Any, Any]
 BASE = "https://photos.example"
-COMMANDS = (records.REPAIR_REQUESTED, records.WEBHOOK_ATTEMPT, records.WEBHOOK_RECOVER)
+COMMANDS = (
+    records.REPAIR_REQUESTED,
+    records.WEBHOOK_ATTEMPT,
+    records.WEBHOOK_RECOVER,
+    records.WEBHOOK_RESEND,
+    records.WEBHOOK_SEND_TEST,
+)
 
 
 def photo_doc(**fields: Any) -> dict[str, Any]:
@@ -113,15 +118,14 @@ def test_models_describe_every_field() -> None:
 @pytest.mark.parametrize(
     ("ours", "api"),
     [
-        (Photo, api_models.PhotoOut),
-        (Event, api_models.EventOut),
-        (Endpoint, api_models.EndpointNotice),
+        (Photo, PhotoView),
+        (Event, EventView),
     ],
 )
 def test_public_parts_have_the_api_models_fields(
     ours: type[BaseModel], api: type[BaseModel]
 ) -> None:
-    # The same photo, event and endpoint as the API answers and documents today.
+    # The same photo and event as the API answers and documents: one view each.
     assert set(ours.model_fields) == set(api.model_fields)
 
 
@@ -205,7 +209,8 @@ def test_public_events_from_the_producers_functions() -> None:
 
 def test_commands_from_the_producers() -> None:
     validate(records.WEBHOOK_ATTEMPT, records.attempt_data("msg_1", "wh_1"))
-    validate(records.WEBHOOK_ATTEMPT, {"delivery_id": "msg_1"})  # from before endpoint_id
+    for command in (records.WEBHOOK_RESEND, records.WEBHOOK_SEND_TEST):
+        validate(command, {"delivery_id": "msg_1", "endpoint_id": "wh_1"})
     validate(records.WEBHOOK_RECOVER, {"operation_id": new_id("op")})
     # upload-ingest's repair operation (event_id null: every event), its sweep, a plain one.
     for data in (
@@ -229,6 +234,11 @@ def test_junk_is_refused_for_every_type(type_: str) -> None:
     [
         (records.WEBHOOK_ATTEMPT, {"delivery_id": 42, "endpoint_id": "wh_1"}),
         (records.WEBHOOK_ATTEMPT, {"delivery_id": "", "endpoint_id": "wh_1"}),
+        # From before attempt commands named their endpoint: dead-lettered now.
+        (records.WEBHOOK_ATTEMPT, {"delivery_id": "msg_1"}),
+        (records.WEBHOOK_RESEND, {"delivery_id": "msg_1"}),
+        (records.WEBHOOK_SEND_TEST, {"endpoint_id": "wh_1"}),
+        (records.WEBHOOK_SEND_TEST, {"delivery_id": 1, "endpoint_id": "wh_1"}),
         (records.WEBHOOK_RECOVER, {"operation_id": None}),
         (records.PHOTO_UPLOADED, {"photo": {"id": 7}}),
         (records.PHOTO_UPLOADED, {"photo": {"id": "ph_1", "kind": "song"}}),
@@ -286,9 +296,9 @@ async def test_real_producer_output_validates(
         return bool(got["status"] == "processed")
 
     await eventually(processed)
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     await photos.update_one({"_id": photo["id"]}, {"$set": {"width": None, "height": None}})
-    result = await repair.server.app[REPAIRER].run(event["id"], False, owner="test")
+    result = await repair.app[REPAIRER].run(event["id"], False, owner="test")
     assert result.repaired == 1
     assert (await api.delete(f"/v1/photos/{photo['id']}", headers=auth(token))).status == 204
     resp = await api.post(f"/v1/events/{event['id']}/archive", headers=auth(token))
@@ -379,7 +389,7 @@ async def test_a_junk_repair_request_is_dead_lettered_and_repairs_nothing(
     uploaded = await upload_with_lost_dimensions(
         api, token, event["id"], ("a.jpg", jpeg_bytes(64, 48))
     )
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     # Read as "every event" before: no operation, no event, so no scope at all.
     junk = [
         Envelope.new(records.REPAIR_REQUESTED, {"nonsense": True}),
@@ -422,10 +432,13 @@ async def test_a_malformed_attempt_command_is_dead_lettered_at_once(
     malformed = [
         Envelope.new(records.WEBHOOK_ATTEMPT, {"endpoint_id": "wh_nope"}),
         Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": 42, "endpoint_id": "wh_nope"}),
+        # From before attempt commands named their endpoint (a retry still waiting in a tier
+        # across the upgrade): dead-lettered, said so in the log.
+        Envelope.new(records.WEBHOOK_ATTEMPT, {"delivery_id": "msg_old"}),
     ]
     await publish(settings.amqp_url, topology.commands, *malformed)
 
-    dead = await dead_ids(settings.amqp_url, spec.dead_queue, 2)
+    dead = await dead_ids(settings.amqp_url, spec.dead_queue, 3)
     assert dead == sorted(m.id for m in malformed)
     for name in spec.all_queue_names():
         if name not in (spec.name, spec.dead_queue):
@@ -434,3 +447,4 @@ async def test_a_malformed_attempt_command_is_dead_lettered_at_once(
     assert "delivery_id: Input should be a valid string" in logged_reason(
         caplog, spec.name, malformed[1].id
     )
+    assert "endpoint_id: Field required" in logged_reason(caplog, spec.name, malformed[2].id)

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from darkroom_ingest.app import create_app
 from darkroom_ingest.counting import PhotoCounts
-from darkroom_ingest.handlers import PHOTO_SERVICE
+from darkroom_ingest.deps import DEPS
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import EventStore, PhotoStore
 from darkroom_kit import records
@@ -86,7 +86,7 @@ async def test_a_failed_commit_counts_what_landed(capp: Client, make_token: Toke
     commit settled, counts what is there."""
     token = await make_token()
     event = await make_event(capp, token, photo_cap=2)
-    service = capp.server.app[PHOTO_SERVICE]
+    service = capp.server.app[DEPS].photos
     insert = service.photos.insert_unique
 
     async def half_insert(docs: list[Any], prepare: Any) -> Any:
@@ -168,7 +168,9 @@ async def test_deletions_killed_between_their_writes_give_the_place_back_once(
         doc = await photos.get(photo_id)
         assert doc is not None
         message = Envelope.new(records.PHOTO_DELETED, {"photo": records.photo_public(doc, "")})
-        tombstone = await photos.mark_deleting(photo_id, message, app[TOPOLOGY].events, 200)
+        # As upload-ingest writes it: into its own outbox.
+        push = app[DEPS].photos.outbox.push
+        tombstone = await photos.mark_deleting(photo_id, message, push, app[TOPOLOGY].events, 200)
         assert tombstone is not None
         marked.append(tombstone)
     # The first deleter dies here; the second gives the place back, then dies.
@@ -193,7 +195,7 @@ async def test_concurrent_batches_and_recounts_never_exceed_the_cap(
     A deletion and a reservation left by a killed commit race along. A few rounds, since a lost
     place shows only when a batch comes to take it."""
     token = await make_token()
-    service = capp.server.app[PHOTO_SERVICE]
+    service = capp.server.app[DEPS].photos
     insert = service.photos.insert_unique
 
     async def slow_insert(*args: Any) -> Any:
@@ -209,7 +211,7 @@ async def test_concurrent_batches_and_recounts_never_exceed_the_cap(
 async def race(capp: Client, token: str, cap: int) -> None:
     event = await make_event(capp, token, photo_cap=cap)
     app = capp.server.app
-    counts = app[PHOTO_SERVICE].counts
+    counts = app[DEPS].photos.counts
     events = EventStore(app[MONGO_DB])
     first = await upload(capp, token, event["id"], "first.jpg")
     assert first.status == 201
@@ -291,4 +293,4 @@ async def test_start_up_recounts_every_event(
 
 
 async def _swept(api: Client) -> bool:
-    return bool(api.server.app[PHOTO_SERVICE].counts.swept_all)
+    return bool(api.server.app[DEPS].photos.counts.swept_all)

@@ -6,12 +6,12 @@ from typing import Any
 
 import aio_pika
 from aiohttp.test_utils import TestClient
-from darkroom_kit import records
+from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Publisher, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import OBJECT_STORE
-from darkroom_repair.app import REPAIRER, queue_spec
+from darkroom_repair.app import REPAIRER, SERVICE, queue_spec
 from darkroom_repair.app import create_app as create_repair
 from darkroom_repair.settings import RepairSettings
 from PIL import Image
@@ -41,14 +41,14 @@ async def upload_with_lost_dimensions(
     original of ``gone.jpg`` (if sent) is deleted from storage."""
     resp = await api.post(f"/v1/events/{event_id}/photos", headers=auth(token), data=form(*files))
     uploaded = {p["filename"]: p["id"] for p in (await resp.json())["uploaded"]}
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     await photos.update_many(
         {"event_id": event_id}, {"$set": {"status": "processed", "width": None, "height": None}}
     )
     if "gone.jpg" in uploaded:
         gone = await photos.find_one({"_id": uploaded["gone.jpg"]})
         assert gone is not None
-        await api.server.app[OBJECT_STORE].delete_many([gone["original_key"]])
+        await api.app[OBJECT_STORE].delete_many([gone["original_key"]])
     return uploaded
 
 
@@ -76,7 +76,7 @@ async def test_repair_restores_cleared_dimensions(
         ("c.jpg", big_header),
         ("gone.jpg", jpeg_bytes(64, 64)),
     )
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -100,9 +100,7 @@ async def test_repair_restores_cleared_dimensions(
     assert dims["c.jpg"] == (900, 700)
     assert dims["gone.jpg"] == (None, None)
     # Run directly too: the counts say what happened.
-    result = await worker.server.app[REPAIRER].run(
-        event["id"], include_capture_date=False, owner="test"
-    )
+    result = await worker.app[REPAIRER].run(event["id"], include_capture_date=False, owner="test")
     assert (result.scanned, result.repaired) == (1, 0)
     assert result.failed == {uploaded["gone.jpg"]: "original_missing"}
 
@@ -229,11 +227,11 @@ async def test_repair_reads_only_what_each_format_needs(
         ("bad.jpg", jpeg_bytes(50, 50)),
         ("gone.jpg", jpeg_bytes(64, 64)),
     )
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     bad = await photos.find_one({"_id": uploaded["bad.jpg"]})
     assert bad is not None
-    await api.server.app[OBJECT_STORE].put_bytes(bad["original_key"], corrupt, "image/jpeg")
-    result = await worker.server.app[REPAIRER].run(event["id"], False, owner="formats")
+    await api.app[OBJECT_STORE].put_bytes(bad["original_key"], corrupt, "image/jpeg")
+    result = await worker.app[REPAIRER].run(event["id"], False, owner="formats")
     assert result.counts() == {"scanned": 5, "repaired": 3, "failed": 2}
     assert result.failed == {
         uploaded["bad.jpg"]: "corrupt_image",
@@ -266,12 +264,12 @@ async def test_repair_of_a_video_reads_its_header_over_a_presigned_url(
     event = await make_event(capi, token)
     clip = make_clip(tmp_path / "phone.mp4", 1.5, "640x360", rotation=90)
     video_id = await upload_small_video(capi, token, event["id"], clip, "phone.mp4")
-    photos = capi.server.app[MONGO_DB][records.PHOTOS]
+    photos = capi.app[MONGO_DB][records.PHOTOS]
     await photos.update_one(
         {"_id": video_id},
         {"$set": {"status": "processed", "width": None, "height": None, "duration_ms": None}},
     )
-    result = await worker.server.app[REPAIRER].run(event["id"], True, owner="video")
+    result = await worker.app[REPAIRER].run(event["id"], True, owner="video")
     assert result.counts() == {"scanned": 1, "repaired": 1, "failed": 0}
     doc = await photos.find_one({"_id": video_id})
     assert doc is not None
@@ -284,7 +282,7 @@ async def clone_photos(api: Client, token: str, event_id: str, count: int) -> li
     from darkroom_kit.ids import new_id
 
     await upload_with_lost_dimensions(api, token, event_id, ("seed.jpg", jpeg_bytes(300, 200)))
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     seed = await photos.find_one({"event_id": event_id}, {"outbox": 0, "outbox_due_ms": 0})
     assert seed is not None
     clones = [
@@ -314,7 +312,7 @@ async def test_two_repairs_at_once_split_the_work(
     await drain(settings.amqp_url, watch_events.name, 1)  # the seed's photo.uploaded
     # Five photos are held by a third repair that is still alive (its claim has not run out):
     # neither of the two below may touch them, however the two interleave.
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     held = ids[-5:]
     await photos.update_many(
         {"_id": {"$in": held}},
@@ -345,7 +343,7 @@ async def test_two_repairs_at_once_split_the_work(
     assert await photos.count_documents({"_id": {"$in": held}, "width": {"$eq": None}}) == 5
     # Once that claim runs out (its repair died), the photos are free again.
     await photos.update_many({"_id": {"$in": held}}, {"$set": {"repair_until": 0}})
-    late = await worker.server.app[REPAIRER].run(event["id"], False, owner="op_late")
+    late = await worker.app[REPAIRER].run(event["id"], False, owner="op_late")
     assert late.counts() == {"scanned": 5, "repaired": 5, "failed": 0}
     assert await photos.count_documents({"repair_by": {"$exists": True}}) == 0
 
@@ -374,6 +372,10 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
         "BATCH_SIZE": "10",
         "CONCURRENCY": "1",
         "PARSE_PROCESSES": "1",
+        # What the killed process wrote but had not published yet is published by the next
+        # one's relay: soon, so the test sees it.
+        "OUTBOX_GRACE_MS": "500",
+        "OUTBOX_RELAY_INTERVAL_SECONDS": "0.2",
     }
     token = await make_token()
     event = await make_event(api, token)
@@ -406,10 +408,19 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
         done = await (await api.get(f"{location}?wait=60", headers=auth(token))).json()
         assert done["state"] == "done", done
         assert done["progress"] == {"scanned": 600, "repaired": 600, "failed": 0}
+        # Every photo.repaired is published, those the killed process left unpublished too
+        # (by metadata-repair's own relay: upload-ingest's publishes only its own messages).
+        lane = outbox.lane(SERVICE)
+        photos = api.app[MONGO_DB][records.PHOTOS]
+
+        async def all_published() -> bool:
+            return bool(await photos.count_documents({lane.due: {"$exists": True}}) == 0)
+
+        await eventually(all_published, timeout=30)
     finally:
         if service.process.poll() is None:
             service.process.send_signal(signal.SIGTERM)
             await asyncio.to_thread(service.process.wait, 30)
-    photos = api.server.app[MONGO_DB][records.PHOTOS]
+    photos = api.app[MONGO_DB][records.PHOTOS]
     assert await photos.count_documents({"event_id": event["id"], "width": 300}) == 600
     assert await photos.count_documents({"repair_by": {"$exists": True}}) == 0

@@ -16,7 +16,13 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.integration.conftest import Client, Serve, StartDispatch, TokenMaker, eventually
 from tests.integration.test_api import auth, make_event
-from tests.integration.webhook_support import deliveries, final_log, register, upload_one
+from tests.integration.webhook_support import (
+    deliveries,
+    final_log,
+    register,
+    schema_part,
+    upload_one,
+)
 
 
 async def test_retry_after_hang_huge_body_and_headers(
@@ -87,7 +93,7 @@ async def test_endpoint_notices_failing_recovered_disabled(
 
     types = await (await api.get("/v1/webhook-event-types", headers=auth(token))).json()
     documented = {
-        t["type"]: set(t["schema"]["properties"]["data"]["properties"]["endpoint"]["properties"])
+        t["type"]: set(schema_part(t["schema"], "data", "endpoint")["properties"])
         for t in types["items"]
         if t["type"].startswith("endpoint.")
     }
@@ -125,7 +131,7 @@ async def test_endpoint_notices_failing_recovered_disabled(
     # Every notice was fanned out by now (the operator has all four): the dead endpoint got the
     # flaky one's (and those of earlier tests' endpoints, which share the database), never its
     # own, although its failing notice came out while it was still enabled and subscribed.
-    stored = api.server.app[MONGO_DB][records.WEBHOOK_DELIVERIES]
+    stored = api.app[MONGO_DB][records.WEBHOOK_DELIVERIES]
     about = [
         json.loads(d["payload"])["data"]["endpoint"]["id"]
         async for d in stored.find(

@@ -15,6 +15,7 @@ from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.stored.endpoints import EndpointRecord
 from darkroom_webhooks.app import DISPATCHER
 from darkroom_webhooks.delivery import delivery_id
 from darkroom_webhooks.limits import SLOTS, EndpointGate
@@ -263,7 +264,7 @@ class NoDb(dict[str, Any]):
 
 async def test_places_come_back_on_every_way_out() -> None:
     gate = EndpointGate(NoDb(), replica_cap=1, lease_ms=1000)  # type: ignore[arg-type]
-    endpoint = {"_id": "wh_1"}
+    endpoint = EndpointRecord(id="wh_1", url="https://x.example/", event_types=["*"], created_ms=0)
 
     # An early release inside the block, then the block's exit: given back once, not twice.
     async with gate.entered(endpoint) as ticket:

@@ -20,7 +20,13 @@ from tests.integration.conftest import (
     eventually,
 )
 from tests.integration.test_api import auth, form, make_event
-from tests.integration.webhook_support import deliveries, final_log, publish, register
+from tests.integration.webhook_support import (
+    deliveries,
+    final_log,
+    publish,
+    register,
+    schema_part,
+)
 
 MakeReceiver = Callable[[list[int]], Awaitable[tuple[Scripted, str]]]
 
@@ -238,6 +244,6 @@ async def test_rotation_patch_and_event_types(
         "endpoint.recovered",
     ]
     uploaded = types["items"][0]["schema"]
-    assert "id" in uploaded["properties"]["data"]["properties"]["photo"]["properties"]
-    failing = types["items"][5]["schema"]["properties"]["data"]["properties"]
+    assert "id" in schema_part(uploaded, "data", "photo")["properties"]
+    failing = schema_part(types["items"][5]["schema"], "data")["properties"]
     assert list(failing) == ["endpoint"]

@@ -130,3 +130,18 @@ def consumed(text: str, queue: str, outcome: str | None = None) -> float:
         and s.labels["queue"] == queue
         and (outcome is None or s.labels["outcome"] == outcome)
     )
+
+
+def schema_part(schema: dict[str, Any], *path: str) -> dict[str, Any]:
+    """The sub-schema of an event type's message schema at the property ``path`` (``"data",
+    "photo"``), following ``$ref``s into the schema's ``$defs``."""
+
+    def resolved(node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            node = schema["$defs"][str(node["$ref"]).rsplit("/", 1)[1]]
+        return node
+
+    node = resolved(schema)
+    for name in path:
+        node = resolved(node["properties"][name])
+    return node

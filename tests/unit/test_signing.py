@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from darkroom_ingest.handlers import new_webhook_secret
+from darkroom_ingest.endpoints import new_webhook_secret
 from darkroom_webhooks.signing import signature_header
 from standardwebhooks import Webhook, WebhookVerificationError
 

@@ -1,4 +1,6 @@
-"""``darkroom upload PATH... --event SLUG``: upload photos and videos, resumably."""
+"""``darkroom-upload PATH... --event SLUG``: upload photos and videos, resumably.
+
+The same command is ``darkroom upload`` where the server's CLI is installed too."""
 
 from __future__ import annotations
 
@@ -78,8 +80,10 @@ def _rate(text: str) -> float:
     return float(text)
 
 
-def build_parser(prog: str = "darkroom upload") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="upload photos and videos to darkroom, resumably"
+    )
     parser.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
     parser.add_argument("--event", required=True, help="the event's slug or id")
     parser.add_argument(
@@ -105,9 +109,9 @@ def build_parser(prog: str = "darkroom upload") -> argparse.ArgumentParser:
     return parser
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
     if not args.token:
-        print("darkroom upload: no token: pass --token or set DARKROOM_TOKEN", file=sys.stderr)
+        print(f"{prog}: no token: pass --token or set DARKROOM_TOKEN", file=sys.stderr)
         return 2
     files = find_media(args.paths)
     sizes = {str(f): f.stat().st_size for f in files if f.is_file()}
@@ -134,15 +138,15 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def main(argv: list[str] | None = None, prog: str = "darkroom upload") -> int:
+def main(argv: list[str] | None = None, prog: str = "darkroom-upload") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        return asyncio.run(run(args))
+        return asyncio.run(run(args, prog))
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:  # a clear message instead of a traceback for the photographer
-        print(f"darkroom upload: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
 
 

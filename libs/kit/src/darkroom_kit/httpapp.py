@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
+from darkroom_kit.errors import ServiceError
 from darkroom_kit.logs import configure_logging
 from darkroom_kit.metrics import HttpMetrics
 from darkroom_kit.problems import Problem, problem_response
@@ -140,6 +141,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except Problem as problem:
         return problem_response(problem, request.path)
+    except ServiceError as error:
+        return problem_response(error.problem(), request.path)
     except StorageError:
         # Object storage failing under any handler is the same answer: not our bug, not the
         # client's, try again. (Handlers that stream uploads discard what they stored first.)

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 from aio_pika.abc import (
@@ -295,6 +295,32 @@ class Defer(Exception):
 
 
 Handler = Callable[[Envelope, int], Awaitable[None]]
+"""A handler of raw envelopes (``data`` a dict), and the attempt number."""
+
+P = TypeVar("P", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Generic[P]):
+    """A message as a typed handler receives it: the envelope, its ``data`` as the validated
+    model of its type (validated once, by the consumer, before the handler runs) and the
+    attempt number (1 for the first delivery, counted on by each retry tier)."""
+
+    envelope: Envelope
+    payload: P
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Typed:
+    """A handler that takes a :class:`Message`: its consumer must know the payload models
+    (``payloads``), and hands each handler the model it validated."""
+
+    handle: Callable[[Message[Any]], Awaitable[None]]
+
+
+def typed(handle: Callable[[Message[Any]], Awaitable[None]]) -> Typed:
+    return Typed(handle)
 
 
 @dataclass
@@ -316,7 +342,7 @@ class Consumer:
     connection: AbstractRobustConnection
     topology: Topology
     spec: QueueSpec
-    handler: Handler
+    handler: Handler | Typed
     metrics: ConsumerMetrics
     prefetch: int = 64
     delivery_limit: int = 20
@@ -334,6 +360,8 @@ class Consumer:
     _stopped: bool = False
 
     async def start(self) -> None:
+        if isinstance(self.handler, Typed) and self.payloads is None:
+            raise ValueError("a typed handler needs the payload models of its queue")
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -416,8 +444,9 @@ class Consumer:
             )
             await message.reject(requeue=False)
             return "invalid"
-        problem = self._invalid(envelope)
-        if problem is not None:
+        payload = self._validated(envelope)
+        if isinstance(payload, str):
+            problem = payload
             log.error(
                 "invalid %s message, dead-lettered: %s",
                 envelope.type,
@@ -429,7 +458,11 @@ class Consumer:
         raw_attempt = (message.headers or {}).get(ATTEMPT_HEADER, 1)
         attempt = raw_attempt if isinstance(raw_attempt, int) and raw_attempt > 0 else 1
         try:
-            await self.handler(envelope, attempt)
+            if isinstance(self.handler, Typed):
+                assert payload is not None  # start() makes sure the models are known
+                await self.handler.handle(Message(envelope, payload, attempt))
+            else:
+                await self.handler(envelope, attempt)
         except asyncio.CancelledError:
             raise
         except Defer as exc:
@@ -451,18 +484,18 @@ class Consumer:
         await message.ack()
         return "acked"
 
-    def _invalid(self, envelope: Envelope) -> str | None:
-        """Why the envelope's data cannot be handled, or None."""
+    def _validated(self, envelope: Envelope) -> BaseModel | str | None:
+        """The envelope's data as its type's model; why it cannot be handled (a string); or
+        None when the queue checks nothing."""
         if self.payloads is None:
             return None
         model = self.payloads.get(envelope.type)
         if model is None:
             return f"type {envelope.type!r} is not one this queue takes"
         try:
-            model.model_validate(envelope.data)
+            return model.model_validate(envelope.data)
         except ValidationError as exc:
             return _errors(exc)
-        return None
 
     async def _defer(
         self, message: AbstractIncomingMessage, envelope: Envelope, attempt: int, exc: Defer
@@ -561,7 +594,7 @@ def amqp_ctx(
 def consumer_ctx(
     settings: CommonSettings,
     spec_for: Callable[[Topology], QueueSpec],
-    handler_for: Callable[[web.Application], Handler],
+    handler_for: Callable[[web.Application], Handler | Typed],
     metrics: ConsumerMetrics,
     payloads: Mapping[str, type[BaseModel]] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -17,16 +17,17 @@ per model.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
-from typing import Literal, Self
+from enum import Enum
+from functools import reduce
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from darkroom_kit import records
-
-PhotoKind = Literal["image", "video"]
-PhotoStatus = Literal["uploaded", "processed", "failed", "deleting"]
-EventStatus = Literal["active", "archived"]
+from darkroom_kit.views import EventView, PhotoView
 
 
 class Payload(BaseModel):
@@ -35,107 +36,75 @@ class Payload(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
-# ---- parts ---------------------------------------------------------------------------------
+def _lenient_type(annotation: Any) -> Any:
+    """``annotation`` with every public view in it replaced by its lenient twin, and enums by
+    the literal strings they stand for (strict validation takes a string for a literal, not for
+    an enum)."""
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return Literal[tuple(m.value for m in annotation)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return lenient(annotation, required=())
+    args = get_args(annotation)
+    if not args:
+        return annotation
+    origin = get_origin(annotation)
+    converted = tuple(_lenient_type(a) for a in args)
+    if origin in (Union, UnionType):
+        return reduce(operator.or_, converted)
+    if origin is list:
+        return list[converted[0]]  # type: ignore[valid-type]
+    if origin is dict:
+        return dict[converted[0], converted[1]]  # type: ignore[valid-type]
+    return annotation
 
 
-class VariantSize(Payload):
-    """A rendered variant of a photo (``thumbnail``, ``hero``) as the public sees it."""
+def lenient(view: type[BaseModel], required: tuple[str, ...] = ("id",)) -> type[Payload]:
+    """The public view ``view`` as a message part: the same fields, names and descriptions (the
+    view is the one definition), but only ``required`` must be there.
 
-    width: int | None = Field(default=None, description="Width in pixels.")
-    height: int | None = Field(default=None, description="Height in pixels.")
-    size: int | None = Field(default=None, description="Size in bytes.")
-
-
-class Feedback(Payload):
-    """Guest feedback on a photo (all zero until guest feedback exists)."""
-
-    likes: int | None = Field(default=None, description="How many guests liked the photo.")
-    average_rating: float | None = Field(default=None, description="The guests' mean rating.")
-    comment_count: int | None = Field(default=None, description="How many comments it has.")
-
-
-class Photo(Payload):
-    """A photo or video as the public sees it, the same fields as the API's photo (darkroom
-    sends every one of them: ``records.photo_public``).
-
-    Only ``id`` is required of a message: it is all the consumers need (thumbnailing reads the
+    Only the id is required of a message: it is all the consumers need (thumbnailing reads the
     record by it; the fan-out filters on ``event_id`` when there is one), fields were added over
     time (a message written before them may still wait in an outbox), and tools and tests
     announce photos with a few fields. Every field that is there must have its type."""
-
-    id: str = Field(min_length=1, description="The photo's id.")
-    event_id: str | None = Field(
-        default=None, min_length=1, description="The event the photo belongs to."
+    fields: dict[str, Any] = {}
+    for name, info in view.model_fields.items():
+        kind = _lenient_type(info.annotation)
+        if name in required:
+            fields[name] = (kind, Field(min_length=1, description=info.description))
+        else:
+            fields[name] = (kind | None, Field(default=None, description=info.description))
+    model: type[Payload] = create_model(
+        view.__name__.removesuffix("View"),
+        __base__=Payload,
+        __doc__=view.__doc__,
+        __module__=__name__,
+        **fields,
     )
-    filename: str | None = Field(
-        default=None, description="Its file name within the event (unique per event)."
-    )
-    original_filename: str | None = Field(default=None, description="The name as uploaded.")
-    content_type: str | None = Field(
-        default=None, description="The media type sniffed from its bytes."
-    )
-    kind: PhotoKind | None = Field(
-        default=None, description="An image, or a video (with a poster frame)."
-    )
-    size: int | None = Field(default=None, ge=0, description="Size of the original in bytes.")
-    sha256: str | None = Field(default=None, description="Hex SHA-256 of the original.")
-    width: int | None = Field(default=None, description="Width in pixels, once known.")
-    height: int | None = Field(default=None, description="Height in pixels, once known.")
-    captured_at: str | None = Field(
-        default=None, description="Capture time from its metadata (ISO 8601, UTC), if any."
-    )
-    uploaded_at: str | None = Field(default=None, description="When it was stored (ISO 8601, UTC).")
-    category_id: str | None = Field(
-        default=None, description="The event category it is filed under, if any."
-    )
-    status: PhotoStatus | None = Field(
-        default=None,
-        description="uploaded (variants pending), processed, failed (see status_reason), or "
-        "deleting.",
-    )
-    status_reason: str | None = Field(
-        default=None, description="Why processing failed (a stable code)."
-    )
-    url: str | None = Field(default=None, description="The original.")
-    thumbnail_url: str | None = Field(default=None, description="The thumbnail variant.")
-    hero_url: str | None = Field(default=None, description="The hero (large preview) variant.")
-    variants: dict[str, VariantSize] | None = Field(
-        default=None, description="Rendered variants by name."
-    )
-    duration_ms: int | None = Field(default=None, description="A video's length.")
-    title: str | None = Field(default=None, description="Its title, if set.")
-    description: str | None = Field(default=None, description="Its description, if set.")
-    rating: int | None = Field(default=None, description="The owner's rating, 1 to 5.")
-    keywords: list[str] | None = Field(default=None, description="Keywords, in order.")
-    is_hidden: bool | None = Field(default=None, description="Hidden from gallery tokens.")
-    feedback: Feedback | None = Field(default=None, description="Guest feedback aggregates.")
-    download_count: int | None = Field(
-        default=None, description="How often the original was served."
-    )
+    return model
 
 
-class Category(Payload):
-    """A category of an event (photos are filed under one)."""
+# ---- parts ---------------------------------------------------------------------------------
 
-    id: str = Field(min_length=1, description="The category's id.")
-    name: str | None = Field(default=None, description="Its display name.")
+if TYPE_CHECKING:
+    # The lenient twins are made at import; to a type checker they are their id plus fields
+    # of any type (the view says which).
 
+    class _Part(Payload):
+        id: str
 
-class Event(Payload):
-    """An event (a wedding, a match, a conference), the same fields as the API's event
-    (darkroom sends every one). Only ``id`` is required, for the reasons given at
-    :class:`Photo`."""
+        def __getattr__(self, name: str) -> Any: ...
 
-    id: str = Field(min_length=1, description="The event's id.")
-    name: str | None = Field(default=None, description="Its display name.")
-    slug: str | None = Field(default=None, description="Its URL slug (in the photos' URLs).")
-    photo_cap: int | None = Field(
-        default=None, description="How many photos it may hold; null: no cap."
-    )
-    photo_count: int | None = Field(default=None, description="How many photos it holds.")
-    categories: list[Category] | None = Field(default=None, description="Its categories.")
-    status: EventStatus | None = Field(default=None, description="active, or archived.")
-    created_at: str | None = Field(default=None, description="When it was created (ISO 8601, UTC).")
+    class Photo(_Part): ...
+
+    class Event(_Part): ...
+
+else:
+    Photo = lenient(PhotoView)
+    """A photo or video as a message carries it: :class:`darkroom_kit.views.PhotoView`, which
+    darkroom always sends whole, read leniently (see :func:`lenient`)."""
+
+    Event = lenient(EventView)
+    """An event as ``event.archived`` carries it: :class:`darkroom_kit.views.EventView`."""
 
 
 class Endpoint(Payload):
@@ -153,7 +122,8 @@ class Endpoint(Payload):
     )
     disabled_reason: str | None = Field(
         default=None,
-        description="Why it was disabled: gone (410), failing (auto-disable), or manual.",
+        description="Why it was disabled: gone_410 (it answered 410 Gone), failing "
+        "(auto-disable), or manual.",
     )
 
 
@@ -265,17 +235,35 @@ class RepairRequested(Payload):
 
 
 class WebhookAttempt(Payload):
-    """``webhook.attempt``: make the next attempt of a delivery (a retry, a resend, a test, or
-    a first attempt that a limit held back). Unknown fields are allowed: the delivery record
-    holds everything that matters, a hint added later can be ignored safely."""
+    """``webhook.attempt``: make the next attempt of a delivery (a retry, or a first attempt
+    that a limit held back). Unknown fields are allowed: the delivery record holds everything
+    that matters, a hint added later can be ignored safely."""
 
     delivery_id: str = Field(min_length=1, description="The delivery to attempt.")
-    endpoint_id: str | None = Field(
-        default=None,
+    endpoint_id: str = Field(
         min_length=1,
-        description="Its endpoint, so limits are checked before anything is read (commands "
-        "from before it was added are still accepted: the delivery names it).",
+        description="Its endpoint, so limits are checked before anything is read.",
     )
+
+
+class WebhookResend(Payload):
+    """``webhook.resend``: send a final delivery again (same webhook-id, a fresh retry
+    schedule, its attempts counting on in the same log). webhook-dispatch reopens it once per
+    command (the delivery's ``last_resend_id`` becomes this message's id), then attempts it; a
+    delivery still pending, or unknown, is left alone (counted and logged)."""
+
+    delivery_id: str = Field(min_length=1, description="The delivery to send again.")
+    endpoint_id: str = Field(min_length=1, description="The endpoint it belongs to.")
+
+
+class WebhookSendTest(Payload):
+    """``webhook.send_test``: create a ``webhook.test`` delivery to an endpoint (once per
+    ``delivery_id``, however often the command comes) and attempt it once, now."""
+
+    delivery_id: str = Field(
+        min_length=1, description="The id of the test delivery (chosen by the sender)."
+    )
+    endpoint_id: str = Field(min_length=1, description="The endpoint to test.")
 
 
 class WebhookRecover(Payload):
@@ -297,6 +285,8 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     records.REPAIR_REQUESTED: RepairRequested,
     records.WEBHOOK_ATTEMPT: WebhookAttempt,
     records.WEBHOOK_RECOVER: WebhookRecover,
+    records.WEBHOOK_RESEND: WebhookResend,
+    records.WEBHOOK_SEND_TEST: WebhookSendTest,
 }
 """Every message type and the model of its ``data``: the public events (the webhook event
 catalogue, :data:`records.PUBLIC_EVENT_TYPES`) and the commands."""

@@ -4,9 +4,9 @@ photo (the same in API answers and webhook payloads)."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
-from darkroom_kit.clock import ms_to_iso
+from darkroom_kit.stored.photos import PhotoRecord
+from darkroom_kit.views import PhotoView
 
 # Public facts on the events exchange; webhook endpoints subscribe to these.
 PHOTO_UPLOADED = "photo.uploaded"
@@ -50,6 +50,11 @@ EVENT_TYPE_DESCRIPTIONS = {
 REPAIR_REQUESTED = "repair.requested"
 WEBHOOK_ATTEMPT = "webhook.attempt"
 WEBHOOK_RECOVER = "webhook.recover"
+# Sent by upload-ingest, carried out by webhook-dispatch (the one writer of deliveries).
+WEBHOOK_RESEND = "webhook.resend"
+WEBHOOK_SEND_TEST = "webhook.send_test"
+# The event type of a test send's delivery (not a public event: nobody subscribes to it).
+WEBHOOK_TEST = "webhook.test"
 
 
 def attempt_data(delivery_id: str, endpoint_id: str) -> dict[str, Any]:
@@ -62,9 +67,10 @@ def attempt_data(delivery_id: str, endpoint_id: str) -> dict[str, Any]:
 EVENTS = "events"  # upload-ingest
 PHOTOS = "photos"  # upload-ingest; thumbnailing and metadata-repair $set the fields they own
 TOKENS = "tokens"  # upload-ingest (CLI)
-WEBHOOK_ENDPOINTS = "webhook_endpoints"  # upload-ingest
+# upload-ingest; webhook-dispatch $sets the health fields (failing_since_ms, enabled,
+# disabled_reason, disabled_ms) with the notice in its own outbox
+WEBHOOK_ENDPOINTS = "webhook_endpoints"
 WEBHOOK_DELIVERIES = "webhook_deliveries"  # webhook-dispatch
-WEBHOOK_ATTEMPTS = "webhook_attempts"  # webhook-dispatch
 IDEMPOTENCY = "idempotency_keys"  # upload-ingest
 OPERATIONS = "operations"  # upload-ingest creates; metadata-repair, webhook-dispatch progress
 
@@ -95,46 +101,9 @@ def photo_of_key(key: str) -> tuple[str, str] | None:
 
 
 def photo_object_keys(doc: dict[str, Any]) -> list[str]:
-    keys = [doc["original_key"]]
-    keys.extend(v["key"] for v in (doc.get("variants") or {}).values() if v.get("key"))
-    return keys
+    return PhotoRecord.of(doc).object_keys()
 
 
 def photo_public(doc: dict[str, Any], base_url: str) -> dict[str, Any]:
-    """The public fields of a photo record, with absolute URLs."""
-    slug = doc["event_slug"]
-    name = quote(doc["filename"], safe="")
-    variants = doc.get("variants") or {}
-    return {
-        "id": doc["_id"],
-        "event_id": doc["event_id"],
-        "filename": doc["filename"],
-        "original_filename": doc.get("original_filename", doc["filename"]),
-        "content_type": doc["content_type"],
-        "kind": doc.get("kind", "image"),
-        "size": doc["size"],
-        "sha256": doc["sha256"],
-        "width": doc.get("width"),
-        "height": doc.get("height"),
-        "captured_at": ms_to_iso(doc.get("captured_at_ms")),
-        "duration_ms": doc.get("duration_ms"),
-        "uploaded_at": ms_to_iso(doc["created_ms"]),
-        "category_id": doc.get("category_id"),
-        "status": doc["status"],
-        "status_reason": doc.get("status_reason"),
-        "title": doc.get("title"),
-        "description": doc.get("description"),
-        "rating": doc.get("rating"),
-        "keywords": doc.get("keywords") or [],
-        "is_hidden": bool(doc.get("is_hidden", False)),
-        # Guest feedback does not exist yet: the aggregates are zero until it does.
-        "feedback": {"likes": 0, "average_rating": None, "comment_count": 0},
-        "download_count": int(doc.get("download_count", 0)),
-        "url": f"{base_url}/photos/{slug}/{name}",
-        "thumbnail_url": f"{base_url}/thumbnails/{slug}/{name}",
-        "hero_url": f"{base_url}/heroes/{slug}/{name}",
-        "variants": {
-            k: {"width": v.get("width"), "height": v.get("height"), "size": v.get("size")}
-            for k, v in variants.items()
-        },
-    }
+    """The public view of a stored photo document, as JSON data (a message's ``photo``)."""
+    return PhotoView.of_document(doc, base_url).model_dump(mode="json")

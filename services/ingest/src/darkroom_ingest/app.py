@@ -16,13 +16,20 @@ from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
 
+from darkroom_ingest.api import all_routes
+from darkroom_ingest.api.declare import register
+from darkroom_ingest.api.openapi import openapi_document
 from darkroom_ingest.chunked import ChunkedUploads
 from darkroom_ingest.counting import COUNT_CORRECTIONS, PhotoCounts
-from darkroom_ingest.handlers import CHUNKED, PHOTO_SERVICE, UPLOAD_BYTES
+from darkroom_ingest.deliveries import Deliveries
+from darkroom_ingest.deps import DEPS, Deps
+from darkroom_ingest.endpoints import WebhookEndpoints
+from darkroom_ingest.events import EventService
+from darkroom_ingest.gallery import Gallery
 from darkroom_ingest.idempotency import idempotency_middleware
+from darkroom_ingest.jobs import Jobs
 from darkroom_ingest.orphans import orphan_sweeper_ctx, sweep_pass
 from darkroom_ingest.photos import PhotoService
-from darkroom_ingest.routes import api_routes, openapi_document, register
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import ensure_indexes
 from darkroom_ingest.web_support import SETTINGS
@@ -30,17 +37,22 @@ from darkroom_ingest.web_support import SETTINGS
 SERVICE = "upload-ingest"
 
 RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
+UPLOAD_BYTES: web.AppKey[Counter] = web.AppKey("upload_bytes_counter", Counter)
 
 
 async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     db = app[MONGO_DB]
     await ensure_indexes(db)
-    service = PhotoService(
+    # upload-ingest's own outbox; its relay also publishes entries written before outboxes had
+    # owners (it owns the collections they were written to).
+    publisher_outbox = Outbox(app[PUBLISHER], owner=SERVICE)
+    topology = app[TOPOLOGY]
+    photos = PhotoService(
         db,
         app[OBJECT_STORE],
-        Outbox(app[PUBLISHER]),
-        app[TOPOLOGY],
+        publisher_outbox,
+        topology,
         settings.public_base_url,
         settings.outbox_grace_ms,
         PhotoCounts(
@@ -50,15 +62,38 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
             corrections=app[COUNT_CORRECTIONS],
         ),
     )
-    app[PHOTO_SERVICE] = service
-    chunked = ChunkedUploads(db, app[OBJECT_STORE], service, settings)
+    chunked = ChunkedUploads(db, app[OBJECT_STORE], photos, settings)
     await chunked.ensure_indexes()
-    app[CHUNKED] = chunked
-    app[RELAY] = OutboxRelay(
-        Outbox(app[PUBLISHER]),
-        [db[records.PHOTOS], db[records.EVENTS], db[records.OPERATIONS]],
-        after_flush={records.PHOTOS: service.finish_deletion},
+    events = EventService(db, publisher_outbox, topology, settings.outbox_grace_ms)
+    app[DEPS] = Deps(
+        settings=settings,
+        db=db,
+        store=app[OBJECT_STORE],
+        publisher=app[PUBLISHER],
+        topology=topology,
+        events=events,
+        photos=photos,
+        gallery=Gallery(photos, events.store),
+        chunked=chunked,
+        endpoints=WebhookEndpoints(db),
+        deliveries=Deliveries(
+            db,
+            app[PUBLISHER],
+            topology,
+            test_wait_seconds=settings.webhook_test_wait_seconds,
+            resend_wait_seconds=settings.webhook_resend_wait_seconds,
+        ),
+        jobs=Jobs(db, publisher_outbox, topology, events, settings.outbox_grace_ms),
+        upload_bytes=app[UPLOAD_BYTES],
     )
+    relay = OutboxRelay(
+        publisher_outbox,
+        [db[records.PHOTOS], db[records.EVENTS], db[records.OPERATIONS]],
+        after_flush={records.PHOTOS: photos.finish_deletion},
+        adopt_unowned=True,
+    )
+    await relay.ensure_indexes()
+    app[RELAY] = relay
     yield
 
 
@@ -67,11 +102,11 @@ async def _relay_pass(app: web.Application) -> int:
 
 
 async def _count_pass(app: web.Application) -> int:
-    return await app[PHOTO_SERVICE].counts.run_pass()
+    return await app[DEPS].photos.counts.run_pass()
 
 
 async def _expire_pass(app: web.Application) -> int:
-    return await app[CHUNKED].expire_due()
+    return await app[DEPS].chunked.expire_due()
 
 
 def create_app(settings: IngestSettings) -> web.Application:
@@ -118,7 +153,7 @@ def create_app(settings: IngestSettings) -> web.Application:
             ),
         ]
     )
-    routes = api_routes()
+    routes = all_routes()
     register(app, routes)
     document = openapi_document(routes, settings.public_base_url)
 

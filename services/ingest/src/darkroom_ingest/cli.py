@@ -8,7 +8,6 @@ import json
 import sys
 from typing import Any
 
-from darkroom_client.cli import main as upload_main
 from darkroom_kit.clock import ms_to_iso
 from darkroom_kit.mongo import open_mongo
 from darkroom_kit.storage import open_object_store
@@ -36,16 +35,16 @@ async def create_token(
 async def _list(settings: IngestSettings) -> list[dict[str, object]]:
     client = open_mongo(settings)
     try:
-        docs = await TokenStore(client[settings.mongo_db]).list()
+        tokens = await TokenStore(client[settings.mongo_db]).list()
         return [
             {
-                "id": d["_id"],
-                "name": d["name"],
-                "scopes": d["scopes"],
-                "revoked": d.get("revoked", False),
-                "created_at": ms_to_iso(d["created_ms"]),
+                "id": t.id,
+                "name": t.name,
+                "scopes": t.scopes,
+                "revoked": t.revoked,
+                "created_at": ms_to_iso(t.created_ms),
             }
-            for d in docs
+            for t in tokens
         ]
     finally:
         await client.close()
@@ -90,11 +89,30 @@ def _positive_int(value: str) -> int:
     return number
 
 
+UPLOAD_CLIENT_MISSING = (
+    "darkroom upload: the upload client is not installed here: "
+    "pip install ./libs/client (it gives darkroom-upload), "
+    "or install darkroom-ingest[upload]"
+)
+
+
+def _upload(argv: list[str]) -> int:
+    """The photographer's side, the same client as ``darkroom-upload``. Imported only here: the
+    server does not depend on the client, so an install without it still runs everything else."""
+    try:
+        from darkroom_client.cli import main as upload_main  # noqa: PLC0415
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "darkroom_client":
+            raise
+        print(UPLOAD_CLIENT_MISSING, file=sys.stderr)
+        return 2
+    return upload_main(argv, prog="darkroom upload")
+
+
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     if args_in[:1] == ["upload"]:
-        # The photographer's side: the same client as `darkroom-upload`.
-        return upload_main(args_in[1:], prog="darkroom upload")
+        return _upload(args_in[1:])
     parser = argparse.ArgumentParser(prog="darkroom", description="darkroom server commands")
     sub = parser.add_subparsers(dest="group", required=True)
     sub.add_parser("upload", help="upload photos and videos (see darkroom upload --help)")

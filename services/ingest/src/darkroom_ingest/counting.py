@@ -27,9 +27,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
-from darkroom_kit import records
+from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.mongo import Database, Document
+from darkroom_kit.stored import Record
+from darkroom_kit.stored.events import EventCount
+from darkroom_kit.stored.photos import PhotoRecord
 from prometheus_client import Counter
 from pymongo import ASCENDING
 
@@ -37,13 +40,9 @@ log = logging.getLogger(__name__)
 
 COUNT_CORRECTIONS: web.AppKey[Counter] = web.AppKey("photo_count_corrections", Counter)
 
-COUNT_FIELDS = {
-    "photo_count": 1,
-    "count_version": 1,
-    "reservations": 1,
-    "count_released": 1,
-    "reconcile_due_ms": 1,
-}
+# A released photo still there is read for the reservation it holds; its variants and outbox
+# are of no use to the recount.
+PHOTO_FIELDS = {"variants": 0, **outbox.WITHOUT_OUTBOXES}
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,9 @@ class PhotoCounts:
         """Recount one event. None when it is unknown, or when its count kept changing under the
         recount (it is then left due, for the next pass)."""
         for _ in range(attempts):
-            event = await self.events.find_one({"_id": event_id}, COUNT_FIELDS)
+            event = EventCount.maybe(
+                await self.events.find_one({"_id": event_id}, EventCount.PROJECTION)
+            )
             if event is None:
                 return None
             correction = await self._recount(event)
@@ -91,48 +92,45 @@ class PhotoCounts:
         )
         return None
 
-    async def _recount(self, event: Document) -> Correction | None:
-        event_id = event["_id"]
-        version = event.get("count_version")
+    async def _recount(self, event: EventCount) -> Correction | None:
+        event_id = event.id
+        version = event.count_version
         now = now_ms()
-        reservations: dict[str, Document] = event.get("reservations") or {}
-        live = {
-            rid: int(r.get("n", 0))
-            for rid, r in reservations.items()
-            if int(r.get("until_ms", 0)) > now
-        }
+        reservations = event.reservations
+        live = {rid: r.n for rid, r in reservations.items() if r.until_ms > now}
         expired = [rid for rid in reservations if rid not in live]
-        released: dict[str, Document] = event.get("count_released") or {}
+        released = event.count_released
         held = await self.photos.count_documents(
             {"event_id": event_id, "reservation_id": {"$nin": list(live)}}
         )
         still_there: dict[str, str | None] = {}
         if released:
             cursor = self.photos.find(
-                {"_id": {"$in": list(released)}, "event_id": event_id}, {"reservation_id": 1}
+                {"_id": {"$in": list(released)}, "event_id": event_id}, PHOTO_FIELDS
             )
-            still_there = {d["_id"]: d.get("reservation_id") async for d in cursor}
+            photos = [PhotoRecord.of(d) async for d in cursor]
+            still_there = {photo.id: photo.reservation_id for photo in photos}
         reserved = sum(live.values())
         prune: list[str] = []
-        due = [int(reservations[rid]["until_ms"]) for rid in live]
+        due = [reservations[rid].until_ms for rid in live]
         for photo_id, entry in released.items():
-            rid = still_there.get(photo_id, entry.get("rid"))
+            rid = still_there.get(photo_id, entry.rid)
             if rid in live:
                 reserved -= 1  # its reservation still holds its place, which was given back
                 continue
             if photo_id in still_there:
                 held -= 1  # counted above, but already given back
                 due.append(now + self.reservation_ttl_ms)
-            elif int(entry.get("at_ms", 0)) <= now - self.reservation_ttl_ms:
+            elif entry.at_ms <= now - self.reservation_ttl_ms:
                 # Kept this long so that a late, duplicate release of the same photo still
                 # finds it and does nothing.
                 prune.append(photo_id)
             else:
-                due.append(int(entry.get("at_ms", 0)) + self.reservation_ttl_ms)
+                due.append(entry.at_ms + self.reservation_ttl_ms)
         after = held + reserved
-        before = int(event.get("photo_count", 0))
+        before = event.photo_count
         next_due = min(due) if due else None
-        if (before, next_due) == (after, event.get("reconcile_due_ms")) and not expired + prune:
+        if (before, next_due) == (after, event.reconcile_due_ms) and not expired + prune:
             return Correction(event_id, before, after, 0)  # nothing to write (the usual case)
         update: Document = {"$set": {"photo_count": after}, "$inc": {"count_version": 1}}
         unset: Document = {f"reservations.{rid}": "" for rid in expired}
@@ -165,7 +163,7 @@ class PhotoCounts:
 
     async def _ids(self, query: Document, sort_key: str, limit: int) -> list[str]:
         cursor = self.events.find(query, {"_id": 1}).sort(sort_key, ASCENDING).limit(limit)
-        return [d["_id"] async for d in cursor]
+        return [Record.of(d).id async for d in cursor]
 
     async def _pages_of_all(self) -> AsyncIterator[list[str]]:
         after: str | None = None

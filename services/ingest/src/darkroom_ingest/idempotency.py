@@ -12,9 +12,11 @@ import base64
 import hashlib
 
 from aiohttp import web
+from darkroom_kit.errors import ServiceError
 from darkroom_kit.httpapp import Handler
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.problems import Problem, problem_response
+from darkroom_kit.statuses import IdempotencyState
 
 from darkroom_ingest.stores import IdempotencyStore
 from darkroom_ingest.web_support import (
@@ -65,14 +67,14 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     existing = await store.begin(scoped, fingerprint, ttl_ms, lease, STALE_MS)
     request[IDEMPOTENCY_LEASE] = lease
     if existing is not None:
-        if existing["fingerprint"] != fingerprint:
+        if existing.fingerprint != fingerprint:
             raise Problem(
                 422,
                 "idempotency_key_reused",
                 "Idempotency-Key was used for another request",
                 "This key came with a different request; use a new key.",
             )
-        if existing["state"] == "running":
+        if existing.state is IdempotencyState.RUNNING:
             raise Problem(
                 409,
                 "idempotency_key_in_use",
@@ -80,17 +82,19 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
                 "Retry after it has finished to get its answer.",
                 headers={"Retry-After": "1"},
             )
+        status, body, content_type = existing.answer()
         return web.Response(
-            status=existing["status"],
-            body=bytes(existing["body"]),
-            headers={"Content-Type": existing["content_type"], "Idempotent-Replayed": "true"},
+            status=status,
+            body=body,
+            headers={"Content-Type": content_type, "Idempotent-Replayed": "true"},
         )
     # The lease is renewed only while the handler runs; the final write comes after, so no
     # renewal races it (the lease still has two thirds of its length left then).
     try:
         async with lease:
             response = await handler(request)
-    except Problem as problem:
+    except (Problem, ServiceError) as error:
+        problem = error.problem() if isinstance(error, ServiceError) else error
         if problem.status >= 500:
             await store.abandon(lease)
             raise

@@ -37,6 +37,7 @@ from darkroom_kit import records
 from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.httpapp import REGISTRY
 from darkroom_kit.mongo import MONGO_DB, Database
+from darkroom_kit.statuses import UploadState
 from darkroom_kit.storage import (
     OBJECT_STORE,
     ListedObject,
@@ -44,6 +45,8 @@ from darkroom_kit.storage import (
     OpenMultipart,
     S3ObjectStore,
 )
+from darkroom_kit.stored import Record
+from darkroom_kit.stored.uploads import UploadRecord
 from prometheus_client import CollectorRegistry, Counter
 
 from darkroom_ingest.chunked import UPLOADS
@@ -53,7 +56,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "events/"
 # Upload states whose record still owns its key and its S3 multipart upload.
-LIVE_UPLOAD_STATES = ["open", "completing"]
+LIVE_UPLOAD_STATES = [UploadState.OPEN, UploadState.COMPLETING]
+
+# An upload read without what it received (its chunks can be many; the sweep needs its key).
+WITHOUT_CHUNKS = {"parts": 0, "head": 0}
 
 # Kinds, as counted in orphan_objects_swept_total (besides records.ORIGINAL and records.VARIANT).
 MULTIPART = "multipart_upload"
@@ -257,16 +263,16 @@ class OrphanSweeper:
         # The state comes first: it is the prefix of the uploads' index, and open or completing
         # uploads are few next to the finished ones.
         cursor = self._uploads.find(
-            {"state": {"$in": LIVE_UPLOAD_STATES}, "key": {"$in": wanted}}, {"key": 1}
+            {"state": {"$in": LIVE_UPLOAD_STATES}, "key": {"$in": wanted}}, WITHOUT_CHUNKS
         )
-        return {doc["key"] async for doc in cursor}
+        return {UploadRecord.of(doc).key async for doc in cursor}
 
     async def _recorded_photos(self, photo_ids: Iterable[str]) -> set[str]:
         wanted = sorted(set(photo_ids))
         if not wanted:
             return set()
         cursor = self._photos.find({"_id": {"$in": wanted}}, {"_id": 1})
-        return {doc["_id"] async for doc in cursor}
+        return {Record.of(doc).id async for doc in cursor}
 
 
 ORPHAN_SWEEPER: web.AppKey[OrphanSweeper] = web.AppKey("orphan_sweeper", OrphanSweeper)

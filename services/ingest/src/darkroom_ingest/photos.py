@@ -11,9 +11,13 @@ from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.outbox import Outbox
-from darkroom_kit.problems import Problem
+from darkroom_kit.statuses import PhotoKind, PhotoStatus
 from darkroom_kit.storage import S3ObjectStore, StorageError
+from darkroom_kit.stored.events import EventRecord
+from darkroom_kit.stored.photos import PhotoRecord
+from darkroom_kit.views import PhotoView
 
+from darkroom_ingest import errors
 from darkroom_ingest.counting import PhotoCounts
 from darkroom_ingest.stores import CapExceeded, EventStore, PhotoStore
 from darkroom_ingest.uploads import StoredFile
@@ -21,18 +25,15 @@ from darkroom_ingest.uploads import StoredFile
 log = logging.getLogger(__name__)
 
 
-def ensure_accepts_uploads(event: Document) -> None:
+def ensure_accepts_uploads(event: EventRecord) -> None:
     """An archived event takes no photos; a full one says so before any byte is sent.
 
     Only a fast early answer: the cap itself is enforced when photos are counted in."""
-    if event.get("status") == "archived":
-        raise Problem(409, "event_archived", "The event is archived", "It takes no new photos.")
-    cap, count = event.get("photo_cap"), event.get("photo_count", 0)
+    if not event.accepts_uploads:
+        raise errors.EVENT_ARCHIVED.error("It takes no new photos.")
+    cap, count = event.photo_cap, event.photo_count
     if cap is not None and count >= cap:
-        raise Problem(
-            400,
-            "photo_cap_exceeded",
-            "The event's photo cap is reached",
+        raise errors.PHOTO_CAP_REACHED.error(
             f"The event allows {cap} photos and has {count}.",
             extra={"photo_cap": cap, "photo_count": count},
         )
@@ -58,16 +59,23 @@ class PhotoService:
         self._base_url = base_url
         self._grace_ms = grace_ms
 
+
+    @property
+    def outbox(self) -> Outbox:
+        """upload-ingest's outbox, which photo records carry their messages in."""
+        return self._outbox
+
     async def commit_batch(
         self,
-        event: Document,
+        event: EventRecord,
         files: list[StoredFile],
         category_id: str | None,
         *,
         request_key: str | None = None,
-    ) -> list[Document]:
+    ) -> list[PhotoRecord]:
         """Count the files against the cap, write their records (each with its ``photo.uploaded``
-        in the same write), then publish. Raises Problem (and deletes the objects) on a refusal.
+        in the same write), then publish. Raises ServiceError (and deletes the objects) on a
+        refusal.
 
         The places are reserved first; a process killed before the photos are in leaves a
         reservation that expires and is given back by the reconciliation (counting.py).
@@ -75,33 +83,38 @@ class PhotoService:
         ``request_key`` (the request's Idempotency-Key) is stored on every photo: a repeat of a
         request whose process died after its photos landed, but before its answer was kept,
         answers those photos instead of storing the files a second time."""
-        landed = await self._landed(event["_id"], files, request_key)
+        landed = await self._landed(event.id, files, request_key)
         if landed:
             await self._discard([files[i] for i in landed])
             log.info(
                 "photos of an interrupted request found; not stored again",
-                extra={"event_id": event["_id"], "photo_ids": [d["_id"] for d in landed.values()]},
+                extra={"event_id": event.id, "photo_ids": [p.id for p in landed.values()]},
             )
         fresh = [f for i, f in enumerate(files) if i not in landed]
-        docs = await self._commit_new(event, fresh, category_id, request_key) if fresh else []
-        new_docs = iter(docs)
-        return [landed[i] if i in landed else next(new_docs) for i in range(len(files))]
+        stored = await self._commit_new(event, fresh, category_id, request_key) if fresh else []
+        new_photos = iter(stored)
+        return [landed[i] if i in landed else next(new_photos) for i in range(len(files))]
 
     async def _landed(
         self, event_id: str, files: list[StoredFile], request_key: str | None
-    ) -> dict[int, Document]:
+    ) -> dict[int, PhotoRecord]:
         """The photos an earlier run of the same request stored, by the position of the file
         they stand for (same name and content; a name given twice is matched in order)."""
         if request_key is None:
             return {}
-        earlier: dict[tuple[str, str | None], list[Document]] = {}
+        earlier: dict[tuple[str | None, str | None], list[PhotoRecord]] = {}
         cursor = self.photos.col.find(
-            {"event_id": event_id, "request_key": request_key, "status": {"$ne": "deleting"}},
-            {outbox.OUTBOX: 0},
+            {
+                "event_id": event_id,
+                "request_key": request_key,
+                "status": {"$ne": PhotoStatus.DELETING},
+            },
+            outbox.WITHOUT_OUTBOXES,
         ).sort("_id", 1)
         async for doc in cursor:
-            earlier.setdefault((doc["original_filename"], doc["sha256"]), []).append(doc)
-        found: dict[int, Document] = {}
+            photo = PhotoRecord.of(doc)
+            earlier.setdefault((photo.original_filename, photo.sha256), []).append(photo)
+        found: dict[int, PhotoRecord] = {}
         for i, f in enumerate(files):
             same = earlier.get((f.original_filename, f.sha256))
             if same:
@@ -110,11 +123,11 @@ class PhotoService:
 
     async def _commit_new(
         self,
-        event: Document,
+        event: EventRecord,
         files: list[StoredFile],
         category_id: str | None,
         request_key: str | None,
-    ) -> list[Document]:
+    ) -> list[PhotoRecord]:
         reservation = new_id("rsv")
         try:
             await self.events.reserve_photos(
@@ -122,72 +135,52 @@ class PhotoService:
             )
         except CapExceeded as exc:
             await self._discard(files)
-            raise Problem(
-                400,
-                "photo_cap_exceeded",
-                "The event's photo cap would be exceeded",
+            raise errors.PHOTO_CAP_WOULD_BE_EXCEEDED.error(
                 f"The event allows {exc.cap} photos and has {exc.count}; this batch has "
                 f"{len(files)}. Nothing of it was kept.",
                 extra={"photo_cap": exc.cap, "photo_count": exc.count},
             ) from None
         now = now_ms()
-        docs: list[Document] = []
-        for f in files:
-            doc: Document = {
-                "_id": f.photo_id,
-                "event_id": event["_id"],
-                "event_slug": event["slug"],
-                "filename": f.filename,
-                "original_filename": f.original_filename,
-                "content_type": f.kind.content_type,
-                "kind": "video" if f.kind.content_type.startswith("video/") else "image",
-                "size": f.size,
-                "sha256": f.sha256,
-                "original_key": f.key,
-                "category_id": category_id,
-                "status": "uploaded",
-                "status_reason": None,
-                "width": None,
-                "height": None,
-                "captured_at_ms": None,
-                "variants": {},
-                "created_ms": now,
-                "reservation_id": reservation,
-            }
-            if request_key is not None:
-                doc["request_key"] = request_key
-            docs.append(doc)
+        docs = [
+            _first_document(event, f, category_id, reservation, request_key, now) for f in files
+        ]
         events_exchange = self._topology.events
 
         def with_message(doc: Document) -> None:
+            photo = PhotoRecord.of(doc)
             message = Envelope.new(
                 records.PHOTO_UPLOADED,
                 {
-                    "photo": records.photo_public(doc, self._base_url),
-                    "original_key": doc["original_key"],
+                    "photo": PhotoView.of(photo, self._base_url).model_dump(mode="json"),
+                    "original_key": photo.original_key,
                 },
             )
-            doc.update(outbox.fields(events_exchange, [message], self._grace_ms))
+            doc.update(self._outbox.fields(events_exchange, [message], self._grace_ms))
 
         try:
             await self.photos.insert_unique(docs, with_message)
         except BaseException:
-            await self._abandon(event["_id"], reservation)
+            await self._abandon(event.id, reservation)
             # Not discarded: some records may have landed (or may still land: a write that timed
             # out can complete on the server), and deleting their objects would leave photos
             # without bytes. The objects of those that never land are orphans, which the sweep
             # removes after its grace period (orphans.py).
             log.warning(
                 "photo records not written; objects left to the orphan sweep",
-                extra={"event_id": event["_id"], "photo_ids": [f.photo_id for f in files][:20]},
+                extra={"event_id": event.id, "photo_ids": [f.photo_id for f in files][:20]},
             )
             raise
-        await self._settle(event["_id"], reservation)
+        await self._settle(event.id, reservation)
+        # Read back after the insert: a name taken in the event was renumbered in the document.
+        photos = [PhotoRecord.of(d) for d in docs]
         # Confirms pipelined across the batch: one broker round trip, not one per file.
         await asyncio.gather(
-            *(self._outbox.flush(self.photos.col, d["_id"], outbox.pending_of(d)) for d in docs)
+            *(
+                self._outbox.flush(self.photos.col, photo.id, self._outbox.pending_of(doc))
+                for photo, doc in zip(photos, docs, strict=True)
+            )
         )
-        return docs
+        return photos
 
     async def _abandon(self, event_id: str, reservation: str) -> None:
         try:
@@ -222,29 +215,30 @@ class PhotoService:
     async def delete(self, photo: Document) -> bool:
         """Tombstone, then remove objects and record. ``photo.deleted`` is durable from the first
         write on, so a crash anywhere after it is finished by the relay."""
+        record = PhotoRecord.of(photo)
         message = Envelope.new(
             records.PHOTO_DELETED,
             {
-                "photo": records.photo_public(photo, self._base_url),
+                "photo": PhotoView.of(record, self._base_url).model_dump(mode="json"),
             },
         )
         marked = await self.photos.mark_deleting(
-            photo["_id"], message, self._topology.events, self._grace_ms
+            record.id, message, self._outbox.push, self._topology.events, self._grace_ms
         )
         if marked is None:
             return False
         # Before the flush: a photo.deleted still pending means the place may not be given back
         # yet, and the relay that publishes it finishes the deletion (finish_deletion).
-        await self._release(marked)
-        await self._outbox.flush(self.photos.col, photo["_id"], outbox.pending_of(marked))
+        await self._release(PhotoRecord.of(marked))
+        await self._outbox.flush(self.photos.col, record.id, self._outbox.pending_of(marked))
         await self._finish_deletion(marked, released=True)
         return True
 
-    async def _release(self, doc: Document) -> None:
+    async def _release(self, photo: PhotoRecord) -> None:
         await self.events.release_photo(
-            doc["event_id"],
-            doc["_id"],
-            doc.get("reservation_id"),
+            photo.event_id,
+            photo.id,
+            photo.reservation_id,
             now_ms() + self.counts.reservation_ttl_ms,
         )
 
@@ -253,26 +247,81 @@ class PhotoService:
         await self._finish_deletion(doc, released=False)
 
     async def _finish_deletion(self, doc: Document, *, released: bool) -> None:
-        if doc.get("status") != "deleting":
+        photo = PhotoRecord.of(doc)
+        if photo.status is not PhotoStatus.DELETING:
             return
         # Re-read: a thumbnail may have been stored after the tombstone was read.
-        fresh = await self.photos.col.find_one({"_id": doc["_id"]})
-        if fresh is None:
+        fresh_doc = await self.photos.col.find_one({"_id": photo.id})
+        if fresh_doc is None:
             return  # removed already (its place given back before that)
+        fresh = PhotoRecord.of(fresh_doc)
         if not released:
             # A deleter killed after the tombstone: give the place back (once) before the
             # record goes, since after that nothing tells that it was held.
             await self._release(fresh)
-        if outbox.pending_of(fresh):
+        if self._outbox.pending_of(fresh_doc):
             return  # its photo.deleted is not out yet; the relay comes back
+        if _others_pending(fresh_doc):
+            # Another service's messages about it (a photo.processed) are not out yet: removing
+            # the record would lose them. This relay comes back once they had time to go.
+            await self._come_back(photo.id)
+            return
         try:
-            await self._store.delete_many(records.photo_object_keys(fresh))
+            await self._store.delete_many(fresh.object_keys())
         except StorageError:
             # The record stays as a tombstone (invisible to the API) and the relay comes back
             # for it: deletion is accepted now and completed once the store answers.
-            log.warning("object deletion failed; will retry", extra={"photo_id": doc["_id"]})
-            await self.photos.col.update_one(
-                {"_id": doc["_id"]}, {"$set": {outbox.OUTBOX_DUE: now_ms() + self._grace_ms}}
-            )
+            log.warning("object deletion failed; will retry", extra={"photo_id": photo.id})
+            await self._come_back(photo.id)
             return
-        await self.photos.remove(doc["_id"])
+        await self.photos.remove(photo.id)
+
+    async def _come_back(self, photo_id: str) -> None:
+        """Have this service's relay look at the photo again after the grace period."""
+        await self.photos.col.update_one(
+            {"_id": photo_id}, {"$set": {self._outbox.lane.due: now_ms() + self._grace_ms}}
+        )
+
+
+def _others_pending(doc: Document) -> bool:
+    """Whether any writer's messages still wait in ``doc`` (older unowned entries too)."""
+    boxes = doc.get(outbox.OUTBOXES)
+    owned = isinstance(boxes, dict) and any(isinstance(box, dict) and box for box in boxes.values())
+    return owned or bool(outbox.pending_of(doc))
+
+
+def _first_document(
+    event: EventRecord,
+    file: StoredFile,
+    category_id: str | None,
+    reservation: str,
+    request_key: str | None,
+    now: int,
+) -> Document:
+    """A new photo's record as first stored. Only the fields named here are written (those the
+    later writers own, such as a title or the download count, stay out until they are set);
+    ``request_key`` only for a request that has one, so the stored record is as it always was."""
+    photo = PhotoRecord(
+        id=file.photo_id,
+        event_id=event.id,
+        event_slug=event.slug,
+        filename=file.filename,
+        original_filename=file.original_filename,
+        content_type=file.kind.content_type,
+        kind=PhotoKind.VIDEO if file.kind.content_type.startswith("video/") else PhotoKind.IMAGE,
+        size=file.size,
+        sha256=file.sha256,
+        original_key=file.key,
+        category_id=category_id,
+        status=PhotoStatus.UPLOADED,
+        status_reason=None,
+        width=None,
+        height=None,
+        captured_at_ms=None,
+        variants={},
+        created_ms=now,
+        reservation_id=reservation,
+    )
+    if request_key is not None:
+        photo.request_key = request_key
+    return photo.model_dump(by_alias=True, exclude_unset=True)

@@ -51,3 +51,8 @@ class IngestSettings(CommonSettings):
     orphan_grace_seconds: float = Field(default=6 * 3600, ge=0)
     orphan_sweep_interval_seconds: float = Field(default=3600.0, ge=0)  # 0: off
     orphan_max_deletions: int = Field(default=10_000, ge=1)
+    # A test send answers with its attempt if webhook-dispatch makes it within this long (the
+    # default delivery timeout, and a bit); else 202 with the pending delivery.
+    webhook_test_wait_seconds: float = Field(default=20.0, ge=0)
+    # A resend answers once webhook-dispatch has reopened the delivery, or after this long.
+    webhook_resend_wait_seconds: float = Field(default=5.0, ge=0)

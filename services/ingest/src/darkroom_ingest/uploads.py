@@ -18,12 +18,13 @@ from typing import Any
 from aiohttp import BodyPartReader, MultipartReader
 from aiohttp.http_exceptions import BadHttpMessage
 from darkroom_kit import records
+from darkroom_kit.errors import ServiceError
 from darkroom_kit.ids import new_id
-from darkroom_kit.problems import FieldError, Problem
+from darkroom_kit.problems import FieldError
 from darkroom_kit.storage import ObjectInfo, S3ObjectStore, StorageError, StreamingWriter
 from prometheus_client import Counter
 
-from darkroom_ingest import filenames, sniff
+from darkroom_ingest import errors, filenames, sniff
 from darkroom_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,8 @@ class ReceivedBatch:
     category_id: str | None = None
 
 
-def batch_too_large(limit: int) -> Problem:
-    return Problem(
-        413,
-        "body_too_large",
-        "The batch is too large",
+def batch_too_large(limit: int) -> ServiceError:
+    return errors.BODY_TOO_LARGE.error(
         f"One batch request may carry at most {limit} bytes; split it, or use chunked "
         "uploads for big files.",
     )
@@ -99,11 +97,8 @@ class BatchReceiver:
                 if part is None:
                     break
                 if not isinstance(part, BodyPartReader):
-                    raise Problem(
-                        400,
-                        "nested_multipart",
-                        "Nested multipart is not supported",
-                        errors=[FieldError("photos", "send each file as its own part")],
+                    raise errors.NESTED_MULTIPART.error(
+                        errors=[FieldError("photos", "send each file as its own part")]
                     )
                 name = part.name or ""
                 if name == "category_id" and part.filename is None:
@@ -153,11 +148,8 @@ class BatchReceiver:
             # aiohttp refuses part headers with control characters (header injection) and
             # broken framing; either way the request is malformed, not the server.
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise Problem(
-                400,
-                "malformed_multipart",
-                "The multipart body is not valid",
-                f"{detail[:200]}. Nothing of this request was kept.",
+            raise errors.MALFORMED_MULTIPART.error(
+                f"{detail[:200]}. Nothing of this request was kept."
             ) from None
 
     async def discard(self, stored: list[StoredFile]) -> None:

@@ -1,21 +1,20 @@
-"""Request parsing and authentication for the API handlers: bad input becomes problem+json."""
+"""Request parsing and authentication at the HTTP edge (the route wrapper and the idempotency
+middleware use them): bad input becomes problem+json."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from darkroom_kit.lease import Lease
-from darkroom_kit.mongo import MONGO_DB, Document
+from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.problems import FieldError, Problem
 from pydantic import BaseModel, ValidationError
 
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import TokenStore
-from darkroom_ingest.tokens import Principal, Scope, hash_token
+from darkroom_ingest.tokens import Principal, hash_token
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -111,8 +110,8 @@ async def authenticate(request: web.Request) -> Principal:
             "Send a token as 'Authorization: Bearer <token>' or 'X-Auth-Token'.",
             headers={"WWW-Authenticate": 'Bearer realm="darkroom"'},
         )
-    doc = await TokenStore(request.app[MONGO_DB]).by_hash(hash_token(token))
-    if doc is None:
+    stored = await TokenStore(request.app[MONGO_DB]).by_hash(hash_token(token))
+    if stored is None:
         raise Problem(
             401,
             "invalid_token",
@@ -121,60 +120,7 @@ async def authenticate(request: web.Request) -> Principal:
             headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
         )
     principal = Principal(
-        doc["_id"], doc["name"], list(doc["scopes"]), doc.get("event_id"), doc["created_ms"]
+        stored.id, stored.name, list(stored.scopes), stored.event_id, stored.created_ms
     )
     request[PRINCIPAL] = principal
     return principal
-
-
-async def require(request: web.Request, scope: Scope) -> Principal:
-    principal = await authenticate(request)
-    if not principal.may(scope):
-        raise Problem(
-            403,
-            "insufficient_scope",
-            "The token lacks a scope",
-            f"This needs the scope {scope.value!r}.",
-            extra={"required_scope": scope.value},
-        )
-    return principal
-
-
-class Paged(Protocol):
-    limit: int
-    offset: int
-
-
-def page_response(items: list[Any], total: int, query: Paged) -> web.Response:
-    """Every list answers the same way: the page's items, the total, and the page asked for."""
-    return json_response(
-        {"items": items, "total": total, "limit": query.limit, "offset": query.offset}
-    )
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=json.dumps(data, ensure_ascii=False).encode(),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-async def poll_until(
-    fetch: Callable[[], Awaitable[Document | None]],
-    final: Callable[[Document], bool],
-    wait_seconds: float,
-    interval: float = 0.1,
-) -> Document | None:
-    """Fetch until the record is final (or gone) or ``wait_seconds`` have passed: the ``?wait=``
-    of operations and the test send's wait for its attempt."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_seconds
-    while True:
-        doc = await fetch()
-        if doc is None or final(doc) or loop.time() >= deadline:
-            return doc
-        await asyncio.sleep(interval)

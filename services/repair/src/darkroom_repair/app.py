@@ -12,34 +12,37 @@ from darkroom_kit.messaging import (
     PUBLISHER,
     TOPOLOGY,
     Envelope,
-    Handler,
     QueueSpec,
     Topology,
+    Typed,
     amqp_ctx,
     consumer_ctx,
+    typed,
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox
+from darkroom_kit.outbox import Outbox, OutboxRelay
 from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 
 from darkroom_repair.repair import Repairer
-from darkroom_repair.settings import RepairSettings
+from darkroom_repair.settings import DEFAULT_RETRY_DELAYS_MS, RepairSettings
 
 SERVICE = "metadata-repair"
 
 REPAIRER: web.AppKey[Repairer] = web.AppKey("repairer", Repairer)
-RETRY_DELAYS_MS = (5_000, 60_000, 600_000)
+RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
 
 
-def queue_spec(topology: Topology) -> QueueSpec:
+def queue_spec(
+    topology: Topology, retry_delays_ms: tuple[int, ...] = DEFAULT_RETRY_DELAYS_MS
+) -> QueueSpec:
     return QueueSpec(
         topology.queue(SERVICE, "requests"),
         topology.commands,
         (records.REPAIR_REQUESTED,),
-        RETRY_DELAYS_MS,
+        retry_delays_ms,
     )
 
 
@@ -48,11 +51,16 @@ def create_app(settings: RepairSettings) -> web.Application:
     metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
 
     async def repairer_ctx(app: web.Application) -> AsyncIterator[None]:
+        outbox = Outbox(app[PUBLISHER], owner=SERVICE)
+        # Its own messages only (photo.repaired, in upload-ingest's photos).
+        relay = OutboxRelay(outbox, [app[MONGO_DB][records.PHOTOS]])
+        await relay.ensure_indexes()
+        app[RELAY] = relay
         app[REPAIRER] = Repairer(
             app[MONGO_DB],
             app[OBJECT_STORE],
             app[RENDER_POOL],
-            Outbox(app[PUBLISHER]),
+            outbox,
             app[TOPOLOGY],
             settings.public_base_url,
             settings.head_bytes,
@@ -60,12 +68,16 @@ def create_app(settings: RepairSettings) -> web.Application:
             settings.batch_size,
             settings.concurrency,
             app[REGISTRY],
-            retries=len(RETRY_DELAYS_MS),
+            retries=len(settings.repair_retry_delays_ms),
+            outbox_grace_ms=settings.outbox_grace_ms,
         )
         yield
 
-    def handler(app: web.Application) -> Handler:
-        return app[REPAIRER].handle
+    def handler(app: web.Application) -> Typed:
+        return typed(app[REPAIRER].handle)
+
+    async def relay_pass(app: web.Application) -> int:
+        return await app[RELAY].run_once()
 
     async def request_sweep(app: web.Application) -> None:
         # The sweep requests a repair like any client would, so replicas share the work through
@@ -81,7 +93,12 @@ def create_app(settings: RepairSettings) -> web.Application:
             amqp_ctx(settings, metrics),
             pool_ctx(settings.parse_processes),
             repairer_ctx,
-            consumer_ctx(settings, queue_spec, handler, metrics),
+            consumer_ctx(
+                settings, lambda t: queue_spec(t, settings.repair_retry_delays_ms), handler, metrics
+            ),
+            periodic_ctx(
+                "outbox relay republished", relay_pass, settings.outbox_relay_interval_seconds
+            ),
             periodic_ctx(
                 "repair sweep", request_sweep, settings.sweep_interval_seconds, wait_first=True
             ),

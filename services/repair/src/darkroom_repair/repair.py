@@ -21,18 +21,21 @@ from dataclasses import dataclass, field
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.imaging import HeaderFacts, ImageRefused, read_header
-from darkroom_kit.messaging import Envelope, Retry, Topology
+from darkroom_kit.messaging import Envelope, Message, Retry, Topology
 from darkroom_kit.mongo import Database, Document
-from darkroom_kit.outbox import Outbox
+from darkroom_kit.operations import Operations
+from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
+from darkroom_kit.payloads import RepairRequested
 from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
+from darkroom_kit.statuses import PhotoKind, PhotoStatus
 from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailable
+from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.video import probe_video
 from prometheus_client import CollectorRegistry, Counter
 from pymongo import UpdateOne
 
 log = logging.getLogger(__name__)
 
-GRACE_MS = 10_000
 # How long a repair's claim on a batch holds if the repair dies without coming back.
 CLAIM_MS = 120_000
 # Header parsing takes a millisecond or two; anything near this is a hostile file.
@@ -68,11 +71,11 @@ def exif_at_the_end(head: bytes) -> bool:
     )
 
 
-def missing_fields(doc: Document, include_capture_date: bool) -> bool:
-    """What the scan's query selects, for one document in hand."""
-    if doc.get("width") is None or doc.get("height") is None:
+def missing_fields(doc: PhotoRecord, include_capture_date: bool) -> bool:
+    """What the scan's query selects, for one photo in hand."""
+    if doc.width is None or doc.height is None:
         return True
-    return include_capture_date and doc.get("captured_at_ms") is None
+    return include_capture_date and doc.captured_at_ms is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +121,11 @@ class Repairer:
         registry: CollectorRegistry,
         retries: int = 3,
         video_time_limit: float = 60.0,
+        outbox_grace_ms: int = 10_000,
     ) -> None:
         self._photos = db[records.PHOTOS]
-        self._operations = db[records.OPERATIONS]
+        self._operations = Operations(db)
+        self._grace_ms = outbox_grace_ms
         self._retries = retries
         self._store = store
         self._pool = pool
@@ -136,36 +141,25 @@ class Repairer:
             "photos_repaired_total", "Photos repaired, by outcome", ["outcome"], registry=registry
         )
 
-    async def handle(self, envelope: Envelope, attempt: int) -> None:
-        op_id = envelope.data.get("operation_id")
+    async def handle(self, message: Message[RepairRequested]) -> None:
+        request, envelope = message.payload, message.envelope
+        op_id = request.operation_id
         owner = op_id or envelope.id
         failures: dict[str, str] = {}
         if op_id is not None:
-            op = await self._operations.find_one({"_id": op_id}, {"state": 1, "failures": 1})
-            if op is None or op["state"] in ("done", "failed"):
-                return  # a duplicate of finished work
-            failures = dict(op.get("failures") or {})  # from before a restart
-            await self._operations.update_one(
-                {"_id": op_id}, {"$set": {"state": "running", "updated_ms": now_ms()}}
-            )
+            op = await self._operations.start(op_id)
+            if op is None:
+                return  # unknown, or a duplicate of finished work
+            failures = dict(op.failures)  # from before a restart
 
         async def on_batch(result: RepairResult, new_failures: dict[str, str]) -> None:
             if op_id is not None:
-                await self._operations.update_one(
-                    {"_id": op_id},
-                    {
-                        "$set": {
-                            "progress": result.counts(),
-                            "updated_ms": now_ms(),
-                            **{f"failures.{k}": v for k, v in new_failures.items()},
-                        }
-                    },
-                )
+                await self._operations.report(op_id, result.counts(), failures=new_failures)
 
         try:
             result = await self.run(
-                envelope.data.get("event_id"),
-                bool(envelope.data.get("include_capture_date", False)),
+                request.event_id,
+                request.include_capture_date,
                 owner=owner,
                 on_batch=on_batch,
                 failed_before=failures,
@@ -173,35 +167,19 @@ class Repairer:
         except Exception as exc:
             # The last attempt ends the operation in a clear failed state; it is never left
             # "running". Earlier attempts are retried (and carry on where this one stopped).
-            if op_id is not None and attempt > self._retries:
-                await self._operations.update_one(
-                    {"_id": op_id},
-                    {
-                        "$set": {
-                            "state": "failed",
-                            "updated_ms": now_ms(),
-                            "result": {"error": f"{type(exc).__name__}: {exc}"[:500]},
-                        }
-                    },
-                )
+            if op_id is not None and message.attempt > self._retries:
+                await self._operations.fail(op_id, f"{type(exc).__name__}: {exc}")
             raise
         if op_id is not None:
-            await self._operations.update_one(
-                {"_id": op_id},
+            await self._operations.finish(
+                op_id,
                 {
-                    "$set": {
-                        "state": "done",
-                        "updated_ms": now_ms(),
-                        "progress": result.counts(),
-                        "result": {
-                            **result.counts(),
-                            "failed_photos": [
-                                {"id": k, "reason": v}
-                                for k, v in list(result.failed.items())[:1000]
-                            ],
-                        },
-                    }
+                    **result.counts(),
+                    "failed_photos": [
+                        {"id": k, "reason": v} for k, v in list(result.failed.items())[:1000]
+                    ],
                 },
+                result.counts(),
             )
         log.info("repair finished", extra={"message_id": envelope.id, **result.counts()})
 
@@ -221,8 +199,8 @@ class Repairer:
             missing.append({"captured_at_ms": {"$eq": None}})
         # "uploaded" photos are still with thumbnailing, which records the same fields.
         query: Document = {
-            "kind": {"$in": ["image", "video"]},
-            "status": {"$in": ["processed", "failed"]},
+            "kind": {"$in": [PhotoKind.IMAGE, PhotoKind.VIDEO]},
+            "status": {"$in": [PhotoStatus.PROCESSED, PhotoStatus.FAILED]},
             "$or": missing,
         }
         if event_id:
@@ -237,6 +215,7 @@ class Repairer:
         # claimed, and the one before is written. Each stage waits on a different server.
 
         async def find_and_claim(after: str) -> tuple[list[Document], list[Document]]:
+            # (the page of ids found, the photos of it claimed)
             # Only ids: the claim reads the claimed photos whole anyway.
             page = await (
                 self._photos.find({**query, "_id": {"$gt": after}}, {"_id": 1})
@@ -295,12 +274,16 @@ class Repairer:
             {"$set": {"repair_by": owner, "repair_until": now + CLAIM_MS}},
         )
         claimed = await (
-            self._photos.find({"_id": {"$in": ids}, "repair_by": owner}, {outbox.OUTBOX: 0})
+            self._photos.find({"_id": {"$in": ids}, "repair_by": owner}, WITHOUT_OUTBOXES)
             .sort("_id", 1)
             .to_list(None)
         )
-        mine = [d for d in claimed if missing_fields(d, include_capture_date)]
-        done = [d["_id"] for d in claimed if not missing_fields(d, include_capture_date)]
+        mine = [d for d in claimed if missing_fields(PhotoRecord.of(d), include_capture_date)]
+        done = [
+            str(d["_id"])
+            for d in claimed
+            if not missing_fields(PhotoRecord.of(d), include_capture_date)
+        ]
         if done:
             await self._release(done, owner)
         return mine
@@ -318,13 +301,14 @@ class Repairer:
         pending: dict[str, outbox.Pending] = {}
         failures: dict[str, str] = {}
         for doc, found in outcomes:
+            photo = PhotoRecord.of(doc)
             if isinstance(found, str):
-                failures[doc["_id"]] = found
+                failures[photo.id] = found
                 continue
             fields: Document = {"width": found.width, "height": found.height}
-            if found.duration_ms is not None and doc.get("duration_ms") is None:
+            if found.duration_ms is not None and photo.duration_ms is None:
                 fields["duration_ms"] = found.duration_ms
-            if include_capture_date and doc.get("captured_at_ms") is None:
+            if include_capture_date and photo.captured_at_ms is None:
                 fields["captured_at_ms"] = found.captured_at_ms
             message = Envelope.new(
                 records.PHOTO_REPAIRED,
@@ -333,15 +317,20 @@ class Repairer:
                     "repaired_fields": sorted(fields),
                 },
             )
-            ops = outbox.push(self._topology.events, [message], GRACE_MS)
+            ops = self._outbox.push(self._topology.events, [message], self._grace_ms)
             ops["$set"].update(fields, repaired_by=owner)
             ops["$unset"] = {"repair_by": "", "repair_until": ""}
             writes.append(
                 UpdateOne(
-                    {"_id": doc["_id"], "repair_by": owner, "status": {"$ne": "deleting"}}, ops
+                    {
+                        "_id": photo.id,
+                        "repair_by": owner,
+                        "status": {"$ne": PhotoStatus.DELETING},
+                    },
+                    ops,
                 )
             )
-            pending[doc["_id"]] = outbox.entries(self._topology.events, [message])
+            pending[photo.id] = self._outbox.entries(self._topology.events, [message])
         if writes:
             written = await self._photos.bulk_write(writes, ordered=False)
             if written.modified_count < len(writes):
@@ -368,14 +357,16 @@ class Repairer:
         found: list[Found | str | None] = [None] * len(docs)
         heads: dict[int, bytes] = {}
 
-        async def fetch(i: int, doc: Document) -> None:
+        photos = [PhotoRecord.of(d) for d in docs]
+
+        async def fetch(i: int, doc: PhotoRecord) -> None:
             async with self._limit:
                 try:
-                    if doc.get("kind") == "video":
-                        found[i] = await self._video_facts(doc["original_key"])
+                    if doc.kind is PhotoKind.VIDEO:
+                        found[i] = await self._video_facts(doc.original_key)
                     else:
                         heads[i] = await self._store.get_bytes(
-                            doc["original_key"], 0, self._head_bytes - 1
+                            doc.original_key, 0, self._head_bytes - 1
                         )
                 except ObjectNotFound:
                     found[i] = "original_missing"
@@ -384,7 +375,7 @@ class Repairer:
                 except StorageUnavailable as exc:
                     raise Retry(f"transient: {exc}") from exc
 
-        await asyncio.gather(*(fetch(i, d) for i, d in enumerate(docs)))
+        await asyncio.gather(*(fetch(i, d) for i, d in enumerate(photos)))
         truncated = {i for i, head in heads.items() if len(head) >= self._head_bytes}
         whole_needed = {i for i in truncated if exif_at_the_end(heads[i])}
         parse_now = [i for i in heads if i not in whole_needed]
@@ -399,7 +390,7 @@ class Repairer:
                 found[i] = facts.code
         for i in whole_needed:
             try:
-                whole = await self._store.get_bytes(docs[i]["original_key"])
+                whole = await self._store.get_bytes(photos[i].original_key)
             except ObjectNotFound:
                 found[i] = "original_missing"
                 continue

@@ -5,6 +5,8 @@ import os
 from darkroom_kit.settings import CommonSettings
 from pydantic import Field
 
+DEFAULT_RETRY_DELAYS_MS = (5_000, 60_000, 600_000)
+
 
 class RepairSettings(CommonSettings):
     http_port: int = 8082
@@ -18,3 +20,10 @@ class RepairSettings(CommonSettings):
     # Header parsing is a millisecond or two per file: one process per core is plenty.
     parse_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     prefetch: int = 2
+    # Retries of a repair that failed (storage or MongoDB away); after the last one its
+    # Operation is failed.
+    repair_retry_delays_ms: tuple[int, ...] = DEFAULT_RETRY_DELAYS_MS
+    # photo.repaired is written with the photo (the outbox); what a writer left unpublished
+    # this long is published by the relay, which looks every interval.
+    outbox_grace_ms: int = Field(default=10_000, ge=0)
+    outbox_relay_interval_seconds: float = Field(default=2.0, ge=0)

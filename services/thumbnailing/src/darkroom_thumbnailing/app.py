@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 from darkroom_kit import records
+from darkroom_kit.background import periodic_ctx
 from darkroom_kit.httpapp import REGISTRY, create_base_app
 from darkroom_kit.messaging import (
     PUBLISHER,
     TOPOLOGY,
-    Handler,
     QueueSpec,
     Topology,
+    Typed,
     amqp_ctx,
     consumer_ctx,
+    typed,
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox
+from darkroom_kit.outbox import Outbox, OutboxRelay
 from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
@@ -26,6 +30,8 @@ from darkroom_thumbnailing.service import Thumbnailer
 from darkroom_thumbnailing.settings import ThumbnailSettings
 
 SERVICE = "thumbnailing"
+
+RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
 
 
 def queue_spec(topology: Topology, settings: ThumbnailSettings) -> QueueSpec:
@@ -41,7 +47,17 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
     app = create_base_app(SERVICE)
     metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
 
-    def handler(app: web.Application) -> Handler:
+    async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Its own messages only (photo.processed, in upload-ingest's photos).
+        relay = OutboxRelay(Outbox(app[PUBLISHER], owner=SERVICE), [app[MONGO_DB][records.PHOTOS]])
+        await relay.ensure_indexes()
+        app[RELAY] = relay
+        yield
+
+    async def relay_pass(app: web.Application) -> int:
+        return await app[RELAY].run_once()
+
+    def handler(app: web.Application) -> Typed:
         spec = RenderSpec(
             thumbnail_px=settings.thumbnail_px,
             hero_px=settings.hero_px,
@@ -50,17 +66,20 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             max_pixels=settings.max_pixels,
             fail_on=settings.decode_fail_on,
         )
-        return Thumbnailer(
-            app[MONGO_DB],
-            app[OBJECT_STORE],
-            app[RENDER_POOL],
-            Outbox(app[PUBLISHER]),
-            app[TOPOLOGY],
-            spec,
-            settings.public_base_url,
-            settings.render_timeout_seconds,
-            len(settings.retry_delays_ms),
-        ).handle
+        return typed(
+            Thumbnailer(
+                app[MONGO_DB],
+                app[OBJECT_STORE],
+                app[RENDER_POOL],
+                Outbox(app[PUBLISHER], owner=SERVICE),
+                app[TOPOLOGY],
+                spec,
+                settings.public_base_url,
+                settings.render_timeout_seconds,
+                len(settings.retry_delays_ms),
+                outbox_grace_ms=settings.outbox_grace_ms,
+            ).handle
+        )
 
     app.cleanup_ctx.extend(
         [
@@ -68,7 +87,11 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             object_store_ctx(settings),
             amqp_ctx(settings, metrics),
             pool_ctx(settings.render_processes, settings.render_memory_mb * 2**20),
+            relay_ctx,
             consumer_ctx(settings, lambda t: queue_spec(t, settings), handler, metrics),
+            periodic_ctx(
+                "outbox relay republished", relay_pass, settings.outbox_relay_interval_seconds
+            ),
             readiness_ctx,
         ]
     )

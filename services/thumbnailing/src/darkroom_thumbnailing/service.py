@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 
-from darkroom_kit import outbox, records
+from darkroom_kit import records
 from darkroom_kit.imaging import ImageRefused
-from darkroom_kit.messaging import Envelope, Reject, Retry, Topology
+from darkroom_kit.messaging import Envelope, Message, Reject, Retry, Topology
 from darkroom_kit.mongo import Database, Document
-from darkroom_kit.outbox import Outbox
+from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
+from darkroom_kit.payloads import PhotoUploaded
 from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
+from darkroom_kit.statuses import PhotoKind, PhotoStatus
 from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailable
+from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.video import poster_frame
 from pymongo import ReturnDocument
 
@@ -19,7 +22,6 @@ from darkroom_thumbnailing.render import Rendered, RenderSpec, render_variants
 
 log = logging.getLogger(__name__)
 
-GRACE_MS = 10_000
 # Where a video's poster frame is taken (a shorter clip gives its first frame).
 POSTER_AT_SECONDS = 1.0
 
@@ -36,8 +38,11 @@ class Thumbnailer:
         base_url: str,
         timeout_seconds: float,
         retries: int,
+        *,
+        outbox_grace_ms: int = 10_000,
     ) -> None:
         self._retries = retries
+        self._grace_ms = outbox_grace_ms
         self._photos = db[records.PHOTOS]
         self._store = store
         self._pool = pool
@@ -47,29 +52,31 @@ class Thumbnailer:
         self._base_url = base_url
         self._timeout = timeout_seconds
 
-    async def handle(self, envelope: Envelope, attempt: int) -> None:
-        photo_id = envelope.data["photo"]["id"]
-        doc = await self._photos.find_one({"_id": photo_id}, {outbox.OUTBOX: 0})
-        if doc is None or doc["status"] in ("deleting", "processed", "failed"):
-            return  # deleted, or a duplicate delivery of work already done
+    async def handle(self, message: Message[PhotoUploaded]) -> None:
+        found = await self._photos.find_one({"_id": message.payload.photo.id}, WITHOUT_OUTBOXES)
+        if found is None:
+            return  # deleted
+        doc = PhotoRecord.of(found)
+        if doc.status is not PhotoStatus.UPLOADED:
+            return  # being deleted, or a duplicate delivery of work already done
         try:
             data, duration_ms = await self._source(doc)
-            rendered = await self._render(data, attempt)
+            rendered = await self._render(data, message.attempt)
         except ImageRefused as exc:
             # Everything that can never succeed for this file ends here, once: marked on the
             # photo, dead-lettered, not retried.
             await self._fail(doc, exc.code, exc.detail)
             raise Reject(str(exc)) from None
-        await self._store_variants(doc, rendered, duration_ms)
+        await self._store_variants(found, doc, rendered, duration_ms)
 
-    async def _source(self, doc: Document) -> tuple[bytes, int | None]:
+    async def _source(self, doc: PhotoRecord) -> tuple[bytes, int | None]:
         """The bytes to render: the original, or a video's poster frame (and its duration)."""
         try:
-            if doc.get("kind", "image") == "video":
-                url = await self._store.presigned_get(doc["original_key"])
+            if doc.kind is PhotoKind.VIDEO:
+                url = await self._store.presigned_get(doc.original_key)
                 poster = await poster_frame(url, POSTER_AT_SECONDS, self._timeout)
                 return poster.png, poster.duration_ms
-            return await self._store.get_bytes(doc["original_key"]), None
+            return await self._store.get_bytes(doc.original_key), None
         except ObjectNotFound:
             raise ImageRefused("original_missing", "the stored original is gone") from None
         except StorageUnavailable as exc:
@@ -92,12 +99,18 @@ class Thumbnailer:
             raise Retry(f"render pool: {exc}") from None
 
     async def _store_variants(
-        self, doc: Document, rendered: Rendered, duration_ms: int | None = None
+        self,
+        stored: Document,
+        doc: PhotoRecord,
+        rendered: Rendered,
+        duration_ms: int | None = None,
     ) -> None:
+        """``stored`` is the document as read (the public view of the processed photo is made
+        from it), ``doc`` the same read as its record."""
         variants: dict[str, dict[str, object]] = {}
         try:
             for v in rendered.variants:
-                key = records.variant_key(doc["event_id"], doc["_id"], v.name, v.extension)
+                key = records.variant_key(doc.event_id, doc.id, v.name, v.extension)
                 info = await self._store.put_bytes(key, v.data, v.content_type)
                 variants[v.name] = {
                     "key": key,
@@ -110,15 +123,16 @@ class Thumbnailer:
         except StorageUnavailable as exc:
             raise Retry(f"storage: {exc}") from exc
         facts = rendered.facts
-        processed = {
-            **doc,
+        mine = {
             "width": facts.width,
             "height": facts.height,
             "captured_at_ms": facts.captured_at_ms,
             "duration_ms": duration_ms,
             "variants": variants,
-            "status": "processed",
+            "status": PhotoStatus.PROCESSED,
+            "status_reason": None,
         }
+        processed = {**stored, **mine}
         message = Envelope.new(
             records.PHOTO_PROCESSED,
             {
@@ -126,33 +140,33 @@ class Thumbnailer:
                 "variants": {k: {"key": v["key"], "size": v["size"]} for k, v in variants.items()},
             },
         )
-        ops = outbox.push(self._topology.events, [message], GRACE_MS)
+        ops = self._outbox.push(self._topology.events, [message], self._grace_ms)
         # Narrow $set of the fields this service owns.
-        ops["$set"].update(
-            {
-                "width": facts.width,
-                "height": facts.height,
-                "captured_at_ms": facts.captured_at_ms,
-                "duration_ms": duration_ms,
-                "variants": variants,
-                "status": "processed",
-                "status_reason": None,
-            }
-        )
+        ops["$set"].update(mine)
         updated = await self._photos.find_one_and_update(
-            {"_id": doc["_id"], "status": "uploaded"}, ops, return_document=ReturnDocument.AFTER
+            {"_id": doc.id, "status": PhotoStatus.UPLOADED},
+            ops,
+            return_document=ReturnDocument.AFTER,
         )
         if updated is None:
-            current = await self._photos.find_one({"_id": doc["_id"]}, {"status": 1})
-            if current is None or current["status"] == "deleting":
+            kept = await self._photos.find_one(
+                {"_id": doc.id, "status": {"$ne": PhotoStatus.DELETING}}, {"_id": 1}
+            )
+            if kept is None:
                 # Deleted while we rendered: do not leave orphan variants behind.
                 await self._store.delete_many([str(v["key"]) for v in variants.values()])
             return
-        await self._outbox.flush(self._photos, doc["_id"], outbox.pending_of(updated))
+        await self._outbox.flush(self._photos, doc.id, self._outbox.pending_of(updated))
 
-    async def _fail(self, doc: Document, code: str, detail: str) -> None:
-        log.warning("photo refused: %s", detail, extra={"photo_id": doc["_id"], "code": code})
+    async def _fail(self, doc: PhotoRecord, code: str, detail: str) -> None:
+        log.warning("photo refused: %s", detail, extra={"photo_id": doc.id, "code": code})
         await self._photos.update_one(
-            {"_id": doc["_id"], "status": "uploaded"},
-            {"$set": {"status": "failed", "status_reason": code, "status_detail": detail}},
+            {"_id": doc.id, "status": PhotoStatus.UPLOADED},
+            {
+                "$set": {
+                    "status": PhotoStatus.FAILED,
+                    "status_reason": code,
+                    "status_detail": detail,
+                }
+            },
         )

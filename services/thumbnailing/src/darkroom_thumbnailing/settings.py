@@ -21,5 +21,9 @@ class ThumbnailSettings(CommonSettings):
     # One rendering process per core; each runs one libvips thread.
     render_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     retry_delays_ms: tuple[int, ...] = (2_000, 15_000, 60_000, 300_000)
+    # photo.processed is written with the photo (the outbox); what a writer left unpublished
+    # this long is published by the relay, which looks every interval.
+    outbox_grace_ms: int = Field(default=10_000, ge=0)
+    outbox_relay_interval_seconds: float = Field(default=2.0, ge=0)
     # Enough messages in hand to keep every rendering process busy while the next file downloads.
     prefetch: int = 8

@@ -13,14 +13,16 @@ from darkroom_kit.messaging import (
     AMQP_CONNECTION,
     PUBLISHER,
     TOPOLOGY,
-    Handler,
     QueueSpec,
     Topology,
+    Typed,
     amqp_ctx,
     consumer_ctx,
+    typed,
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
+from darkroom_kit.outbox import Outbox, OutboxRelay
 from darkroom_kit.readiness import readiness_ctx
 
 from darkroom_webhooks import housekeeping
@@ -36,17 +38,17 @@ SERVICE = "webhook-dispatch"
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher", Dispatcher)
 GATE: web.AppKey[EndpointGate] = web.AppKey("gate", EndpointGate)
 RECOVERER: web.AppKey[Recoverer] = web.AppKey("recoverer", Recoverer)
-# A limited attempt waits in one of these (escalating for a busy endpoint), uncounted.
-DEFER_DELAYS_MS = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000)
-RECOVER_RETRY_DELAYS_MS = (5_000, 60_000, 600_000)
+RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
+
+# The commands that make attempts, all on one queue: a resend's or a test's own retries are the
+# attempt retries of its delivery (the same schedule, tiers and defer queues).
+ATTEMPT_COMMANDS = (records.WEBHOOK_ATTEMPT, records.WEBHOOK_RESEND, records.WEBHOOK_SEND_TEST)
 
 
-def fanout_spec(topology: Topology) -> QueueSpec:
+def fanout_spec(topology: Topology, settings: WebhookSettings | None = None) -> QueueSpec:
+    delays = (settings or _DEFAULTS).fanout_retry_delays_ms
     return QueueSpec(
-        topology.queue(SERVICE, "events"),
-        topology.events,
-        records.PUBLIC_EVENT_TYPES,
-        (1_000, 10_000, 60_000, 300_000),
+        topology.queue(SERVICE, "events"), topology.events, records.PUBLIC_EVENT_TYPES, delays
     )
 
 
@@ -54,25 +56,34 @@ def attempts_spec(topology: Topology, settings: WebhookSettings) -> QueueSpec:
     return QueueSpec(
         topology.queue(SERVICE, "attempts"),
         topology.commands,
-        (records.WEBHOOK_ATTEMPT,),
+        ATTEMPT_COMMANDS,
         settings.retry_delays_ms,
         jitter=settings.retry_jitter,
-        defer_delays_ms=DEFER_DELAYS_MS,
+        defer_delays_ms=settings.defer_delays_ms,
     )
 
 
-def recover_spec(topology: Topology) -> QueueSpec:
+def recover_spec(topology: Topology, settings: WebhookSettings | None = None) -> QueueSpec:
     return QueueSpec(
         topology.queue(SERVICE, "recover"),
         topology.commands,
         (records.WEBHOOK_RECOVER,),
-        RECOVER_RETRY_DELAYS_MS,
+        (settings or _DEFAULTS).recover_retry_delays_ms,
     )
 
 
 def queue_specs(topology: Topology, settings: WebhookSettings) -> list[QueueSpec]:
     """Every queue webhook-dispatch consumes (for tools that must clean up after it)."""
-    return [fanout_spec(topology), attempts_spec(topology, settings), recover_spec(topology)]
+    return [
+        fanout_spec(topology, settings),
+        attempts_spec(topology, settings),
+        recover_spec(topology, settings),
+    ]
+
+
+# The defaults, for callers that name a queue without settings (tools, benchmarks). Built
+# without reading the environment.
+_DEFAULTS = WebhookSettings.model_construct()
 
 
 def create_app(settings: WebhookSettings) -> web.Application:
@@ -103,8 +114,12 @@ def create_app(settings: WebhookSettings) -> web.Application:
         await housekeeping.ensure_indexes(db)
         app[GATE] = gate
         app[RECOVERER] = Recoverer(
-            db, app[PUBLISHER], app[TOPOLOGY], retries=len(RECOVER_RETRY_DELAYS_MS)
+            db, app[PUBLISHER], app[TOPOLOGY], retries=len(settings.recover_retry_delays_ms)
         )
+        outbox = Outbox(app[PUBLISHER], owner=SERVICE)
+        relay = OutboxRelay(outbox, [db[records.WEBHOOK_ENDPOINTS]])
+        await relay.ensure_indexes()
+        app[RELAY] = relay
         app[DISPATCHER] = Dispatcher(
             app[MONGO_DB],
             app[PUBLISHER],
@@ -115,6 +130,9 @@ def create_app(settings: WebhookSettings) -> web.Application:
             webhook_metrics,
             gate,
             auto_disable_ms=int(settings.auto_disable_after_hours * 3600 * 1000),
+            outbox=outbox,
+            outbox_grace_ms=settings.outbox_grace_ms,
+            local_wait_s=settings.local_wait_seconds,
         )
 
         places = PlacesCollector(gate)
@@ -125,14 +143,14 @@ def create_app(settings: WebhookSettings) -> web.Application:
             registry.unregister(places)
             await close_quietly(session)
 
-    def fan_out(app: web.Application) -> Handler:
-        return app[DISPATCHER].fan_out
+    def fan_out(app: web.Application) -> Typed:
+        return typed(app[DISPATCHER].fan_out)
 
-    def attempt(app: web.Application) -> Handler:
-        return app[DISPATCHER].attempt
+    def command(app: web.Application) -> Typed:
+        return typed(app[DISPATCHER].command)
 
-    def recover(app: web.Application) -> Handler:
-        return app[RECOVERER].handle
+    def recover(app: web.Application) -> Typed:
+        return typed(app[RECOVERER].handle)
 
     gauges = WaitingGauges(registry)
 
@@ -144,15 +162,19 @@ def create_app(settings: WebhookSettings) -> web.Application:
         retention_ms = int(settings.retention_days * 86_400_000)
         return await housekeeping.prune(app[MONGO_DB], app[GATE], retention_ms)
 
+    async def relay(app: web.Application) -> int:
+        return await app[RELAY].run_once()
+
     app.cleanup_ctx.extend(
         [
             mongo_ctx(settings),
             amqp_ctx(settings, metrics),
             dispatcher_ctx,
             readiness_ctx,
-            consumer_ctx(settings, lambda t: attempts_spec(t, settings), attempt, metrics),
-            consumer_ctx(settings, fanout_spec, fan_out, metrics),
-            consumer_ctx(settings, recover_spec, recover, metrics),
+            consumer_ctx(settings, lambda t: attempts_spec(t, settings), command, metrics),
+            consumer_ctx(settings, lambda t: fanout_spec(t, settings), fan_out, metrics),
+            consumer_ctx(settings, lambda t: recover_spec(t, settings), recover, metrics),
+            periodic_ctx("outbox relay republished", relay, settings.outbox_relay_interval_seconds),
             periodic_ctx("webhook gauges", measure, settings.gauge_interval_seconds),
             periodic_ctx("webhook log pruning", prune, settings.prune_interval_seconds),
         ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -22,14 +21,36 @@ from darkroom_kit.clock import iso_to_ms, ms_to_iso, now_ms
 from darkroom_kit.messaging import (
     Defer,
     Envelope,
+    Message,
     Publisher,
     QueueSpec,
+    Reject,
     Retry,
     Topology,
 )
 from darkroom_kit.metrics import LATENCY_BUCKETS
 from darkroom_kit.mongo import Database, Document, insert_new
+from darkroom_kit.outbox import Outbox
+from darkroom_kit.payloads import (
+    Endpoint,
+    EndpointNotice,
+    EventArchived,
+    Photo,
+    WebhookAttempt,
+    WebhookResend,
+    WebhookSendTest,
+)
+from darkroom_kit.statuses import DELIVERY_FINAL, DeliveryStatus
+from darkroom_kit.stored.deliveries import (
+    ATTEMPTS,
+    DeliveryRecord,
+    DeliveryState,
+    StoredAttempt,
+    delivery_body,
+)
+from darkroom_kit.stored.endpoints import EndpointRecord
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import BaseModel
 from pymongo import UpdateOne
 
 from darkroom_webhooks.limits import BUSY_WAIT_MS, EndpointGate, Limited, Ticket
@@ -38,7 +59,8 @@ from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = "attempts"  # the field of a delivery that holds its attempts, by number
+# The final states, as a query's $in list.
+FINAL = sorted(DELIVERY_FINAL)
 
 # Response headers kept per attempt: enough to debug, bounded against a hostile receiver.
 MAX_HEADERS = 50
@@ -109,6 +131,13 @@ class WebhookMetrics:
             "webhook_attempt_duplicates_total",
             "Attempt commands that found their delivery final or unknown (nothing sent)",
             ["status"],
+            registry=registry,
+        )
+        self.ignored = Counter(
+            "webhook_commands_ignored_total",
+            "Resend and test-send commands with nothing to do (a resend of a delivery still "
+            "pending or unknown, a test of an unknown endpoint): logged too",
+            ["command", "status"],
             registry=registry,
         )
         self.notices = Counter(
@@ -203,28 +232,33 @@ def _ms_since(started: float) -> int:
     return int((time.perf_counter() - started) * 1000)
 
 
-def event_id_of(envelope: Envelope) -> str | None:
-    """The darkroom event a message is about, for endpoints that filter on event ids."""
-    data = envelope.data
-    photo, event = data.get("photo"), data.get("event")
-    if isinstance(photo, dict):
-        return photo.get("event_id")
-    if isinstance(event, dict):
-        return event.get("id")
-    return None
+def about(payload: BaseModel) -> tuple[str | None, str | None]:
+    """(the endpoint a notice is about, the darkroom event a message is about), for the
+    filters of the fan-out."""
+    if isinstance(payload, EndpointNotice):
+        return payload.endpoint.id, None
+    photo = getattr(payload, "photo", None)
+    if isinstance(photo, Photo):
+        event_id = photo.event_id
+        return None, event_id if isinstance(event_id, str) else None
+    if isinstance(payload, EventArchived):
+        return None, payload.event.id
+    return None, None
 
 
-def wants(endpoint: Document, envelope: Envelope) -> bool:
-    if envelope.type in records.ENDPOINT_NOTICES:
+def wants(
+    endpoint: EndpointRecord, event_type: str, about_endpoint: str | None, event_id: str | None
+) -> bool:
+    if event_type in records.ENDPOINT_NOTICES:
         # A notice about an endpoint never goes to that endpoint (it is the one failing), and
         # passes every event filter.
-        if envelope.data.get("endpoint", {}).get("id") == endpoint["_id"]:
+        if about_endpoint == endpoint.id:
             return False
     else:
-        only = endpoint.get("event_ids")
-        if only and event_id_of(envelope) not in only:  # cheaper than the patterns: first
+        only = endpoint.event_ids
+        if only and event_id not in only:  # cheaper than the patterns: first
             return False
-    return _subscribed(tuple(endpoint["event_types"]), envelope.type)
+    return _subscribed(tuple(endpoint.event_types), event_type)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -236,19 +270,18 @@ def _subscribed(patterns: tuple[str, ...], event_type: str) -> bool:
 class Job:
     """One attempt about to be made: the delivery, where it goes, and which attempt it is."""
 
-    delivery: Document
-    endpoint: Document
+    delivery: DeliveryRecord
+    endpoint: EndpointRecord
     attempt: int  # the message's attempt number: where it stands in the retry schedule
-    single: bool = False
+
+    @property
+    def single(self) -> bool:
+        return self.delivery.single_attempt
 
 
 # An attempt record, the delivery's status after it, and until when the delivery stays leased
 # (for a pending one, until its retry is due).
-LogEntry = tuple[Document, str, int]
-
-# How long a fan-out waits for a place under the replica cap before it hands the attempt to the
-# command path: long enough for a fast receiver to free one, short for a message held meanwhile.
-LOCAL_WAIT_S = 0.2
+LogEntry = tuple[StoredAttempt, DeliveryStatus, int]
 
 
 class LeaseKeeper:
@@ -272,14 +305,16 @@ class LeaseKeeper:
 
 
 class Dispatcher:
-    """Fan-out and attempts. An event's first attempts are made right in its fan-out (no second
-    trip through the broker) when nothing limits the endpoint; everything else, retries,
-    resends, tests and limited endpoints, goes through ``webhook.attempt`` commands. Every
-    delivery is leased before its attempt (a short lease, renewed while the request runs), so a
-    message consumed twice is sent once; a failed attempt leaves it leased until its retry is
-    due, so a message that comes back early (after a crash) adds no attempt ahead of the
-    schedule. A message that finds its delivery leased waits for the lease (deferred, not
-    counted as an attempt); one that finds it final is a counted, logged duplicate."""
+    """Fan-out, attempts, resends and test sends: the one writer of deliveries. An event's first
+    attempts are made right in its fan-out (no second trip through the broker) when nothing
+    limits the endpoint; everything else, retries and limited endpoints, goes through
+    ``webhook.attempt`` commands, and resends and test sends are commands of their own
+    (``webhook.resend``, ``webhook.send_test``) that upload-ingest sends. Every delivery is
+    leased before its attempt (a short lease, renewed while the request runs), so a message
+    consumed twice is sent once; a failed attempt leaves it leased until its retry is due, so a
+    message that comes back early (after a crash) adds no attempt ahead of the schedule. A
+    message that finds its delivery leased waits for the lease (deferred, not counted as an
+    attempt); one that finds it final is a counted, logged duplicate."""
 
     def __init__(
         self,
@@ -293,6 +328,9 @@ class Dispatcher:
         gate: EndpointGate,
         *,
         auto_disable_ms: int,
+        outbox: Outbox,
+        outbox_grace_ms: int = 10_000,
+        local_wait_s: float = 0.2,
     ) -> None:
         self._endpoints = db[records.WEBHOOK_ENDPOINTS]
         self._deliveries = db[records.WEBHOOK_DELIVERIES]
@@ -304,63 +342,61 @@ class Dispatcher:
         self._metrics = metrics
         self._gate = gate
         self._auto_disable_ms = auto_disable_ms
+        self._outbox = outbox
+        self._outbox_grace_ms = outbox_grace_ms
+        self._local_wait_s = local_wait_s
         # Many messages at once share one read of the endpoints and one bulk write each.
-        self._endpoint_reads: Batcher[None, list[Document]] = Batcher(self._load_endpoints)
+        self._endpoint_reads: Batcher[None, list[EndpointRecord]] = Batcher(self._load_endpoints)
         self._inserts: Batcher[list[Document], set[str]] = Batcher(self._insert_deliveries)
         self._log: Batcher[LogEntry, None] = Batcher(self._write_log)
 
     # ---- fan-out -------------------------------------------------------------------------------
 
-    async def fan_out(self, envelope: Envelope, attempt: int) -> None:
+    async def fan_out(self, message: Message[BaseModel]) -> None:
         """One delivery per subscribed endpoint; the first attempt of each is made now where
         nothing limits the endpoint, otherwise an attempt command is sent."""
+        envelope = message.envelope
         endpoints = await self._endpoint_reads.submit(None)
-        targets = [e for e in endpoints if wants(e, envelope)]
+        about_endpoint, event_id = about(message.payload)
+        targets = [e for e in endpoints if wants(e, envelope.type, about_endpoint, event_id)]
         if not targets:
             return
-        payload = json.dumps(
-            {"type": envelope.type, "timestamp": envelope.time, "data": envelope.data},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        body = delivery_body(envelope.type, envelope.time, envelope.data)
         now = now_ms()
         event_ms = iso_to_ms(envelope.time) or now
         # Places under the replica cap are taken before the write, so the deliveries this
         # replica will attempt at once are leased from the start. A busy endpoint here waits a
         # moment for a place, then hands its attempt on. Every place taken is given back on the
         # way out, whatever happens (each attempt gives its own back as soon as it is answered).
-        unlimited = [e["_id"] for e in targets if self._gate.unlimited(e)]
-        async with self._gate.local_places(unlimited, LOCAL_WAIT_S) as tickets:
-            docs = [
-                {
-                    "_id": delivery_id(envelope.id, e["_id"]),
-                    "endpoint_id": e["_id"],
-                    "message_id": envelope.id,
-                    "event_type": envelope.type,
-                    "payload": payload,
-                    "status": "pending",
-                    "attempt_count": 0,
-                    "event_ms": event_ms,
-                    "created_ms": now,
+        unlimited = [e.id for e in targets if self._gate.unlimited(e)]
+        async with self._gate.local_places(unlimited, self._local_wait_s) as tickets:
+            deliveries = [
+                DeliveryRecord.new(
+                    delivery_id=delivery_id(envelope.id, e.id),
+                    endpoint_id=e.id,
+                    message_id=envelope.id,
+                    event_type=envelope.type,
+                    body=body,
+                    event_ms=event_ms,
+                    now_ms=now,
                     # Leased from the start when attempted right here.
-                    "lease_until_ms": now + self._lease_ms if e["_id"] in tickets else 0,
-                    "last_attempt_ms": None,
-                }
+                    lease_until_ms=now + self._lease_ms if e.id in tickets else 0,
+                )
                 for e in targets
             ]
-            inserted = await self._inserts.submit(docs)
+            inserted = await self._inserts.submit([d.to_document() for d in deliveries])
             now_jobs: list[tuple[Job, Ticket]] = []
             later: list[tuple[str, str]] = []
-            for doc, endpoint in zip(docs, targets, strict=True):
-                ticket = tickets.get(endpoint["_id"])
-                if doc["_id"] in inserted and ticket is not None:
-                    now_jobs.append((Job(doc, endpoint, 1), ticket))
+            for delivery, endpoint in zip(deliveries, targets, strict=True):
+                ticket = tickets.get(endpoint.id)
+                if delivery.id in inserted and ticket is not None:
+                    now_jobs.append((Job(delivery, endpoint, 1), ticket))
                     continue
                 if ticket is not None:
                     await self._gate.leave(ticket)
                 # Limited, or the delivery existed already (this event came again, perhaps
                 # after a crash before its attempts): the command path leases and attempts it.
-                later.append((doc["_id"], endpoint["_id"]))
+                later.append((delivery.id, endpoint.id))
             if len(now_jobs) == 1 and not later:  # the common case, without a task of its own
                 await self._run(*now_jobs[0])
                 return
@@ -380,8 +416,8 @@ class Dispatcher:
         ]
         await self._publisher.publish_many(self._topology.commands, commands)
 
-    async def _load_endpoints(self, requests: list[None]) -> list[list[Document]]:
-        endpoints = [e async for e in self._endpoints.find({"enabled": True})]
+    async def _load_endpoints(self, requests: list[None]) -> list[list[EndpointRecord]]:
+        endpoints = [EndpointRecord.of(e) async for e in self._endpoints.find({"enabled": True})]
         return [endpoints] * len(requests)
 
     async def _insert_deliveries(self, batches: list[list[Document]]) -> list[set[str]]:
@@ -392,56 +428,148 @@ class Dispatcher:
         inserted = {d["_id"] for i, d in enumerate(flat) if i not in refused}
         return [inserted] * len(batches)
 
+    # ---- commands ------------------------------------------------------------------------------
+
+    async def command(self, message: Message[BaseModel]) -> None:
+        """The consumer of the commands queue: attempts, resends and test sends."""
+        payload = message.payload
+        if isinstance(payload, WebhookAttempt):
+            await self.attempt(message.envelope, payload, message.attempt)
+        elif isinstance(payload, WebhookResend):
+            await self.resend(message.envelope, payload, message.attempt)
+        elif isinstance(payload, WebhookSendTest):
+            await self.send_test(message.envelope, payload, message.attempt)
+        else:  # the queue's payload models say which types come here: a bug if this is reached
+            raise Reject(f"{message.envelope.type} is no command of webhook-dispatch")
+
+    async def resend(self, envelope: Envelope, command: WebhookResend, attempt: int) -> None:
+        """Reopen a final delivery (once per command: it remembers the command's id, which
+        upload-ingest waits for) and attempt it, on a fresh retry schedule (this command's own
+        attempts). Its retries are this command again (it is on the attempts queue): it finds
+        the delivery reopened by itself and attempts it as a ``webhook.attempt`` would."""
+        did, endpoint_id = command.delivery_id, command.endpoint_id
+        reopened = await self._deliveries.update_one(
+            {
+                "_id": did,
+                "endpoint_id": endpoint_id,
+                "status": {"$in": FINAL},
+                "last_resend_id": {"$ne": envelope.id},
+            },
+            {
+                "$set": {
+                    "status": DeliveryStatus.PENDING,
+                    "lease_until_ms": 0,
+                    "last_resend_id": envelope.id,
+                }
+            },
+        )
+        if reopened.modified_count:
+            log.info(
+                "delivery reopened for a resend",
+                extra={"delivery_id": did, "endpoint_id": endpoint_id, "message_id": envelope.id},
+            )
+        else:
+            found = await self._deliveries.find_one({"_id": did}, DeliveryState.PROJECTION)
+            current = None if found is None else DeliveryState.of(found)
+            if current is None or current.endpoint_id != endpoint_id:
+                self._ignored("resend", "unknown", envelope, did, endpoint_id)
+                return
+            if current.last_resend_id != envelope.id:
+                # Still pending (on its own schedule): nothing to reopen.
+                self._ignored("resend", current.status, envelope, did, endpoint_id)
+                return
+            # Reopened by this very command before (it came again, or back from a retry tier).
+        await self.attempt(
+            envelope, WebhookAttempt(delivery_id=did, endpoint_id=endpoint_id), attempt
+        )
+
+    async def send_test(self, envelope: Envelope, command: WebhookSendTest, attempt: int) -> None:
+        """A ``webhook.test`` delivery to the endpoint, made once per delivery id (however often
+        the command comes), attempted once: a test is never retried and says nothing about the
+        endpoint's health."""
+        did, endpoint_id = command.delivery_id, command.endpoint_id
+        if await self._deliveries.find_one({"_id": did}, {"_id": 1}) is None:
+            found = await self._endpoints.find_one({"_id": endpoint_id})
+            if found is None:
+                self._ignored("send_test", "unknown_endpoint", envelope, did, endpoint_id)
+                return
+            endpoint = EndpointRecord.of(found)
+            now = now_ms()
+            delivery = DeliveryRecord.new(
+                delivery_id=did,
+                endpoint_id=endpoint.id,
+                message_id=envelope.id,
+                event_type=records.WEBHOOK_TEST,
+                body=delivery_body(
+                    records.WEBHOOK_TEST,
+                    envelope.time,
+                    {"endpoint": {"id": endpoint.id, "url": endpoint.url}},
+                ),
+                event_ms=now,
+                now_ms=now,
+                single_attempt=True,
+            )
+            await insert_new(self._deliveries, [delivery.to_document()])  # or a twin's insert
+        await self.attempt(
+            envelope, WebhookAttempt(delivery_id=did, endpoint_id=endpoint_id), attempt
+        )
+
+    def _ignored(
+        self, command: str, status: str, envelope: Envelope, did: str, endpoint_id: str
+    ) -> None:
+        self._metrics.ignored.labels(command, status).inc()
+        log.info(
+            "%s for a delivery %s: nothing to do",
+            command,
+            status,
+            extra={
+                "delivery_id": did,
+                "endpoint_id": endpoint_id,
+                "message_id": envelope.id,
+                "status": status,
+            },
+        )
+
     # ---- attempts through commands -------------------------------------------------------------
 
-    async def attempt(self, envelope: Envelope, attempt: int) -> None:
-        did = envelope.data["delivery_id"]
-        endpoint_id = envelope.data.get("endpoint_id")
-        if endpoint_id is None:  # a command from before commands named their endpoint
-            found = await self._deliveries.find_one({"_id": did}, {"endpoint_id": 1})
-            if found is None:
-                self._duplicate(envelope, did, None, None)
-                return
-            endpoint_id = found["endpoint_id"]
+    async def attempt(self, envelope: Envelope, command: WebhookAttempt, attempt: int) -> None:
+        did, endpoint_id = command.delivery_id, command.endpoint_id
         try:
             self._gate.check_room(endpoint_id)  # before MongoDB: a busy endpoint costs no read
         except Limited as exc:
             self._metrics.deferred.labels(exc.limit).inc()
             raise Defer(str(exc), exc.wait_ms, escalate=exc.escalate) from None
-        endpoint = await self._endpoints.find_one({"_id": endpoint_id})
-        if endpoint is None or not endpoint.get("enabled", True):
+        found = await self._endpoints.find_one({"_id": endpoint_id})
+        endpoint = None if found is None else EndpointRecord.of(found)
+        if endpoint is None or not endpoint.enabled:
             cancelled = await self._deliveries.update_one(
-                {"_id": did, "status": "pending"}, {"$set": {"status": "cancelled"}}
+                {"_id": did, "status": DeliveryStatus.PENDING},
+                {"$set": {"status": DeliveryStatus.CANCELLED}},
             )
             if cancelled.modified_count:
-                self._metrics.deliveries.labels("cancelled").inc()
+                self._metrics.deliveries.labels(DeliveryStatus.CANCELLED).inc()
             return
-        if not self._gate.unlimited(endpoint):
-            # A place at a limited endpoint costs a rate window's budget or a shared slot: look
-            # first whether the delivery still needs one. (At an unlimited endpoint the place is
-            # a counter in memory, and the lease below says the same.)
-            current = await self._deliveries.find_one(
-                {"_id": did}, {"status": 1, "lease_until_ms": 1}
-            )
-            if not self._still_to_attempt(envelope, did, endpoint_id, current, now_ms()):
-                return
+        # A place at a limited endpoint costs a rate window's budget or a shared slot: look
+        # first whether the delivery still needs one. (At an unlimited endpoint the place is a
+        # counter in memory, and the lease below says the same.)
+        if not self._gate.unlimited(endpoint) and not await self._still_to_attempt(
+            envelope, did, endpoint_id
+        ):
+            return
         try:
             async with self._gate.entered(endpoint) as ticket:
                 now = now_ms()
-                delivery = await self._deliveries.find_one_and_update(
-                    {"_id": did, "status": "pending", "lease_until_ms": {"$lt": now}},
+                leased = await self._deliveries.find_one_and_update(
+                    {"_id": did, "status": DeliveryStatus.PENDING, "lease_until_ms": {"$lt": now}},
                     {"$set": {"lease_until_ms": now + self._lease_ms}},
                 )
-                if delivery is None:
-                    current = await self._deliveries.find_one(
-                        {"_id": did}, {"status": 1, "lease_until_ms": 1}
-                    )
-                    if self._still_to_attempt(envelope, did, endpoint_id, current, now_ms()):
+                if leased is None:
+                    if await self._still_to_attempt(envelope, did, endpoint_id):
                         # Its holder let go between the two reads: take it on the next pass
                         # rather than drop what may be the only message that finishes it.
                         raise Defer("delivery released meanwhile", BUSY_WAIT_MS)
                     return
-                job = Job(delivery, endpoint, attempt, bool(delivery.get("single_attempt")))
+                job = Job(DeliveryRecord.of(leased), endpoint, attempt)
                 retry_after = await self._run(job, ticket, retry_by_command=False)
         except Limited as exc:  # only entering raises it
             self._metrics.deferred.labels(exc.limit).inc()
@@ -449,24 +577,20 @@ class Dispatcher:
         if retry_after is not None:
             raise Retry(f"attempt {attempt} failed", at_least_ms=retry_after or None)
 
-    def _still_to_attempt(
-        self,
-        envelope: Envelope,
-        did: str,
-        endpoint_id: str,
-        current: Document | None,
-        now: int,
-    ) -> bool:
-        """Whether the delivery ``current`` still waits for this attempt. A pending one still
-        leased (another dispatcher is attempting it, or died mid-attempt, or its retry is not due
-        yet) is deferred (:class:`Defer`) until its lease ends: this message may be the only one
+    async def _still_to_attempt(self, envelope: Envelope, did: str, endpoint_id: str) -> bool:
+        """Whether the delivery still waits for this attempt. A pending one still leased
+        (another dispatcher is attempting it, or died mid-attempt, or its retry is not due yet)
+        is deferred (:class:`Defer`) until its lease ends: this message may be the only one
         that can finish it, but waiting for a lease is no failed attempt, so the retry schedule
         stays where the message stands (a :class:`Retry` here would push the first retry after
         a crash into the second tier)."""
-        if current is None or current.get("status") != "pending":
+        found = await self._deliveries.find_one({"_id": did}, DeliveryState.PROJECTION)
+        current = None if found is None else DeliveryState.of(found)
+        now = now_ms()
+        if current is None or current.status is not DeliveryStatus.PENDING:
             self._duplicate(envelope, did, endpoint_id, current)
             return False
-        until = int(current.get("lease_until_ms") or 0)
+        until = current.lease_until_ms
         if until >= now:
             self._metrics.deferred.labels("lease").inc()
             # In steps no longer than what is left of the lease (the longest defer queue that
@@ -478,11 +602,11 @@ class Dispatcher:
         return True
 
     def _duplicate(
-        self, envelope: Envelope, did: str, endpoint_id: str | None, current: Document | None
+        self, envelope: Envelope, did: str, endpoint_id: str, current: DeliveryState | None
     ) -> None:
         """An attempt command for a delivery that is final or unknown: a duplicate (a message
         redelivered, a resend racing a success). Nothing to send, and said so."""
-        status = "unknown" if current is None else str(current.get("status"))
+        status = "unknown" if current is None else str(current.status)
         self._metrics.duplicates.labels(status).inc()
         log.info(
             "attempt command for a delivery already %s: nothing to send",
@@ -501,57 +625,50 @@ class Dispatcher:
         """Send, log, judge. Returns None when the delivery is final or its retry is scheduled
         here, otherwise the wait the receiver asked for (0 for none) for the caller to retry."""
         delivery, endpoint = job.delivery, job.endpoint
-        did = delivery["_id"]
+        did = delivery.id
+        number = delivery.attempt_count + 1  # counts every attempt of the delivery, resends too
         started = now_ms()
         try:
-            secrets = [
-                s["secret"]
-                for s in endpoint.get("secrets", [])
-                if s.get("expires_ms") is None or s["expires_ms"] > started
-            ]
-            keeper = self._keep_leases(did, ticket, int(delivery.get("attempt_count", 0)) + 1)
+            keeper = self._keep_leases(did, ticket, number)
             try:
                 result = await self._sender.send(
-                    endpoint["url"], did, secrets, delivery["payload"].encode()
+                    endpoint.url, did, endpoint.signing_secrets(started), delivery.body
                 )
             finally:
                 await keeper.stop()
         finally:
             await self._gate.leave(ticket)
         self._metrics.duration.observe(result.duration_ms / 1000)
-        # The attempt's number in the log counts every attempt of this delivery, resends too.
-        record = {
-            "delivery_id": did,
-            "endpoint_id": endpoint["_id"],
-            "attempt": int(delivery.get("attempt_count", 0)) + 1,
-            "at_ms": started,
-            "status_code": result.status_code,
-            "error": result.error,
-            "duration_ms": result.duration_ms,
-            "response_headers": result.headers,
-            "response_body": result.body,
-            "response_truncated": result.truncated,
-        }
+        record = StoredAttempt(
+            delivery_id=did,
+            endpoint_id=endpoint.id,
+            attempt=number,
+            at_ms=started,
+            status_code=result.status_code,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            response_headers=result.headers,
+            response_body=result.body,
+            response_truncated=result.truncated,
+        )
         if result.succeeded:
             self._metrics.attempts.labels("succeeded").inc()
-            await self._finish(record, "succeeded")
-            self._metrics.latency.observe(
-                max(0, now_ms() - delivery.get("event_ms", started)) / 1000
-            )
+            await self._finish(record, DeliveryStatus.SUCCEEDED)
+            self._metrics.latency.observe(max(0, now_ms() - delivery.event_ms) / 1000)
             if not job.single:
                 await self._health(endpoint, succeeded=True)
             return None
         if result.status_code == 410:
             # 410 Gone: the receiver says the endpoint is gone for good (Standard Webhooks).
             self._metrics.attempts.labels("gone").inc()
-            await self._finish(record, "failed")
+            await self._finish(record, DeliveryStatus.FAILED)
             await self._disable(endpoint, "gone_410")
             return None
         self._metrics.attempts.labels("failed").inc()
         if not job.single:  # a test send says nothing about the endpoint's health
             await self._health(endpoint, succeeded=False)
         if job.single or job.attempt > len(self._spec.retry_delays_ms):
-            await self._finish(record, "failed")
+            await self._finish(record, DeliveryStatus.FAILED)
             return None
         wait_ms = None
         if result.status_code in (429, 503):
@@ -559,13 +676,15 @@ class Dispatcher:
         # Leased until its retry is due: a copy of the message that would attempt it sooner (the
         # event redelivered after a crash before its retry was queued) waits for that instead,
         # so a crash never adds an attempt ahead of the schedule.
-        await self._log.submit((record, "pending", started + self._retry_floor_ms(job, wait_ms)))
+        await self._log.submit(
+            (record, DeliveryStatus.PENDING, started + self._retry_floor_ms(job, wait_ms))
+        )
         if not retry_by_command:
             return wait_ms or 0
         # The first attempt was made in the fan-out: its retry goes straight to the retry tier
         # of the attempt commands, as the attempt consumer's own retry would.
         queue, headers = self._spec.retry_route(job.attempt, wait_ms)
-        command = Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(did, endpoint["_id"]))
+        command = Envelope.new(records.WEBHOOK_ATTEMPT, records.attempt_data(did, endpoint.id))
         await self._publisher.publish("", command, routing_key=queue, headers=headers)
         return None
 
@@ -590,7 +709,11 @@ class Dispatcher:
                 await self._deliveries.update_one(
                     # Not once this attempt is logged: a late renewal must not push the lease
                     # past the retry it set.
-                    {"_id": did, "status": "pending", "attempt_count": {"$ne": attempt}},
+                    {
+                        "_id": did,
+                        "status": DeliveryStatus.PENDING,
+                        "attempt_count": {"$ne": attempt},
+                    },
                     {"$set": {"lease_until_ms": now_ms() + self._lease_ms}},
                 )
                 await self._gate.renew(ticket)
@@ -601,7 +724,7 @@ class Dispatcher:
                 log.warning("could not renew the lease of %s", did, exc_info=True)
             await asyncio.sleep(self._lease_ms / 3 / 1000)
 
-    async def _finish(self, record: Document, status: str) -> None:
+    async def _finish(self, record: StoredAttempt, status: DeliveryStatus) -> None:
         await self._log.submit((record, status, 0))
         self._metrics.deliveries.labels(status).inc()
 
@@ -612,14 +735,14 @@ class Dispatcher:
         await self._deliveries.bulk_write(
             [
                 UpdateOne(
-                    {"_id": record["delivery_id"]},
+                    {"_id": record.delivery_id},
                     {
                         "$set": {
                             "status": status,
                             "lease_until_ms": lease_until,
-                            "last_attempt_ms": record["at_ms"],
-                            "attempt_count": record["attempt"],
-                            f"{ATTEMPTS}.{record['attempt']}": record,
+                            "last_attempt_ms": record.at_ms,
+                            "attempt_count": record.attempt,
+                            f"{ATTEMPTS}.{record.attempt}": record.model_dump(),
                         }
                     },
                 )
@@ -631,71 +754,73 @@ class Dispatcher:
 
     # ---- endpoint health -----------------------------------------------------------------------
 
-    async def _health(self, endpoint: Document, *, succeeded: bool) -> None:
+    async def _health(self, endpoint: EndpointRecord, *, succeeded: bool) -> None:
         """Failing since the first failure after a success; disabled when that lasts past the
         auto-disable period; recovered on the next success. Each change is announced once
-        (the conditional updates make sure of it, whichever replica sees it first)."""
-        endpoint_id, now = endpoint["_id"], now_ms()
-        since = endpoint.get("failing_since_ms")
+        (the conditional updates make sure of it, whichever replica sees it first), by a
+        notice written with the change (the outbox)."""
+        now = now_ms()
+        since = endpoint.failing_since_ms
         if succeeded:
             if since is not None:
-                changed = await self._endpoints.update_one(
-                    {"_id": endpoint_id, "failing_since_ms": {"$ne": None}},
-                    {"$set": {"failing_since_ms": None}},
+                await self._change(
+                    endpoint,
+                    {"failing_since_ms": {"$ne": None}},
+                    {"failing_since_ms": None},
+                    records.ENDPOINT_RECOVERED,
                 )
-                if changed.modified_count:
-                    await self._notice(
-                        records.ENDPOINT_RECOVERED, endpoint, {"failing_since_ms": None}
-                    )
             return
         if since is None:
-            changed = await self._endpoints.update_one(
-                {"_id": endpoint_id, "failing_since_ms": {"$eq": None}},
-                {"$set": {"failing_since_ms": now}},
+            await self._change(
+                endpoint,
+                {"failing_since_ms": {"$eq": None}},
+                {"failing_since_ms": now},
+                records.ENDPOINT_FAILING,
             )
-            if changed.modified_count:
-                await self._notice(records.ENDPOINT_FAILING, endpoint, {"failing_since_ms": now})
             return
         if now - since >= self._auto_disable_ms:
             await self._disable(endpoint, "failing")
 
-    async def _disable(self, endpoint: Document, reason: str) -> None:
-        now = now_ms()
-        changed = await self._endpoints.update_one(
-            {"_id": endpoint["_id"], "enabled": True},
-            {"$set": {"enabled": False, "disabled_reason": reason, "disabled_ms": now}},
+    async def _disable(self, endpoint: EndpointRecord, reason: str) -> None:
+        await self._change(
+            endpoint,
+            {"enabled": True},
+            {"enabled": False, "disabled_reason": reason, "disabled_ms": now_ms()},
+            records.ENDPOINT_DISABLED,
         )
-        if changed.modified_count:
-            await self._notice(
-                records.ENDPOINT_DISABLED,
-                endpoint,
-                {"enabled": False, "disabled_reason": reason, "disabled_ms": now},
-            )
 
-    async def _notice(self, kind: str, endpoint: Document, changes: Document) -> None:
-        current = {**endpoint, **changes}
+    async def _change(
+        self, endpoint: EndpointRecord, condition: Document, changes: Document, kind: str
+    ) -> None:
+        """Apply ``changes`` to the endpoint if ``condition`` still holds, and announce it
+        (``kind``) in the same write."""
+        current = endpoint.model_copy(update=changes)
+        data = {
+            "endpoint": Endpoint(
+                id=current.id,
+                url=current.url,
+                description=current.description,
+                enabled=current.enabled,
+                failing_since=ms_to_iso(current.failing_since_ms),
+                disabled_reason=current.disabled_reason,
+            ).model_dump()
+        }
+        notice = Envelope.new(kind, data)
+        ops = self._outbox.push(self._topology.events, [notice], self._outbox_grace_ms)
+        ops["$set"].update(changes)
+        changed = await self._endpoints.update_one({"_id": endpoint.id, **condition}, ops)
+        if not changed.modified_count:
+            return  # another replica saw it first, or it changed meanwhile
         log.warning(
             "webhook endpoint %s",
             kind.removeprefix("endpoint."),
-            extra={"endpoint_id": endpoint["_id"], "reason": current.get("disabled_reason")},
+            extra={"endpoint_id": endpoint.id, "reason": current.disabled_reason},
         )
         self._metrics.notices.labels(kind).inc()
-        data = {
-            "endpoint": {
-                "id": endpoint["_id"],
-                "url": endpoint["url"],
-                "description": endpoint.get("description"),
-                "enabled": bool(current.get("enabled", True)),
-                "failing_since": ms_to_iso(current.get("failing_since_ms")),
-                "disabled_reason": current.get("disabled_reason"),
-            }
-        }
-        try:
-            await self._publisher.publish(self._topology.events, Envelope.new(kind, data))
-        except Exception:
-            # The state change is stored and logged; a lost notice is not worth a retry of
-            # the delivery that caused it.
-            log.exception("could not publish %s", kind, extra={"endpoint_id": endpoint["_id"]})
+        # Refused by the broker: the notice waits in the outbox for this service's relay.
+        await self._outbox.flush(
+            self._endpoints, endpoint.id, self._outbox.entries(self._topology.events, [notice])
+        )
 
 
 async def close_quietly(session: aiohttp.ClientSession) -> None:

@@ -10,36 +10,32 @@ from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import Database
+from darkroom_kit.statuses import DELIVERY_FINAL
 from prometheus_client import CollectorRegistry, Gauge
 from pymongo import ASCENDING
 
 from darkroom_webhooks.limits import EndpointGate, slots_leased
 
-FINAL = ["succeeded", "failed", "cancelled"]
-
 
 async def ensure_indexes(db: Database) -> None:
-    await db[records.WEBHOOK_ATTEMPTS].create_index([("at_ms", ASCENDING)])
     await db[records.WEBHOOK_DELIVERIES].create_index([("created_ms", ASCENDING)])
 
 
 async def prune(db: Database, gate: EndpointGate, retention_ms: int) -> int:
     """Final deliveries whose last attempt (or creation) is older than the retention go, with
     the attempts they hold; a pending delivery stays whatever its age (it still has work to
-    do). Attempts logged as documents of their own (before they lived in their delivery) go
-    by their own time."""
+    do)."""
     cutoff = now_ms() - retention_ms
     deliveries = await db[records.WEBHOOK_DELIVERIES].delete_many(
         {
-            "status": {"$in": FINAL},
+            "status": {"$in": sorted(DELIVERY_FINAL)},
             "created_ms": {"$lt": cutoff},
             "$or": [{"last_attempt_ms": {"$lt": cutoff}}, {"last_attempt_ms": {"$eq": None}}],
         }
     )
-    attempts = await db[records.WEBHOOK_ATTEMPTS].delete_many({"at_ms": {"$lt": cutoff}})
     # Rate windows matter only for the current second.
     await gate.prune(now_ms() - 60_000)
-    return int(attempts.deleted_count) + int(deliveries.deleted_count)
+    return int(deliveries.deleted_count)
 
 
 def tier_label(delay_ms: int) -> str:

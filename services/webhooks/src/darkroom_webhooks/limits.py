@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
-from darkroom_kit.mongo import Database, Document, insert_new
+from darkroom_kit.mongo import Database, insert_new
+from darkroom_kit.stored.endpoints import EndpointRecord
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pymongo import ASCENDING, ReturnDocument
@@ -111,7 +112,7 @@ class EndpointGate:
         yield from list(self._in_flight.items())
 
     @contextlib.asynccontextmanager
-    async def entered(self, endpoint: Document) -> AsyncIterator[Ticket]:
+    async def entered(self, endpoint: EndpointRecord) -> AsyncIterator[Ticket]:
         """A place for one attempt to ``endpoint`` (or :class:`Limited`), given back on every
         way out of the block."""
         ticket = await self.enter(endpoint)
@@ -166,9 +167,9 @@ class EndpointGate:
             await self._free_slot(ticket)
 
     @staticmethod
-    def unlimited(endpoint: Document) -> bool:
+    def unlimited(endpoint: EndpointRecord) -> bool:
         """No shared limit: an attempt needs only a place under the replica cap."""
-        return not endpoint.get("max_concurrency") and not endpoint.get("rate_limit")
+        return endpoint.unlimited
 
     def check_room(self, endpoint_id: str) -> None:
         """:class:`Limited` when this replica already sends all it may to the endpoint."""
@@ -204,15 +205,15 @@ class EndpointGate:
             raise
         return Ticket(endpoint_id)  # the place was handed over by leave()
 
-    async def enter(self, endpoint: Document) -> Ticket:
+    async def enter(self, endpoint: EndpointRecord) -> Ticket:
         """A place for one attempt to ``endpoint``, or :class:`Limited`."""
-        endpoint_id = endpoint["_id"]
+        endpoint_id = endpoint.id
         self.check_room(endpoint_id)
-        rate = endpoint.get("rate_limit")
+        rate = endpoint.rate_limit
         if rate:
             await self._count_rate(endpoint_id, int(rate))
         ticket = Ticket(endpoint_id)
-        limit = endpoint.get("max_concurrency")
+        limit = endpoint.max_concurrency
         if limit:
             ticket = await self._take_slot(endpoint_id, int(limit))
         self._take_local(endpoint_id)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 
 from darkroom_kit import records
-from darkroom_kit.clock import now_ms
-from darkroom_kit.messaging import Envelope, Publisher, Topology
+from darkroom_kit.messaging import Envelope, Message, Publisher, Topology
 from darkroom_kit.mongo import Database, Document
+from darkroom_kit.operations import Operations
+from darkroom_kit.payloads import WebhookRecover
+from darkroom_kit.statuses import DeliveryStatus
+from darkroom_kit.stored.operations import OperationRecord, RecoverParams
 
 log = logging.getLogger(__name__)
 
@@ -19,90 +22,79 @@ class Recoverer:
     def __init__(
         self, db: Database, publisher: Publisher, topology: Topology, *, retries: int
     ) -> None:
-        self._operations = db[records.OPERATIONS]
+        self._operations = Operations(db)
         self._deliveries = db[records.WEBHOOK_DELIVERIES]
         self._publisher = publisher
         self._topology = topology
         self._retries = retries
 
-    async def handle(self, envelope: Envelope, attempt: int) -> None:
-        op_id = envelope.data["operation_id"]
-        op = await self._operations.find_one({"_id": op_id})
-        if op is None or op["state"] in ("done", "failed"):
+    async def handle(self, message: Message[WebhookRecover]) -> None:
+        op_id = message.payload.operation_id
+        op = await self._operations.start(op_id)
+        if op is None:
             return  # unknown, or a duplicate of a finished command
         try:
             await self._run(op)
         except Exception as exc:
-            if attempt > self._retries:
+            if message.attempt > self._retries:
                 # The last attempt ends the operation in a clear failed state, never running.
-                await self._operations.update_one(
-                    {"_id": op_id},
-                    {
-                        "$set": {
-                            "state": "failed",
-                            "updated_ms": now_ms(),
-                            "result": {**op.get("progress", {}), "error": str(exc)[:500]},
-                        }
-                    },
-                )
+                current = await self._operations.get(op_id)
+                done = current.progress if current is not None else op.progress
+                await self._operations.fail(op_id, str(exc), dict(done))
             raise
 
-    def _query(self, op: Document) -> Document:
-        params = op["params"]
-        created: Document = {"$gte": params["since_ms"], "$lt": params["until_ms"]}
-        return {"endpoint_id": params["endpoint_id"], "created_ms": created}
-
-    async def _run(self, op: Document) -> None:
-        op_id = op["_id"]
-        base = self._query(op)
-        progress = dict(op.get("progress") or {})
+    async def _run(self, op: OperationRecord) -> None:
+        op_id = op.id
+        params = RecoverParams.model_validate(op.params)
+        created: Document = {"$gte": params.since_ms, "$lt": params.until_ms}
+        base: Document = {"endpoint_id": params.endpoint_id, "created_ms": created}
+        progress = dict(op.progress)
         if "total" not in progress:
-            total = await self._deliveries.count_documents({**base, "status": "failed"})
+            total = await self._deliveries.count_documents(
+                {**base, "status": DeliveryStatus.FAILED}
+            )
             progress = {"total": total, "resent": 0}
-        await self._operations.update_one(
-            {"_id": op_id},
-            {"$set": {"state": "running", "progress": progress, "updated_ms": now_ms()}},
-        )
-        cursor = op.get("cursor")
+            await self._operations.report(op_id, progress)
+        cursor = op.cursor
         while True:
             # Failed ones, and those this operation reopened before a crash but may not have
             # sent yet (sent again: receivers dedupe on the unchanged webhook-id).
             query: Document = {
                 **base,
-                "$or": [{"status": "failed"}, {"status": "pending", "recovered_by": op_id}],
+                "$or": [
+                    {"status": DeliveryStatus.FAILED},
+                    {"status": DeliveryStatus.PENDING, "recovered_by": op_id},
+                ],
             }
             if cursor is not None:
                 query["_id"] = {"$gt": cursor}
-            batch = [
-                d
-                async for d in self._deliveries.find(query, {"_id": 1, "endpoint_id": 1})
-                .sort("_id", 1)
-                .limit(BATCH)
+            ids = [
+                str(d["_id"])
+                async for d in self._deliveries.find(query, {"_id": 1}).sort("_id", 1).limit(BATCH)
             ]
-            if not batch:
+            if not ids:
                 break
-            ids = [d["_id"] for d in batch]
             await self._deliveries.update_many(
-                {"_id": {"$in": ids}, "status": "failed"},
-                {"$set": {"status": "pending", "lease_until_ms": 0, "recovered_by": op_id}},
+                {"_id": {"$in": ids}, "status": DeliveryStatus.FAILED},
+                {
+                    "$set": {
+                        "status": DeliveryStatus.PENDING,
+                        "lease_until_ms": 0,
+                        "recovered_by": op_id,
+                    }
+                },
             )
             await self._publisher.publish_many(
                 self._topology.commands,
                 [
                     Envelope.new(
-                        records.WEBHOOK_ATTEMPT, records.attempt_data(d["_id"], d["endpoint_id"])
+                        records.WEBHOOK_ATTEMPT, records.attempt_data(did, params.endpoint_id)
                     )
-                    for d in batch
+                    for did in ids
                 ],
             )
             cursor = ids[-1]
             progress["resent"] += len(ids)
-            await self._operations.update_one(
-                {"_id": op_id},
-                {"$set": {"progress": progress, "cursor": cursor, "updated_ms": now_ms()}},
-            )
-        await self._operations.update_one(
-            {"_id": op_id},
-            {"$set": {"state": "done", "result": progress, "updated_ms": now_ms()}},
-        )
+            await self._operations.report(op_id, progress, cursor=cursor)
+        await self._operations.finish(op_id, progress, progress)
         log.info("recovery done", extra={"operation_id": op_id, **progress})

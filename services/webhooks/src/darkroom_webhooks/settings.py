@@ -45,3 +45,17 @@ class WebhookSettings(CommonSettings):
     gauge_interval_seconds: float = Field(default=15.0, ge=0)
     prefetch: int = 256
     max_connections: int = 512
+    # A limited attempt waits in one of these defer queues (escalating for a busy endpoint),
+    # not counted as an attempt.
+    defer_delays_ms: tuple[int, ...] = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000)
+    # Retries of a public event's fan-out that failed (MongoDB or the broker away).
+    fanout_retry_delays_ms: tuple[int, ...] = (1_000, 10_000, 60_000, 300_000)
+    # Retries of a recovery Operation's command; after the last one the Operation is failed.
+    recover_retry_delays_ms: tuple[int, ...] = (5_000, 60_000, 600_000)
+    # A fan-out waits this long for a place under ENDPOINT_REPLICA_CONCURRENCY before it hands
+    # the attempt to a command: long enough for a fast receiver to free one.
+    local_wait_seconds: float = Field(default=0.2, ge=0)
+    # The outbox (endpoint notices are written with the health change that causes them): the
+    # relay publishes what a writer left behind for this long.
+    outbox_grace_ms: int = Field(default=10_000, ge=0)
+    outbox_relay_interval_seconds: float = Field(default=2.0, ge=0)

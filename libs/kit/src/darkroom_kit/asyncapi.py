@@ -1,0 +1,297 @@
+"""The AsyncAPI 3.0 document of darkroom's messaging: the exchanges (events, commands,
+dead-letter, see :class:`darkroom_kit.messaging.Topology`), a channel per routing key, which
+service sends and which receives each message, and the schema of every message: the envelope
+(:class:`darkroom_kit.messaging.Envelope`) with the type's data model from
+:data:`darkroom_kit.payloads.PAYLOADS`.
+
+``python -m darkroom_kit.asyncapi [--out FILE]`` prints it, or writes it (``make asyncapi``
+writes ``docs/asyncapi.json``, which a test keeps equal to what this module generates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, create_model
+from pydantic.json_schema import models_json_schema
+
+from darkroom_kit import records
+from darkroom_kit.catalogue import describe
+from darkroom_kit.messaging import ATTEMPT_HEADER, DEFERRED_HEADER, Envelope, Topology
+from darkroom_kit.payloads import PAYLOADS
+from darkroom_kit.settings import CommonSettings
+
+AMQP_BINDING_VERSION = "0.3.0"
+# The declared default, not the environment's: the document must not depend on who makes it.
+NAMESPACE: str = CommonSettings.model_fields["amqp_namespace"].default
+
+
+@dataclass(frozen=True, slots=True)
+class Consumes:
+    """A consumer queue: ``Topology.queue(service, name)``, bound by ``types``."""
+
+    service: str
+    name: str
+    types: tuple[str, ...]
+
+
+# Which service sends and which receives each type. The services declare their queues
+# (QueueSpec, in each service's app.py) and their publishes in code that kit cannot import (a
+# library does not depend on its services), so this is an explicit table; tests/unit/
+# test_asyncapi.py checks it against the services' QueueSpecs and their Envelope.new calls.
+CONSUMERS: tuple[Consumes, ...] = (
+    Consumes("thumbnailing", "photos", (records.PHOTO_UPLOADED,)),
+    Consumes("metadata-repair", "requests", (records.REPAIR_REQUESTED,)),
+    Consumes("webhook-dispatch", "events", records.PUBLIC_EVENT_TYPES),
+    Consumes(
+        "webhook-dispatch",
+        "attempts",
+        (records.WEBHOOK_ATTEMPT, records.WEBHOOK_RESEND, records.WEBHOOK_SEND_TEST),
+    ),
+    Consumes("webhook-dispatch", "recover", (records.WEBHOOK_RECOVER,)),
+)
+PRODUCERS: dict[str, tuple[str, ...]] = {
+    "upload-ingest": (
+        records.PHOTO_UPLOADED,
+        records.PHOTO_DELETED,
+        records.EVENT_ARCHIVED,
+        records.REPAIR_REQUESTED,
+        records.WEBHOOK_RECOVER,
+        records.WEBHOOK_RESEND,
+        records.WEBHOOK_SEND_TEST,
+    ),
+    "thumbnailing": (records.PHOTO_PROCESSED,),
+    "metadata-repair": (records.PHOTO_REPAIRED, records.REPAIR_REQUESTED),
+    "webhook-dispatch": (
+        records.ENDPOINT_FAILING,
+        records.ENDPOINT_DISABLED,
+        records.ENDPOINT_RECOVERED,
+        records.WEBHOOK_ATTEMPT,
+    ),
+}
+
+SCHEMAS = "#/components/schemas/{model}"
+
+
+def exchange_of(message_type: str) -> Literal["events", "commands"]:
+    """Public facts go to the events exchange, everything else is a command."""
+    return "events" if message_type in records.PUBLIC_EVENT_TYPES else "commands"
+
+
+def _envelope_model(message_type: str, payload: type[BaseModel]) -> type[BaseModel]:
+    # The envelope itself with its type and data narrowed: id and time stay as Envelope has them.
+    kind: Any = Literal[message_type]
+    model: type[BaseModel] = create_model(
+        payload.__name__ + "Envelope",
+        __base__=Envelope,
+        __doc__=f"A ``{message_type}`` message: the envelope, its data a {payload.__name__}.",
+        __module__=__name__,
+        type=(kind, Field(description="The message type (also the AMQP type).")),
+        data=(payload, Field(description="The message's data.")),
+    )
+    return model
+
+
+def _message_id(message_type: str) -> str:
+    return "".join(p.capitalize() for p in message_type.replace("_", ".").split("."))
+
+
+def _channel_id(exchange: str, address: str) -> str:
+    return f"{exchange}.{address}"
+
+
+def _amqp_exchange(name: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "type": kind, "durable": True, "autoDelete": False, "vhost": "/"}
+
+
+HEADERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "AMQP headers set when a message is parked and comes back.",
+    "properties": {
+        ATTEMPT_HEADER: {
+            "type": "integer",
+            "minimum": 1,
+            "description": "The attempt this delivery is (absent: the first), set when a "
+            "message comes back from a retry queue.",
+        },
+        DEFERRED_HEADER: {
+            "type": "integer",
+            "minimum": 0,
+            "description": "How often a limit deferred it (escalating waits only).",
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document."""
+    topology = Topology(NAMESPACE)
+    exchanges = {
+        "events": (topology.events, "topic"),
+        "commands": (topology.commands, "topic"),
+    }
+    types = list(PAYLOADS)
+    envelopes = {t: _envelope_model(t, PAYLOADS[t]) for t in types}
+    refs, top = models_json_schema(
+        [(envelopes[t], "validation") for t in types], ref_template=SCHEMAS
+    )
+    messages: dict[str, Any] = {}
+    for t in types:
+        messages[_message_id(t)] = {
+            "name": t,
+            "title": t,
+            "summary": describe(PAYLOADS[t]),
+            "contentType": "application/json",
+            "headers": HEADERS_SCHEMA,
+            "payload": refs[(envelopes[t], "validation")],
+            "correlationId": {
+                "description": "The envelope's id, also the AMQP message_id.",
+                "location": "$message.payload#/id",
+            },
+            "bindings": {
+                "amqp": {"messageType": t, "bindingVersion": AMQP_BINDING_VERSION},
+            },
+        }
+
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+
+    def message_refs(channel: str, of: Sequence[str]) -> list[dict[str, str]]:
+        return [{"$ref": f"#/channels/{channel}/messages/{_message_id(t)}"} for t in of]
+
+    for t in types:
+        exchange = exchange_of(t)
+        name, kind = exchanges[exchange]
+        channel = _channel_id(exchange, t)
+        channels[channel] = {
+            "address": t,
+            "title": f"{t} on {name}",
+            "description": f"Routing key {t} on the {kind} exchange {name}.",
+            "messages": {_message_id(t): {"$ref": f"#/components/messages/{_message_id(t)}"}},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": _amqp_exchange(name, kind),
+                    "bindingVersion": AMQP_BINDING_VERSION,
+                }
+            },
+        }
+        for service, sent in PRODUCERS.items():
+            if t in sent:
+                operations[f"{service}.send.{t}"] = {
+                    "action": "send",
+                    "channel": {"$ref": f"#/channels/{channel}"},
+                    "messages": message_refs(channel, [t]),
+                    "summary": f"{service} publishes {t} to {name}.",
+                    "tags": [{"name": service}],
+                    "bindings": {
+                        "amqp": {
+                            "deliveryMode": 2,
+                            "mandatory": True,
+                            "bindingVersion": AMQP_BINDING_VERSION,
+                        }
+                    },
+                }
+        for consumer in CONSUMERS:
+            if t in consumer.types:
+                queue = topology.queue(consumer.service, consumer.name)
+                operations[f"{consumer.service}.receive.{t}"] = {
+                    "action": "receive",
+                    "channel": {"$ref": f"#/channels/{channel}"},
+                    "messages": message_refs(channel, [t]),
+                    "summary": f"{consumer.service} consumes {t} from its queue {queue}.",
+                    "description": "Acknowledged once handled. Data that does not validate is "
+                    f"dead-lettered at once; a failure is retried from {queue}.retry.<ms>ms "
+                    f"queues, then dead-lettered to {queue}.dead.",
+                    "tags": [{"name": consumer.service}],
+                    "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
+                    "x-queue": queue,
+                }
+
+    for consumer in CONSUMERS:
+        queue = topology.queue(consumer.service, consumer.name)
+        channel = _channel_id("dead-letter", queue)
+        channels[channel] = {
+            "address": queue,
+            "title": f"{queue} dead letters",
+            "description": f"What {consumer.service} gave up on, routed by the direct exchange "
+            f"{topology.dead_letter} into the queue {queue}.dead (kept for an operator; nothing "
+            "consumes it).",
+            "messages": {
+                _message_id(t): {"$ref": f"#/components/messages/{_message_id(t)}"}
+                for t in consumer.types
+            },
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": _amqp_exchange(topology.dead_letter, "direct"),
+                    "bindingVersion": AMQP_BINDING_VERSION,
+                }
+            },
+        }
+        operations[f"{consumer.service}.dead-letter.{consumer.name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{channel}"},
+            "messages": message_refs(channel, consumer.types),
+            "summary": f"{consumer.service} rejects a message of {queue}; the broker "
+            "dead-letters it.",
+            "description": "Invalid data, a handler's Reject, retries exhausted, or the queue's "
+            "delivery limit reached.",
+            "tags": [{"name": consumer.service}],
+        }
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "darkroom messaging",
+            "version": "1.0.0",
+            "description": "The RabbitMQ messages darkroom's services exchange. Every message "
+            "is an envelope {id, type, time, data}, persistent, published with confirms; the "
+            "routing key is its type. Names carry the namespace prefix (here the default, "
+            f"{NAMESPACE!r}; AMQP_NAMESPACE sets it). A consumer owns a quorum queue "
+            "<namespace>.<service>.<name>, retry queues <queue>.retry.<ms>ms (the default "
+            "exchange, x-darkroom-attempt counts attempts), and dead-letters into "
+            "<queue>.dead.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "rabbitmq": {
+                "host": "localhost:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "description": "AMQP_URL says where (default amqp://127.0.0.1:5672/).",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"schemas": dict(top.get("$defs", {})), "messages": messages},
+    }
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """The document as docs/asyncapi.json holds it."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m darkroom_kit.asyncapi", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--out", type=Path, help="write the document here (default: print it)")
+    args = parser.parse_args(argv)
+    text = dumps(document())
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

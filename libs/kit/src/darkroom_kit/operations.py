@@ -1,0 +1,154 @@
+"""The Operation lifecycle, in one place: ``queued`` when created (with the command that starts
+it, in the same write: the outbox), ``running`` once a worker claims it (with progress along the
+way), then ``done`` with a result or ``failed`` with a reason. An API answers with it at once or
+waits (``?wait=N``) for it to end.
+
+upload-ingest creates and reads Operations; the worker of each kind (metadata-repair,
+webhook-dispatch) claims, reports and ends them. Every write goes through :class:`Operations`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo import ReturnDocument
+
+from darkroom_kit import records
+from darkroom_kit.clock import now_ms
+from darkroom_kit.ids import new_id
+from darkroom_kit.messaging import Envelope
+from darkroom_kit.mongo import Database, Document
+from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
+from darkroom_kit.statuses import OperationState
+from darkroom_kit.stored.operations import OperationRecord
+
+# The states an Operation can still leave ($in, not $nin: the nx-27017 stand-in's operator set).
+OPEN = [OperationState.QUEUED, OperationState.RUNNING]
+# Where a long result is cut (a failure's reason; a list of failed items).
+REASON_CHARS = 500
+
+
+def new_operation_id() -> str:
+    return new_id("op")
+
+
+class Operations:
+    def __init__(self, db: Database) -> None:
+        self._col = db[records.OPERATIONS]
+
+    # ---- the API's side -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        operation_id: str,
+        kind: str,
+        command: Envelope,
+        *,
+        exchange: str,
+        outbox: Outbox,
+        grace_ms: int,
+        params: Mapping[str, Any],
+        progress: Mapping[str, int],
+    ) -> OperationRecord:
+        """A queued Operation and the command that starts it, stored in one write and then
+        published (if the publish fails, the writer's outbox relay publishes it)."""
+        record = OperationRecord(
+            id=operation_id,
+            kind=kind,
+            state=OperationState.QUEUED,
+            created_ms=now_ms(),
+            params=dict(params),
+            progress=dict(progress),
+        )
+        doc: Document = {**record.document(), **outbox.fields(exchange, [command], grace_ms)}
+        await self._col.insert_one(doc)
+        await outbox.flush(self._col, operation_id, outbox.pending_of(doc))
+        return record
+
+    async def get(self, operation_id: str) -> OperationRecord | None:
+        doc = await self._col.find_one({"_id": operation_id}, WITHOUT_OUTBOXES)
+        return None if doc is None else OperationRecord.from_document(doc)
+
+    async def wait(
+        self, operation_id: str, seconds: float, *, interval: float = 0.2
+    ) -> OperationRecord | None:
+        """The Operation once it has ended, or as it stands after ``seconds`` (0: at once);
+        None if there is no such Operation."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            op = await self.get(operation_id)
+            if op is None or op.final or loop.time() >= deadline:
+                return op
+            await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
+
+    # ---- the worker's side ----------------------------------------------------------------------
+
+    async def start(
+        self, operation_id: str, progress: Mapping[str, int] | None = None
+    ) -> OperationRecord | None:
+        """Claim it for work (``running``; again after a restart). None when it is unknown or
+        has ended already: a duplicate command, nothing to do."""
+        fields: Document = {"state": OperationState.RUNNING, "updated_ms": now_ms()}
+        if progress is not None:
+            fields["progress"] = dict(progress)
+        doc = await self._col.find_one_and_update(
+            {"_id": operation_id, "state": {"$in": OPEN}},
+            {"$set": fields},
+            WITHOUT_OUTBOXES,
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else OperationRecord.from_document(doc)
+
+    async def report(
+        self,
+        operation_id: str,
+        progress: Mapping[str, int],
+        *,
+        failures: Mapping[str, str] | None = None,
+        cursor: str | None = None,
+    ) -> None:
+        """Progress so far; ``failures`` adds failed items (by id), ``cursor`` says where a
+        batched worker got to. Both survive a restart (see :meth:`start`'s record)."""
+        fields: Document = {"progress": dict(progress), "updated_ms": now_ms()}
+        for item, reason in (failures or {}).items():
+            fields[f"failures.{item}"] = reason
+        if cursor is not None:
+            fields["cursor"] = cursor
+        await self._col.update_one(
+            {"_id": operation_id, "state": OperationState.RUNNING}, {"$set": fields}
+        )
+
+    async def finish(
+        self,
+        operation_id: str,
+        result: Mapping[str, Any],
+        progress: Mapping[str, int] | None = None,
+    ) -> None:
+        """``done`` with its result (and its last progress)."""
+        fields: Document = {
+            "state": OperationState.DONE,
+            "updated_ms": now_ms(),
+            "result": dict(result),
+        }
+        if progress is not None:
+            fields["progress"] = dict(progress)
+        await self._end(operation_id, fields)
+
+    async def fail(
+        self, operation_id: str, reason: str, result: Mapping[str, Any] | None = None
+    ) -> None:
+        """``failed``, never left ``running``: ``result`` is what it did, plus the reason
+        (``error``)."""
+        fields: Document = {
+            "state": OperationState.FAILED,
+            "updated_ms": now_ms(),
+            "result": {**(result or {}), "error": reason[:REASON_CHARS]},
+        }
+        await self._end(operation_id, fields)
+
+    async def _end(self, operation_id: str, fields: Document) -> None:
+        # Only once: an Operation that has ended stays as it ended.
+        await self._col.update_one({"_id": operation_id, "state": {"$in": OPEN}}, {"$set": fields})

@@ -1,0 +1,71 @@
+"""The chunked upload record (collection ``uploads``; upload-ingest writes it, its orphan sweep
+reads the key of the live ones)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom_kit.statuses import UploadState
+from darkroom_kit.stored._base import Record
+
+
+class StoredChunk(BaseModel):
+    """A chunk that arrived: S3 multipart part ``index + 1``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    etag: str
+    size: int
+    crc32c: str | None = None  # base64 of the big-endian CRC32C, as the API shows it
+    sha256: str | None = None  # base64, only when the client sent one to check
+    at_ms: int | None = None
+
+
+class UploadFailure(BaseModel):
+    """Why a complete failed, kept so that every later complete answers the same. The defaults
+    stand for a record whose error was written without one of them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: int = 409
+    code: str = "upload_failed"
+    detail: str = ""
+
+
+class UploadRecord(Record):
+    event_id: str
+    event_slug: str
+    photo_id: str  # chosen at creation: the object key names it before the photo exists
+    key: str
+    s3_upload_id: str
+    filename: str
+    size: int
+    mime_type: str
+    sha256: str | None = None  # hex of the whole file, checked at completion
+    chunk_size: int
+    chunk_count: int
+    state: UploadState
+    # By the chunk's index as a string (a MongoDB field name), so each chunk is its own
+    # ``$set`` and chunks may arrive in parallel. Left out of the reads of a chunk PUT.
+    parts: dict[str, StoredChunk] = Field(default_factory=dict)
+    # The first bytes of chunk 0, sniffed at completion; removed once completed.
+    head: bytes | None = None
+    created_ms: int
+    expires_ms: int
+    completing_ms: int | None = None
+    completed_ms: int | None = None
+    error: UploadFailure | None = None
+
+    def chunk(self, index: int) -> StoredChunk | None:
+        return self.parts.get(str(index))
+
+    def received(self) -> list[tuple[int, StoredChunk]]:
+        """The chunks that arrived, by index."""
+        return sorted(((int(i), p) for i, p in self.parts.items()), key=lambda item: item[0])
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.chunk_count) if str(i) not in self.parts]
+
+    @property
+    def received_bytes(self) -> int:
+        return sum(p.size for p in self.parts.values())

@@ -1,0 +1,22 @@
+"""The public REST API: one module per resource, each declaring its routes beside its handlers
+(see ``declare``); the OpenAPI document is generated from the same declarations (``openapi``)."""
+
+from __future__ import annotations
+
+from darkroom_ingest.api import (
+    deliveries,
+    events,
+    me,
+    operations,
+    photos,
+    serving,
+    uploads,
+    webhooks,
+)
+from darkroom_ingest.api.declare import Route
+
+RESOURCES = (me, events, photos, uploads, serving, webhooks, deliveries, operations)
+
+
+def all_routes() -> list[Route]:
+    return [route for module in RESOURCES for route in module.routes.routes]

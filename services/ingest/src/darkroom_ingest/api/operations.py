@@ -1,0 +1,109 @@
+"""Operations: long work started by a request (a dimension repair, a webhook recovery) and
+read until it ends."""
+
+from __future__ import annotations
+
+from darkroom_kit.clock import datetime_to_ms, ms_to_iso
+from darkroom_kit.stored.operations import OperationRecord
+
+from darkroom_ingest.api.declare import Call, Reply, RouteTable
+from darkroom_ingest.errors import (
+    EVENT_NOT_FOUND,
+    INSUFFICIENT_SCOPE,
+    OPERATION_NOT_FOUND,
+    WEBHOOK_NOT_FOUND,
+)
+from darkroom_ingest.schemas.common import WaitQuery
+from darkroom_ingest.schemas.operations import OperationOut, RepairRequest
+from darkroom_ingest.schemas.webhooks import RecoverRequest
+from darkroom_ingest.tokens import Scope
+
+routes = RouteTable("operations")
+
+ENDED = "The Operation ended within ?wait: its result"
+
+
+def operation_out(op: OperationRecord) -> OperationOut:
+    return OperationOut(
+        id=op.id,
+        kind=op.kind,
+        state=op.state,
+        created_at=ms_to_iso(op.created_ms) or "",
+        updated_at=ms_to_iso(op.updated_ms),
+        progress=op.progress,
+        result=op.result,
+    )
+
+
+async def _answer(call: Call, op_id: str, wait: float) -> Reply[OperationOut]:
+    """202 with the Operation, or 200 with its result when it ends within ``wait``."""
+    op = await call.deps.jobs.wait(op_id, wait)
+    status = 200 if op.final else 202
+    return Reply(operation_out(op), status=status, headers={"Location": f"/v1/operations/{op_id}"})
+
+
+@routes.post(
+    "/v1/photos/repair-dimensions",
+    operation_id="repairDimensions",
+    summary="Repair missing dimensions",
+    scope=Scope.PHOTOS_WRITE,
+    body=RepairRequest,
+    query=WaitQuery,
+    response=OperationOut,
+    status=202,
+    also={200: ENDED},
+    location=True,
+    errors=(EVENT_NOT_FOUND,),
+)
+async def repair_dimensions(
+    call: Call, body: RepairRequest, query: WaitQuery
+) -> Reply[OperationOut]:
+    """Re-read missing width/height (and capture dates, if asked) from the stored files, as an
+    Operation; each photo repaired sends ``photo.repaired``."""
+    op_id = await call.deps.jobs.start_repair(
+        call.principal, body.event_id, body.include_capture_date
+    )
+    return await _answer(call, op_id, query.wait)
+
+
+@routes.post(
+    "/v1/webhooks/{webhook_id}/recover",
+    operation_id="recoverWebhook",
+    summary="Send failed deliveries again",
+    scope=Scope.WEBHOOKS_MANAGE,
+    body=RecoverRequest,
+    query=WaitQuery,
+    response=OperationOut,
+    status=202,
+    also={200: ENDED},
+    location=True,
+    errors=(WEBHOOK_NOT_FOUND,),
+)
+async def recover_webhook(
+    call: Call, body: RecoverRequest, query: WaitQuery
+) -> Reply[OperationOut]:
+    """Send every failed delivery of a time range again, as an Operation: each keeps its
+    webhook-id (receivers dedupe on it) and gets a fresh retry schedule."""
+    endpoint = await call.deps.endpoints.get(call.path("webhook_id"))
+    op_id = await call.deps.jobs.start_recover(
+        endpoint.id,
+        datetime_to_ms(body.since),
+        datetime_to_ms(body.until) if body.until is not None else None,
+    )
+    return await _answer(call, op_id, query.wait)
+
+
+@routes.get(
+    "/v1/operations/{operation_id}",
+    operation_id="getOperation",
+    summary="Read an Operation",
+    scope=(Scope.PHOTOS_READ, Scope.WEBHOOKS_MANAGE),
+    query=WaitQuery,
+    response=OperationOut,
+    errors=(OPERATION_NOT_FOUND, INSUFFICIENT_SCOPE),
+)
+async def get_operation(call: Call, query: WaitQuery) -> OperationOut:
+    """Its state, progress and, when done, its result. Readable with the scope that reads what
+    it works on: photos.read for a repair, webhooks.manage for a webhook recovery."""
+    op = await call.deps.jobs.read(call.principal, call.path("operation_id"), query.wait)
+    return operation_out(op)

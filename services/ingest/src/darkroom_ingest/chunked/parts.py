@@ -1,0 +1,47 @@
+"""The upload's bytes in S3: one multipart upload, chunk i its part i+1, so a chunk is kept as it
+arrives and the file is assembled by S3 without passing through this service again."""
+
+from __future__ import annotations
+
+import hashlib
+
+from darkroom_kit.storage import ObjectNotFound, PartBody, S3ObjectStore, StoredPart
+from darkroom_kit.stored.uploads import UploadRecord
+
+
+class MultipartParts:
+    def __init__(self, store: S3ObjectStore) -> None:
+        self._store = store
+
+    async def begin(self, key: str, content_type: str) -> str:
+        """A new multipart upload for ``key``; its S3 id."""
+        return await self._store.create_multipart(key, content_type)
+
+    async def put(self, upload: UploadRecord, index: int, body: PartBody) -> StoredPart:
+        return await self._store.upload_part(upload.key, upload.s3_upload_id, index + 1, body)
+
+    async def assemble(self, upload: UploadRecord) -> None:
+        """The object from the parts recorded; done already by an earlier attempt that died
+        before recording it, if S3 no longer knows the multipart upload and the object has the
+        upload's size."""
+        parts = [StoredPart(i + 1, p.etag, p.size) for i, p in upload.received()]
+        try:
+            await self._store.complete_multipart(upload.key, upload.s3_upload_id, parts)
+        except ObjectNotFound:
+            info = await self._store.head(upload.key)
+            if info.size != upload.size:
+                raise
+
+    async def abort(self, upload: UploadRecord) -> None:
+        await self._store.abort_multipart(upload.key, upload.s3_upload_id)
+
+    async def sha256_hex(self, key: str) -> str:
+        """The assembled object's SHA-256, read back (S3 has no digest of a multipart object)."""
+        digest = hashlib.sha256()
+        async with self._store.open_stream(key) as (_, chunks):
+            async for chunk in chunks:
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    async def discard(self, key: str) -> None:
+        await self._store.delete_many([key])

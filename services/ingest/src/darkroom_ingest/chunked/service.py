@@ -1,0 +1,260 @@
+"""The chunked upload use cases: the machine's rules (machine.py) carried out on the records
+(store.py) and the bytes (parts.py), and the photo made from a completed upload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from darkroom_kit import records
+from darkroom_kit.clock import now_ms
+from darkroom_kit.errors import ServiceError, not_found
+from darkroom_kit.ids import new_id
+from darkroom_kit.lease import Lease
+from darkroom_kit.mongo import Database, Document
+from darkroom_kit.problems import FieldError
+from darkroom_kit.statuses import UploadState
+from darkroom_kit.storage import PartBody, S3ObjectStore, StorageError
+from darkroom_kit.stored.events import EventRecord
+from darkroom_kit.stored.uploads import StoredChunk, UploadRecord
+
+from darkroom_ingest import errors, filenames, sniff
+from darkroom_ingest.chunked import machine
+from darkroom_ingest.chunked.digests import ChunkHasher, Digests
+from darkroom_ingest.chunked.parts import MultipartParts
+from darkroom_ingest.chunked.store import UploadRecords
+from darkroom_ingest.chunked.views import chunk_out
+from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
+from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.stores import Conflict
+from darkroom_ingest.uploads import StoredFile
+
+log = logging.getLogger(__name__)
+
+
+def _record(doc: Document | UploadRecord) -> UploadRecord:
+    return doc if isinstance(doc, UploadRecord) else UploadRecord.of(doc)
+
+
+class ChunkedUploads:
+    def __init__(
+        self, db: Database, store: S3ObjectStore, photos: PhotoService, settings: IngestSettings
+    ) -> None:
+        self.records = UploadRecords(db)
+        self.col = self.records.col
+        self.parts = MultipartParts(store)
+        self.rules = machine.Rules.of(settings)
+        self._photos = photos
+        self._complete_wait_s = settings.complete_wait_seconds
+        self._lease_ms = int(settings.lock_lease_seconds * 1000)
+
+    async def ensure_indexes(self) -> None:
+        await self.records.ensure_indexes()
+
+    # ---- create and read -------------------------------------------------------------------
+
+    async def create(
+        self, event: Document, filename: str, size: int, mime_type: str, sha256: str | None
+    ) -> Document:
+        name = self.rules.admit(filename, size, mime_type)
+        record = EventRecord.of(event)
+        ensure_accepts_uploads(record)
+        layout = self.rules.layout(size)
+        photo_id = new_id("ph")
+        key = records.original_key(record.id, photo_id)
+        # The multipart upload first: a record never names one that does not exist (the orphan
+        # sweep removes one whose record was never written).
+        s3_upload_id = await self.parts.begin(key, mime_type)
+        now = now_ms()
+        upload = UploadRecord(
+            id=new_id("up"),
+            event_id=record.id,
+            event_slug=record.slug,
+            photo_id=photo_id,
+            key=key,
+            s3_upload_id=s3_upload_id,
+            filename=name,
+            size=size,
+            mime_type=mime_type,
+            sha256=sha256,
+            chunk_size=layout.chunk_size,
+            chunk_count=layout.chunk_count,
+            state=UploadState.OPEN,
+            created_ms=now,
+            expires_ms=now + self.rules.expiry_ms,
+        )
+        await self.records.insert(upload)
+        return upload.document()
+
+    async def record(self, upload_id: str, *, with_parts: bool = True) -> UploadRecord:
+        return await self.records.get(upload_id, with_parts=with_parts)
+
+    async def get(self, upload_id: str, *, with_parts: bool = True) -> Document:
+        return (await self.record(upload_id, with_parts=with_parts)).document()
+
+    # ---- chunks ----------------------------------------------------------------------------
+
+    async def put_chunk(
+        self,
+        doc: Document | UploadRecord,
+        index: int,
+        content_length: int | None,
+        digests: Digests,
+        body: AsyncIterator[bytes],
+    ) -> dict[str, Any]:
+        upload = _record(doc)
+        expected = machine.check_chunk(upload, index, content_length, now_ms())
+        part = PartBody()
+        hasher = ChunkHasher(sha256=digests.sha256 is not None)
+        head = b""
+        async for piece in body:
+            if index == 0 and len(head) < sniff.SNIFF_BYTES:
+                head += bytes(piece[: sniff.SNIFF_BYTES])
+            part.append(piece)
+            hasher.update(piece)
+        got = hasher.digests()
+        machine.check_body(index, expected, len(part), digests, got)
+        stored = await self.parts.put(upload, index, part)
+        chunk = StoredChunk(
+            etag=stored.etag, size=stored.size, crc32c=got.crc32c, sha256=got.sha256, at_ms=now_ms()
+        )
+        head_kept = head[: sniff.SNIFF_BYTES] if index == 0 else None
+        if not await self.records.record_chunk(upload.id, index, chunk, head_kept):
+            raise machine.closed_while_sending()
+        return {"index": index, **chunk_out(chunk)}
+
+    # ---- complete --------------------------------------------------------------------------
+
+    async def complete(self, upload_id: str) -> Document:
+        """Create the photo exactly once; concurrent and repeated calls all get it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._complete_wait_s
+        pause = 0.05
+        while True:
+            upload = await self.records.get(upload_id)
+            if machine.completion(upload, now_ms()) is machine.Completion.DONE:
+                return await self._photo_of(upload)
+            lease = self.records.lease(upload_id, self._lease_ms)
+            claimed = await self.records.claim(upload_id, lease, now_ms())
+            if claimed is not None:
+                return await self._finish(claimed, lease)
+            # Another request is completing it: wait for its answer while its lease is renewed,
+            # and take over once it is not (its process died).
+            if loop.time() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+        raise errors.COMPLETE_IN_PROGRESS.error("Ask again shortly.", retry_after=2)
+
+    async def _finish(self, upload: UploadRecord, lease: Lease) -> Document:
+        # The lease is renewed while the photo is made; the writes that end the completion come
+        # after, so no renewal races them.
+        try:
+            async with lease:
+                photo = await self._make_photo(upload)
+        except ServiceError as error:
+            # Aborting the multipart upload of one that lost its lease would pull its parts from
+            # under the completer that took it over.
+            if await self.records.fail(lease, machine.failure_of(error)):
+                await self.parts.abort(upload)
+            raise
+        except StorageError:
+            await self.records.reopen(lease)
+            raise
+        await self.records.mark_completed(upload.id, now_ms())
+        return photo
+
+    async def _make_photo(self, upload: UploadRecord) -> Document:
+        # A completer that died after creating the photo but before recording it: the photo is
+        # there, so only the record is finished (never a second photo, never counted twice).
+        existing = await self._photos.photos.col.find_one({"_id": upload.photo_id})
+        if existing is not None:
+            return existing
+        kind = self.rules.content(upload.head or b"")
+        await self.parts.assemble(upload)
+        if upload.sha256:
+            await self._verify_sha256(upload)
+        stored = StoredFile(
+            upload.photo_id,
+            upload.key,
+            filenames.with_extension(upload.filename, kind.extension),
+            upload.filename,
+            kind,
+            upload.size,
+            upload.sha256,
+        )
+        event = EventRecord.maybe(await self._photos.events.get(upload.event_id))
+        if event is None:
+            raise not_found("event", upload.event_id)
+        try:
+            photos = await self._photos.commit_batch(event, [stored], None)
+        except Conflict:
+            # Another completer created it first: one that took over a lease this one lost
+            # (its renewals failed for longer than the lease). The photo is the same one.
+            landed = await self._photos.photos.col.find_one({"_id": upload.photo_id})
+            if landed is None:
+                raise
+            return landed
+        return photos[0].document()
+
+    async def _verify_sha256(self, upload: UploadRecord) -> None:
+        if await self.parts.sha256_hex(upload.key) != upload.sha256:
+            await self.parts.discard(upload.key)
+            raise errors.FILE_CHECKSUM_MISMATCH.error(
+                "The assembled file differs from the sha256 given at creation; nothing was kept.",
+                errors=[FieldError("/sha256", "does not match the content", "checksum_mismatch")],
+            )
+
+    async def _photo_of(self, upload: UploadRecord) -> Document:
+        photo = await self._photos.photos.col.find_one({"_id": upload.photo_id})
+        if photo is None:
+            raise not_found("photo", upload.photo_id)
+        return photo
+
+    # ---- cancel and expire -----------------------------------------------------------------
+
+    async def cancel(self, upload_id: str) -> None:
+        upload = await self.records.get(upload_id, with_parts=False)
+        if await self.records.abort(upload_id):
+            await self.parts.abort(upload)
+            return
+        state = upload.state
+        if state is UploadState.OPEN:  # it moved since it was read: its state now
+            state = (await self.records.get(upload_id, with_parts=False)).state
+        refusal = machine.cancel_refusal(state)
+        if refusal is not None:
+            raise refusal
+
+    async def expire_due(self, limit: int = 500) -> int:
+        expired = 0
+        for _ in range(limit):
+            upload = await self.records.expire_next(now_ms())
+            if upload is None:
+                break
+            await self.parts.abort(upload)
+            expired += 1
+        return expired + await self.finish_abandoned(limit)
+
+    async def finish_abandoned(self, limit: int = 100) -> int:
+        """Completes whose process died and whose client never asked again: the client asked
+        for the photo, so it is made (exactly once, as a complete would), rather than the
+        upload left "completing" for ever with its object owned by nobody."""
+        finished = 0
+        async for upload_id in self.records.abandoned(now_ms(), limit):
+            try:
+                photo = await self.complete(upload_id)
+            except (ServiceError, StorageError) as exc:
+                log.warning(
+                    "abandoned complete could not be finished: %s",
+                    exc,
+                    extra={"upload_id": upload_id},
+                )
+                continue
+            log.info(
+                "abandoned complete finished",
+                extra={"upload_id": upload_id, "photo_id": photo["_id"]},
+            )
+            finished += 1
+        return finished

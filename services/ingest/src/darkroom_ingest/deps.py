@@ -1,0 +1,48 @@
+"""Everything a request may use, built once at start-up (``app._domain_ctx``) and handed to each
+handler with its call: one object instead of constructors with a dozen arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from darkroom_kit.messaging import Publisher, Topology
+from darkroom_kit.mongo import Database
+from darkroom_kit.storage import S3ObjectStore
+from prometheus_client import Counter
+
+from darkroom_ingest.settings import IngestSettings
+
+if TYPE_CHECKING:
+    from darkroom_ingest.chunked import ChunkedUploads
+    from darkroom_ingest.deliveries import Deliveries
+    from darkroom_ingest.endpoints import WebhookEndpoints
+    from darkroom_ingest.events import EventService
+    from darkroom_ingest.gallery import Gallery
+    from darkroom_ingest.jobs import Jobs
+    from darkroom_ingest.photos import PhotoService
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    settings: IngestSettings
+    db: Database
+    store: S3ObjectStore
+    publisher: Publisher
+    topology: Topology
+    events: EventService
+    photos: PhotoService
+    gallery: Gallery
+    chunked: ChunkedUploads
+    endpoints: WebhookEndpoints
+    deliveries: Deliveries
+    jobs: Jobs
+    upload_bytes: Counter
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.public_base_url
+
+
+DEPS: web.AppKey[Deps] = web.AppKey("deps", Deps)

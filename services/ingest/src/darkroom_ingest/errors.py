@@ -1,0 +1,129 @@
+"""Every error upload-ingest's business layer raises, one :class:`ErrorKind` each.
+
+The codes, statuses and titles are the API's answers as clients know them. A code that comes with
+several titles (``wrong_chunk_size``, ``unsupported_type``, ``checksum_mismatch``,
+``photo_cap_exceeded``, ``upload_not_open``) is one kind per title, since the title is part of
+the kind; clients act on the code.
+
+``CATALOGUE`` is every module-level kind of this module, collected at its end, so a kind is
+declared once and belongs to it; declare new ones above that line.
+"""
+
+from __future__ import annotations
+
+from darkroom_kit.errors import ErrorKind, not_found_kind
+
+# ---- not found (shared) -----------------------------------------------------------------------
+
+UPLOAD_NOT_FOUND = not_found_kind("upload")
+EVENT_NOT_FOUND = not_found_kind("event")
+PHOTO_NOT_FOUND = not_found_kind("photo")
+
+# ---- photo commits (photos.py) ----------------------------------------------------------------
+
+EVENT_ARCHIVED = ErrorKind("event_archived", 409, "The event is archived")
+# Before any byte is sent: the event is full already.
+PHOTO_CAP_REACHED = ErrorKind("photo_cap_exceeded", 400, "The event's photo cap is reached")
+# When the photos are counted in: this batch does not fit.
+PHOTO_CAP_WOULD_BE_EXCEEDED = ErrorKind(
+    "photo_cap_exceeded", 400, "The event's photo cap would be exceeded"
+)
+
+# ---- batch uploads (uploads.py) ---------------------------------------------------------------
+
+BODY_TOO_LARGE = ErrorKind("body_too_large", 413, "The batch is too large")
+NESTED_MULTIPART = ErrorKind("nested_multipart", 400, "Nested multipart is not supported")
+MALFORMED_MULTIPART = ErrorKind("malformed_multipart", 400, "The multipart body is not valid")
+
+# ---- chunked uploads: creation (chunked/) ------------------------------------------------------
+
+INVALID_FILENAME = ErrorKind("invalid_filename", 422, "The file name is not accepted")
+UNSUPPORTED_TYPE = ErrorKind("unsupported_type", 422, "This type is not accepted")
+FILE_TOO_LARGE = ErrorKind("file_too_large", 413, "The file is too large")
+
+# ---- chunked uploads: chunks (chunked/) --------------------------------------------------------
+
+UPLOAD_EXPIRED = ErrorKind("upload_expired", 410, "The upload has expired")
+# ``upload_not_open``, one per state it is refused in (the title names the state).
+NOT_OPEN_COMPLETING = ErrorKind("upload_not_open", 409, "The upload is completing")
+NOT_OPEN_COMPLETED = ErrorKind("upload_not_open", 409, "The upload is completed")
+NOT_OPEN_FAILED = ErrorKind("upload_not_open", 409, "The upload is failed")
+NOT_OPEN_ABORTED = ErrorKind("upload_not_open", 409, "The upload is aborted")
+NOT_OPEN_EXPIRED = ErrorKind("upload_not_open", 409, "The upload is expired")
+# Its state changed between the read and the write (a chunk's, a cancel's).
+NO_LONGER_OPEN = ErrorKind("upload_not_open", 409, "The upload is no longer open")
+# Every ``upload_not_open``, for a route that lists what it may answer.
+UPLOAD_NOT_OPEN = (
+    NOT_OPEN_COMPLETING,
+    NOT_OPEN_COMPLETED,
+    NOT_OPEN_FAILED,
+    NOT_OPEN_ABORTED,
+    NOT_OPEN_EXPIRED,
+    NO_LONGER_OPEN,
+)
+CHUNK_OUT_OF_RANGE = ErrorKind("chunk_out_of_range", 404, "No such chunk")
+LENGTH_REQUIRED = ErrorKind("length_required", 411, "Send Content-Length")
+WRONG_CHUNK_SIZE = ErrorKind("wrong_chunk_size", 400, "The chunk has the wrong size")
+CHUNK_ENDED_EARLY = ErrorKind("wrong_chunk_size", 400, "The chunk ended early")
+CHUNK_CHECKSUM_MISMATCH = ErrorKind("checksum_mismatch", 400, "The chunk's checksum does not match")
+
+# ---- chunked uploads: completion (chunked/) ----------------------------------------------------
+
+MISSING_CHUNKS = ErrorKind("missing_chunks", 409, "Some chunks have not arrived")
+COMPLETE_IN_PROGRESS = ErrorKind("complete_in_progress", 503, "Completion is still in progress")
+UNSUPPORTED_CONTENT = ErrorKind("unsupported_type", 422, "The content is not an accepted type")
+FILE_CHECKSUM_MISMATCH = ErrorKind("checksum_mismatch", 422, "The file's SHA-256 does not match")
+# A failed upload answers its failure again, under this title with the code and status that
+# failed it (one of the kinds above); this code itself only for a record that lost them.
+UPLOAD_FAILED = ErrorKind("upload_failed", 409, "The upload failed")
+
+
+VALIDATION_FAILED = ErrorKind("validation_failed", 422, "The request is not valid")
+INSUFFICIENT_SCOPE = ErrorKind("insufficient_scope", 403, "The token lacks a scope")
+
+# ---- events, photos, serving, webhooks, operations (the API's services) -----------------------
+
+# events
+SLUG_TAKEN = ErrorKind("slug_taken", 409, "The slug is taken")
+PHOTO_CAP_BELOW_COUNT = ErrorKind("photo_cap_below_count", 409, "The cap is below the photos held")
+
+# photos
+UNKNOWN_CATEGORY = ErrorKind("unknown_category", 422, "Unknown category")
+NO_VALID_FILES = ErrorKind("no_valid_files", 400, "No file of the batch could be stored")
+UNSUPPORTED_MEDIA_TYPE = ErrorKind("unsupported_media_type", 415, "Unsupported media type")
+IDEMPOTENCY_KEY_IN_USE = ErrorKind(
+    "idempotency_key_in_use", 409, "Another request with this key took over"
+)
+
+# serving
+VARIANT_UNAVAILABLE = ErrorKind("variant_unavailable", 404, "No variant for this photo")
+THUMBNAIL_PROCESSING = ErrorKind("thumbnail_processing", 404, "The thumbnail is not ready yet")
+HERO_PROCESSING = ErrorKind("hero_processing", 404, "The hero is not ready yet")
+
+# uploads
+INVALID_CHUNK_INDEX = ErrorKind("invalid_chunk_index", 400, "The chunk index is not a number")
+
+# webhooks
+WEBHOOK_NOT_FOUND = not_found_kind("webhook")
+DELIVERY_NOT_FOUND = not_found_kind("delivery")
+DELIVERY_IN_PROGRESS = ErrorKind(
+    "delivery_in_progress", 409, "The delivery is still being attempted"
+)
+
+COMMAND_NOT_SENT = ErrorKind(
+    "broker_unavailable", 503, "The message broker did not take the command"
+)
+
+# operations
+OPERATION_NOT_FOUND = not_found_kind("operation")
+
+
+# ---- the catalogue: keep it last ---------------------------------------------------------------
+# Every kind above, each once (a kind bound to two names too). Collected rather than listed so that
+# a new kind cannot be left out; a kind declared below this line would be, which a unit test
+# (tests/unit/test_chunked_machine.py) catches. Not a module __getattr__: mypy would then accept
+# any name imported from here.
+
+CATALOGUE: tuple[ErrorKind, ...] = tuple(
+    dict.fromkeys(v for v in list(globals().values()) if isinstance(v, ErrorKind))
+)

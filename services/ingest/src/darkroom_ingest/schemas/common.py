@@ -1,0 +1,69 @@
+"""Models every resource uses: strict inputs, pages, problems."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """A request body or query: unknown fields are an error (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list."""
+
+    items: list[T] = Field(description="This page's items.")
+    total: int = Field(description="How many items the whole list has.")
+    limit: int = Field(description="The page size asked for.")
+    offset: int = Field(description="How many items come before this page.")
+
+
+class PageQuery(Strict):
+    limit: Annotated[int, Field(ge=1, le=200, description="Page size.")] = 50
+    offset: Annotated[int, Field(ge=0, description="Items to skip.")] = 0
+
+
+class WaitQuery(Strict):
+    wait: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description="Hold the answer up to this many seconds for the Operation to end (200 "
+            "with its result if it does, 202 if not).",
+        ),
+    ] = 0
+
+
+class FieldErrorOut(BaseModel):
+    field: str = Field(
+        description="A JSON pointer into the body (/name), or a query or form field."
+    )
+    detail: str = Field(description="What is wrong with it.")
+    code: str | None = Field(default=None, description="A stable code for the error.")
+
+
+class ProblemOut(BaseModel):
+    """An error, as RFC 9457 problem+json with a stable ``code``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the problem type.")
+    title: str = Field(description="A short summary of the problem type.")
+    status: int = Field(description="The HTTP status.")
+    code: str = Field(description="A stable, machine-readable code (such as slug_taken).")
+    detail: str | None = Field(default=None, description="What happened this time.")
+    instance: str | None = Field(default=None, description="The request path.")
+    errors: list[FieldErrorOut] | None = Field(
+        default=None, description="Each field that needs a change."
+    )
+
+
+JsonObject = dict[str, Any]

@@ -1,0 +1,31 @@
+"""``/v1/operations`` and the requests that start one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from darkroom_kit.statuses import OperationState
+from pydantic import BaseModel, Field
+
+from darkroom_ingest.schemas.common import Strict
+
+
+class RepairRequest(Strict):
+    event_id: str | None = Field(
+        default=None, description="The event to repair; null: every event (the token's, if bound)."
+    )
+    include_capture_date: bool = Field(
+        default=False, description="Also restore missing capture dates."
+    )
+
+
+class OperationOut(BaseModel):
+    """Long work: its state, progress and, when done, its result."""
+
+    id: str = Field(description="The Operation's id.")
+    kind: str = Field(description="repair_dimensions or webhook_recover.")
+    state: OperationState = Field(description="queued, running, done or failed.")
+    created_at: str = Field(description="When it was started (ISO 8601, UTC).")
+    updated_at: str | None = Field(description="When it last moved.")
+    progress: dict[str, int] = Field(description="Counters of the work so far.")
+    result: dict[str, Any] | None = Field(description="What it did, once it ends.")

@@ -1,0 +1,60 @@
+"""``/v1/events/{event_id}/uploads`` and ``/v1/uploads`` (chunked, resumable uploads)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from darkroom_kit.statuses import UploadState
+from pydantic import BaseModel, Field
+
+from darkroom_ingest.schemas.common import Strict
+
+
+class UploadCreate(Strict):
+    model_config = Strict.model_config | {
+        "json_schema_extra": {
+            "examples": [{"filename": "ceremony.mp4", "size": 734003200, "mime_type": "video/mp4"}]
+        }
+    }
+
+    filename: Annotated[str, Field(min_length=1, max_length=255, description="The file's name.")]
+    size: Annotated[int, Field(ge=1, description="The whole file's size in bytes.")]
+    mime_type: str = Field(description="Its media type (checked against its bytes).")
+    sha256: Annotated[
+        str | None,
+        Field(
+            pattern="^[0-9a-f]{64}$",
+            description="Hex SHA-256 of the whole file: checked when the upload completes.",
+        ),
+    ] = None
+
+
+class ChunkOut(BaseModel):
+    """A chunk that arrived."""
+
+    index: int = Field(description="Its index, from 0.")
+    size: int = Field(description="Its size in bytes.")
+    crc32c: str | None = Field(description="Its CRC32C (base64), when computed.")
+    sha256: str | None = Field(description="Its SHA-256 (base64), when sent in Content-Digest.")
+
+
+class UploadOut(BaseModel):
+    """A chunked upload's state, and exactly which chunks arrived."""
+
+    upload_id: str = Field(description="The upload's id.")
+    event_id: str = Field(description="The event it uploads to.")
+    filename: str = Field(description="The file's name.")
+    size: int = Field(description="The whole file's size in bytes.")
+    mime_type: str = Field(description="Its media type.")
+    chunk_size: int = Field(description="Every chunk but the last has exactly this size.")
+    chunk_count: int = Field(description="How many chunks the file is cut into.")
+    state: UploadState = Field(
+        description="open (send chunks), completing, completed, failed, aborted or expired."
+    )
+    expires_at: str = Field(description="When an unfinished upload is dropped (ISO 8601, UTC).")
+    received_bytes: int = Field(description="Bytes of the chunks that arrived.")
+    chunks: list[ChunkOut] = Field(description="The chunks that arrived.")
+    missing: list[int] = Field(description="The indexes still to send.")
+    photo_id: str | None = Field(description="The photo it made, once completed.")
+    error: dict[str, Any] | None = Field(description="Why it failed (a problem), if it did.")
+    status_url: str = Field(description="Where to read this state again.")

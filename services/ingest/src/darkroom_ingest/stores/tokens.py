@@ -1,0 +1,41 @@
+"""API tokens (collection ``tokens``)."""
+
+from __future__ import annotations
+
+from darkroom_kit import records
+from darkroom_kit.clock import now_ms
+from darkroom_kit.ids import new_id
+from darkroom_kit.mongo import Database
+from darkroom_kit.stored.tokens import TokenRecord
+from pymongo import ASCENDING
+
+
+class TokenStore:
+    def __init__(self, db: Database) -> None:
+        self._col = db[records.TOKENS]
+
+    async def create(
+        self, name: str, token_hash: str, scopes: list[str], event_id: str | None = None
+    ) -> TokenRecord:
+        token = TokenRecord(
+            id=new_id("tok"),
+            name=name,
+            token_hash=token_hash,
+            scopes=scopes,
+            event_id=event_id,
+            created_ms=now_ms(),
+            revoked=False,
+        )
+        await self._col.insert_one(token.document())
+        return token
+
+    async def by_hash(self, token_hash: str) -> TokenRecord | None:
+        return TokenRecord.maybe(await self._col.find_one({"hash": token_hash, "revoked": False}))
+
+    async def list(self) -> list[TokenRecord]:
+        cursor = self._col.find({}, {"hash": 0}).sort("created_ms", ASCENDING)
+        return [TokenRecord.of(d) async for d in cursor]
+
+    async def revoke(self, token_id: str) -> bool:
+        res = await self._col.update_one({"_id": token_id}, {"$set": {"revoked": True}})
+        return res.matched_count == 1
