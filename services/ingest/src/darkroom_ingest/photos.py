@@ -59,7 +59,6 @@ class PhotoService:
         self._base_url = base_url
         self._grace_ms = grace_ms
 
-
     @property
     def outbox(self) -> Outbox:
         """upload-ingest's outbox, which photo records carry their messages in."""
