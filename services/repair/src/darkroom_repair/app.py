@@ -26,6 +26,7 @@ from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 
+from darkroom_repair.deps import DEPS, Deps
 from darkroom_repair.repair import Repairer
 from darkroom_repair.settings import DEFAULT_RETRY_DELAYS_MS, RepairSettings
 
@@ -50,27 +51,23 @@ def create_app(settings: RepairSettings) -> web.Application:
     app = create_base_app(SERVICE)
     metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
 
-    async def repairer_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox = Outbox(app[PUBLISHER], owner=SERVICE)
         # Its own messages only (photo.repaired, in upload-ingest's photos).
         relay = OutboxRelay(outbox, [app[MONGO_DB][records.PHOTOS]])
         await relay.ensure_indexes()
         app[RELAY] = relay
-        app[REPAIRER] = Repairer(
-            app[MONGO_DB],
-            app[OBJECT_STORE],
-            app[RENDER_POOL],
-            outbox,
-            app[TOPOLOGY],
-            settings.public_base_url,
-            settings.head_bytes,
-            settings.max_pixels,
-            settings.batch_size,
-            settings.concurrency,
-            app[REGISTRY],
-            retries=len(settings.repair_retry_delays_ms),
-            outbox_grace_ms=settings.outbox_grace_ms,
+        deps = Deps(
+            settings=settings,
+            db=app[MONGO_DB],
+            store=app[OBJECT_STORE],
+            pool=app[RENDER_POOL],
+            topology=app[TOPOLOGY],
+            outbox=outbox,
+            registry=app[REGISTRY],
         )
+        app[DEPS] = deps
+        app[REPAIRER] = Repairer(deps)
         yield
 
     def handler(app: web.Application) -> Typed:
@@ -92,7 +89,7 @@ def create_app(settings: RepairSettings) -> web.Application:
             object_store_ctx(settings),
             amqp_ctx(settings, metrics),
             pool_ctx(settings.parse_processes),
-            repairer_ctx,
+            domain_ctx,
             consumer_ctx(
                 settings, lambda t: queue_spec(t, settings.repair_retry_delays_ms), handler, metrics
             ),

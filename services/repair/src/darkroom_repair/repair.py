@@ -21,18 +21,20 @@ from dataclasses import dataclass, field
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.imaging import HeaderFacts, ImageRefused, read_header
-from darkroom_kit.messaging import Envelope, Message, Retry, Topology
-from darkroom_kit.mongo import Database, Document
+from darkroom_kit.messaging import Envelope, Message, Retry
+from darkroom_kit.mongo import Document
 from darkroom_kit.operations import Operations
-from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
+from darkroom_kit.outbox import WITHOUT_OUTBOXES
 from darkroom_kit.payloads import RepairRequested
-from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
+from darkroom_kit.pool import JobTimedOut, PoolRestarted
 from darkroom_kit.statuses import PhotoKind, PhotoStatus
-from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailable
+from darkroom_kit.storage import ObjectNotFound, StorageUnavailable
 from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.video import probe_video
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 from pymongo import UpdateOne
+
+from darkroom_repair.deps import Deps
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 CLAIM_MS = 120_000
 # Header parsing takes a millisecond or two; anything near this is a hostile file.
 PARSE_TIME_LIMIT = 20.0
+# ffmpeg reading a video's header over a presigned URL gives up after this.
+VIDEO_TIME_LIMIT = 60.0
 
 OnBatch = Callable[["RepairResult", dict[str, str]], Awaitable[None]]
 
@@ -106,39 +110,27 @@ class RepairResult:
 
 
 class Repairer:
-    def __init__(
-        self,
-        db: Database,
-        store: S3ObjectStore,
-        pool: RenderPool,
-        outbox_: Outbox,
-        topology: Topology,
-        base_url: str,
-        head_bytes: int,
-        max_pixels: int,
-        batch_size: int,
-        concurrency: int,
-        registry: CollectorRegistry,
-        retries: int = 3,
-        video_time_limit: float = 60.0,
-        outbox_grace_ms: int = 10_000,
-    ) -> None:
-        self._photos = db[records.PHOTOS]
-        self._operations = Operations(db)
-        self._grace_ms = outbox_grace_ms
-        self._retries = retries
-        self._store = store
-        self._pool = pool
-        self._outbox = outbox_
-        self._topology = topology
-        self._base_url = base_url
-        self._head_bytes = head_bytes
-        self._max_pixels = max_pixels
-        self._batch_size = batch_size
-        self._video_time_limit = video_time_limit
-        self._limit = asyncio.Semaphore(concurrency)
+    def __init__(self, deps: Deps) -> None:
+        settings = deps.settings
+        self._photos = deps.db[records.PHOTOS]
+        self._operations = Operations(deps.db)
+        self._grace_ms = settings.outbox_grace_ms
+        # The attempt after the last retry fails the operation.
+        self._retries = len(settings.repair_retry_delays_ms)
+        self._store = deps.store
+        self._pool = deps.pool
+        self._outbox = deps.outbox
+        self._topology = deps.topology
+        self._base_url = settings.public_base_url
+        self._head_bytes = settings.head_bytes
+        self._max_pixels = settings.max_pixels
+        self._batch_size = settings.batch_size
+        self._limit = asyncio.Semaphore(settings.concurrency)
         self._repaired = Counter(
-            "photos_repaired_total", "Photos repaired, by outcome", ["outcome"], registry=registry
+            "photos_repaired_total",
+            "Photos repaired, by outcome",
+            ["outcome"],
+            registry=deps.registry,
         )
 
     async def handle(self, message: Message[RepairRequested]) -> None:
@@ -430,5 +422,5 @@ class Repairer:
     async def _video_facts(self, key: str) -> Found:
         await self._store.head(key)  # a missing object is "original_missing", not a bad video
         url = await self._store.presigned_get(key)
-        facts = await probe_video(url, self._video_time_limit)
+        facts = await probe_video(url, VIDEO_TIME_LIMIT)
         return Found(facts.width, facts.height, facts.captured_at_ms, facts.duration_ms)

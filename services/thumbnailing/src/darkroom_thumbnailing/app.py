@@ -25,7 +25,7 @@ from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 
-from darkroom_thumbnailing.render import RenderSpec
+from darkroom_thumbnailing.deps import DEPS, Deps
 from darkroom_thumbnailing.service import Thumbnailer
 from darkroom_thumbnailing.settings import ThumbnailSettings
 
@@ -47,39 +47,27 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
     app = create_base_app(SERVICE)
     metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
 
-    async def relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
+        outbox = Outbox(app[PUBLISHER], owner=SERVICE)
         # Its own messages only (photo.processed, in upload-ingest's photos).
-        relay = OutboxRelay(Outbox(app[PUBLISHER], owner=SERVICE), [app[MONGO_DB][records.PHOTOS]])
+        relay = OutboxRelay(outbox, [app[MONGO_DB][records.PHOTOS]])
         await relay.ensure_indexes()
         app[RELAY] = relay
+        app[DEPS] = Deps(
+            settings=settings,
+            db=app[MONGO_DB],
+            store=app[OBJECT_STORE],
+            pool=app[RENDER_POOL],
+            topology=app[TOPOLOGY],
+            outbox=outbox,
+        )
         yield
 
     async def relay_pass(app: web.Application) -> int:
         return await app[RELAY].run_once()
 
     def handler(app: web.Application) -> Typed:
-        spec = RenderSpec(
-            thumbnail_px=settings.thumbnail_px,
-            hero_px=settings.hero_px,
-            quality=settings.quality,
-            format=settings.output_format,
-            max_pixels=settings.max_pixels,
-            fail_on=settings.decode_fail_on,
-        )
-        return typed(
-            Thumbnailer(
-                app[MONGO_DB],
-                app[OBJECT_STORE],
-                app[RENDER_POOL],
-                Outbox(app[PUBLISHER], owner=SERVICE),
-                app[TOPOLOGY],
-                spec,
-                settings.public_base_url,
-                settings.render_timeout_seconds,
-                len(settings.retry_delays_ms),
-                outbox_grace_ms=settings.outbox_grace_ms,
-            ).handle
-        )
+        return typed(Thumbnailer(app[DEPS]).handle)
 
     app.cleanup_ctx.extend(
         [
@@ -87,7 +75,7 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             object_store_ctx(settings),
             amqp_ctx(settings, metrics),
             pool_ctx(settings.render_processes, settings.render_memory_mb * 2**20),
-            relay_ctx,
+            domain_ctx,
             consumer_ctx(settings, lambda t: queue_spec(t, settings), handler, metrics),
             periodic_ctx(
                 "outbox relay republished", relay_pass, settings.outbox_relay_interval_seconds

@@ -7,18 +7,19 @@ import logging
 
 from darkroom_kit import records
 from darkroom_kit.imaging import ImageRefused
-from darkroom_kit.messaging import Envelope, Message, Reject, Retry, Topology
-from darkroom_kit.mongo import Database, Document
-from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
+from darkroom_kit.messaging import Envelope, Message, Reject, Retry
+from darkroom_kit.mongo import Document
+from darkroom_kit.outbox import WITHOUT_OUTBOXES
 from darkroom_kit.payloads import PhotoUploaded
-from darkroom_kit.pool import JobTimedOut, PoolRestarted, RenderPool
+from darkroom_kit.pool import JobTimedOut, PoolRestarted
 from darkroom_kit.statuses import PhotoKind, PhotoStatus
-from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageUnavailable
+from darkroom_kit.storage import ObjectNotFound, StorageUnavailable
 from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.video import poster_frame
 from pymongo import ReturnDocument
 
-from darkroom_thumbnailing.render import Rendered, RenderSpec, render_variants
+from darkroom_thumbnailing.deps import Deps
+from darkroom_thumbnailing.render import Rendered, render_variants
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +28,19 @@ POSTER_AT_SECONDS = 1.0
 
 
 class Thumbnailer:
-    def __init__(
-        self,
-        db: Database,
-        store: S3ObjectStore,
-        pool: RenderPool,
-        outbox_: Outbox,
-        topology: Topology,
-        spec: RenderSpec,
-        base_url: str,
-        timeout_seconds: float,
-        retries: int,
-        *,
-        outbox_grace_ms: int = 10_000,
-    ) -> None:
-        self._retries = retries
-        self._grace_ms = outbox_grace_ms
-        self._photos = db[records.PHOTOS]
-        self._store = store
-        self._pool = pool
-        self._outbox = outbox_
-        self._topology = topology
-        self._spec = spec
-        self._base_url = base_url
-        self._timeout = timeout_seconds
+    def __init__(self, deps: Deps) -> None:
+        settings = deps.settings
+        # The attempt after the last retry blames a crashed render on this file.
+        self._retries = len(settings.retry_delays_ms)
+        self._grace_ms = settings.outbox_grace_ms
+        self._photos = deps.db[records.PHOTOS]
+        self._store = deps.store
+        self._pool = deps.pool
+        self._outbox = deps.outbox
+        self._topology = deps.topology
+        self._spec = deps.render_spec
+        self._base_url = settings.public_base_url
+        self._timeout = settings.render_timeout_seconds
 
     async def handle(self, message: Message[PhotoUploaded]) -> None:
         found = await self._photos.find_one({"_id": message.payload.photo.id}, WITHOUT_OUTBOXES)

@@ -27,6 +27,7 @@ from darkroom_kit.readiness import readiness_ctx
 
 from darkroom_webhooks import housekeeping
 from darkroom_webhooks.delivery import Dispatcher, Sender, WebhookMetrics, close_quietly
+from darkroom_webhooks.deps import DEPS, Deps
 from darkroom_webhooks.housekeeping import WaitingGauges
 from darkroom_webhooks.limits import EndpointGate, PlacesCollector
 from darkroom_webhooks.recover import Recoverer
@@ -92,7 +93,18 @@ def create_app(settings: WebhookSettings) -> web.Application:
     metrics = ConsumerMetrics(registry, SERVICE)
     webhook_metrics = WebhookMetrics(registry)
 
-    async def dispatcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = app[MONGO_DB]
+        lease_ms = int(settings.delivery_lease_seconds * 1000)
+        gate = EndpointGate(db, settings.endpoint_replica_concurrency, lease_ms)
+        await gate.ensure_indexes()
+        await housekeeping.ensure_indexes(db)
+        outbox = Outbox(app[PUBLISHER], owner=SERVICE)
+        relay = OutboxRelay(outbox, [db[records.WEBHOOK_ENDPOINTS]])
+        await relay.ensure_indexes()
+        app[RELAY] = relay
+        # The HTTP session after everything that awaits (and may fail), so the block below that
+        # closes it is always reached.
         allowed = parse_networks(settings.allow_private_networks)
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(allowed),
@@ -106,34 +118,21 @@ def create_app(settings: WebhookSettings) -> web.Application:
         timeout = aiohttp.ClientTimeout(
             total=settings.timeout_seconds, connect=settings.connect_timeout_seconds
         )
-        sender = Sender(session, allowed, settings.response_body_limit, timeout)
-        lease_ms = int(settings.delivery_lease_seconds * 1000)
-        db = app[MONGO_DB]
-        gate = EndpointGate(db, settings.endpoint_replica_concurrency, lease_ms)
-        await gate.ensure_indexes()
-        await housekeeping.ensure_indexes(db)
-        app[GATE] = gate
-        app[RECOVERER] = Recoverer(
-            db, app[PUBLISHER], app[TOPOLOGY], retries=len(settings.recover_retry_delays_ms)
-        )
-        outbox = Outbox(app[PUBLISHER], owner=SERVICE)
-        relay = OutboxRelay(outbox, [db[records.WEBHOOK_ENDPOINTS]])
-        await relay.ensure_indexes()
-        app[RELAY] = relay
-        app[DISPATCHER] = Dispatcher(
-            app[MONGO_DB],
-            app[PUBLISHER],
-            app[TOPOLOGY],
-            sender,
-            attempts_spec(app[TOPOLOGY], settings),
-            lease_ms,
-            webhook_metrics,
-            gate,
-            auto_disable_ms=int(settings.auto_disable_after_hours * 3600 * 1000),
+        deps = Deps(
+            settings=settings,
+            db=db,
+            publisher=app[PUBLISHER],
+            topology=app[TOPOLOGY],
             outbox=outbox,
-            outbox_grace_ms=settings.outbox_grace_ms,
-            local_wait_s=settings.local_wait_seconds,
+            sender=Sender(session, allowed, settings.response_body_limit, timeout),
+            gate=gate,
+            metrics=webhook_metrics,
+            lease_ms=lease_ms,
         )
+        app[DEPS] = deps
+        app[GATE] = gate
+        app[RECOVERER] = Recoverer(deps)
+        app[DISPATCHER] = Dispatcher(deps, attempts_spec(deps.topology, settings))
 
         places = PlacesCollector(gate)
         registry.register(places)
@@ -169,7 +168,7 @@ def create_app(settings: WebhookSettings) -> web.Application:
         [
             mongo_ctx(settings),
             amqp_ctx(settings, metrics),
-            dispatcher_ctx,
+            domain_ctx,
             readiness_ctx,
             consumer_ctx(settings, lambda t: attempts_spec(t, settings), command, metrics),
             consumer_ctx(settings, lambda t: fanout_spec(t, settings), fan_out, metrics),

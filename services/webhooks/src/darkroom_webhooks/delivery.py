@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,15 +22,12 @@ from darkroom_kit.messaging import (
     Defer,
     Envelope,
     Message,
-    Publisher,
     QueueSpec,
     Reject,
     Retry,
-    Topology,
 )
 from darkroom_kit.metrics import LATENCY_BUCKETS
-from darkroom_kit.mongo import Database, Document, insert_new
-from darkroom_kit.outbox import Outbox
+from darkroom_kit.mongo import Document, insert_new
 from darkroom_kit.payloads import (
     Endpoint,
     EndpointNotice,
@@ -53,9 +50,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 from pymongo import UpdateOne
 
-from darkroom_webhooks.limits import BUSY_WAIT_MS, EndpointGate, Limited, Ticket
+from darkroom_webhooks.limits import BUSY_WAIT_MS, Limited, Ticket
 from darkroom_webhooks.signing import signature_header
 from darkroom_webhooks.ssrf import Network, blocked_cause, check_literal
+
+if TYPE_CHECKING:
+    from darkroom_webhooks.deps import Deps
 
 log = logging.getLogger(__name__)
 
@@ -316,35 +316,23 @@ class Dispatcher:
     message that finds its delivery leased waits for the lease (deferred, not counted as an
     attempt); one that finds it final is a counted, logged duplicate."""
 
-    def __init__(
-        self,
-        db: Database,
-        publisher: Publisher,
-        topology: Topology,
-        sender: Sender,
-        attempts: QueueSpec,
-        lease_ms: int,
-        metrics: WebhookMetrics,
-        gate: EndpointGate,
-        *,
-        auto_disable_ms: int,
-        outbox: Outbox,
-        outbox_grace_ms: int = 10_000,
-        local_wait_s: float = 0.2,
-    ) -> None:
-        self._endpoints = db[records.WEBHOOK_ENDPOINTS]
-        self._deliveries = db[records.WEBHOOK_DELIVERIES]
-        self._publisher = publisher
-        self._topology = topology
-        self._sender = sender
+    def __init__(self, deps: Deps, attempts: QueueSpec) -> None:
+        """``attempts`` is the queue of the attempt commands (its retry tiers and defer queues
+        are the schedule this dispatcher follows)."""
+        settings = deps.settings
+        self._endpoints = deps.db[records.WEBHOOK_ENDPOINTS]
+        self._deliveries = deps.db[records.WEBHOOK_DELIVERIES]
+        self._publisher = deps.publisher
+        self._topology = deps.topology
+        self._sender = deps.sender
         self._spec = attempts
-        self._lease_ms = lease_ms
-        self._metrics = metrics
-        self._gate = gate
-        self._auto_disable_ms = auto_disable_ms
-        self._outbox = outbox
-        self._outbox_grace_ms = outbox_grace_ms
-        self._local_wait_s = local_wait_s
+        self._lease_ms = deps.lease_ms
+        self._metrics = deps.metrics
+        self._gate = deps.gate
+        self._auto_disable_ms = int(settings.auto_disable_after_hours * 3600 * 1000)
+        self._outbox = deps.outbox
+        self._outbox_grace_ms = settings.outbox_grace_ms
+        self._local_wait_s = settings.local_wait_seconds
         # Many messages at once share one read of the endpoints and one bulk write each.
         self._endpoint_reads: Batcher[None, list[EndpointRecord]] = Batcher(self._load_endpoints)
         self._inserts: Batcher[list[Document], set[str]] = Batcher(self._insert_deliveries)

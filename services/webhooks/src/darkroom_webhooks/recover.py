@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 
 from darkroom_kit import records
-from darkroom_kit.messaging import Envelope, Message, Publisher, Topology
-from darkroom_kit.mongo import Database, Document
+from darkroom_kit.messaging import Envelope, Message
+from darkroom_kit.mongo import Document
 from darkroom_kit.operations import Operations
 from darkroom_kit.payloads import WebhookRecover
 from darkroom_kit.statuses import DeliveryStatus
 from darkroom_kit.stored.operations import OperationRecord, RecoverParams
+
+from darkroom_webhooks.deps import Deps
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +21,13 @@ BATCH = 200
 
 
 class Recoverer:
-    def __init__(
-        self, db: Database, publisher: Publisher, topology: Topology, *, retries: int
-    ) -> None:
-        self._operations = Operations(db)
-        self._deliveries = db[records.WEBHOOK_DELIVERIES]
-        self._publisher = publisher
-        self._topology = topology
-        self._retries = retries
+    def __init__(self, deps: Deps) -> None:
+        self._operations = Operations(deps.db)
+        self._deliveries = deps.db[records.WEBHOOK_DELIVERIES]
+        self._publisher = deps.publisher
+        self._topology = deps.topology
+        # The attempt after the last retry fails the operation.
+        self._retries = len(deps.settings.recover_retry_delays_ms)
 
     async def handle(self, message: Message[WebhookRecover]) -> None:
         op_id = message.payload.operation_id

@@ -43,6 +43,8 @@ class WaitQuery(Strict):
 
 
 class FieldErrorOut(BaseModel):
+    """One field that needs a change."""
+
     field: str = Field(
         description="A JSON pointer into the body (/name), or a query or form field."
     )

@@ -19,10 +19,14 @@ PhotoCap = Annotated[
 
 
 class CategoryIn(Strict):
+    """A category to create with the event."""
+
     name: Annotated[str, Field(min_length=1, max_length=100, description="Its display name.")]
 
 
 class EventCreate(Strict):
+    """A new event."""
+
     model_config = Strict.model_config | {
         "json_schema_extra": {
             "examples": [

@@ -11,6 +11,8 @@ from darkroom_ingest.schemas.common import Strict
 
 
 class RepairRequest(Strict):
+    """What to repair."""
+
     event_id: str | None = Field(
         default=None, description="The event to repair; null: every event (the token's, if bound)."
     )

@@ -59,17 +59,23 @@ class PhotoPatch(Strict):
 
 
 class BulkDelete(Strict):
+    """The photos to delete."""
+
     photo_ids: Annotated[
         list[str], Field(min_length=1, max_length=1000, description="The photos to delete.")
     ]
 
 
 class BulkFailure(BaseModel):
+    """A photo that was not deleted."""
+
     id: str = Field(description="A photo that was not deleted.")
     code: str = Field(description="Why: photo_not_found.")
 
 
 class BulkDeleteOut(BaseModel):
+    """What a bulk delete did, photo by photo."""
+
     deleted: list[str] = Field(description="The photos deleted.")
     failed: list[BulkFailure] = Field(description="The photos not deleted, and why.")
 
@@ -84,6 +90,8 @@ class Skipped(BaseModel):
 
 
 class BatchOut(BaseModel):
+    """What a batch upload stored and what it skipped."""
+
     uploaded: list[PhotoView] = Field(description="The photos stored, in the order sent.")
     skipped: list[Skipped] = Field(description="The files not stored, and why.")
 

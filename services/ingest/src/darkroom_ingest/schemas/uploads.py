@@ -11,6 +11,8 @@ from darkroom_ingest.schemas.common import Strict
 
 
 class UploadCreate(Strict):
+    """The file a chunked upload will carry."""
+
     model_config = Strict.model_config | {
         "json_schema_extra": {
             "examples": [{"filename": "ceremony.mp4", "size": 734003200, "mime_type": "video/mp4"}]

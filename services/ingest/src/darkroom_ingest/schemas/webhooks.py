@@ -62,6 +62,8 @@ Description = Annotated[str | None, Field(max_length=500, description="A note fo
 
 
 class WebhookCreate(Strict):
+    """A new webhook endpoint."""
+
     model_config = Strict.model_config | {
         "json_schema_extra": {
             "examples": [{"url": "https://hooks.example.com/darkroom", "event_types": ["photo.*"]}]
@@ -103,6 +105,8 @@ class WebhookPatch(Strict):
 
 
 class RotateSecret(Strict):
+    """How long the old secret keeps signing (an empty body: 24 hours)."""
+
     grace_period_hours: Annotated[
         float,
         Field(
@@ -143,6 +147,8 @@ class WebhookWithSecret(WebhookOut):
 
 
 class EventTypeOut(BaseModel):
+    """A webhook event type an endpoint can subscribe to."""
+
     type: str = Field(description="The event type, such as photo.uploaded.")
     description: str = Field(description="When it is sent and what it carries.")
     schema_: dict[str, Any] = Field(
@@ -187,6 +193,8 @@ class DeliveryOut(BaseModel):
 
 
 class RecoverRequest(Strict):
+    """The time range whose failed deliveries are sent again."""
+
     since: AwareDatetime = Field(description="Deliveries created at or after this time.")
     until: AwareDatetime | None = Field(
         default=None, description="... and before this time (default: now)."
