@@ -29,6 +29,7 @@ from darkroom_kit.payloads import RepairRequested
 from darkroom_kit.pool import JobTimedOut, PoolRestarted
 from darkroom_kit.statuses import PhotoKind, PhotoStatus
 from darkroom_kit.storage import ObjectNotFound, StorageUnavailable
+from darkroom_kit.stored import Record
 from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.video import probe_video
 from prometheus_client import Counter
@@ -214,7 +215,7 @@ class Repairer:
                 .sort("_id", 1)
                 .to_list(self._batch_size)
             )
-            batch = [d for d in page if d["_id"] not in known_failures]
+            batch = [d for d in page if Record.of(d).id not in known_failures]
             return page, await self._claim(batch, owner, include_capture_date) if batch else []
 
         scanning = asyncio.create_task(find_and_claim(""))
@@ -223,7 +224,7 @@ class Repairer:
             while True:
                 page, mine = await scanning
                 if page:
-                    scanning = asyncio.create_task(find_and_claim(page[-1]["_id"]))
+                    scanning = asyncio.create_task(find_and_claim(Record.of(page[-1]).id))
                 outcomes = await self._find_all(mine)
                 if writing is not None:
                     await self._count(result, await writing, on_batch)
@@ -252,7 +253,7 @@ class Repairer:
         """The photos of ``batch`` this repair may work on: not claimed by another live repair,
         and, read again once claimed, still missing something (the scan that found them may
         predate another repair's write)."""
-        ids = [d["_id"] for d in batch]
+        ids = [Record.of(d).id for d in batch]
         now = now_ms()
         await self._photos.update_many(
             {
@@ -272,7 +273,7 @@ class Repairer:
         )
         mine = [d for d in claimed if missing_fields(PhotoRecord.of(d), include_capture_date)]
         done = [
-            str(d["_id"])
+            Record.of(d).id
             for d in claimed
             if not missing_fields(PhotoRecord.of(d), include_capture_date)
         ]
@@ -328,7 +329,7 @@ class Repairer:
             if written.modified_count < len(writes):
                 # Some were deleted while we read them: no message for those.
                 kept = {
-                    d["_id"]
+                    Record.of(d).id
                     async for d in self._photos.find(
                         {"_id": {"$in": list(pending)}, "repaired_by": owner}, {"_id": 1}
                     )

@@ -43,6 +43,7 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.mongo import Database, insert_new
 from darkroom_kit.stored.endpoints import EndpointRecord
+from darkroom_kit.stored.limits import RateWindow, Slot
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pymongo import ASCENDING, ReturnDocument
@@ -272,7 +273,7 @@ class EndpointGate:
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
-        if window is not None and int(window.get("n", 0)) > rate:
+        if window is not None and RateWindow.of(window).n > rate:
             wait = (second + 1) * 1000 - now + random.randrange(RATE_SPREAD_MS)
             raise Limited("rate", wait, escalate=False)
 
@@ -287,7 +288,7 @@ class EndpointGate:
         )
         if slot is None:
             raise Limited("concurrency", BUSY_WAIT_MS, escalate=True)
-        return Ticket(endpoint_id, str(slot["_id"]), holder)
+        return Ticket(endpoint_id, Slot.of(slot).id, holder)
 
     async def _seed(self, endpoint_id: str, limit: int) -> None:
         # One document per slot, made once; every replica may try, the unique _id keeps one.
@@ -327,6 +328,6 @@ class PlacesCollector(Collector):
 async def slots_leased(db: Database) -> dict[str, int]:
     """Shared slots whose lease has not ended, per endpoint (over every replica)."""
     leased: Counter[str] = Counter()
-    async for slot in db[SLOTS].find({"until_ms": {"$gt": now_ms()}}, {"endpoint_id": 1}):
-        leased[str(slot["endpoint_id"])] += 1
+    async for doc in db[SLOTS].find({"until_ms": {"$gt": now_ms()}}, {"endpoint_id": 1}):
+        leased[Slot.of(doc).endpoint_id] += 1
     return dict(leased)

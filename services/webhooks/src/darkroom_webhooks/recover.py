@@ -11,6 +11,7 @@ from darkroom_kit.mongo import Document
 from darkroom_kit.operations import Operations
 from darkroom_kit.payloads import WebhookRecover
 from darkroom_kit.statuses import DeliveryStatus
+from darkroom_kit.stored import Record
 from darkroom_kit.stored.operations import OperationRecord, RecoverParams
 
 from darkroom_webhooks.deps import Deps
@@ -70,7 +71,7 @@ class Recoverer:
             if cursor is not None:
                 query["_id"] = {"$gt": cursor}
             ids = [
-                str(d["_id"])
+                Record.of(d).id
                 async for d in self._deliveries.find(query, {"_id": 1}).sort("_id", 1).limit(BATCH)
             ]
             if not ids:
