@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import signal
 import tempfile
 from collections.abc import AsyncIterator
@@ -29,7 +28,8 @@ from standardwebhooks import Webhook
 
 from darkroom_dev.servers import Server, free_port
 from darkroom_dev.stack import SERVICES, start_services
-from tests.conftest import QueueJanitor, jpeg_bytes, png_bytes
+from tests.factories.media import jpeg_bytes, png_bytes
+from tests.factories.servers import QueueJanitor, to_env
 
 pytestmark = pytest.mark.e2e
 
@@ -50,10 +50,6 @@ class Receiver:
         return [
             Webhook(self.secret).verify(body, headers) for headers, body in self.requests if body
         ]
-
-
-def to_env(settings: dict[str, Any]) -> dict[str, str]:
-    return {k.upper(): v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}
 
 
 async def wait_for(check: Any, timeout: float = 30) -> None:

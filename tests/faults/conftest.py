@@ -38,7 +38,7 @@ from darkroom_dev.servers import (
     start_s3_standin,
 )
 from darkroom_dev.stack import SERVICES
-from tests.conftest import QueueJanitor
+from tests.factories.servers import QueueJanitor
 from tests.faults.harness import FULL, REPORT, Case, Receiver, Stack, Uploader
 
 ROOT = Path(__file__).resolve().parents[2]

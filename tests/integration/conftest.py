@@ -1,27 +1,23 @@
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from darkroom_ingest.app import create_app
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import Consumer, Handler, QueueSpec, Topology, Typed
-from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.messaging import QueueSpec, Topology
 from darkroom_webhooks.app import create_app as create_dispatch
 from darkroom_webhooks.app import queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 
-from tests.conftest import QueueJanitor
-
-TokenMaker = Callable[..., Awaitable[str]]
-Client = TestClient[Any, Any]
+from tests.factories.api import CHUNK, Client, TokenMaker
+from tests.factories.servers import QueueJanitor
+from tests.factories.webhooks import Scripted, Serve, StartDispatch
 
 
 @pytest.fixture
@@ -46,7 +42,6 @@ def make_token(ingest_settings: IngestSettings) -> TokenMaker:
 async def watch_events(ingest_settings: IngestSettings, janitor: QueueJanitor) -> QueueSpec:
     """A queue bound to every public event of this test's namespace, so publishes are routable
     and the test can read what was announced."""
-    import aio_pika
     from darkroom_kit.messaging import declare_consumer_queue
 
     topology = Topology(ingest_settings.amqp_namespace)
@@ -63,75 +58,9 @@ async def watch_events(ingest_settings: IngestSettings, janitor: QueueJanitor) -
 @pytest.fixture
 async def api(
     aiohttp_client: Any, ingest_settings: IngestSettings, watch_events: QueueSpec
-) -> AsyncIterator[TestClient[Any, Any]]:
+) -> AsyncIterator[Client]:
     client = await aiohttp_client(create_app(ingest_settings))
     yield client
-
-
-async def drain(amqp_url: str, queue_name: str, expect: int, timeout: float = 10) -> list[Any]:
-    """Read ``expect`` messages from a queue (or what arrived before the timeout)."""
-    import asyncio
-    import json
-
-    import aio_pika
-
-    got: list[Any] = []
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(queue_name)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(got) < expect and asyncio.get_running_loop().time() < deadline:
-            message = await queue.get(fail=False)
-            if message is None:
-                await asyncio.sleep(0.05)
-                continue
-            await message.ack()
-            got.append(json.loads(message.body))
-    finally:
-        await connection.close()
-    return got
-
-
-@asynccontextmanager
-async def consuming(
-    amqp_url: str,
-    topology: Topology,
-    spec: QueueSpec,
-    handler: Handler | Typed,
-    metrics: ConsumerMetrics,
-    **options: Any,
-) -> AsyncIterator[tuple[Consumer, aio_pika.abc.AbstractChannel]]:
-    """A started consumer of ``spec`` and a publishing channel (confirms, unroutable an error)
-    on its connection, which is closed on the way out."""
-    connection = await aio_pika.connect_robust(amqp_url)
-    try:
-        consumer = Consumer(connection, topology, spec, handler, metrics, **options)
-        await consumer.start()
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        yield consumer, channel
-    finally:
-        await connection.close()
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 15, interval: float = 0.1
-) -> Any:
-    """Poll until check() returns something truthy; fail with the last value."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    value = None
-    while loop.time() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
-
-
-CHUNK = 5 * 1024 * 1024  # S3's smallest part
 
 
 @pytest.fixture
@@ -144,35 +73,13 @@ def chunk_settings(ingest_settings: IngestSettings) -> IngestSettings:
 @pytest.fixture
 async def capi(
     aiohttp_client: Any, chunk_settings: IngestSettings, watch_events: QueueSpec
-) -> TestClient[Any, Any]:
+) -> Client:
     """The API with the smallest chunk size, so tests move few bytes."""
-    client: TestClient[Any, Any] = await aiohttp_client(create_app(chunk_settings))
+    client: Client = await aiohttp_client(create_app(chunk_settings))
     return client
 
 
-# ---- webhook-dispatch and its receivers (helpers: webhook_support.py) -------------------------
-
-
-class Scripted:
-    """A receiver whose answers are scripted per request; the last one repeats. An answer is
-    ``(status, headers, body)`` or a handler of its own."""
-
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.requests: list[tuple[float, dict[str, str], bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((time.monotonic(), dict(request.headers), await request.read()))
-        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        if callable(answer):
-            result: web.StreamResponse = await answer(request)
-            return result
-        status, headers, body = answer
-        return web.Response(status=status, headers=headers, body=body)
-
-
-Serve = Callable[[list[Any]], Awaitable[tuple[Scripted, str]]]
-StartDispatch = Callable[..., Awaitable[Client]]
+# ---- webhook-dispatch and its receivers (helpers: tests/factories/webhooks.py) ----------------
 
 
 @pytest.fixture

@@ -79,6 +79,11 @@ class Topology:
     def dead_letter(self) -> str:
         return f"{self.namespace}.dead-letter"
 
+    @property
+    def published(self) -> frozenset[str]:
+        """The exchanges services publish to (an outbox entry names one of them)."""
+        return frozenset({self.events, self.commands})
+
     def queue(self, service: str, name: str) -> str:
         return f"{self.namespace}.{service}.{name}"
 

@@ -203,8 +203,13 @@ class OutboxRelay:
         lease_ms: int = 30_000,
         after_flush: dict[str, AfterFlush] | None = None,
         adopt_unowned: bool = False,
+        exchanges: frozenset[str] | None = None,
     ) -> None:
         self._outbox = outbox
+        # Entries naming another namespace's exchanges (another deployment on the same
+        # database) are not this relay's: a publish to an exchange missing here would close the
+        # channel under every publish in flight on it.
+        self._exchanges = exchanges
         self._collections = collections
         self._lease_ms = lease_ms
         self._after_flush = after_flush or {}
@@ -242,6 +247,8 @@ class OutboxRelay:
             if doc is None:
                 break
             pending = where.pending_of(doc)
+            if self._exchanges is not None:
+                pending = {k: e for k, e in pending.items() if e["exchange"] in self._exchanges}
             if pending and not await self._outbox._flush_many(
                 collection, {doc["_id"]: pending}, where
             ):

@@ -91,6 +91,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         [db[records.PHOTOS], db[records.EVENTS], db[records.OPERATIONS]],
         after_flush={records.PHOTOS: photos.finish_deletion},
         adopt_unowned=True,
+        exchanges=topology.published,
     )
     await relay.ensure_indexes()
     app[RELAY] = relay

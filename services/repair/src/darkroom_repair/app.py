@@ -54,7 +54,9 @@ def create_app(settings: RepairSettings) -> web.Application:
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox = Outbox(app[PUBLISHER], owner=SERVICE)
         # Its own messages only (photo.repaired, in upload-ingest's photos).
-        relay = OutboxRelay(outbox, [app[MONGO_DB][records.PHOTOS]])
+        relay = OutboxRelay(
+            outbox, [app[MONGO_DB][records.PHOTOS]], exchanges=app[TOPOLOGY].published
+        )
         await relay.ensure_indexes()
         app[RELAY] = relay
         deps = Deps(

@@ -50,7 +50,9 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox = Outbox(app[PUBLISHER], owner=SERVICE)
         # Its own messages only (photo.processed, in upload-ingest's photos).
-        relay = OutboxRelay(outbox, [app[MONGO_DB][records.PHOTOS]])
+        relay = OutboxRelay(
+            outbox, [app[MONGO_DB][records.PHOTOS]], exchanges=app[TOPOLOGY].published
+        )
         await relay.ensure_indexes()
         app[RELAY] = relay
         app[DEPS] = Deps(

@@ -100,7 +100,9 @@ def create_app(settings: WebhookSettings) -> web.Application:
         await gate.ensure_indexes()
         await housekeeping.ensure_indexes(db)
         outbox = Outbox(app[PUBLISHER], owner=SERVICE)
-        relay = OutboxRelay(outbox, [db[records.WEBHOOK_ENDPOINTS]])
+        relay = OutboxRelay(
+            outbox, [db[records.WEBHOOK_ENDPOINTS]], exchanges=app[TOPOLOGY].published
+        )
         await relay.ensure_indexes()
         app[RELAY] = relay
         # The HTTP session after everything that awaits (and may fail), so the block below that
