@@ -4,6 +4,7 @@ response model, or a problem whose status and code the route documents)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -24,6 +25,7 @@ from tests.factories.media import jpeg_bytes
 from tests.factories.servers import QueueJanitor
 
 ROUTES = all_routes()
+TUS = {"Tus-Resumable": "1.0.0"}
 GRANTABLE = [s for s in Scope if s is not Scope.ADMIN]
 
 
@@ -47,14 +49,25 @@ def test_every_route_is_declared_once_with_an_operation_id() -> None:
 
 def test_only_the_tokens_own_facts_and_the_event_catalogue_need_no_scope() -> None:
     # A route declared without a scope is open to every valid token: that must be a choice.
-    assert {r.operation_id for r in ROUTES if not r.scopes} == {"getMe", "listWebhookEventTypes"}
+    scope_free = {r.operation_id for r in ROUTES if not r.scopes and not r.public}
+    assert scope_free == {"getMe", "listWebhookEventTypes"}
+    # And one open to anybody: tus discovery (clients and browsers ask it without a token).
+    assert {r.operation_id for r in ROUTES if r.public} == {"tusOptions"}
 
 
-@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.operation_id)
+def _protocol_headers(route: Route) -> dict[str, str]:
+    """What a request must carry to reach the route's checks (tus: its version)."""
+    return dict(TUS) if route.tag == "tus" else {}
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if not r.public], ids=lambda r: r.operation_id)
 async def test_a_request_without_a_token_is_refused(capi: Client, route: Route) -> None:
-    response = await capi.request(route.method, _concrete(route.path))
+    response = await capi.request(
+        route.method, _concrete(route.path), headers=_protocol_headers(route)
+    )
     assert response.status == 401, await response.text()
-    assert (await response.json())["code"] == "unauthenticated"
+    if route.method != "HEAD":  # a HEAD answer has no body
+        assert (await response.json())["code"] == "unauthenticated"
 
 
 @pytest.mark.parametrize("route", [r for r in ROUTES if r.scopes], ids=lambda r: r.operation_id)
@@ -67,10 +80,12 @@ async def test_a_token_without_the_declared_scope_is_refused(
     response = await capi.request(
         route.method,
         _concrete(route.path),
-        headers=auth(token),
+        headers={**auth(token), **_protocol_headers(route)},
         json={},
     )
     assert response.status == 403, (route.operation_id, await response.text())
+    if route.method == "HEAD":
+        return
     body = await response.json()
     assert body["code"] == "insufficient_scope"
     assert body["required_scope"] in {s.value for s in route.scopes}
@@ -83,14 +98,20 @@ class Recorder:
         self.client = client
         self.headers = auth(token)
         self.seen: set[str] = set()
+        self.last: Any = None
 
     async def __call__(self, method: str, path: str, **kw: Any) -> Any:
         response = await self.client.request(
             method, path, headers={**self.headers, **kw.pop("headers", {})}, **kw
         )
+        self.last = response
         route = _route_of(method, response.url.path)
         body = await response.read()
         self.seen.add(route.operation_id)
+        if method == "HEAD":  # no body either way: its status is all there is to check
+            declared = route.statuses | {k.status for k in errors_of(route)}
+            assert response.status in declared, (route.operation_id, response.status)
+            return response.status, b""
         if response.status in route.statuses:
             if route.response is not None and response.status != 304:
                 model = route.response.model_validate_json(body)
@@ -188,6 +209,26 @@ async def test_every_answer_validates_against_its_declaration(
     assert (await call("GET", f"/v1/uploads/{up}"))[0] == 200
     assert (await call("POST", f"/v1/uploads/{up}/complete"))[0] == 409  # a chunk is missing
     assert (await call("DELETE", f"/v1/uploads/{up}"))[0] == 204
+
+    # tus: discovery, creation, offset, bytes (the last one makes the photo), termination
+    # directly and through POST with X-HTTP-Method-Override.
+    assert (await call("OPTIONS", "/v1/tus/"))[0] == 204
+    small = jpeg_bytes(64, 48)
+    meta = ",".join(
+        f"{k} {base64.b64encode(v.encode()).decode()}"
+        for k, v in {"event": ev, "filename": "t.jpg"}.items()
+    )
+    creation = {**TUS, "Upload-Length": str(len(small)), "Upload-Metadata": meta}
+    assert (await call("POST", "/v1/tus/", headers=creation))[0] == 201
+    location = call.last.headers["Location"]
+    assert (await call("HEAD", location, headers=TUS))[0] == 200
+    sending = {**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"}
+    assert (await call("PATCH", location, headers=sending, data=small))[0] == 204
+    assert (await call("PATCH", location, headers=sending, data=small))[0] == 409
+    for method in ("DELETE", "POST"):
+        assert (await call("POST", "/v1/tus/", headers=creation))[0] == 201
+        ending = {**TUS, "X-HTTP-Method-Override": "DELETE"} if method == "POST" else TUS
+        assert (await call(method, call.last.headers["Location"], headers=ending))[0] == 204
 
     status, op = await call("POST", "/v1/photos/repair-dimensions", json={"event_id": ev})
     assert status == 202

@@ -11,6 +11,7 @@ import importlib
 import inspect
 import io
 import json
+import os
 import re
 import sys
 import uuid
@@ -47,11 +48,17 @@ async def live_document(api: Client) -> dict[str, Any]:
     return document
 
 
-async def run(*argv: str, cwd: Path, timeout: float) -> tuple[int, str]:
+async def run(
+    *argv: str, cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """A tool in a subprocess (in ``cwd``, where it may leave files), so this test's event loop
     keeps serving the API meanwhile."""
     process = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *argv,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(), timeout)
@@ -103,14 +110,17 @@ async def generated(api: Client, tmp_path: Path) -> AsyncIterator[Generated]:
     package = f"darkroom_contract_{uuid.uuid4().hex[:8]}"
     config = tmp_path / "config.json"
     # No post hooks: the generated code is imported, not kept, and needs no formatter on PATH.
-    # The serving routes answer any media type (*/*), which the generator reads as bytes only
-    # when told to.
+    # The serving routes answer any media type (*/*), and tus PATCHes send
+    # application/offset+octet-stream: bytes, which the generator reads as such only when told to.
     config.write_text(
         json.dumps(
             {
                 "package_name_override": package,
                 "post_hooks": [],
-                "content_type_overrides": {"*/*": "application/octet-stream"},
+                "content_type_overrides": {
+                    "*/*": "application/octet-stream",
+                    "application/offset+octet-stream": "application/octet-stream",
+                },
             }
         )
     )
@@ -363,6 +373,14 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
         "[parameters]\n"
         + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in parameters.items())
     )
+    # tus PATCHes send bytes as application/offset+octet-stream: schemathesis sends those as it
+    # sends any octet stream once told they are one.
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(
+        "import schemathesis\n"
+        'schemathesis.serializer.alias("application/offset+octet-stream", '
+        '"application/octet-stream")\n'
+    )
     code, output = await run(
         str(VENV_BIN / "st"),
         "--config-file",
@@ -395,6 +413,7 @@ async def test_schemathesis_finds_no_server_error_and_no_undocumented_status(
         "--no-color",
         cwd=tmp_path,
         timeout=RUN_TIMEOUT_S,
+        env={"SCHEMATHESIS_HOOKS": str(hooks)},
     )
     found = failures(report) if report.exists() else []
     assert code == 0, "\n".join([*found, output[-5_000:]])

@@ -83,20 +83,30 @@ def variant_key(event_id: str, photo_id: str, variant: str, ext: str = "jpg") ->
     return f"events/{event_id}/{variant}/{photo_id}.{ext}"
 
 
+def piece_key(event_id: str, photo_id: str, name: str) -> str:
+    """A temporary object of an unfinished upload (a tus upload's piece under S3's part minimum,
+    a partial upload's bytes): the upload record names it while it lives."""
+    return f"events/{event_id}/{PIECES}/{photo_id}.{name}"
+
+
 # What photo_of_key says an object is.
 ORIGINAL = "original"
 VARIANT = "variant"
+PIECE = "piece"
+PIECES = "pieces"
 
 
 def photo_of_key(key: str) -> tuple[str, str] | None:
-    """(photo id, ORIGINAL or VARIANT) of a key made by :func:`original_key` or
-    :func:`variant_key`; None for any other key."""
+    """(photo id, ORIGINAL, VARIANT or PIECE) of a key made by :func:`original_key`,
+    :func:`variant_key` or :func:`piece_key`; None for any other key."""
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != "events" or not parts[1] or not parts[2]:
         return None
     if parts[2] == "originals":
         return (parts[3], ORIGINAL) if parts[3] else None
     photo_id, dot, ext = parts[3].rpartition(".")
+    if parts[2] == PIECES:
+        return (photo_id, PIECE) if photo_id and dot and ext else None
     return (photo_id, VARIANT) if photo_id and dot and ext else None
 
 

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 from darkroom_ingest.api import all_routes
 from darkroom_ingest.api.declare import register
 from darkroom_ingest.api.openapi import openapi_document
+from darkroom_ingest.api.tus import tus_middleware
 from darkroom_ingest.chunked import ChunkedUploads
 from darkroom_ingest.counting import COUNT_CORRECTIONS, PhotoCounts
 from darkroom_ingest.deliveries import Deliveries
@@ -32,6 +33,7 @@ from darkroom_ingest.orphans import orphan_sweeper_ctx, sweep_pass
 from darkroom_ingest.photos import PhotoService
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import ensure_indexes
+from darkroom_ingest.tus import TusUploads
 from darkroom_ingest.web_support import SETTINGS
 
 SERVICE = "upload-ingest"
@@ -75,6 +77,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         photos=photos,
         gallery=Gallery(photos, events.store),
         chunked=chunked,
+        tus=TusUploads(chunked, app[OBJECT_STORE], settings),
         endpoints=WebhookEndpoints(db),
         deliveries=Deliveries(
             db,
@@ -113,7 +116,9 @@ async def _expire_pass(app: web.Application) -> int:
 def create_app(settings: IngestSettings) -> web.Application:
     # The batch route streams its body itself; client_max_size only bounds bodies read whole.
     app = create_base_app(
-        SERVICE, client_max_size=settings.max_json_bytes, middlewares=(idempotency_middleware,)
+        SERVICE,
+        client_max_size=settings.max_json_bytes,
+        middlewares=(idempotency_middleware, tus_middleware),
     )
     app[SETTINGS] = settings
     # Every message upload-ingest publishes is written to an outbox with its record first, so

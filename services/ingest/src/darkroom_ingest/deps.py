@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from darkroom_ingest.gallery import Gallery
     from darkroom_ingest.jobs import Jobs
     from darkroom_ingest.photos import PhotoService
+    from darkroom_ingest.tus import TusUploads
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class Deps:
     photos: PhotoService
     gallery: Gallery
     chunked: ChunkedUploads
+    tus: TusUploads
     endpoints: WebhookEndpoints
     deliveries: Deliveries
     jobs: Jobs

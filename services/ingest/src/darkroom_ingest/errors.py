@@ -77,6 +77,29 @@ FILE_CHECKSUM_MISMATCH = ErrorKind("checksum_mismatch", 422, "The file's SHA-256
 # failed it (one of the kinds above); this code itself only for a record that lost them.
 UPLOAD_FAILED = ErrorKind("upload_failed", 409, "The upload failed")
 
+# ---- tus 1.0 (tus/) ---------------------------------------------------------------------------
+
+TUS_VERSION_UNSUPPORTED = ErrorKind(
+    "tus_version_unsupported", 412, "This tus version is not supported"
+)
+TUS_INVALID_HEADER = ErrorKind("invalid_header", 400, "A tus header is not valid")
+TUS_EVENT_REQUIRED = ErrorKind("event_required", 400, "Upload-Metadata names no event")
+TUS_CONTENT_TYPE = ErrorKind(
+    "unsupported_media_type", 415, "A PATCH body is application/offset+octet-stream"
+)
+TUS_OFFSET_MISMATCH = ErrorKind("offset_mismatch", 409, "Upload-Offset is not the upload's offset")
+TUS_UPLOAD_LOCKED = ErrorKind("upload_locked", 423, "Another request is writing to this upload")
+TUS_SIZE_EXCEEDED = ErrorKind("size_exceeded", 413, "The bytes go past the upload's length")
+# 460 is tus's own status for a checksum mismatch (the checksum extension).
+TUS_CHECKSUM_MISMATCH = ErrorKind("checksum_mismatch", 460, "The piece's checksum does not match")
+TUS_CHECKSUM_UNSUPPORTED = ErrorKind(
+    "checksum_algorithm_unsupported", 400, "The checksum algorithm is not supported"
+)
+TUS_UPLOAD_GONE = ErrorKind("upload_gone", 410, "The upload is over")
+TUS_FINAL_TAKES_NO_BYTES = ErrorKind("final_upload", 403, "A final upload takes no bytes")
+# A chunk or complete of the chunk API sent to a tus upload.
+WRONG_PROTOCOL = ErrorKind("wrong_protocol", 409, "The upload is a tus upload")
+TUS_PARTIAL_UNFINISHED = ErrorKind("partial_unfinished", 400, "A partial upload is not finished")
 
 VALIDATION_FAILED = ErrorKind("validation_failed", 422, "The request is not valid")
 INSUFFICIENT_SCOPE = ErrorKind("insufficient_scope", 403, "The token lacks a scope")
@@ -119,10 +142,10 @@ OPERATION_NOT_FOUND = not_found_kind("operation")
 
 
 # ---- the catalogue: keep it last ---------------------------------------------------------------
-# Every kind above, each once (a kind bound to two names too). Collected rather than listed so that
-# a new kind cannot be left out; a kind declared below this line would be, which a unit test
-# (tests/unit/test_chunked_machine.py) catches. Not a module __getattr__: mypy would then accept
-# any name imported from here.
+# Every kind above, each once (a kind bound to two names too). Collected rather than listed so
+# that a new kind cannot be left out; a kind declared below this line would be, which a unit test
+# (tests/unit/ingest/chunked/test_machine.py) catches. Not a module __getattr__: mypy would then
+# accept any name imported from here.
 
 CATALOGUE: tuple[ErrorKind, ...] = tuple(
     dict.fromkeys(v for v in list(globals().values()) if isinstance(v, ErrorKind))

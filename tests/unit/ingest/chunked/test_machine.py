@@ -135,12 +135,21 @@ def test_a_file_that_needs_more_than_s3s_part_limit_gets_bigger_chunks() -> None
 
 
 def test_the_content_is_judged_by_its_bytes_not_its_declared_type() -> None:
-    assert RULES.content(b"\xff\xd8\xff\xe0" + bytes(28)).name == "jpeg"
-    assert RULES.content(b"\0\0\0\x18ftypmp42" + bytes(20)).name == "mp4"
+    assert RULES.content(b"\xff\xd8\xff\xe0" + bytes(28), MB).name == "jpeg"
+    assert RULES.content(b"\0\0\0\x18ftypmp42" + bytes(20), MB).name == "mp4"
     gif = b"GIF89a" + bytes(26)  # a real type, not accepted by these rules
     for head in (gif, b"", b"plain text, not an image"):
-        refused = raised(RULES.content, head)
+        refused = raised(RULES.content, head, MB)
         assert (refused.kind, refused.code) == (errors.UNSUPPORTED_CONTENT, "unsupported_type")
+
+
+def test_the_limit_of_the_real_type_applies_not_the_declared_ones() -> None:
+    # Declared a video (10,000 MB allowed), but the bytes are a JPEG: the image limit holds.
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(28)
+    assert RULES.content(jpeg, 200 * MB).name == "jpeg"
+    refused = raised(RULES.content, jpeg, 200 * MB + 1)
+    assert (refused.kind, refused.kind.status) == (errors.FILE_TOO_LARGE, 413)
+    assert RULES.content(b"\0\0\0\x18ftypmp42" + bytes(20), 201 * MB).name == "mp4"
 
 
 # ---- chunks -------------------------------------------------------------------------------
@@ -320,6 +329,7 @@ def test_upload_out_is_the_api_answer_from_a_document_or_a_record() -> None:
     assert upload_out(up, "https://api.example") == out
     assert out == {
         "upload_id": "up_1",
+        "protocol": "chunked",
         "event_id": "ev_1",
         "filename": "big.jpg",
         "size": 20 * MB,

@@ -3,6 +3,8 @@ reads the key of the live ones)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom_kit.statuses import UploadState
@@ -32,7 +34,13 @@ class UploadFailure(BaseModel):
     detail: str = ""
 
 
+UploadProtocol = Literal["chunked", "tus"]
+# A tus upload's part in a concatenation (the tus concatenation extension).
+Concat = Literal["partial", "final"]
+
+
 class UploadRecord(Record):
+    protocol: UploadProtocol = "chunked"
     event_id: str
     event_slug: str
     photo_id: str  # chosen at creation: the object key names it before the photo exists
@@ -55,6 +63,19 @@ class UploadRecord(Record):
     completing_ms: int | None = None
     completed_ms: int | None = None
     error: UploadFailure | None = None
+    # ---- tus: bytes arrive in order, at ``offset``, in pieces of any size ----
+    # The bytes kept: ``next_part`` parts of ``chunk_size`` (the S3 parts 1..next_part), then
+    # the tail object (``tail_key``, ``tail_size`` bytes: under S3's part minimum, so it waits
+    # for the next piece).
+    offset: int = 0
+    next_part: int = 0
+    tail_key: str | None = None
+    tail_size: int = 0
+    length_deferred: bool = False  # ``size`` is 0 until a PATCH says it
+    concat: Concat | None = None
+    partials: list[str] = Field(default_factory=list)  # a final's partial uploads, in order
+    assembled: bool = False  # a partial whose bytes are one object at ``key``
+    metadata: dict[str, str] = Field(default_factory=dict)  # Upload-Metadata, as sent
 
     def chunk(self, index: int) -> StoredChunk | None:
         return self.parts.get(str(index))

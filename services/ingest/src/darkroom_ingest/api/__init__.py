@@ -10,12 +10,13 @@ from darkroom_ingest.api import (
     operations,
     photos,
     serving,
+    tus,
     uploads,
     webhooks,
 )
 from darkroom_ingest.api.declare import Route
 
-RESOURCES = (me, events, photos, uploads, serving, webhooks, deliveries, operations)
+RESOURCES = (me, events, photos, uploads, tus, serving, webhooks, deliveries, operations)
 
 
 def all_routes() -> list[Route]:

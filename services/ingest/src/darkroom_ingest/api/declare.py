@@ -24,7 +24,10 @@ from darkroom_ingest.web_support import authenticate, parse_json, parse_query
 
 M = TypeVar("M", bound=BaseModel)
 
-BodyKind = Literal["json", "multipart", "raw"]
+# The caller of a public route: no token, no scope.
+ANONYMOUS = Principal(token_id="", name="anonymous", scopes=[])
+
+BodyKind = Literal["json", "multipart", "raw", "offset-octet-stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,12 @@ class Route:
     headers: tuple[Header, ...] = ()
     # Whether the success answer carries a Location header.
     location: bool = False
+    # No token needed (tus discovery): the handler gets ANONYMOUS.
+    public: bool = False
+    # The answer is headers and a status, no body (tus): the handler builds the response.
+    raw: bool = False
+    # The headers a raw answer carries (documented).
+    answer_headers: tuple[Header, ...] = ()
 
     @property
     def statuses(self) -> frozenset[int]:
@@ -99,7 +108,7 @@ class Route:
 
     def aiohttp_handler(self) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
-            principal = await authenticate(request)
+            principal = ANONYMOUS if self.public else await authenticate(request)
             self._check_scope(principal)
             inputs: dict[str, Any] = {}
             if self.body is not None and self.body_kind == "json":
@@ -130,6 +139,10 @@ class Route:
 
     def _render(self, result: Any) -> web.StreamResponse:
         if isinstance(result, web.StreamResponse):
+            if self.raw:
+                if result.status not in self.statuses:
+                    raise TypeError(f"{self.operation_id} answered {result.status}, not declared")
+                return result
             if not self.binary and result.status not in (204, 304):
                 raise TypeError(f"{self.operation_id} answered a raw response it did not declare")
             return result
@@ -207,6 +220,12 @@ class RouteTable:
 
     def delete(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **kw)
+
+    def head(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("HEAD", path, **kw)
+
+    def options(self, path: str, **kw: Any) -> Callable[[Handler], Handler]:
+        return self.route("OPTIONS", path, **kw)
 
 
 def register(app: web.Application, routes: list[Route]) -> None:

@@ -56,7 +56,7 @@ PATH_PARAMS = {
 
 def errors_of(route: Route) -> list[ErrorKind]:
     """Every problem a route can answer with: its own, and those of what it declares."""
-    kinds: list[ErrorKind] = [*UNAUTHENTICATED, *OUTAGES]
+    kinds: list[ErrorKind] = [*OUTAGES] if route.public else [*UNAUTHENTICATED, *OUTAGES]
     if route.scopes:
         kinds.append(INSUFFICIENT_SCOPE)
     if route.body is not None or route.query is not None or route.method in WRITES:
@@ -143,7 +143,9 @@ def _operation(route: Route, ref: Any, schemas: dict[str, Any]) -> dict[str, Any
             }
             for p in _path_params(route.path)
         ],
-        "security": [
+        "security": []
+        if route.public
+        else [
             {"bearer": list(map(str, route.scopes))},
             {"token": list(map(str, route.scopes))},
         ],
@@ -183,6 +185,15 @@ def _operation(route: Route, ref: Any, schemas: dict[str, Any]) -> dict[str, Any
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
             },
         }
+    elif route.body_kind == "offset-octet-stream":
+        op["requestBody"] = {
+            "required": False,
+            "content": {
+                "application/offset+octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}
+                }
+            },
+        }
     elif route.body_kind == "multipart":
         op["requestBody"] = {
             "required": True,
@@ -219,6 +230,13 @@ def _operation(route: Route, ref: Any, schemas: dict[str, Any]) -> dict[str, Any
             answer["headers"] = {
                 "Location": {"description": "The new resource.", "schema": {"type": "string"}}
             }
+        if route.answer_headers:
+            answer.setdefault("headers", {}).update(
+                {
+                    h.name: {"description": h.description, "schema": {"type": "string"}}
+                    for h in route.answer_headers
+                }
+            )
         responses[str(status)] = answer
     responses.update(_problems(errors_of(route)))
     op["responses"] = responses

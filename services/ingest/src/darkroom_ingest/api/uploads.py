@@ -104,6 +104,7 @@ async def get_upload(call: Call) -> UploadOut:
         errors.CHUNK_CHECKSUM_MISMATCH,
         errors.CHUNK_ENDED_EARLY,
         errors.UPLOAD_EXPIRED,
+        errors.WRONG_PROTOCOL,
         *errors.UPLOAD_NOT_OPEN,
     ),
 )
@@ -147,6 +148,8 @@ async def put_chunk(call: Call) -> ChunkOut:
         *errors.UPLOAD_NOT_OPEN,
         errors.PHOTO_CAP_WOULD_BE_EXCEEDED,
         errors.EVENT_ARCHIVED,
+        errors.FILE_TOO_LARGE,
+        errors.WRONG_PROTOCOL,
     ),
 )
 async def complete_upload(call: Call) -> PhotoView:

@@ -89,14 +89,18 @@ class Rules:
             int(settings.upload_expiry_seconds * 1000),
         )
 
-    def admit(self, filename: str, size: int, mime_type: str) -> str:
-        """The file's name as it is kept, or why such a file is not taken."""
+    def name_of(self, filename: str) -> str:
+        """The file's name as it is kept, or why it is not."""
         try:
-            name = filenames.validate_filename(filename)
+            return filenames.validate_filename(filename)
         except filenames.InvalidFilename as exc:
             raise errors.INVALID_FILENAME.error(
                 str(exc), errors=[FieldError("/filename", str(exc), "invalid_filename")]
             ) from None
+
+    def admit(self, filename: str, size: int, mime_type: str) -> str:
+        """The file's name as it is kept, or why such a file is not taken."""
+        name = self.name_of(filename)
         declared = sniff.BY_CONTENT_TYPE.get(mime_type)
         if declared is None or declared.name not in self.accepted_types:
             allowed = sorted(t.content_type for t in sniff.ALL_TYPES if self.accepts(t))
@@ -104,13 +108,27 @@ class Rules:
                 "Allowed: " + ", ".join(allowed),
                 errors=[FieldError("/mime_type", "not an accepted type", "unsupported_type")],
             )
-        limit = self.max_video_bytes if mime_type.startswith("video/") else self.max_image_bytes
+        self.check_size(mime_type, size)
+        return name
+
+    def limit(self, mime_type: str) -> int:
+        return self.max_video_bytes if mime_type.startswith("video/") else self.max_image_bytes
+
+    @property
+    def max_size(self) -> int:
+        return max(self.max_video_bytes, self.max_image_bytes)
+
+    def check_size(self, mime_type: str | None, size: int, field: str = "/size") -> None:
+        """``size`` within the limit of ``mime_type``; of the largest type when None (not known
+        yet: the real type's applies once the bytes are there)."""
+        limit = self.max_size if mime_type is None else self.limit(mime_type)
         if size > limit:
             raise errors.FILE_TOO_LARGE.error(
-                f"{mime_type} files are limited to {limit} bytes.",
-                errors=[FieldError("/size", f"at most {limit}", "file_too_large")],
+                f"{mime_type or 'Files'} files are limited to {limit} bytes."
+                if mime_type
+                else f"Files are limited to {limit} bytes.",
+                errors=[FieldError(field, f"at most {limit}", "file_too_large")],
             )
-        return name
 
     def accepts(self, kind: sniff.FileType | None) -> bool:
         return kind is not None and kind.name in self.accepted_types
@@ -125,14 +143,15 @@ class Rules:
             chunk_count = -(-size // chunk_size)
         return Layout(chunk_size, chunk_count)
 
-    def content(self, head: bytes) -> sniff.FileType:
+    def content(self, head: bytes, size: int) -> sniff.FileType:
         """The file's type by its first bytes, checked once it is whole: what was declared at
-        creation is only the client's word."""
+        creation is only the client's word, so the limit of the real type applies."""
         kind = sniff.sniff(head)
         if kind is None or not self.accepts(kind):
             raise errors.UNSUPPORTED_CONTENT.error(
                 "The file's bytes are not an accepted image or video format."
             )
+        self.check_size(kind.content_type, size)
         return kind
 
 
@@ -159,6 +178,12 @@ def ensure_open(upload: UploadRecord, now: int) -> None:
     raise _not_open(upload.state)
 
 
+def _tus_only() -> ServiceError:
+    return errors.WRONG_PROTOCOL.error(
+        "Its bytes are sent with tus PATCH requests, and it completes with its last byte."
+    )
+
+
 def _not_open(state: UploadState) -> ServiceError:
     return _NOT_OPEN[state].error(
         "Chunks can be sent only while the upload is open.", extra={"state": state.value}
@@ -176,6 +201,8 @@ def check_chunk(upload: UploadRecord, index: int, length: int | None, now: int) 
     """Whether chunk ``index`` of ``length`` bytes may be sent now; its size, which its body
     must then have."""
     ensure_open(upload, now)
+    if upload.protocol == "tus":
+        raise _tus_only()
     expected = expected_size(upload, index)
     if length is None:
         raise errors.LENGTH_REQUIRED.error(f"Chunk {index} must be exactly {expected} bytes.")
@@ -233,6 +260,10 @@ def completion(upload: UploadRecord, now: int) -> Completion:
         case S.ABORTED | S.EXPIRED:
             raise _not_open(upload.state)
         case S.OPEN:
+            if upload.protocol == "tus" and (
+                upload.concat == "partial" or upload.length_deferred or upload.offset < upload.size
+            ):
+                raise _tus_only()
             missing = upload.missing()
             if missing:
                 raise errors.MISSING_CHUNKS.error(

@@ -45,3 +45,6 @@ class MultipartParts:
 
     async def discard(self, key: str) -> None:
         await self._store.delete_many([key])
+
+    async def discard_many(self, keys: list[str]) -> None:
+        await self._store.delete_many(keys)

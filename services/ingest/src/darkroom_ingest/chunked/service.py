@@ -172,7 +172,7 @@ class ChunkedUploads:
         existing = await self._photos.photos.col.find_one({"_id": upload.photo_id})
         if existing is not None:
             return existing
-        kind = self.rules.content(upload.head or b"")
+        kind = self.rules.content(upload.head or b"", upload.size)
         await self.parts.assemble(upload)
         if upload.sha256:
             await self._verify_sha256(upload)
@@ -218,7 +218,7 @@ class ChunkedUploads:
     async def cancel(self, upload_id: str) -> None:
         upload = await self.records.get(upload_id, with_parts=False)
         if await self.records.abort(upload_id):
-            await self.parts.abort(upload)
+            await self._drop(upload)
             return
         state = upload.state
         if state is UploadState.OPEN:  # it moved since it was read: its state now
@@ -233,9 +233,19 @@ class ChunkedUploads:
             upload = await self.records.expire_next(now_ms())
             if upload is None:
                 break
-            await self.parts.abort(upload)
+            await self._drop(upload)
             expired += 1
         return expired + await self.finish_abandoned(limit)
+
+    async def _drop(self, upload: UploadRecord) -> None:
+        """The bytes of an upload that is over without a photo: its multipart upload and its
+        temporary objects (a tus upload's tail, a partial upload's assembled bytes)."""
+        await self.parts.abort(upload)
+        pieces = [k for k in (upload.tail_key,) if k is not None]
+        if upload.concat == "partial":
+            pieces.append(upload.key)
+        if pieces:
+            await self.parts.discard_many(pieces)
 
     async def finish_abandoned(self, limit: int = 100) -> int:
         """Completes whose process died and whose client never asked again: the client asked

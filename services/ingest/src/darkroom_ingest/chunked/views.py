@@ -13,6 +13,7 @@ def upload_out(doc: Document | UploadRecord, base_url: str) -> dict[str, Any]:
     upload = doc if isinstance(doc, UploadRecord) else UploadRecord.of(doc)
     return {
         "upload_id": upload.id,
+        "protocol": upload.protocol,
         "event_id": upload.event_id,
         "filename": upload.filename,
         "size": upload.size,
@@ -21,7 +22,7 @@ def upload_out(doc: Document | UploadRecord, base_url: str) -> dict[str, Any]:
         "chunk_count": upload.chunk_count,
         "state": upload.state.value,
         "expires_at": ms_to_iso(upload.expires_ms) or "",
-        "received_bytes": upload.received_bytes,
+        "received_bytes": upload.offset if upload.protocol == "tus" else upload.received_bytes,
         "chunks": [{"index": i, **chunk_out(chunk)} for i, chunk in upload.received()],
         "missing": upload.missing(),
         "photo_id": upload.photo_id,

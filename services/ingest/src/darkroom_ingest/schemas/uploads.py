@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from darkroom_kit.statuses import UploadState
 from pydantic import BaseModel, Field
@@ -44,6 +44,9 @@ class UploadOut(BaseModel):
     """A chunked upload's state, and exactly which chunks arrived."""
 
     upload_id: str = Field(description="The upload's id.")
+    protocol: Literal["chunked", "tus"] = Field(
+        description="How its bytes arrive: chunks by index, or tus PATCHes at an offset."
+    )
     event_id: str = Field(description="The event it uploads to.")
     filename: str = Field(description="The file's name.")
     size: int = Field(description="The whole file's size in bytes.")
@@ -54,7 +57,9 @@ class UploadOut(BaseModel):
         description="open (send chunks), completing, completed, failed, aborted or expired."
     )
     expires_at: str = Field(description="When an unfinished upload is dropped (ISO 8601, UTC).")
-    received_bytes: int = Field(description="Bytes of the chunks that arrived.")
+    received_bytes: int = Field(
+        description="Bytes that arrived (for tus, the offset: where the next PATCH begins)."
+    )
     chunks: list[ChunkOut] = Field(description="The chunks that arrived.")
     missing: list[int] = Field(description="The indexes still to send.")
     photo_id: str | None = Field(description="The photo it made, once completed.")

@@ -1,0 +1,384 @@
+"""tus 1.0.0 against the real servers, with the real client tuspy (PyPI) and raw requests for
+what a client must never do."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from darkroom_ingest.settings import IngestSettings
+from darkroom_kit import records
+from darkroom_kit.messaging import QueueSpec
+from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.storage import MIB, OBJECT_STORE
+from tusclient import client as tus_client
+
+from tests.factories.api import CHUNK, Client, TokenMaker, assert_problem, auth, make_event
+from tests.factories.media import jpeg_like
+from tests.factories.messaging import drain, eventually
+
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+def meta(**pairs: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
+
+
+def url_of(api: Client, path: str = "/v1/tus/") -> str:
+    return str(api.make_url(path))
+
+
+async def create(
+    api: Client, token: str, event_id: str | None, length: int | None, **headers: str
+) -> Any:
+    pairs = {"filename": "a.jpg", "filetype": "image/jpeg"}
+    if event_id is not None:
+        pairs["event"] = event_id
+    h = {**TUS, **auth(token), "Upload-Metadata": meta(**pairs), **headers}
+    if length is not None:
+        h["Upload-Length"] = str(length)
+    return await api.post("/v1/tus/", headers=h)
+
+
+async def patch(api: Client, token: str, location: str, offset: int, body: bytes, **h: str) -> Any:
+    headers = {
+        **TUS,
+        **auth(token),
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+        **h,
+    }
+    return await api.patch(location, data=body, headers=headers)
+
+
+async def head(api: Client, token: str, location: str) -> Any:
+    return await api.head(location, headers={**TUS, **auth(token)})
+
+
+async def original_bytes(api: Client, photo_id: str) -> bytes:
+    photo = await api.app[MONGO_DB][records.PHOTOS].find_one({"_id": photo_id})
+    assert photo is not None
+    key = records.original_key(photo["event_id"], photo_id)
+    data: bytes = await api.app[OBJECT_STORE].get_bytes(key)
+    return data
+
+
+async def test_tuspy_uploads_in_small_pieces_with_checksums_and_makes_one_photo(
+    capi: Client,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    tmp_path: Path,
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * CHUNK + 123_457)
+    path = tmp_path / "ceremony.jpg"
+    path.write_bytes(data)
+    tus = tus_client.TusClient(url_of(capi), headers=auth(token))
+    # 1 MiB pieces: under S3's part minimum, so every part is made of several PATCHes and
+    # the rest waits in a temporary object between them.
+    uploader = tus.uploader(
+        str(path),
+        chunk_size=MIB,
+        metadata={"event": event["id"], "filename": "ceremony.jpg", "filetype": "image/jpeg"},
+        upload_checksum=True,
+    )
+    await asyncio.to_thread(uploader.upload)
+    assert uploader.offset == len(data)
+    upload_id = uploader.url.rsplit("/", 1)[1]
+    status = await (await capi.get(f"/v1/uploads/{upload_id}", headers=auth(token))).json()
+    assert (status["state"], status["size"], status["protocol"]) == ("completed", len(data), "tus")
+    assert await original_bytes(capi, status["photo_id"]) == data
+    photos = await (await capi.get(f"/v1/events/{event['id']}/photos", headers=auth(token))).json()
+    assert [p["id"] for p in photos["items"]] == [status["photo_id"]]
+    announced = await drain(chunk_settings.amqp_url, watch_events.name, 2, 3)
+    uploaded = [m for m in announced if m["type"] == records.PHOTO_UPLOADED]
+    assert [m["data"]["photo"]["id"] for m in uploaded] == [status["photo_id"]]
+    # Nothing temporary is left: only the original.
+    keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+    assert keys == [records.original_key(event["id"], status["photo_id"])]
+    # HEAD of the finished upload: its whole length, never cached.
+    done = await head(capi, token, f"/v1/tus/{upload_id}")
+    assert done.status == 200
+    assert done.headers["Upload-Offset"] == done.headers["Upload-Length"] == str(len(data))
+    assert done.headers["Cache-Control"] == "no-store"
+    assert done.headers["Tus-Resumable"] == "1.0.0"
+
+
+async def test_discovery_and_what_a_client_must_not_do(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    options = await capi.options("/v1/tus/")
+    assert options.status == 204
+    assert options.headers["Tus-Version"] == "1.0.0"
+    extensions = set(options.headers["Tus-Extension"].split(","))
+    assert {
+        "creation",
+        "creation-with-upload",
+        "creation-defer-length",
+        "termination",
+        "expiration",
+        "checksum",
+        "concatenation",
+    } <= extensions
+    assert {"sha1", "md5", "crc32c"} <= set(options.headers["Tus-Checksum-Algorithm"].split(","))
+    assert int(options.headers["Tus-Max-Size"]) >= chunk_settings.max_video_bytes
+
+    token = await make_token()
+    event = await make_event(capi, token)
+    # No version, no token, no event, an unknown event.
+    no_version = await capi.post("/v1/tus/", headers={**auth(token), "Upload-Length": "10"})
+    assert (no_version.status, no_version.headers["Tus-Version"]) == (412, "1.0.0")
+    assert (await create(capi, "drk_nope", event["id"], 10)).status == 401
+    await assert_problem(await create(capi, token, None, 10), 400, "event_required")
+    await assert_problem(await create(capi, token, "ev_nope", 10), 404, "event_not_found")
+    await assert_problem(await create(capi, token, event["id"], None), 400, "invalid_header")
+
+    data = jpeg_like(CHUNK + 1000)
+    created = await create(capi, token, event["id"], len(data))
+    assert created.status == 201
+    location = created.headers["Location"]
+    assert created.headers["Upload-Offset"] == "0"
+    assert "GMT" in created.headers["Upload-Expires"]
+    # The body must be application/offset+octet-stream, at the upload's offset, within its
+    # length, and match its checksum; nothing of a refused PATCH is kept.
+    await assert_problem(
+        await patch(capi, token, location, 0, data[:10], **{"Content-Type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    await assert_problem(await patch(capi, token, location, 5, data[:10]), 409, "offset_mismatch")
+    await assert_problem(
+        await patch(capi, token, location, 0, data + b"more"), 413, "size_exceeded"
+    )
+    wrong = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    refused = await patch(
+        capi, token, location, 0, data[:4000], **{"Upload-Checksum": f"sha1 {wrong}"}
+    )
+    assert refused.status == 460
+    assert (await refused.json())["code"] == "checksum_mismatch"
+    await assert_problem(
+        await patch(capi, token, location, 0, data[:10], **{"Upload-Checksum": "sha3 AAAA"}),
+        400,
+        "checksum_algorithm_unsupported",
+    )
+    probe = await head(capi, token, location)
+    assert probe.headers.get("Upload-Offset") == "0", (probe.status, dict(probe.headers))
+    right = base64.b64encode(hashlib.md5(data[:4000]).digest()).decode()
+    ok = await patch(capi, token, location, 0, data[:4000], **{"Upload-Checksum": f"md5 {right}"})
+    assert (ok.status, ok.headers["Upload-Offset"]) == (204, "4000")
+    # A gallery-style token of another event cannot see it; termination drops it.
+    other = await make_event(capi, token)
+    scoped = await make_token("photos.write", event=other["id"])
+    assert (await head(capi, scoped, location)).status == 404
+    assert (await capi.delete(location, headers={**TUS, **auth(token)})).status == 204
+    gone = await head(capi, token, location)
+    assert gone.status == 410
+    assert await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/") == []
+
+
+async def test_deferred_length_and_creation_with_upload(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(CHUNK + 4321)
+    created = await create(
+        capi,
+        token,
+        event["id"],
+        None,
+        **{"Upload-Defer-Length": "1", "Content-Type": "application/offset+octet-stream"},
+    )
+    # (No body: creation alone.) A deferred upload shows it on HEAD.
+    location = created.headers["Location"]
+    first = await head(capi, token, location)
+    assert first.headers["Upload-Defer-Length"] == "1"
+    assert "Upload-Length" not in first.headers
+    sent = await patch(capi, token, location, 0, data[:CHUNK])
+    assert sent.status == 204
+    last = await patch(
+        capi, token, location, CHUNK, data[CHUNK:], **{"Upload-Length": str(len(data))}
+    )
+    assert last.status == 204, await last.text()
+    photo_id = last.headers["X-Darkroom-Photo-Id"]
+    assert await original_bytes(capi, photo_id) == data
+
+    # creation-with-upload: the whole file in the POST.
+    small = jpeg_like(300_000)
+    with_body = await capi.post(
+        "/v1/tus/",
+        data=small,
+        headers={
+            **TUS,
+            **auth(token),
+            "Upload-Length": str(len(small)),
+            "Upload-Metadata": meta(event=event["id"], filename="b.jpg"),
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert with_body.status == 201, await with_body.text()
+    assert with_body.headers["Upload-Offset"] == str(len(small))
+    assert await original_bytes(capi, with_body.headers["X-Darkroom-Photo-Id"]) == small
+
+
+async def test_parallel_partial_uploads_are_joined_by_a_final_one(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * CHUNK + 777)
+    pieces = [data[: CHUNK + 5], data[CHUNK + 5 :]]
+
+    async def send_partial(piece: bytes) -> str:
+        created = await create(capi, token, event["id"], len(piece), **{"Upload-Concat": "partial"})
+        assert created.status == 201, await created.text()
+        location: str = created.headers["Location"]
+        done = await patch(capi, token, location, 0, piece)
+        assert done.status == 204, await done.text()
+        assert "X-Darkroom-Photo-Id" not in done.headers  # a partial makes no photo
+        return location
+
+    locations = await asyncio.gather(*(send_partial(p) for p in pieces))
+    final = await capi.post(
+        "/v1/tus/",
+        headers={
+            **TUS,
+            **auth(token),
+            "Upload-Concat": "final;" + " ".join(url_of(capi, loc) for loc in locations),
+            "Upload-Metadata": meta(filename="joined.jpg"),
+        },
+    )
+    assert final.status == 201, await final.text()
+    assert final.headers["Upload-Length"] == str(len(data))
+    photo_id = final.headers["X-Darkroom-Photo-Id"]
+    assert await original_bytes(capi, photo_id) == data
+    # A final upload takes no bytes; its partials are spent.
+    await assert_problem(
+        await patch(capi, token, final.headers["Location"], len(data), b"x"), 403, "final_upload"
+    )
+    assert (await head(capi, token, locations[0])).status == 410
+    keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+    assert keys == [records.original_key(event["id"], photo_id)]
+
+
+async def test_two_patches_at_one_offset_are_never_interleaved(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(CHUNK + 99)
+    location = (await create(capi, token, event["id"], len(data))).headers["Location"]
+    first, second = await asyncio.gather(
+        patch(capi, token, location, 0, data[:CHUNK]),
+        patch(capi, token, location, 0, data[:CHUNK]),
+    )
+    statuses = sorted([first.status, second.status])
+    assert statuses[0] == 204, statuses
+    assert statuses[1] in (409, 423), statuses  # never both: the bytes would be written twice
+    offset = int((await head(capi, token, location)).headers["Upload-Offset"])
+    assert offset == CHUNK
+    last = await patch(capi, token, location, offset, data[offset:])
+    assert last.status == 204
+    assert await original_bytes(capi, last.headers["X-Darkroom-Photo-Id"]) == data
+
+
+CLIENT = textwrap.dedent(
+    """
+    import sys
+    from tusclient import client
+    from tusclient.storage.filestorage import FileStorage
+
+    url, token, event_id, path, storage = sys.argv[1:6]
+    tus = client.TusClient(url, headers={"Authorization": "Bearer " + token})
+    uploader = tus.uploader(
+        path,
+        chunk_size=512 * 1024,
+        metadata={"event": event_id, "filename": "long.jpg", "filetype": "image/jpeg"},
+        store_url=True,
+        url_storage=FileStorage(storage),
+    )
+    print("start", uploader.offset, flush=True)
+    while uploader.offset < uploader.get_file_size():
+        uploader.upload_chunk()
+        print("offset", uploader.offset, flush=True)
+    print("url", uploader.url, flush=True)
+    """
+)
+
+
+async def test_tuspy_resumes_after_the_client_is_killed_mid_file(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings, tmp_path: Path
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * CHUNK + 3333)
+    path = tmp_path / "long.jpg"
+    path.write_bytes(data)
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    args = [
+        sys.executable,
+        str(script),
+        url_of(capi),
+        token,
+        event["id"],
+        str(path),
+        str(tmp_path / "urls.json"),
+    ]
+
+    def run_until_killed() -> int:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        offset = 0
+        for line in proc.stdout:
+            if line.startswith("offset"):
+                offset = int(line.split()[1])
+                if offset >= CHUNK + MIB:  # past one whole part, with a tail waiting
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+        proc.wait()
+        return offset
+
+    def run_to_end() -> list[str]:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.splitlines()
+
+    killed_at = await asyncio.to_thread(run_until_killed)
+    assert CHUNK < killed_at < len(data)
+    lines = await asyncio.to_thread(run_to_end)
+    # The second run starts where the server is, not from 0.
+    assert lines[0] == f"start {killed_at}", lines[:3]
+    upload_id = lines[-1].rsplit("/", 1)[1]
+    status = await (await capi.get(f"/v1/uploads/{upload_id}", headers=auth(token))).json()
+    assert status["state"] == "completed"
+    assert await original_bytes(capi, status["photo_id"]) == data
+    count = await capi.app[MONGO_DB][records.PHOTOS].count_documents({"event_id": event["id"]})
+    assert count == 1
+
+
+async def test_a_file_whose_bytes_are_not_an_image_is_refused_and_nothing_kept(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = b"not an image at all " * 1000
+    location = (await create(capi, token, event["id"], len(data))).headers["Location"]
+    await assert_problem(await patch(capi, token, location, 0, data), 422, "unsupported_type")
+
+    async def nothing_kept() -> bool:
+        keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+        return keys == []
+
+    assert await eventually(nothing_kept, timeout=5)
+    count = await capi.app[MONGO_DB][records.PHOTOS].count_documents({"event_id": event["id"]})
+    assert count == 0
