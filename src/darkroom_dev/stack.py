@@ -118,6 +118,8 @@ def main() -> int:
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{api_port}")
         # Webhook receivers on this machine are how one tries darkroom out locally.
         env.setdefault("ALLOW_PRIVATE_NETWORKS", '["127.0.0.0/8", "::1/128"]')
+        # A page on any origin may call the local API (a guest page, Uppy); none by default.
+        env.setdefault("CORS_ALLOWED_ORIGINS", '["*"]')
         services = start_services(env, logs, base_port=api_port)
         print(_banner(env, standins, started_rabbit, logs), flush=True)
         while all(s.process is None or s.process.poll() is None for s in services):

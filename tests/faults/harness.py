@@ -9,6 +9,7 @@ them (SIGSTOP) disturbs no other test.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -502,6 +503,118 @@ class Uploader:
         self.accepted.append(Accepted(event_id, name, digest, photo["id"], "chunked"))
         return True
 
+    async def tus(
+        self,
+        event_id: str,
+        name: str,
+        data: bytes,
+        *,
+        piece: int = 1024 * 1024,
+        between_pieces_s: float = 0.0,
+    ) -> bool:
+        """A tus upload as tus clients send one: PATCHes of ``piece`` bytes at the offset, and
+        after any failure the offset asked again with HEAD and the bytes sent from there."""
+        digest = sha256(data)
+        meta = ",".join(
+            f"{k} {base64.b64encode(v.encode()).decode()}"
+            for k, v in {"event": event_id, "filename": name, "filetype": "image/jpeg"}.items()
+        )
+        tus = {"Tus-Resumable": "1.0.0"}
+        try:
+            location, _ = await self._tus_request(
+                "POST",
+                "/v1/tus/",
+                {**tus, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
+                None,
+                (201,),
+                f"tus {name}: create",
+            )
+            location = location["Location"]
+            offset, photo_id = 0, None
+            deadline = time.monotonic() + self.patience_s
+            while photo_id is None:
+                if time.monotonic() > deadline:
+                    raise GaveUp(f"tus {name}: no photo within {self.patience_s} s")
+                try:
+                    async with self.http.patch(
+                        location,
+                        data=data[offset : offset + piece],
+                        headers={
+                            **tus,
+                            "Upload-Offset": str(offset),
+                            "Content-Type": "application/offset+octet-stream",
+                        },
+                        timeout=aiohttp.ClientTimeout(total=90),
+                    ) as resp:
+                        self.statuses[str(resp.status)] += 1
+                        await resp.read()
+                        if resp.status == 204:
+                            self.chunks_sent += 1
+                            offset = int(resp.headers["Upload-Offset"])
+                            photo_id = resp.headers.get("X-Darkroom-Photo-Id")
+                            if between_pieces_s:
+                                await asyncio.sleep(between_pieces_s)
+                            continue
+                        if resp.status not in RETRY_STATUSES | {423}:
+                            raise GaveUp(f"tus {name}: PATCH {resp.status}")
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    self.statuses[type(exc).__name__] += 1
+                await asyncio.sleep(0.2)
+                # Where the server is: the last byte may have landed (and made the photo).
+                headers, _ = await self._tus_request(
+                    "HEAD", location, tus, None, (200,), f"tus {name}: offset"
+                )
+                offset = int(headers["Upload-Offset"])
+                if offset == len(data):
+                    photo_id = await self._tus_photo(location)
+        except GaveUp as exc:
+            self.gave_up.append(str(exc))
+            return False
+        self.accepted.append(Accepted(event_id, name, digest, photo_id, "tus"))
+        return True
+
+    async def _tus_photo(self, location: str) -> str:
+        upload_id = location.rsplit("/", 1)[1]
+        _, state = await self._request(
+            "GET", f"/v1/uploads/{upload_id}", ok=(200,), what=f"tus {upload_id}: state"
+        )
+        photo_id: str = state["photo_id"]
+        return photo_id
+
+    async def _tus_request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        ok: tuple[int, ...],
+        what: str,
+    ) -> tuple[dict[str, str], bytes]:
+        deadline = time.monotonic() + self.patience_s
+        last = ""
+        while True:
+            try:
+                async with self.http.request(
+                    method,
+                    path,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=90),
+                ) as resp:
+                    self.statuses[str(resp.status)] += 1
+                    text = await resp.read()
+                    if resp.status in ok:
+                        return dict(resp.headers), text
+                    last = f"{resp.status} {text[:200]!r}"
+                    if resp.status not in RETRY_STATUSES:
+                        raise GaveUp(f"{what}: {last}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self.statuses[type(exc).__name__] += 1
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise GaveUp(f"{what}: {last}")
+            await asyncio.sleep(0.3)
+
 
 async def run_load(
     uploader: Uploader,
@@ -510,6 +623,7 @@ async def run_load(
     batches: int,
     per_batch: int,
     chunked: int = 0,
+    tus: int = 0,
     concurrency: int = 4,
     between_chunks_s: float = 0.0,
     prefix: str = "f",
@@ -531,8 +645,19 @@ async def run_load(
             between_chunks_s=between_chunks_s,
         )
 
+    async def one_tus(n: int) -> None:
+        # 1 MiB pieces: every part made of several PATCHes, a tail object between them.
+        await uploader.tus(
+            events[n % len(events)],
+            f"{prefix}tus{n:03d}.jpg",
+            unique_jpeg(CHUNK + 3 * 1024 * 1024),
+            between_pieces_s=between_chunks_s / 3,
+        )
+
     await asyncio.gather(
-        *(one_batch(n) for n in range(batches)), *(one_chunked(n) for n in range(chunked))
+        *(one_batch(n) for n in range(batches)),
+        *(one_chunked(n) for n in range(chunked)),
+        *(one_tus(n) for n in range(tus)),
     )
 
 
@@ -597,17 +722,24 @@ class Case:
             )
         ]
         self.photos_stored = len(photos)
+
+        # A photo is known by its sha256; one uploaded with tus has none (nothing hashes the
+        # whole file on the way), so by its event and file name, unique to each upload here.
+        def key_of(sha: str | None, event_id: str, filename: str) -> str:
+            return sha or f"name:{event_id}/{filename}"
+
         by_sha: dict[str, list[str]] = {}
         for p in photos:
-            by_sha.setdefault(p["sha256"], []).append(p["_id"])
+            key = key_of(p["sha256"], p["event_id"], p.get("original_filename", ""))
+            by_sha.setdefault(key, []).append(p["_id"])
         twice = {s: ids for s, ids in by_sha.items() if len(ids) > 1}
         if twice:
             problems.append(f"{len(twice)} file(s) stored as more than one photo: {twice}")
-        lost = [
-            a
-            for a in self.uploader.accepted
-            if by_sha.get(a.sha256) is None or a.photo_id not in by_sha[a.sha256]
-        ]
+        lost = []
+        for a in self.uploader.accepted:
+            key = key_of(None if a.via == "tus" else a.sha256, a.event_id, a.filename)
+            if a.photo_id not in by_sha.get(key, []):
+                lost.append(a)
         if lost:
             problems.append(
                 f"{len(lost)} accepted upload(s) with no photo: {[a.filename for a in lost][:5]}"

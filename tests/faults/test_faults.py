@@ -91,9 +91,10 @@ async def _queue_depth(case: Case, name: str) -> int:
 
 async def test_kill9_ingest_during_uploads(case: Case) -> None:
     batches, per_batch, chunked = scaled(10, 100), scaled(3, 4), scaled(1, 4)
+    tus = scaled(2, 4)
     case.injected = (
-        f"kill -9 of upload-ingest during {batches} batches x {per_batch} and {chunked} chunked "
-        "upload(s) (3 chunks), restarted after 1 s"
+        f"kill -9 of upload-ingest during {batches} batches x {per_batch}, {chunked} chunked "
+        f"upload(s) (3 chunks) and {tus} tus upload(s) (1 MiB PATCHes), restarted after 1 s"
         + ("; a second kill -9 during a chunked complete" if FULL else "")
     )
     up = case.uploader
@@ -104,6 +105,7 @@ async def test_kill9_ingest_during_uploads(case: Case) -> None:
             batches=batches,
             per_batch=per_batch,
             chunked=chunked,
+            tus=tus,
             concurrency=4,
             between_chunks_s=0.3,
         )

@@ -17,9 +17,10 @@ from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
 
 from darkroom_ingest.api import all_routes
+from darkroom_ingest.api.cors import enable_cors
 from darkroom_ingest.api.declare import register
 from darkroom_ingest.api.openapi import openapi_document
-from darkroom_ingest.api.tus import tus_middleware
+from darkroom_ingest.api.tus import TUS_DISCOVERY, tus_middleware
 from darkroom_ingest.chunked import ChunkedUploads
 from darkroom_ingest.counting import COUNT_CORRECTIONS, PhotoCounts
 from darkroom_ingest.deliveries import Deliveries
@@ -160,7 +161,11 @@ def create_app(settings: IngestSettings) -> web.Application:
         ]
     )
     routes = all_routes()
-    register(app, routes)
+    # tus discovery (OPTIONS) is answered by the tus middleware: the router's OPTIONS of a
+    # resource belongs to the CORS preflight.
+    register(app, [r for r in routes if r.method != "OPTIONS"])
+    enable_cors(app, settings.cors_allowed_origins)
+    app[TUS_DISCOVERY] = next(r for r in routes if r.method == "OPTIONS").aiohttp_handler()
     document = openapi_document(routes, settings.public_base_url)
 
     async def openapi(_: web.Request) -> web.Response:

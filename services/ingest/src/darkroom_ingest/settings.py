@@ -14,6 +14,8 @@ class IngestSettings(CommonSettings):
     # The most one batch request may carry; a larger Content-Length is refused before reading.
     max_batch_bytes: int = Field(default=5 * 1024 * MIB, ge=1)
     max_json_bytes: int = Field(default=1 * MIB, ge=1024)
+    # Origins whose pages may call the API from a browser (CORS); "*" for any. None by default.
+    cors_allowed_origins: list[str] = []
     # Size of the S3 parts a streamed file is cut into (S3's minimum is 5 MiB).
     upload_part_bytes: int = Field(default=8 * MIB, ge=5 * MIB)
     # Multipart read size: larger means fewer Python-level loop turns per GiB.

@@ -24,6 +24,11 @@ from darkroom_ingest.tus.service import Written
 
 routes = RouteTable("tus")
 
+# The aiohttp handler of tus discovery (OPTIONS /v1/tus/), which the middleware calls.
+TUS_DISCOVERY: web.AppKey[Callable[[web.Request], Awaitable[web.StreamResponse]]] = web.AppKey(
+    "tus_discovery"
+)
+
 BASE = "/v1/tus/"
 ITEM = "/v1/tus/{upload_id}"
 
@@ -336,6 +341,9 @@ async def tus_middleware(
     async def versioned(request: web.Request) -> web.StreamResponse:
         if request.method != "OPTIONS":
             protocol.check_version(request.headers.get("Tus-Resumable"))
+        elif request.path == BASE and "Access-Control-Request-Method" not in request.headers:
+            # Discovery; a CORS preflight (it names a method) goes on to aiohttp-cors.
+            return await request.app[TUS_DISCOVERY](request)
         return await handler(request)
 
     # Errors rendered here rather than by the outer problem middleware, so that they carry the
