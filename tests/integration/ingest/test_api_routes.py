@@ -51,8 +51,10 @@ def test_only_the_tokens_own_facts_and_the_event_catalogue_need_no_scope() -> No
     # A route declared without a scope is open to every valid token: that must be a choice.
     scope_free = {r.operation_id for r in ROUTES if not r.scopes and not r.public}
     assert scope_free == {"getMe", "listWebhookEventTypes"}
-    # And one open to anybody: tus discovery (clients and browsers ask it without a token).
-    assert {r.operation_id for r in ROUTES if r.public} == {"tusOptions"}
+    # And open to anybody: tus discovery (clients and browsers ask it without a token) and the
+    # guest upload page (its token is in the URL's fragment, for its script).
+    public = {r.operation_id for r in ROUTES if r.public}
+    assert public == {"tusOptions", "guestPage", "guestPageAsset"}
 
 
 def _protocol_headers(route: Route) -> dict[str, str]:
@@ -209,6 +211,17 @@ async def test_every_answer_validates_against_its_declaration(
     assert (await call("GET", f"/v1/uploads/{up}"))[0] == 200
     assert (await call("POST", f"/v1/uploads/{up}/complete"))[0] == 409  # a chunk is missing
     assert (await call("DELETE", f"/v1/uploads/{up}"))[0] == 204
+
+    # Guest upload links and their page.
+    status, link = await call("POST", f"/v1/events/{ev}/guest-links", json={"max_files": 3})
+    assert status == 201
+    assert link["url"].endswith("/guest#" + link["token"])
+    assert (await call("GET", f"/v1/events/{ev}/guest-links"))[1]["items"][0]["token"] is None
+    assert (await call("GET", "/guest"))[0] == 200
+    assert (await call("GET", "/guest/guest.js"))[0] == 200
+    assert (await call("GET", "/guest/other.js"))[0] == 404
+    assert (await call("DELETE", f"/v1/events/{ev}/guest-links/{link['id']}"))[0] == 204
+    assert (await call("DELETE", f"/v1/events/{ev}/guest-links/{link['id']}x"))[0] == 404
 
     # tus: discovery, creation, offset, bytes (the last one makes the photo), termination
     # directly and through POST with X-HTTP-Method-Override.

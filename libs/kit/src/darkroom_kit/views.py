@@ -186,6 +186,10 @@ class EventView(View):
     categories: list[CategoryView] = Field(description="Its categories.")
     status: EventStatus = Field(description="active, or archived (no new uploads).")
     created_at: str = Field(description="When it was created (ISO 8601, UTC).")
+    guest_uploads_hidden: bool = Field(
+        default=False,
+        description="Photos that arrive through a guest upload link are hidden until shown.",
+    )
 
     @classmethod
     def of(cls, event: EventRecord) -> EventView:
@@ -198,4 +202,5 @@ class EventView(View):
             categories=[CategoryView(id=c.id, name=c.name) for c in event.categories],
             status=event.status,
             created_at=ms_to_iso(event.created_ms) or "",
+            guest_uploads_hidden=event.guest_uploads_hidden,
         )

@@ -28,6 +28,7 @@ from darkroom_ingest.deps import DEPS, Deps
 from darkroom_ingest.endpoints import WebhookEndpoints
 from darkroom_ingest.events import EventService
 from darkroom_ingest.gallery import Gallery
+from darkroom_ingest.guests import GuestLinks
 from darkroom_ingest.idempotency import idempotency_middleware
 from darkroom_ingest.jobs import Jobs
 from darkroom_ingest.orphans import orphan_sweeper_ctx, sweep_pass
@@ -77,6 +78,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         events=events,
         photos=photos,
         gallery=Gallery(photos, events.store),
+        guests=GuestLinks(db),
         chunked=chunked,
         tus=TusUploads(chunked, app[OBJECT_STORE], settings),
         endpoints=WebhookEndpoints(db),

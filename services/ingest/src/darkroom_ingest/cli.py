@@ -8,10 +8,13 @@ import json
 import sys
 from typing import Any
 
-from darkroom_kit.clock import ms_to_iso
+from darkroom_kit import records
+from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.mongo import open_mongo
 from darkroom_kit.storage import open_object_store
+from darkroom_kit.stored.events import EventRecord
 
+from darkroom_ingest.guests import GuestLinks, page_url
 from darkroom_ingest.orphans import OrphanSweeper
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import TokenStore, ensure_indexes
@@ -75,6 +78,39 @@ async def sweep_orphans(
         await client.close()
 
 
+async def create_guest_link(
+    settings: IngestSettings,
+    event_id: str,
+    label: str,
+    *,
+    expires_in_hours: float | None,
+    max_files: int | None,
+    max_bytes: int | None,
+) -> dict[str, Any]:
+    """A guest upload link, as ``POST /v1/events/{id}/guest-links`` makes one."""
+    client = open_mongo(settings)
+    try:
+        db = client[settings.mongo_db]
+        event = EventRecord.maybe(await db[records.EVENTS].find_one({"_id": event_id}))
+        if event is None:
+            raise LookupError(f"no event {event_id}")
+        expires_ms = now_ms() + int(expires_in_hours * 3_600_000) if expires_in_hours else None
+        link, token = await GuestLinks(db).create(
+            event, label, expires_ms=expires_ms, max_files=max_files, max_bytes=max_bytes
+        )
+        return {
+            "id": link.id,
+            "event_id": event.id,
+            "url": page_url(settings.public_base_url, token),
+            "token": token,
+            "expires_at": ms_to_iso(link.expires_ms),
+            "max_files": link.max_files,
+            "max_bytes": link.max_bytes,
+        }
+    finally:
+        await client.close()
+
+
 def _non_negative(value: str) -> float:
     number = float(value)
     if not number >= 0:
@@ -131,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     token.add_parser("list", help="list tokens (never their values)")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("token_id")
+    guest = sub.add_parser("guest-link", help="guest upload links").add_subparsers(
+        dest="cmd", required=True
+    )
+    link = guest.add_parser(
+        "create", help="make a link whose page only adds photos to one event; prints it as JSON"
+    )
+    link.add_argument("--event", required=True, help="the event's id")
+    link.add_argument("--label", default="guests", help="what the link is for")
+    link.add_argument("--expires-in-hours", type=float, default=None, help="default: never")
+    link.add_argument("--max-files", type=_positive_int, default=None, help="default: no limit")
+    link.add_argument("--max-bytes", type=_positive_int, default=None, help="default: no limit")
     orphans = sub.add_parser(
         "orphans", help="objects in S3 whose record never landed"
     ).add_subparsers(dest="cmd", required=True)
@@ -169,6 +216,23 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(json.dumps(report, indent=2))
+        return 0
+    if args.group == "guest-link":
+        try:
+            made = asyncio.run(
+                create_guest_link(
+                    settings,
+                    args.event,
+                    args.label,
+                    expires_in_hours=args.expires_in_hours,
+                    max_files=args.max_files,
+                    max_bytes=args.max_bytes,
+                )
+            )
+        except LookupError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(json.dumps(made, indent=2))
         return 0
     if args.cmd == "create":
         try:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from darkroom_ingest.endpoints import WebhookEndpoints
     from darkroom_ingest.events import EventService
     from darkroom_ingest.gallery import Gallery
+    from darkroom_ingest.guests import GuestLinks
     from darkroom_ingest.jobs import Jobs
     from darkroom_ingest.photos import PhotoService
     from darkroom_ingest.tus import TusUploads
@@ -35,6 +36,7 @@ class Deps:
     events: EventService
     photos: PhotoService
     gallery: Gallery
+    guests: GuestLinks
     chunked: ChunkedUploads
     tus: TusUploads
     endpoints: WebhookEndpoints

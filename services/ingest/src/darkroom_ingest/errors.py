@@ -101,6 +101,12 @@ TUS_FINAL_TAKES_NO_BYTES = ErrorKind("final_upload", 403, "A final upload takes 
 WRONG_PROTOCOL = ErrorKind("wrong_protocol", 409, "The upload is a tus upload")
 TUS_PARTIAL_UNFINISHED = ErrorKind("partial_unfinished", 400, "A partial upload is not finished")
 
+# ---- guest upload links (guests.py) ----------------------------------------------------------
+
+GUEST_LINK_NOT_FOUND = not_found_kind("guest_link")
+GUEST_LIMIT_REACHED = ErrorKind("guest_limit_reached", 403, "The link's limit is reached")
+PAGE_ASSET_MISSING = ErrorKind("page_asset_missing", 404, "No such file of the page")
+
 VALIDATION_FAILED = ErrorKind("validation_failed", 422, "The request is not valid")
 INSUFFICIENT_SCOPE = ErrorKind("insufficient_scope", 403, "The token lacks a scope")
 

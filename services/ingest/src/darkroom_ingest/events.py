@@ -91,6 +91,11 @@ class EventService:
     async def patch(self, event: EventRecord, fields: dict[str, Any]) -> EventRecord:
         """Change the fields given; a cap never goes below the photos held (checked in the same
         write)."""
+        for name in ("name", "guest_uploads_hidden"):
+            if name in fields and fields[name] is None:
+                raise VALIDATION_FAILED.error(
+                    errors=[FieldError(f"/{name}", "may not be null", "required")]
+                )
         if "name" in fields and fields["name"] is None:
             raise VALIDATION_FAILED.error(
                 errors=[FieldError("/name", "an event needs a name", "required")]

@@ -323,4 +323,6 @@ def _first_document(
     )
     if request_key is not None:
         photo.request_key = request_key
+    if file.hidden:
+        photo.is_hidden = True
     return photo.model_dump(by_alias=True, exclude_unset=True)

@@ -13,6 +13,8 @@ TOKEN_PREFIX = "drk_"
 class Scope(StrEnum):
     PHOTOS_READ = "photos.read"
     PHOTOS_WRITE = "photos.write"
+    # Adds photos to the token's one event, and nothing else (a guest upload link).
+    PHOTOS_UPLOAD = "photos.upload"
     EVENTS_READ = "events.read"
     EVENTS_WRITE = "events.write"
     WEBHOOKS_MANAGE = "webhooks.manage"
@@ -21,7 +23,7 @@ class Scope(StrEnum):
 
 # What a scope implies: a writer may read what it writes; admin may do everything.
 _IMPLIED: dict[Scope, set[Scope]] = {
-    Scope.PHOTOS_WRITE: {Scope.PHOTOS_READ, Scope.EVENTS_READ},
+    Scope.PHOTOS_WRITE: {Scope.PHOTOS_READ, Scope.EVENTS_READ, Scope.PHOTOS_UPLOAD},
     Scope.EVENTS_WRITE: {Scope.EVENTS_READ},
     Scope.PHOTOS_READ: {Scope.EVENTS_READ},
     Scope.ADMIN: set(Scope),
@@ -71,6 +73,18 @@ class Principal:
     scopes: list[str]
     event_id: str | None = None  # gallery tokens are bound to one event
     created_ms: int = 0
+    # A guest upload link's limits: files and bytes it may add in all (None: no limit).
+    max_files: int | None = None
+    max_bytes: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_files is not None or self.max_bytes is not None
+
+    @property
+    def is_guest(self) -> bool:
+        """May add photos, and nothing more (a guest upload link)."""
+        return self.may(Scope.PHOTOS_UPLOAD) and not self.may(Scope.PHOTOS_WRITE)
 
     def may(self, scope: Scope) -> bool:
         return scope.value in effective_scopes(self.scopes)

@@ -60,6 +60,7 @@ class StoredFile:
     kind: sniff.FileType
     size: int
     sha256: str | None  # None: a chunked upload sent without one
+    hidden: bool = False  # arrived through a guest link of an event that hides those
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 from typing import Any, TypeVar
 
 from aiohttp import web
+from darkroom_kit.clock import now_ms
 from darkroom_kit.lease import Lease
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.problems import FieldError, Problem
@@ -119,8 +120,22 @@ async def authenticate(request: web.Request) -> Principal:
             "The token is unknown or was revoked.",
             headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
         )
+    if stored.expires_ms is not None and stored.expires_ms <= now_ms():
+        raise Problem(
+            401,
+            "token_expired",
+            "The token has expired",
+            "This link or token is no longer valid; ask its owner for a new one.",
+            headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
+        )
     principal = Principal(
-        stored.id, stored.name, list(stored.scopes), stored.event_id, stored.created_ms
+        stored.id,
+        stored.name,
+        list(stored.scopes),
+        stored.event_id,
+        stored.created_ms,
+        stored.max_files,
+        stored.max_bytes,
     )
     request[PRINCIPAL] = principal
     return principal

@@ -24,6 +24,8 @@ class EventRecord(Record):
     created_ms: int
     archived_ms: int | None = None
     categories: list[StoredCategory] = Field(default_factory=list)
+    # Photos that arrive through a guest upload link are hidden until the owner shows them.
+    guest_uploads_hidden: bool = False
 
     def category_ids(self) -> set[str]:
         return {c.id for c in self.categories}

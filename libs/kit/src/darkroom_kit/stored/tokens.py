@@ -16,3 +16,10 @@ class TokenRecord(Record):
     event_id: str | None = None
     created_ms: int
     revoked: bool = False
+    # A guest upload link: when it stops working, and what it may add in all (None: no limit).
+    guest: bool = False
+    expires_ms: int | None = None
+    max_files: int | None = None
+    max_bytes: int | None = None
+    files_used: int = 0
+    bytes_used: int = 0

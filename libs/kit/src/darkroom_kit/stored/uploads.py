@@ -76,6 +76,8 @@ class UploadRecord(Record):
     partials: list[str] = Field(default_factory=list)  # a final's partial uploads, in order
     assembled: bool = False  # a partial whose bytes are one object at ``key``
     metadata: dict[str, str] = Field(default_factory=dict)  # Upload-Metadata, as sent
+    # Sent through a guest link of an event that hides those photos: its photo arrives hidden.
+    hidden: bool = False
 
     def chunk(self, index: int) -> StoredChunk | None:
         return self.parts.get(str(index))

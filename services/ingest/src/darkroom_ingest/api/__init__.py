@@ -6,6 +6,7 @@ from __future__ import annotations
 from darkroom_ingest.api import (
     deliveries,
     events,
+    guests,
     me,
     operations,
     photos,
@@ -16,7 +17,7 @@ from darkroom_ingest.api import (
 )
 from darkroom_ingest.api.declare import Route
 
-RESOURCES = (me, events, photos, uploads, tus, serving, webhooks, deliveries, operations)
+RESOURCES = (me, events, guests, photos, uploads, tus, serving, webhooks, deliveries, operations)
 
 
 def all_routes() -> list[Route]:

@@ -21,6 +21,7 @@ Mode = Literal["validation", "serialization"]
 UNAUTHENTICATED = (
     ErrorKind("unauthenticated", 401, "Authentication required"),
     ErrorKind("invalid_token", 401, "The token is not valid"),
+    ErrorKind("token_expired", 401, "The token has expired"),
 )
 INSUFFICIENT_SCOPE = ErrorKind("insufficient_scope", 403, "The token lacks a scope")
 VALIDATION = ErrorKind("validation_failed", 422, "The request is not valid")

@@ -18,6 +18,7 @@ from darkroom_kit.stored.uploads import UploadRecord
 from darkroom_ingest import errors
 from darkroom_ingest.api.declare import Call, Header, RouteTable
 from darkroom_ingest.errors import EVENT_NOT_FOUND, UPLOAD_NOT_FOUND
+from darkroom_ingest.guests import arrives_hidden
 from darkroom_ingest.tokens import Scope
 from darkroom_ingest.tus import protocol
 from darkroom_ingest.tus.service import Written
@@ -140,7 +141,7 @@ async def tus_options(call: Call) -> web.Response:
     BASE,
     operation_id="tusCreate",
     summary="Create a tus upload",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     raw=True,
     status=201,
     body_kind="offset-octet-stream",
@@ -162,6 +163,7 @@ async def tus_options(call: Call) -> web.Response:
         EVENT_NOT_FOUND,
         errors.TUS_EVENT_REQUIRED,
         errors.TUS_PARTIAL_UNFINISHED,
+        errors.GUEST_LIMIT_REACHED,
         errors.EVENT_ARCHIVED,
         errors.PHOTO_CAP_REACHED,
         errors.INVALID_FILENAME,
@@ -183,7 +185,11 @@ async def tus_create(call: Call) -> web.Response:
             raise protocol.invalid("Upload-Length", "A final upload's length is its partials'.")
         final_event = metadata.get("event") or await deps.tus.event_of(concat.upload_ids[0])
         event = await deps.events.get(call.principal, final_event)
-        written = await deps.tus.create_final(event, concat.upload_ids, metadata)
+        # The file counts once, here; its partials counted its bytes.
+        await deps.guests.count_in(call.principal, 0)
+        written = await deps.tus.create_final(
+            event, concat.upload_ids, metadata, hidden=arrives_hidden(call.principal, event)
+        )
         response = _answer(201, written)
         response.headers["Location"] = BASE + written.upload.id
         return response
@@ -198,7 +204,15 @@ async def tus_create(call: Call) -> web.Response:
             errors=[protocol.field("Upload-Metadata", "no event", "required")],
         )
     event = await deps.events.get(call.principal, event_id)
-    upload = await deps.tus.create(event, length, metadata, concat)
+    if call.principal.limited:
+        if length is None:
+            raise protocol.invalid(
+                "Upload-Length", "An upload through a guest link says its length at creation."
+            )
+        await deps.guests.count_in(call.principal, length, files=0 if concat is not None else 1)
+    upload = await deps.tus.create(
+        event, length, metadata, concat, hidden=arrives_hidden(call.principal, event)
+    )
     written = Written(upload)
     if _has_body(request):
         _check_content_type(request)
@@ -220,7 +234,7 @@ async def tus_create(call: Call) -> web.Response:
     ITEM,
     operation_id="tusHead",
     summary="A tus upload's offset",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     raw=True,
     answer_headers=_STATE_HEADERS,
     errors=(
@@ -253,7 +267,7 @@ def _check_content_type(request: web.Request) -> None:
     ITEM,
     operation_id="tusPatch",
     summary="Send bytes of a tus upload",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     raw=True,
     status=204,
     body_kind="offset-octet-stream",
@@ -290,7 +304,7 @@ async def tus_patch(call: Call) -> web.Response:
     ITEM,
     operation_id="tusTerminate",
     summary="Terminate a tus upload",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     raw=True,
     status=204,
     errors=(UPLOAD_NOT_FOUND, errors.TUS_VERSION_UNSUPPORTED, *errors.UPLOAD_NOT_OPEN),
@@ -312,7 +326,7 @@ _OVERRIDES: dict[str, Callable[[Call], Awaitable[web.Response]]] = {
     ITEM,
     operation_id="tusMethodOverride",
     summary="PATCH or DELETE through POST",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     raw=True,
     status=204,
     body_kind="offset-octet-stream",

@@ -15,6 +15,7 @@ from darkroom_ingest.errors import (
     PHOTO_NOT_FOUND,
     UPLOAD_NOT_FOUND,
 )
+from darkroom_ingest.guests import arrives_hidden
 from darkroom_ingest.schemas.uploads import ChunkOut, UploadCreate, UploadOut
 from darkroom_ingest.tokens import Principal, Scope
 
@@ -41,7 +42,7 @@ def _out(call: Call, upload: UploadRecord) -> UploadOut:
     "/v1/events/{event_id}/uploads",
     operation_id="createUpload",
     summary="Start a chunked upload",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     body=UploadCreate,
     response=UploadOut,
     status=201,
@@ -53,6 +54,7 @@ def _out(call: Call, upload: UploadRecord) -> UploadOut:
         errors.INVALID_FILENAME,
         errors.UNSUPPORTED_TYPE,
         errors.FILE_TOO_LARGE,
+        errors.GUEST_LIMIT_REACHED,
     ),
 )
 async def create_upload(call: Call, body: UploadCreate) -> Reply[UploadOut]:
@@ -60,8 +62,14 @@ async def create_upload(call: Call, body: UploadCreate) -> Reply[UploadOut]:
     send its chunks (``chunk_size`` bytes each but the last) in any order, in parallel."""
     deps = call.deps
     event = await deps.events.get(call.principal, call.path("event_id"))
+    await deps.guests.count_in(call.principal, body.size)
     doc = await deps.chunked.create(
-        event.document(), body.filename, body.size, body.mime_type, body.sha256
+        event.document(),
+        body.filename,
+        body.size,
+        body.mime_type,
+        body.sha256,
+        hidden=arrives_hidden(call.principal, event),
     )
     upload = UploadRecord.of(doc)
     return Reply(_out(call, upload), headers={"Location": f"/v1/uploads/{upload.id}"})
@@ -71,7 +79,7 @@ async def create_upload(call: Call, body: UploadCreate) -> Reply[UploadOut]:
     "/v1/uploads/{upload_id}",
     operation_id="getUpload",
     summary="Read an upload's state",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     response=UploadOut,
     errors=(UPLOAD_NOT_FOUND,),
 )
@@ -84,7 +92,7 @@ async def get_upload(call: Call) -> UploadOut:
     "/v1/uploads/{upload_id}/chunks/{index}",
     operation_id="putChunk",
     summary="Send one chunk",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     body_kind="raw",
     response=ChunkOut,
     headers=(
@@ -134,7 +142,7 @@ async def put_chunk(call: Call) -> ChunkOut:
     "/v1/uploads/{upload_id}/complete",
     operation_id="completeUpload",
     summary="Complete an upload",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     response=PhotoView,
     errors=(
         UPLOAD_NOT_FOUND,
@@ -163,7 +171,7 @@ async def complete_upload(call: Call) -> PhotoView:
     "/v1/uploads/{upload_id}",
     operation_id="cancelUpload",
     summary="Cancel an upload",
-    scope=Scope.PHOTOS_WRITE,
+    scope=Scope.PHOTOS_UPLOAD,
     status=204,
     errors=(UPLOAD_NOT_FOUND, *errors.UPLOAD_NOT_OPEN),
 )

@@ -56,7 +56,14 @@ class ChunkedUploads:
     # ---- create and read -------------------------------------------------------------------
 
     async def create(
-        self, event: Document, filename: str, size: int, mime_type: str, sha256: str | None
+        self,
+        event: Document,
+        filename: str,
+        size: int,
+        mime_type: str,
+        sha256: str | None,
+        *,
+        hidden: bool = False,
     ) -> Document:
         name = self.rules.admit(filename, size, mime_type)
         record = EventRecord.of(event)
@@ -84,6 +91,7 @@ class ChunkedUploads:
             state=UploadState.OPEN,
             created_ms=now,
             expires_ms=now + self.rules.expiry_ms,
+            hidden=hidden,
         )
         await self.records.insert(upload)
         return upload.document()
@@ -184,6 +192,7 @@ class ChunkedUploads:
             kind,
             upload.size,
             upload.sha256,
+            upload.hidden,
         )
         event = EventRecord.maybe(await self._photos.events.get(upload.event_id))
         if event is None:

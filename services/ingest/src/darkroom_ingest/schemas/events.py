@@ -69,6 +69,10 @@ class EventPatch(Strict):
         str | None, Field(min_length=1, max_length=200, description="A new display name.")
     ] = None
     photo_cap: PhotoCap = None
+    guest_uploads_hidden: Annotated[
+        bool | None,
+        Field(description="Hide the photos that arrive through a guest upload link."),
+    ] = None
 
 
 class EventListQuery(PageQuery):

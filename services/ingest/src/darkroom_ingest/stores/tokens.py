@@ -15,7 +15,16 @@ class TokenStore:
         self._col = db[records.TOKENS]
 
     async def create(
-        self, name: str, token_hash: str, scopes: list[str], event_id: str | None = None
+        self,
+        name: str,
+        token_hash: str,
+        scopes: list[str],
+        event_id: str | None = None,
+        *,
+        guest: bool = False,
+        expires_ms: int | None = None,
+        max_files: int | None = None,
+        max_bytes: int | None = None,
     ) -> TokenRecord:
         token = TokenRecord(
             id=new_id("tok"),
@@ -25,12 +34,32 @@ class TokenStore:
             event_id=event_id,
             created_ms=now_ms(),
             revoked=False,
+            guest=guest,
+            expires_ms=expires_ms,
+            max_files=max_files,
+            max_bytes=max_bytes,
         )
         await self._col.insert_one(token.document())
         return token
 
     async def by_hash(self, token_hash: str) -> TokenRecord | None:
         return TokenRecord.maybe(await self._col.find_one({"hash": token_hash, "revoked": False}))
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        return TokenRecord.maybe(await self._col.find_one({"_id": token_id}, {"hash": 0}))
+
+    async def guests_of(self, event_id: str) -> list[TokenRecord]:
+        cursor = self._col.find({"event_id": event_id, "guest": True}, {"hash": 0})
+        return [TokenRecord.of(d) async for d in cursor.sort("created_ms", ASCENDING)]
+
+    async def use(self, token: TokenRecord, files: int, size: int) -> bool:
+        """Count ``files`` and ``size`` bytes against the token's limits, if it read them
+        last: a write conditional on the counts it read (no server-side arithmetic needed)."""
+        result = await self._col.update_one(
+            {"_id": token.id, "files_used": token.files_used, "bytes_used": token.bytes_used},
+            {"$inc": {"files_used": files, "bytes_used": size}},
+        )
+        return result.matched_count == 1
 
     async def list(self) -> list[TokenRecord]:
         cursor = self._col.find({}, {"hash": 0}).sort("created_ms", ASCENDING)

@@ -108,6 +108,8 @@ class TusUploads:
         length: int | None,
         metadata: dict[str, str],
         concat: Concat | None,
+        *,
+        hidden: bool = False,
     ) -> UploadRecord:
         """A new upload of ``length`` bytes (None: said later); a partial one when ``concat``
         says so."""
@@ -159,12 +161,18 @@ class TusUploads:
             expires_ms=now + self._rules.expiry_ms,
             concat="partial" if partial else None,
             metadata=metadata,
+            hidden=hidden,
         )
         await self._records.insert(upload)
         return upload
 
     async def create_final(
-        self, event: EventRecord, partial_ids: tuple[str, ...], metadata: dict[str, str]
+        self,
+        event: EventRecord,
+        partial_ids: tuple[str, ...],
+        metadata: dict[str, str],
+        *,
+        hidden: bool = False,
     ) -> Written:
         """An upload made of finished partial uploads, in order: complete at once."""
         ensure_accepts_uploads(event)
@@ -184,7 +192,7 @@ class TusUploads:
                 )
         first = partials[0]
         meta = {**first.metadata, **metadata}
-        upload = await self.create(event, sum(p.size for p in partials), meta, None)
+        upload = await self.create(event, sum(p.size for p in partials), meta, None, hidden=hidden)
         upload = upload.model_copy(update={"concat": "final", "partials": list(partial_ids)})
         await self._records.col.update_one(
             {"_id": upload.id}, {"$set": {"concat": "final", "partials": list(partial_ids)}}
