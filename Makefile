@@ -29,7 +29,13 @@ install: .venv/.installed ## Install the workspace into .venv (from the lock fil
 run: install ## Run the whole system (embedded servers unless AMQP_URL/MONGO_URL/S3_ENDPOINT_URL are set)
 	.venv/bin/darkroom-dev
 
-test: install ## Run the whole test suite (unit, integration, end to end, the fault suite bounded)
+# Debian's chromium: the guest page is tested in it (tests/e2e/test_guest_page.py).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+test: install $(CHROMIUM) ## Run the whole test suite (unit, integration, end to end, the fault suite bounded)
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 test-faults: install ## The fault suite with more load (hundreds of uploads); table in .data/faults-report.json

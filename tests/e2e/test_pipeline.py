@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import signal
-import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,101 +14,14 @@ from aiohttp import web
 from darkroom_client import DarkroomClient
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import Topology
-from darkroom_repair.app import queue_spec as repair_spec
-from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
-from darkroom_thumbnailing.settings import ThumbnailSettings
-from darkroom_webhooks.app import queue_specs
-from darkroom_webhooks.settings import WebhookSettings
 from PIL import Image
-from standardwebhooks import Webhook
 
-from darkroom_dev.servers import Server, free_port
-from darkroom_dev.stack import SERVICES, start_services
+from darkroom_dev.servers import Server
+from darkroom_dev.stack import start_services
+from tests.factories.e2e import Receiver, wait_for
 from tests.factories.media import jpeg_bytes, png_bytes
-from tests.factories.servers import QueueJanitor, to_env
 
 pytestmark = pytest.mark.e2e
-
-
-@dataclass
-class Receiver:
-    secret: str = ""
-    fail_first: int = 0
-    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append((dict(request.headers), await request.read()))
-        if len(self.requests) <= self.fail_first:
-            return web.Response(status=503)
-        return web.Response(status=204)
-
-    def verified(self) -> list[dict[str, Any]]:
-        return [
-            Webhook(self.secret).verify(body, headers) for headers, body in self.requests if body
-        ]
-
-
-async def wait_for(check: Any, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError("timed out")
-
-
-@pytest.fixture
-async def system(
-    settings_kwargs: dict[str, Any], janitor: QueueJanitor
-) -> AsyncIterator[tuple[str, dict[str, str], list[Server], Path]]:
-    import os
-
-    base = free_port(len(SERVICES))
-    api_url = f"http://127.0.0.1:{base}"
-    env = {
-        **os.environ,
-        **to_env(
-            {
-                k: v
-                for k, v in settings_kwargs.items()
-                if k not in ("s3_access_key", "s3_secret_key")
-            }
-        ),
-        "S3_ACCESS_KEY": str(settings_kwargs["s3_access_key"]),
-        "S3_SECRET_KEY": str(settings_kwargs["s3_secret_key"]),
-        "PUBLIC_BASE_URL": api_url,
-        "ALLOW_PRIVATE_NETWORKS": '["127.0.0.0/8"]',
-        "RETRY_DELAYS_MS": "[2000, 3000]",
-        "RENDER_PROCESSES": "1",
-        "LOG_JSON": "true",
-    }
-    topology = Topology(settings_kwargs["amqp_namespace"])
-    janitor.add(
-        thumbnail_spec(topology, ThumbnailSettings(retry_delays_ms=(2000, 3000))),
-        repair_spec(topology),
-        *queue_specs(topology, WebhookSettings(retry_delays_ms=(2000, 3000))),
-    )
-    logs = Path(tempfile.mkdtemp(prefix="darkroom-e2e-"))
-    services = await asyncio.to_thread(start_services, env, logs, base)
-    try:
-        yield api_url, env, services, logs
-    finally:
-        for s in services:
-            if s.process is not None and s.process.poll() is None:
-                s.process.send_signal(signal.SIGTERM)
-        codes = [await asyncio.to_thread(_wait, s) for s in services]
-        # A graceful stop: every service exits on its own after SIGTERM, with status 0.
-        assert codes == [0, 0, 0, 0], (codes, logs)
-
-
-def _wait(server: Server) -> int | None:
-    assert server.process is not None
-    try:
-        return server.process.wait(30)
-    except Exception:
-        server.process.kill()
-        return None
 
 
 async def test_upload_thumbnail_and_webhooks_exactly_once(

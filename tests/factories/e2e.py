@@ -1,0 +1,37 @@
+"""What the end-to-end tests share: a webhook receiver that verifies what it got, and a wait."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from standardwebhooks import Webhook
+
+
+@dataclass
+class Receiver:
+    secret: str = ""
+    fail_first: int = 0
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        if len(self.requests) <= self.fail_first:
+            return web.Response(status=503)
+        return web.Response(status=204)
+
+    def verified(self) -> list[dict[str, Any]]:
+        return [
+            Webhook(self.secret).verify(body, headers) for headers, body in self.requests if body
+        ]
+
+
+async def wait_for(check: Any, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("timed out")
