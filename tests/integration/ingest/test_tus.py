@@ -382,3 +382,27 @@ async def test_a_file_whose_bytes_are_not_an_image_is_refused_and_nothing_kept(
     assert await eventually(nothing_kept, timeout=5)
     count = await capi.app[MONGO_DB][records.PHOTOS].count_documents({"event_id": event["id"]})
     assert count == 0
+
+
+async def test_an_expired_upload_takes_no_bytes_and_the_sweep_drops_it(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(CHUNK + 2000)
+    location = (await create(capi, token, event["id"], len(data))).headers["Location"]
+    # 1 MiB: kept as the upload's tail object, under S3's part minimum.
+    assert (await patch(capi, token, location, 0, data[:MIB])).status == 204
+    upload_id = location.rsplit("/", 1)[1]
+    uploads = capi.app[MONGO_DB]["uploads"]
+    await uploads.update_one({"_id": upload_id}, {"$set": {"expires_ms": 1}})
+    await assert_problem(await patch(capi, token, location, MIB, data[MIB:]), 410, "upload_expired")
+    assert (await head(capi, token, location)).status == 410
+    # The sweep (every UPLOAD_SWEEP_INTERVAL_SECONDS) drops its bytes: parts and tail.
+
+    async def dropped() -> bool:
+        record = await uploads.find_one({"_id": upload_id})
+        keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+        return record is not None and record["state"] == "expired" and keys == []
+
+    assert await eventually(dropped, timeout=10)
