@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
+.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -24,7 +24,19 @@ $(UV):
 	$(UV) sync $(UV_FLAGS) --all-packages
 	@touch $@
 
-install: .venv/.installed ## Install the workspace into .venv (from the lock file)
+# The npm tools of the tests and benchmarks (tus-js-client, @tus/server), from package-lock.json.
+NPM := $(shell command -v npm 2>/dev/null)
+node_modules/.installed: package.json package-lock.json
+	@[ -n "$(NPM)" ] || { echo "npm (Node.js 20.19+) is required: apt-get install nodejs npm" >&2; exit 1; }
+	$(NPM) ci --no-audit --no-fund
+	@touch $@
+
+# The guest page serves tus-js-client's browser build from the package (api/guests.py).
+GUEST_TUS := services/ingest/src/darkroom_ingest/guest_page/tus.min.js
+$(GUEST_TUS): node_modules/.installed
+	cp node_modules/tus-js-client/dist/tus.min.js $@
+
+install: .venv/.installed node_modules/.installed $(GUEST_TUS) ## Install the workspace into .venv and node_modules (from the lock files)
 
 run: install ## Run the whole system (embedded servers unless AMQP_URL/MONGO_URL/S3_ENDPOINT_URL are set)
 	.venv/bin/darkroom-dev
@@ -58,6 +70,9 @@ bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio
 
 bench-chunked: install ## Benchmark chunked uploads (512 MiB and 2 GiB, 8 MiB chunks, 4 in parallel)
 	.venv/bin/python -m benchmarks.chunked_upload
+
+bench-tus: install ## Benchmark tus: darkroom vs @tus/server+@tus/s3-store vs chunked, CPU-s/GiB, peak RSS (BENCH_TUS_SIZES_MIB=256,1024)
+	.venv/bin/python -m benchmarks.tus_upload
 
 bench-thumbnailing: install ## Benchmark thumbnailing: 1,000 24 MP JPEGs through the service vs a bare pyvips loop
 	.venv/bin/python -m benchmarks.thumbnailing

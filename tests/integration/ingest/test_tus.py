@@ -406,3 +406,33 @@ async def test_an_expired_upload_takes_no_bytes_and_the_sweep_drops_it(
         return record is not None and record["state"] == "expired" and keys == []
 
     assert await eventually(dropped, timeout=10)
+
+
+async def test_a_partial_upload_without_an_event_is_its_makers_alone(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    """tus-js-client names the event on the final upload only: its partials name none, and
+    until then nobody else sees or joins them."""
+    mine, other = await make_token(), await make_token()
+    event = await make_event(capi, mine)
+    data = jpeg_like(300_000)
+    created = await capi.post(
+        "/v1/tus/",
+        headers={**TUS, **auth(mine), "Upload-Length": str(len(data)), "Upload-Concat": "partial"},
+    )
+    assert created.status == 201, await created.text()
+    location = created.headers["Location"]
+    assert (await patch(capi, mine, location, 0, data)).status == 204
+    assert (await head(capi, other, location)).status == 404
+    final = {
+        **TUS,
+        "Upload-Concat": f"final;{location}",
+        "Upload-Metadata": meta(event=event["id"], filename="p.jpg"),
+    }
+    stolen = await capi.post("/v1/tus/", headers={**final, **auth(other)})
+    await assert_problem(stolen, 404, "upload_not_found")
+    joined = await capi.post("/v1/tus/", headers={**final, **auth(mine)})
+    assert joined.status == 201, await joined.text()
+    assert await original_bytes(capi, joined.headers["X-Darkroom-Photo-Id"]) == data
+    # Without a partial header, naming no event is refused.
+    await assert_problem(await create(capi, mine, None, 10), 400, "event_required")

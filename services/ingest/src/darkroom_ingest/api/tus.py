@@ -21,7 +21,7 @@ from darkroom_ingest.errors import EVENT_NOT_FOUND, UPLOAD_NOT_FOUND
 from darkroom_ingest.guests import arrives_hidden
 from darkroom_ingest.tokens import Scope
 from darkroom_ingest.tus import protocol
-from darkroom_ingest.tus.service import Written
+from darkroom_ingest.tus.service import NO_EVENT, Written
 
 routes = RouteTable("tus")
 
@@ -96,7 +96,12 @@ def _answer(status: int, written: Written) -> web.Response:
 async def _load(call: Call) -> UploadRecord:
     upload_id = call.path("upload_id")
     upload = await call.deps.tus.get(upload_id)
-    if call.principal.event_id is not None and upload.event_id != call.principal.event_id:
+    if upload.event_id == NO_EVENT:
+        # A partial upload that names no event yet: its maker's alone.
+        visible = upload.token_id == call.principal.token_id
+    else:
+        visible = call.principal.event_id in (None, upload.event_id)
+    if not visible:
         raise UPLOAD_NOT_FOUND.error(f"No upload with id {upload_id!r}.")
     return upload
 
@@ -183,12 +188,20 @@ async def tus_create(call: Call) -> web.Response:
     if concat is not None and not concat.partial:
         if length is not None:
             raise protocol.invalid("Upload-Length", "A final upload's length is its partials'.")
-        final_event = metadata.get("event") or await deps.tus.event_of(concat.upload_ids[0])
-        event = await deps.events.get(call.principal, final_event)
+        final_event = (
+            metadata.get("event")
+            or call.principal.event_id
+            or await deps.tus.event_of(concat.upload_ids[0])
+        )
+        joined_in = await deps.events.get(call.principal, final_event)
         # The file counts once, here; its partials counted its bytes.
         await deps.guests.count_in(call.principal, 0)
         written = await deps.tus.create_final(
-            event, concat.upload_ids, metadata, hidden=arrives_hidden(call.principal, event)
+            joined_in,
+            concat.upload_ids,
+            metadata,
+            token_id=call.principal.token_id,
+            hidden=arrives_hidden(call.principal, joined_in),
         )
         response = _answer(201, written)
         response.headers["Location"] = BASE + written.upload.id
@@ -197,13 +210,15 @@ async def tus_create(call: Call) -> web.Response:
         raise protocol.invalid("Upload-Defer-Length", "Upload-Defer-Length is 1.")
     if (length is None) == (deferred is None):
         raise protocol.invalid("Upload-Length", "Send Upload-Length or Upload-Defer-Length: 1.")
-    event_id = metadata.get("event") or metadata.get("event_id")
-    if not event_id:
+    event_id = metadata.get("event") or metadata.get("event_id") or call.principal.event_id
+    partial = concat is not None and concat.partial
+    if not event_id and not partial:
+        # A partial upload may name none: tus-js-client names it on the final upload only.
         raise errors.TUS_EVENT_REQUIRED.error(
             "Name the event in Upload-Metadata: `event <base64 of its id>`.",
             errors=[protocol.field("Upload-Metadata", "no event", "required")],
         )
-    event = await deps.events.get(call.principal, event_id)
+    event = await deps.events.get(call.principal, event_id) if event_id else None
     if call.principal.limited:
         if length is None:
             raise protocol.invalid(
@@ -211,7 +226,12 @@ async def tus_create(call: Call) -> web.Response:
             )
         await deps.guests.count_in(call.principal, length, files=0 if concat is not None else 1)
     upload = await deps.tus.create(
-        event, length, metadata, concat, hidden=arrives_hidden(call.principal, event)
+        event,
+        length,
+        metadata,
+        concat,
+        token_id=call.principal.token_id,
+        hidden=event is not None and arrives_hidden(call.principal, event),
     )
     written = Written(upload)
     if _has_body(request):

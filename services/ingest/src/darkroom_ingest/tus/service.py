@@ -41,6 +41,8 @@ from darkroom_ingest.tus.protocol import Checksum, Concat
 from darkroom_ingest.tus.store import TusRecords
 
 S = UploadState
+# The event of a partial upload whose client named none: the final upload that joins it does.
+NO_EVENT = "_unbound"
 S3_MIN_PART = 5 * 1024 * 1024
 # The media type of an upload whose client said none (its bytes say it at completion).
 UNTYPED = "application/octet-stream"
@@ -104,16 +106,18 @@ class TusUploads:
 
     async def create(
         self,
-        event: EventRecord,
+        event: EventRecord | None,
         length: int | None,
         metadata: dict[str, str],
         concat: Concat | None,
         *,
+        token_id: str | None = None,
         hidden: bool = False,
     ) -> UploadRecord:
         """A new upload of ``length`` bytes (None: said later); a partial one when ``concat``
-        says so."""
-        ensure_accepts_uploads(event)
+        says so, which may name no event (None) until the final upload that joins it."""
+        if event is not None:
+            ensure_accepts_uploads(event)
         filename = metadata.get("filename") or metadata.get("name") or "upload"
         declared = metadata.get("filetype") or metadata.get("type") or None
         declared = declared or mimetypes.guess_type(filename)[0]
@@ -131,11 +135,14 @@ class TusUploads:
         if length is not None:
             self._rules.check_size(declared, length, "Upload-Length")
         partial = concat is not None and concat.partial
+        if event is None and not partial:
+            raise errors.TUS_EVENT_REQUIRED.error("Name the event in Upload-Metadata.")
+        event_id = event.id if event is not None else NO_EVENT
         photo_id = new_id("ph")
         key = (
-            records.piece_key(event.id, photo_id, "partial")
+            records.piece_key(event_id, photo_id, "partial")
             if partial
-            else records.original_key(event.id, photo_id)
+            else records.original_key(event_id, photo_id)
         )
         layout = self._rules.layout(length if length is not None else self.max_size)
         # The multipart upload first: a record never names one that does not exist (the orphan
@@ -145,8 +152,9 @@ class TusUploads:
         upload = UploadRecord(
             id=new_id("up"),
             protocol="tus",
-            event_id=event.id,
-            event_slug=event.slug,
+            event_id=event_id,
+            event_slug=event.slug if event is not None else "",
+            token_id=token_id,
             photo_id=photo_id,
             key=key,
             s3_upload_id=s3_upload_id,
@@ -172,16 +180,18 @@ class TusUploads:
         partial_ids: tuple[str, ...],
         metadata: dict[str, str],
         *,
+        token_id: str | None = None,
         hidden: bool = False,
     ) -> Written:
         """An upload made of finished partial uploads, in order: complete at once."""
         ensure_accepts_uploads(event)
         partials = [await self._records.get(i, with_parts=False) for i in partial_ids]
         for partial in partials:
+            unbound_but_mine = partial.event_id == NO_EVENT and partial.token_id == token_id
             if (
                 partial.protocol != "tus"
                 or partial.concat != "partial"
-                or partial.event_id != event.id
+                or not (partial.event_id == event.id or unbound_but_mine)
             ):
                 raise errors.UPLOAD_NOT_FOUND.error(f"No partial upload with id {partial.id!r}.")
             if partial.state is not S.OPEN or not partial.assembled:
@@ -192,7 +202,9 @@ class TusUploads:
                 )
         first = partials[0]
         meta = {**first.metadata, **metadata}
-        upload = await self.create(event, sum(p.size for p in partials), meta, None, hidden=hidden)
+        upload = await self.create(
+            event, sum(p.size for p in partials), meta, None, token_id=token_id, hidden=hidden
+        )
         upload = upload.model_copy(update={"concat": "final", "partials": list(partial_ids)})
         await self._records.col.update_one(
             {"_id": upload.id}, {"$set": {"concat": "final", "partials": list(partial_ids)}}
