@@ -34,7 +34,9 @@ class UploadFailure(BaseModel):
     detail: str = ""
 
 
-UploadProtocol = Literal["chunked", "tus"]
+# "direct": the client sends the bytes straight to S3 with URLs the API signed (one PUT, or the
+# parts of a multipart upload); ``chunk_size`` and ``chunk_count`` are 0, ``parts`` stays empty.
+UploadProtocol = Literal["chunked", "tus", "direct"]
 # A tus upload's part in a concatenation (the tus concatenation extension).
 Concat = Literal["partial", "final"]
 
@@ -45,7 +47,7 @@ class UploadRecord(Record):
     event_slug: str
     photo_id: str  # chosen at creation: the object key names it before the photo exists
     key: str
-    s3_upload_id: str
+    s3_upload_id: str  # "" for a direct upload sent as one PUT
     filename: str
     size: int
     mime_type: str
@@ -76,6 +78,9 @@ class UploadRecord(Record):
     partials: list[str] = Field(default_factory=list)  # a final's partial uploads, in order
     assembled: bool = False  # a partial whose bytes are one object at ``key``
     metadata: dict[str, str] = Field(default_factory=dict)  # Upload-Metadata, as sent
+    # The token that made it: a partial upload sent before its event is known (tus-js-client
+    # names the event only on the final upload) is its maker's alone.
+    token_id: str | None = None
     # Sent through a guest link of an event that hides those photos: its photo arrives hidden.
     hidden: bool = False
 
