@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
+.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-direct bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-chunked: install ## Benchmark chunked uploads (512 MiB and 2 GiB, 8 MiB ch
 
 bench-tus: install ## Benchmark tus: darkroom vs @tus/server+@tus/s3-store vs chunked, CPU-s/GiB, peak RSS (BENCH_TUS_SIZES_MIB=256,1024)
 	.venv/bin/python -m benchmarks.tus_upload
+
+bench-direct: install ## Benchmark direct-to-S3 multipart uploads (1 GiB, 8 MiB parts, 4 at a time): API CPU-s/GiB, ratio to presigned PUTs without the API
+	.venv/bin/python -m benchmarks.direct_upload
 
 bench-thumbnailing: install ## Benchmark thumbnailing: 1,000 24 MP JPEGs through the service vs a bare pyvips loop
 	.venv/bin/python -m benchmarks.thumbnailing

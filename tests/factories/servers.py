@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,3 +86,16 @@ class QueueJanitor:
                     await channel.exchange_delete(name)
         finally:
             await connection.close()
+
+
+def run_cli(settings: IngestSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    """The server's ``darkroom`` command, as a real process against the servers of
+    ``settings``."""
+    return subprocess.run(
+        [sys.executable, "-m", "darkroom_ingest.cli", *args],
+        env={**os.environ, **cli_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

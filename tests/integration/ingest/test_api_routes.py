@@ -243,6 +243,29 @@ async def test_every_answer_validates_against_its_declaration(
         ending = {**TUS, "X-HTTP-Method-Override": "DELETE"} if method == "POST" else TUS
         assert (await call(method, call.last.headers["Location"], headers=ending))[0] == 204
 
+    # Direct uploads: one signed PUT straight to S3 (no credentials), then complete; multipart:
+    # a part signed, the parts S3 holds listed, the upload cancelled.
+    import aiohttp
+    from yarl import URL
+
+    direct_file = {"filename": "d.jpg", "size": len(small), "mime_type": "image/jpeg"}
+    status, direct = await call("POST", f"/v1/events/{ev}/direct-uploads", json=direct_file)
+    assert status == 201
+    async with (
+        aiohttp.ClientSession() as s3,
+        s3.put(URL(direct["url"], encoded=True), data=small, headers=direct["headers"]) as put,
+    ):
+        assert put.status == 200
+    assert (await call("POST", f"/v1/direct-uploads/{direct['upload_id']}/complete"))[0] == 200
+    status, multi = await call(
+        "POST", f"/v1/events/{ev}/direct-uploads", json={**direct_file, "multipart": True}
+    )
+    assert status == 201
+    mu = multi["upload_id"]
+    assert (await call("GET", f"/v1/direct-uploads/{mu}/parts/1"))[0] == 200
+    assert (await call("GET", f"/v1/direct-uploads/{mu}/parts"))[0] == 200
+    assert (await call("DELETE", f"/v1/direct-uploads/{mu}"))[0] == 204
+
     status, op = await call("POST", "/v1/photos/repair-dimensions", json={"event_id": ev})
     assert status == 202
     assert (await call("GET", f"/v1/operations/{op['id']}"))[0] == 200

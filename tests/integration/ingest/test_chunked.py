@@ -321,3 +321,23 @@ async def test_a_completer_that_died_after_creating_the_photo(
     assert count == 1
     got = await (await capi.get(f"/v1/events/{event['id']}", headers=auth(token))).json()
     assert got["photo_count"] == 1
+
+
+async def test_a_file_cut_short_is_refused_at_completion_and_not_kept(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    """The same end check as batch uploads: a JPEG without its end marker is truncated. (tus
+    uploads complete through the same code.)"""
+    token = await make_token()
+    event = await make_event(capi, token)
+    # A JPEG's start and no end marker (no 0xFF byte after the start at all, so that none can
+    # pass for one).
+    data = b"\xff\xd8\xff\xe0" + bytes(range(255)) * ((CHUNK + 5000) // 255)
+    upload = await start_upload(capi, token, event["id"], data)
+    for i in range(upload["chunk_count"]):
+        assert (await put_chunk(capi, token, upload, data, i)).status == 200
+    url = f"/v1/uploads/{upload['upload_id']}/complete"
+    await assert_problem(await capi.post(url, headers=auth(token)), 422, "truncated_file")
+    # Every later complete answers the same; nothing was stored.
+    await assert_problem(await capi.post(url, headers=auth(token)), 422, "truncated_file")
+    assert await stored_keys(capi, event["id"]) == []

@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 from darkroom_ingest.settings import IngestSettings
 
 from tests.factories.api import Client, auth
-from tests.factories.servers import cli_env
-
-
-def cli(settings: IngestSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "darkroom_ingest.cli", *args],
-        env={**os.environ, **cli_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.factories.servers import run_cli as cli
 
 
 async def test_token_create_list_revoke(api: Client, ingest_settings: IngestSettings) -> None:

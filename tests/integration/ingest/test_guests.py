@@ -22,7 +22,7 @@ from tests.factories.api import (
     post_jpegs,
 )
 from tests.factories.media import jpeg_bytes
-from tests.integration.ingest.test_cli import cli
+from tests.factories.servers import run_cli
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -161,7 +161,7 @@ async def test_the_cli_makes_a_guest_link(
     owner = await make_token()
     event = await make_event(capi, owner)
     made = await asyncio.to_thread(
-        cli,
+        run_cli,
         chunk_settings,
         "guest-link",
         "create",
@@ -179,7 +179,7 @@ async def test_the_cli_makes_a_guest_link(
     me = await (await capi.get("/v1/me", headers=auth(link["token"]))).json()
     assert (me["scopes"], me["event_id"]) == (["photos.upload"], event["id"])
     missing = await asyncio.to_thread(
-        cli, chunk_settings, "guest-link", "create", "--event", "ev_nope"
+        run_cli, chunk_settings, "guest-link", "create", "--event", "ev_nope"
     )
     assert missing.returncode == 1
     assert "no event ev_nope" in missing.stderr

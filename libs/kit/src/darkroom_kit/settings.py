@@ -18,6 +18,9 @@ class CommonSettings(BaseSettings):
     mongo_db: str = "darkroom"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     s3_endpoint_url: str | None = "http://127.0.0.1:9000"
+    # The S3 address clients reach, when not the one above (which the services use): presigned
+    # URLs handed to clients name it. None: the same.
+    s3_public_endpoint_url: str | None = None
     s3_access_key: SecretStr = SecretStr("darkroom")
     s3_secret_key: SecretStr = SecretStr("darkroom-secret")
     s3_region: str = "us-east-1"

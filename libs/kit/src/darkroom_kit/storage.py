@@ -23,7 +23,7 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from aiohttp import web
-from botocore.auth import S3SigV4Auth
+from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError, ClientError
@@ -114,6 +114,16 @@ class StoredPart:
 
 
 @dataclass(frozen=True, slots=True)
+class PresignedRequest:
+    """A request a client without credentials may make until the URL expires. Its headers are
+    the ones the client sets, signed: sent otherwise, S3 refuses the request."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class ListedObject:
     key: str
     size: int
@@ -156,9 +166,16 @@ class S3Http:
         region: str,
         *,
         attempts: int = 3,
+        public_endpoint_url: str | None = None,
     ) -> None:
         self._session = session
         self._base = f"{endpoint_url.rstrip('/')}/{quote(bucket, safe='')}/"
+        # Where clients reach the store, when not where the services do: presigned URLs name it
+        # (their host is signed).
+        public = (public_endpoint_url or endpoint_url).rstrip("/")
+        self._public_base = f"{public}/{quote(bucket, safe='')}/"
+        self._credentials = credentials
+        self._region = region
         self._signer = S3SigV4Auth(credentials, "s3", region)
         self._config = s3_client_config()
         self._attempts = attempts
@@ -166,17 +183,31 @@ class S3Http:
     def sign(
         self, method: str, key: str, query: dict[str, str], headers: dict[str, str]
     ) -> tuple[URL, dict[str, str]]:
-        # The same encoding botocore's serializer uses for keys, and AWS's for query values; the
-        # URL is sent exactly as signed (encoded=True stops yarl from re-quoting it).
-        url = self._base + quote(key, safe="/~")
-        if query:
-            url += "?" + "&".join(
-                f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
-            )
+        # The URL is sent exactly as signed (encoded=True stops yarl from re-quoting it).
+        url = _object_url(self._base, key, query)
         request = AWSRequest(method=method, url=url, headers=headers)
         request.context["client_config"] = self._config
         self._signer.add_auth(request)
         return URL(url, encoded=True), dict(request.headers.items())
+
+    def presign(
+        self,
+        method: str,
+        key: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        expires_seconds: int,
+    ) -> str:
+        """A URL on the public endpoint that makes this request without credentials for
+        ``expires_seconds`` (SigV4 query authentication): its host, its query and every header
+        given are signed, the payload is not."""
+        url = _object_url(self._public_base, key, query)
+        request = AWSRequest(method=method, url=url, headers=dict(headers))
+        request.context["client_config"] = self._config
+        S3SigV4QueryAuth(self._credentials, "s3", self._region, expires=expires_seconds).add_auth(
+            request
+        )
+        return str(request.url)
 
     async def _send(
         self,
@@ -241,6 +272,16 @@ class S3Http:
                 response.release()
 
         return await self._retried(attempt_once)
+
+
+def _object_url(base: str, key: str, query: dict[str, str]) -> str:
+    # The same encoding botocore's serializer uses for keys, and AWS's for query values.
+    url = base + quote(key, safe="/~")
+    if query:
+        url += "?" + "&".join(
+            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+        )
+    return url
 
 
 async def _error_of(response: aiohttp.ClientResponse) -> StorageError:
@@ -385,6 +426,46 @@ class S3ObjectStore:
                 ExpiresIn=expires_seconds,
             )
         return url
+
+    def presigned_put(
+        self, key: str, content_type: str, content_length: int, expires_seconds: int
+    ) -> PresignedRequest:
+        """A PUT of exactly ``content_length`` bytes of ``content_type`` to ``key``, for a client
+        without credentials. Content-Length is signed but left out of the headers to send: every
+        HTTP client sets it from the body (browsers refuse to let a script set it)."""
+        content = {"Content-Type": content_type}
+        url = self._http.presign(
+            "PUT", key, {}, {**content, "Content-Length": str(content_length)}, expires_seconds
+        )
+        return PresignedRequest("PUT", url, content)
+
+    def presigned_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        expires_seconds: int,
+        checksum_crc32c: str | None = None,
+    ) -> PresignedRequest:
+        """A PUT of part ``number`` of a multipart upload, for a client without credentials;
+        with ``checksum_crc32c`` (base64), S3 keeps the part only if its bytes have it."""
+        headers = {} if checksum_crc32c is None else {"x-amz-checksum-crc32c": checksum_crc32c}
+        query = {"partNumber": str(number), "uploadId": upload_id}
+        url = self._http.presign("PUT", key, query, headers, expires_seconds)
+        return PresignedRequest("PUT", url, headers)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """The parts S3 holds of a multipart upload, by number. ObjectNotFound: it is gone
+        (completed or aborted)."""
+        paginator = self._client.get_paginator("list_parts")
+        pages = paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        parts: list[StoredPart] = []
+        async for page in _translated_pages(pages):
+            parts.extend(
+                StoredPart(int(p["PartNumber"]), str(p["ETag"]).strip('"'), int(p["Size"]))
+                for p in page.get("Parts", [])
+            )
+        return sorted(parts, key=lambda p: p.number)
 
     async def delete_many(self, keys: list[str]) -> None:
         """Delete objects; a key that is already gone is not an error."""
@@ -626,6 +707,7 @@ async def open_object_store(settings: CommonSettings) -> AsyncIterator[S3ObjectS
             settings.s3_bucket,
             Credentials(access_key, secret_key),
             settings.s3_region,
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
         yield S3ObjectStore(client, data_path, settings.s3_bucket)
 

@@ -25,6 +25,7 @@ from darkroom_ingest.chunked import ChunkedUploads
 from darkroom_ingest.counting import COUNT_CORRECTIONS, PhotoCounts
 from darkroom_ingest.deliveries import Deliveries
 from darkroom_ingest.deps import DEPS, Deps
+from darkroom_ingest.direct.service import DirectUploads
 from darkroom_ingest.endpoints import WebhookEndpoints
 from darkroom_ingest.events import EventService
 from darkroom_ingest.gallery import Gallery
@@ -81,6 +82,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         guests=GuestLinks(db),
         chunked=chunked,
         tus=TusUploads(chunked, app[OBJECT_STORE], settings),
+        direct=DirectUploads(chunked, settings),
         endpoints=WebhookEndpoints(db),
         deliveries=Deliveries(
             db,

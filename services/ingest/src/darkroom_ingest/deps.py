@@ -17,6 +17,7 @@ from darkroom_ingest.settings import IngestSettings
 if TYPE_CHECKING:
     from darkroom_ingest.chunked import ChunkedUploads
     from darkroom_ingest.deliveries import Deliveries
+    from darkroom_ingest.direct.service import DirectUploads
     from darkroom_ingest.endpoints import WebhookEndpoints
     from darkroom_ingest.events import EventService
     from darkroom_ingest.gallery import Gallery
@@ -39,6 +40,7 @@ class Deps:
     guests: GuestLinks
     chunked: ChunkedUploads
     tus: TusUploads
+    direct: DirectUploads
     endpoints: WebhookEndpoints
     deliveries: Deliveries
     jobs: Jobs

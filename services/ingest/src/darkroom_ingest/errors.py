@@ -107,6 +107,19 @@ GUEST_LINK_NOT_FOUND = not_found_kind("guest_link")
 GUEST_LIMIT_REACHED = ErrorKind("guest_limit_reached", 403, "The link's limit is reached")
 PAGE_ASSET_MISSING = ErrorKind("page_asset_missing", 404, "No such file of the page")
 
+# ---- direct uploads (direct/) -----------------------------------------------------------------
+
+DIRECT_PUT_TOO_LARGE = ErrorKind("use_multipart", 413, "The file is too large for one signed PUT")
+NOT_MULTIPART = ErrorKind("not_multipart", 409, "The upload is one signed PUT, not multipart")
+INVALID_PART_NUMBER = ErrorKind("invalid_part_number", 400, "Parts are numbered 1 to 10,000")
+PARTS_MISMATCH = ErrorKind("parts_mismatch", 409, "The parts differ from those S3 holds")
+# Completed before S3 holds a byte of it: the upload stays open, send the bytes and complete again.
+NOTHING_UPLOADED = ErrorKind("nothing_uploaded", 409, "S3 holds nothing of the upload yet")
+SIZE_MISMATCH = ErrorKind("size_mismatch", 422, "The file's size is not the one declared")
+TRUNCATED_FILE = ErrorKind("truncated_file", 422, "The file ends early")
+# A chunk or tus request for an upload whose bytes go straight to S3.
+DIRECT_ONLY = ErrorKind("wrong_protocol", 409, "The upload's bytes go straight to S3")
+
 VALIDATION_FAILED = ErrorKind("validation_failed", 422, "The request is not valid")
 INSUFFICIENT_SCOPE = ErrorKind("insufficient_scope", 403, "The token lacks a scope")
 

@@ -40,6 +40,10 @@ class IngestSettings(CommonSettings):
     # Under MinIO's own 24 h purge of unfinished multipart uploads.
     upload_expiry_seconds: float = Field(default=12 * 3600, gt=0)
     upload_sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # Direct uploads (direct/): the largest file sent as one signed PUT (S3 takes up to 5 GiB in
+    # one; larger ones go multipart), and how long a signed URL is valid.
+    direct_put_max_bytes: int = Field(default=100 * MB, ge=1, le=5 * 1024 * MIB)
+    direct_ticket_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     # Photo count (counting.py). A commit's reservation must outlive the slowest commit (the
     # record writes after the bytes are stored: seconds, minutes when MongoDB stalls).
     photo_reservation_ttl_seconds: float = Field(default=120.0, gt=0)

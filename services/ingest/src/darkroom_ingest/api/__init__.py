@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from darkroom_ingest.api import (
     deliveries,
+    direct,
     events,
     guests,
     me,
@@ -17,7 +18,19 @@ from darkroom_ingest.api import (
 )
 from darkroom_ingest.api.declare import Route
 
-RESOURCES = (me, events, guests, photos, uploads, tus, serving, webhooks, deliveries, operations)
+RESOURCES = (
+    me,
+    events,
+    guests,
+    photos,
+    uploads,
+    tus,
+    direct,
+    serving,
+    webhooks,
+    deliveries,
+    operations,
+)
 
 
 def all_routes() -> list[Route]:

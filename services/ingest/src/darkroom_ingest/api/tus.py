@@ -58,6 +58,7 @@ _PATCH_ERRORS = (
     *errors.UPLOAD_NOT_OPEN,
     # The last byte completes the upload: what a complete can answer.
     errors.UNSUPPORTED_CONTENT,
+    errors.TRUNCATED_FILE,
     errors.FILE_TOO_LARGE,
     errors.FILE_CHECKSUM_MISMATCH,
     errors.COMPLETE_IN_PROGRESS,

@@ -157,12 +157,17 @@ async def put_chunk(call: Call) -> ChunkOut:
         errors.PHOTO_CAP_WOULD_BE_EXCEEDED,
         errors.EVENT_ARCHIVED,
         errors.FILE_TOO_LARGE,
+        errors.TRUNCATED_FILE,
         errors.WRONG_PROTOCOL,
+        errors.DIRECT_ONLY,
     ),
 )
 async def complete_upload(call: Call) -> PhotoView:
     """Assemble the file and create its photo, exactly once: a repeat answers the same photo."""
     upload = await _load(call)
+    if upload.protocol == "direct":
+        # Its completion checks what S3 holds against its parts: POST its complete_url.
+        raise errors.DIRECT_ONLY.error(f"Complete it with /v1/direct-uploads/{upload.id}/complete.")
     photo = await call.deps.chunked.complete(upload.id)
     return PhotoView.of_document(photo, call.deps.base_url)
 

@@ -203,6 +203,8 @@ def check_chunk(upload: UploadRecord, index: int, length: int | None, now: int) 
     ensure_open(upload, now)
     if upload.protocol == "tus":
         raise _tus_only()
+    if upload.protocol == "direct":
+        raise errors.DIRECT_ONLY.error("Its bytes are sent to S3 with the URLs the API signed.")
     expected = expected_size(upload, index)
     if length is None:
         raise errors.LENGTH_REQUIRED.error(f"Chunk {index} must be exactly {expected} bytes.")

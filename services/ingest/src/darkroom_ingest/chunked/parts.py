@@ -8,6 +8,8 @@ import hashlib
 from darkroom_kit.storage import ObjectNotFound, PartBody, S3ObjectStore, StoredPart
 from darkroom_kit.stored.uploads import UploadRecord
 
+from darkroom_ingest import sniff
+
 
 class MultipartParts:
     def __init__(self, store: S3ObjectStore) -> None:
@@ -42,6 +44,10 @@ class MultipartParts:
             async for chunk in chunks:
                 digest.update(chunk)
         return digest.hexdigest()
+
+    async def tail(self, key: str, size: int) -> bytes:
+        """The assembled object's last bytes (a ranged read), for the truncation check."""
+        return await self._store.get_bytes(key, max(0, size - sniff.TAIL_BYTES))
 
     async def discard(self, key: str) -> None:
         await self._store.delete_many([key])

@@ -26,6 +26,7 @@ from darkroom_ingest.chunked.digests import ChunkHasher, Digests
 from darkroom_ingest.chunked.parts import MultipartParts
 from darkroom_ingest.chunked.store import UploadRecords
 from darkroom_ingest.chunked.views import chunk_out
+from darkroom_ingest.direct.objects import ClaimedParts, DirectObjects
 from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import Conflict
@@ -45,6 +46,7 @@ class ChunkedUploads:
         self.records = UploadRecords(db)
         self.col = self.records.col
         self.parts = MultipartParts(store)
+        self.direct = DirectObjects(store)  # a direct upload's bytes (direct/)
         self.rules = machine.Rules.of(settings)
         self._photos = photos
         self._complete_wait_s = settings.complete_wait_seconds
@@ -135,8 +137,11 @@ class ChunkedUploads:
 
     # ---- complete --------------------------------------------------------------------------
 
-    async def complete(self, upload_id: str) -> Document:
-        """Create the photo exactly once; concurrent and repeated calls all get it."""
+    async def complete(
+        self, upload_id: str, *, claimed_parts: ClaimedParts | None = None
+    ) -> Document:
+        """Create the photo exactly once; concurrent and repeated calls all get it.
+        ``claimed_parts``: those a direct upload's client says it sent, checked against S3's."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._complete_wait_s
         pause = 0.05
@@ -147,7 +152,7 @@ class ChunkedUploads:
             lease = self.records.lease(upload_id, self._lease_ms)
             claimed = await self.records.claim(upload_id, lease, now_ms())
             if claimed is not None:
-                return await self._finish(claimed, lease)
+                return await self._finish(claimed, lease, claimed_parts)
             # Another request is completing it: wait for its answer while its lease is renewed,
             # and take over once it is not (its process died).
             if loop.time() + pause > deadline:
@@ -156,17 +161,22 @@ class ChunkedUploads:
             pause = min(pause * 2, 0.5)
         raise errors.COMPLETE_IN_PROGRESS.error("Ask again shortly.", retry_after=2)
 
-    async def _finish(self, upload: UploadRecord, lease: Lease) -> Document:
+    async def _finish(
+        self, upload: UploadRecord, lease: Lease, claimed: ClaimedParts | None = None
+    ) -> Document:
         # The lease is renewed while the photo is made; the writes that end the completion come
         # after, so no renewal races them.
         try:
             async with lease:
-                photo = await self._make_photo(upload)
+                photo = await self._make_photo(upload, claimed)
         except ServiceError as error:
             # Aborting the multipart upload of one that lost its lease would pull its parts from
             # under the completer that took it over.
             if await self.records.fail(lease, machine.failure_of(error)):
-                await self.parts.abort(upload)
+                if upload.protocol == "direct":
+                    await self.direct.drop(upload)  # the refused file: nobody owns it now
+                else:
+                    await self.parts.abort(upload)
             raise
         except StorageError:
             await self.records.reopen(lease)
@@ -174,14 +184,28 @@ class ChunkedUploads:
         await self.records.mark_completed(upload.id, now_ms())
         return photo
 
-    async def _make_photo(self, upload: UploadRecord) -> Document:
+    async def _make_photo(
+        self, upload: UploadRecord, claimed: ClaimedParts | None = None
+    ) -> Document:
         # A completer that died after creating the photo but before recording it: the photo is
         # there, so only the record is finished (never a second photo, never counted twice).
         existing = await self._photos.photos.col.find_one({"_id": upload.photo_id})
         if existing is not None:
             return existing
-        kind = self.rules.content(upload.head or b"", upload.size)
-        await self.parts.assemble(upload)
+        if upload.protocol == "direct":
+            # Its bytes never passed here: S3 says what they are (its parts, size, head, tail).
+            kind = await self.direct.assemble(upload, self.rules, claimed)
+        else:
+            kind = self.rules.content(upload.head or b"", upload.size)
+            await self.parts.assemble(upload)
+            # Its end, as batch uploads check it: a file cut short is refused, not stored.
+            tail = await self.parts.tail(upload.key, upload.size)
+            if not sniff.is_complete(kind, upload.head or b"", tail, upload.size):
+                await self.parts.discard(upload.key)
+                raise errors.TRUNCATED_FILE.error(
+                    f"The {kind.name.upper()} data ends early: the file is incomplete; nothing "
+                    "was kept."
+                )
         if upload.sha256:
             await self._verify_sha256(upload)
         stored = StoredFile(
@@ -248,7 +272,11 @@ class ChunkedUploads:
 
     async def _drop(self, upload: UploadRecord) -> None:
         """The bytes of an upload that is over without a photo: its multipart upload and its
-        temporary objects (a tus upload's tail, a partial upload's assembled bytes)."""
+        temporary objects (a tus upload's tail, a partial upload's assembled bytes); a direct
+        upload's object."""
+        if upload.protocol == "direct":
+            await self.direct.drop(upload)
+            return
         await self.parts.abort(upload)
         pieces = [k for k in (upload.tail_key,) if k is not None]
         if upload.concat == "partial":

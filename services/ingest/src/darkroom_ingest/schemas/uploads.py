@@ -44,8 +44,9 @@ class UploadOut(BaseModel):
     """A chunked upload's state, and exactly which chunks arrived."""
 
     upload_id: str = Field(description="The upload's id.")
-    protocol: Literal["chunked", "tus"] = Field(
-        description="How its bytes arrive: chunks by index, or tus PATCHes at an offset."
+    protocol: Literal["chunked", "tus", "direct"] = Field(
+        description="How its bytes arrive: chunks by index, tus PATCHes at an offset, or "
+        "straight to S3 with signed URLs (direct)."
     )
     event_id: str = Field(description="The event it uploads to.")
     filename: str = Field(description="The file's name.")
