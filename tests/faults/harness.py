@@ -573,6 +573,38 @@ class Uploader:
         self.accepted.append(Accepted(event_id, name, digest, photo_id, "tus"))
         return True
 
+    async def direct(self, event_id: str, name: str, data: bytes) -> bool:
+        """A direct upload: the ticket, one PUT straight to S3 (to the signed URL, no
+        credentials), then the completion, retried with the same key until it answers."""
+        digest = sha256(data)
+        try:
+            _, ticket = await self._request(
+                "POST",
+                f"/v1/events/{event_id}/direct-uploads",
+                ok=(201,),
+                json_body={"filename": name, "size": len(data), "mime_type": "image/jpeg"},
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+                what=f"direct {name}: ticket",
+            )
+            async with (
+                aiohttp.ClientSession() as s3,
+                s3.put(ticket["url"], data=data, headers=ticket["headers"]) as put,
+            ):
+                if put.status != 200:
+                    raise GaveUp(f"direct {name}: S3 PUT {put.status}")
+            _, photo = await self._request(
+                "POST",
+                f"/v1/direct-uploads/{ticket['upload_id']}/complete",
+                ok=(200,),
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+                what=f"direct {name}: complete",
+            )
+        except GaveUp as exc:
+            self.gave_up.append(str(exc))
+            return False
+        self.accepted.append(Accepted(event_id, name, digest, photo["id"], "direct"))
+        return True
+
     async def _tus_photo(self, location: str) -> str:
         upload_id = location.rsplit("/", 1)[1]
         _, state = await self._request(
@@ -624,6 +656,7 @@ async def run_load(
     per_batch: int,
     chunked: int = 0,
     tus: int = 0,
+    direct: int = 0,
     concurrency: int = 4,
     between_chunks_s: float = 0.0,
     prefix: str = "f",
@@ -654,10 +687,17 @@ async def run_load(
             between_pieces_s=between_chunks_s / 3,
         )
 
+    async def one_direct(n: int) -> None:
+        async with gate:
+            await uploader.direct(
+                events[n % len(events)], f"{prefix}direct{n:03d}.jpg", unique_jpeg(300_000)
+            )
+
     await asyncio.gather(
         *(one_batch(n) for n in range(batches)),
         *(one_chunked(n) for n in range(chunked)),
         *(one_tus(n) for n in range(tus)),
+        *(one_direct(n) for n in range(direct)),
     )
 
 

@@ -91,10 +91,11 @@ async def _queue_depth(case: Case, name: str) -> int:
 
 async def test_kill9_ingest_during_uploads(case: Case) -> None:
     batches, per_batch, chunked = scaled(10, 100), scaled(3, 4), scaled(1, 4)
-    tus = scaled(2, 4)
+    tus, direct = scaled(2, 4), scaled(4, 20)
     case.injected = (
         f"kill -9 of upload-ingest during {batches} batches x {per_batch}, {chunked} chunked "
-        f"upload(s) (3 chunks) and {tus} tus upload(s) (1 MiB PATCHes), restarted after 1 s"
+        f"upload(s) (3 chunks), {tus} tus upload(s) (1 MiB PATCHes) and {direct} direct "
+        "upload(s) (signed PUT to S3), restarted after 1 s"
         + ("; a second kill -9 during a chunked complete" if FULL else "")
     )
     up = case.uploader
@@ -106,6 +107,7 @@ async def test_kill9_ingest_during_uploads(case: Case) -> None:
             per_batch=per_batch,
             chunked=chunked,
             tus=tus,
+            direct=direct,
             concurrency=4,
             between_chunks_s=0.3,
         )

@@ -263,6 +263,8 @@ async def test_every_answer_validates_against_its_declaration(
     assert status == 201
     mu = multi["upload_id"]
     assert (await call("GET", f"/v1/direct-uploads/{mu}/parts/1"))[0] == 200
+    signed = await call("POST", f"/v1/direct-uploads/{mu}/part-urls", json={"part_numbers": [1, 2]})
+    assert [p["part_number"] for p in signed[1]["parts"]] == [1, 2]
     assert (await call("GET", f"/v1/direct-uploads/{mu}/parts"))[0] == 200
     assert (await call("DELETE", f"/v1/direct-uploads/{mu}"))[0] == 204
 

@@ -435,3 +435,33 @@ async def test_cancel_aborts_the_multipart_upload(capi: Client, make_token: Toke
     assert multi["s3_upload_id"] not in await store.open_multipart_uploads(f"events/{ev}/")
     assert await stored_keys(capi, ev) == []
     await assert_problem(await complete(capi, token, up), 409, "upload_not_open")
+
+
+async def test_parts_signed_in_one_request(capi: Client, make_token: TokenMaker) -> None:
+    """A client that knows its parts up front signs them all at once (one request, not one
+    per part); the URLs work as the one-by-one ones do."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(CHUNK + 5000)
+    upload = await ticket(capi, token, event["id"], data, filename="batch.jpg", multipart=True)
+    up = upload["upload_id"]
+    resp = await capi.post(
+        f"/v1/direct-uploads/{up}/part-urls", json={"part_numbers": [1, 2]}, headers=auth(token)
+    )
+    signed = await resp.json()
+    assert resp.status == 200, signed
+    assert resp.headers["Cache-Control"] == "no-store"
+    sent = []
+    for part, start in zip(signed["parts"], (0, CHUNK), strict=True):
+        status, etag = await s3_put(part["url"], data[start : start + CHUNK], part["headers"])
+        assert status == 200
+        sent.append({"PartNumber": part["part_number"], "ETag": etag})
+    done = await complete(capi, token, up, sent)
+    photo = await done.json()
+    assert done.status == 200, photo
+    assert await capi.app[OBJECT_STORE].get_bytes(upload["key"]) == data
+    for bad in ({"part_numbers": []}, {"part_numbers": [0]}, {"part_numbers": [10_001]}):
+        refused = await capi.post(
+            f"/v1/direct-uploads/{up}/part-urls", json=bad, headers=auth(token)
+        )
+        assert refused.status == 422, bad

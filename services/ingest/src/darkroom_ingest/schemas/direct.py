@@ -109,6 +109,25 @@ class PartTicketOut(BaseModel):
     expires_at: str = Field(description="When the URL stops working (ISO 8601, UTC).")
 
 
+class PartBatchSign(Strict):
+    """Parts to sign in one request (a client that knows them all up front)."""
+
+    model_config = Strict.model_config | {
+        "json_schema_extra": {"examples": [{"part_numbers": [1, 2, 3, 4]}]}
+    }
+
+    part_numbers: Annotated[
+        list[Annotated[int, Field(ge=1, le=10_000)]],
+        Field(min_length=1, max_length=1000, description="The parts' numbers, 1 to 10,000."),
+    ]
+
+
+class PartTicketList(BaseModel):
+    """Signed URLs for several parts, in the order asked."""
+
+    parts: list[PartTicketOut] = Field(description="One signed PUT per part asked for.")
+
+
 class S3Part(BaseModel):
     """A part S3 holds, named as S3 names it."""
 
