@@ -763,8 +763,8 @@ class Case:
         ]
         self.photos_stored = len(photos)
 
-        # A photo is known by its sha256; one uploaded with tus has none (nothing hashes the
-        # whole file on the way), so by its event and file name, unique to each upload here.
+        # A photo is known by its sha256; one uploaded with tus or direct has none (nothing
+        # hashes the whole file on the way), so by its event and file name, unique here.
         def key_of(sha: str | None, event_id: str, filename: str) -> str:
             return sha or f"name:{event_id}/{filename}"
 
@@ -777,7 +777,8 @@ class Case:
             problems.append(f"{len(twice)} file(s) stored as more than one photo: {twice}")
         lost = []
         for a in self.uploader.accepted:
-            key = key_of(None if a.via == "tus" else a.sha256, a.event_id, a.filename)
+            # Nothing hashes a tus or direct upload's whole file on the way (no sha256 stored).
+            key = key_of(None if a.via in ("tus", "direct") else a.sha256, a.event_id, a.filename)
             if a.photo_id not in by_sha.get(key, []):
                 lost.append(a)
         if lost:

@@ -436,3 +436,176 @@ async def test_a_partial_upload_without_an_event_is_its_makers_alone(
     assert await original_bytes(capi, joined.headers["X-Darkroom-Photo-Id"]) == data
     # Without a partial header, naming no event is refused.
     await assert_problem(await create(capi, mine, None, 10), 400, "event_required")
+
+
+async def piece_objects(api: Client, event_id: str) -> dict[str, int]:
+    """The event's piece objects (a tus upload's tail), by key, with their sizes."""
+    found: dict[str, int] = {}
+    prefix = f"events/{event_id}/{records.PIECES}/"
+    async for page in api.app[OBJECT_STORE].iter_objects(prefix):
+        found.update((obj.key, obj.size) for obj in page)
+    return found
+
+
+async def test_many_small_patches_append_pieces_that_parts_take_up_and_leave_none(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    """300 KiB PATCHes: each leaves its own bytes in a new piece (no piece is ever rewritten),
+    the PATCH that reaches a part makes it of the pieces and its bytes, and deletes them."""
+    from darkroom_ingest.orphans import OrphanSweeper
+
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(2 * CHUNK + 777_777)
+    step = 300 * 1024
+    location = (await create(capi, token, event["id"], len(data))).headers["Location"]
+    upload_id = location.rsplit("/", 1)[1]
+    uploads = capi.app[MONGO_DB]["uploads"]
+    sweeper = OrphanSweeper(
+        capi.app[MONGO_DB], capi.app[OBJECT_STORE], grace_seconds=0, max_deletions=1000
+    )
+    offset, photo_id, before = 0, None, []
+    most = 0
+    while offset < len(data):
+        sent = await patch(capi, token, location, offset, data[offset : offset + step])
+        assert sent.status == 204, await sent.text()
+        offset = min(offset + step, len(data))
+        assert sent.headers["Upload-Offset"] == str(offset)
+        photo_id = sent.headers.get("X-Darkroom-Photo-Id")
+        if offset == len(data):
+            break
+        record = await uploads.find_one({"_id": upload_id})
+        assert record is not None
+        keys = record["piece_keys"]
+        # Parts, then the tail: its pieces hold exactly the bytes past the parts.
+        assert record["next_part"] * CHUNK + record["tail_size"] == offset
+        stored = await piece_objects(capi, event["id"])
+        assert set(stored) == set(keys)
+        assert sum(stored.values()) == record["tail_size"]
+        assert record["tail_key"] == (keys[-1] if keys else None)
+        # Append-only: one new piece of at most one PATCH's bytes after the ones before, or,
+        # when a part took them up, only what was left of this PATCH.
+        assert keys[:-1] in (before, []), (before, keys)
+        assert all(size <= step for size in stored.values())
+        before, most = keys, max(most, len(keys))
+        # The orphan sweep keeps every piece of a live upload (and nothing unnamed).
+        stray = records.piece_key(event["id"], record["photo_id"], "stray")
+        owned = await sweeper._keys_of_live_uploads([*keys, stray])
+        assert owned >= set(keys)
+        assert stray not in owned
+    assert most >= CHUNK // step  # a part's worth of pieces waited at once
+    assert photo_id is not None
+    assert await original_bytes(capi, photo_id) == data
+    record = await uploads.find_one({"_id": upload_id})
+    assert record is not None
+    assert (record["chunk_count"], record["piece_keys"], record["tail_size"]) == (3, [], 0)
+    keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+    assert keys == [records.original_key(event["id"], photo_id)]
+
+
+async def test_a_tail_of_pieces_survives_a_restart_and_a_new_instance_finishes_it(
+    capi: Client,
+    aiohttp_client: Any,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+) -> None:
+    """The pieces are the record's and S3's, not the process's: a new instance (another
+    replica, or after a restart) that has none of them in memory makes the part of them."""
+    from darkroom_ingest.app import create_app
+
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(CHUNK + 2 * MIB + 1234)
+    step = 300 * 1024
+    location = (await create(capi, token, event["id"], len(data))).headers["Location"]
+    upload_id = location.rsplit("/", 1)[1]
+    offset = 0
+    for _ in range(10):
+        sent = await patch(capi, token, location, offset, data[offset : offset + step])
+        assert sent.status == 204, await sent.text()
+        offset += step
+    uploads = capi.app[MONGO_DB]["uploads"]
+    record = await uploads.find_one({"_id": upload_id})
+    assert record is not None
+    first_pieces = record["piece_keys"]
+    assert (len(first_pieces), record["tail_size"], record["next_part"]) == (10, offset, 0)
+    await capi.close()  # its memory goes with it
+
+    second: Client = await aiohttp_client(create_app(chunk_settings))
+    uploads = second.app[MONGO_DB]["uploads"]
+    probe = await head(second, token, location)
+    assert probe.headers["Upload-Offset"] == str(offset)
+    # A PATCH that reaches a part but fails its checksum keeps nothing: the pieces stay.
+    body = data[offset : offset + 3 * MIB]
+    wrong = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    refused = await patch(
+        second, token, location, offset, body, **{"Upload-Checksum": f"sha1 {wrong}"}
+    )
+    assert refused.status == 460
+    record = await uploads.find_one({"_id": upload_id})
+    assert record is not None
+    assert (record["piece_keys"], record["offset"], record["next_part"]) == (
+        first_pieces,
+        offset,
+        0,
+    )
+    assert set(await piece_objects(second, event["id"])) == set(first_pieces)
+    # A piece of the new instance's own, then the part: ten pieces read back from S3, one from
+    # its memory, and the PATCH's bytes.
+    sent = await patch(second, token, location, offset, data[offset : offset + MIB])
+    assert sent.status == 204, await sent.text()
+    offset += MIB
+    right = base64.b64encode(hashlib.sha1(data[offset : offset + 2 * MIB]).digest()).decode()
+    sent = await patch(
+        second,
+        token,
+        location,
+        offset,
+        data[offset : offset + 2 * MIB],
+        **{"Upload-Checksum": f"sha1 {right}"},
+    )
+    assert sent.status == 204, await sent.text()
+    offset += 2 * MIB
+    record = await uploads.find_one({"_id": upload_id})
+    assert record is not None
+    assert record["next_part"] == 1
+    assert record["next_part"] * CHUNK + record["tail_size"] == offset
+    assert set(await piece_objects(second, event["id"])) == set(record["piece_keys"])
+    assert len(record["piece_keys"]) == 1
+    last = await patch(second, token, location, offset, data[offset:])
+    assert last.status == 204, await last.text()
+    photo_id = last.headers["X-Darkroom-Photo-Id"]
+    assert await original_bytes(second, photo_id) == data
+    keys = await second.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+    assert keys == [records.original_key(event["id"], photo_id)]
+
+
+async def test_a_tail_of_too_many_tiny_pieces_is_rewritten_as_one(
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+) -> None:
+    """PATCHes of a few KiB: past MAX_PIECES pieces the tail becomes one piece, so the record
+    naming them stays small."""
+    from darkroom_ingest.tus.service import MAX_PIECES
+
+    token = await make_token()
+    event = await make_event(capi, token)
+    step = 16 * 1024
+    data = jpeg_like(CHUNK + (MAX_PIECES + 5) * step)
+    location = (await create(capi, token, event["id"], len(data))).headers["Location"]
+    upload_id = location.rsplit("/", 1)[1]
+    uploads = capi.app[MONGO_DB]["uploads"]
+    offset = 0
+    for _ in range(MAX_PIECES + 1):
+        sent = await patch(capi, token, location, offset, data[offset : offset + step])
+        assert sent.status == 204, await sent.text()
+        offset += step
+    record = await uploads.find_one({"_id": upload_id})
+    assert record is not None
+    assert (len(record["piece_keys"]), record["tail_size"]) == (1, offset)
+    assert await piece_objects(capi, event["id"]) == {record["piece_keys"][0]: offset}
+    last = await patch(capi, token, location, offset, data[offset:])
+    assert last.status == 204, await last.text()
+    photo_id = last.headers["X-Darkroom-Photo-Id"]
+    assert await original_bytes(capi, photo_id) == data
+    keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
+    assert keys == [records.original_key(event["id"], photo_id)]

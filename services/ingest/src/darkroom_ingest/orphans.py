@@ -268,12 +268,19 @@ class OrphanSweeper:
             return set()
         # The state comes first: it is the prefix of the uploads' index, and open or completing
         # uploads are few next to the finished ones.
-        # Under $and: nx-27017 mismatches a top-level $or beside other fields.
+        # Under $and: nx-27017 mismatches a top-level $or beside other fields. A tus upload's
+        # pieces are a plain list of keys: nx-27017 finds no field of an array's sub-documents.
         cursor = self._uploads.find(
             {
                 "$and": [
                     {"state": {"$in": LIVE_UPLOAD_STATES}},
-                    {"$or": [{"key": {"$in": wanted}}, {"tail_key": {"$in": wanted}}]},
+                    {
+                        "$or": [
+                            {"key": {"$in": wanted}},
+                            {"tail_key": {"$in": wanted}},
+                            {"piece_keys": {"$in": wanted}},
+                        ]
+                    },
                 ]
             },
             WITHOUT_CHUNKS,
@@ -282,6 +289,7 @@ class OrphanSweeper:
         async for doc in cursor:
             upload = UploadRecord.of(doc)
             owned.add(upload.key)
+            owned.update(upload.piece_keys)
             if upload.tail_key is not None:
                 owned.add(upload.tail_key)
         return owned

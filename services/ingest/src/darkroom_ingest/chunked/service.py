@@ -278,7 +278,7 @@ class ChunkedUploads:
             await self.direct.drop(upload)
             return
         await self.parts.abort(upload)
-        pieces = [k for k in (upload.tail_key,) if k is not None]
+        pieces = list(upload.piece_keys) or [k for k in (upload.tail_key,) if k is not None]
         if upload.concat == "partial":
             pieces.append(upload.key)
         if pieces:

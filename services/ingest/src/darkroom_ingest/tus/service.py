@@ -3,9 +3,16 @@ the same completion (exactly once, limits by real type, the event's cap, ``photo
 
 tus sends the bytes in order and in pieces of any size, S3 wants parts of at least 5 MiB, so
 the bytes of a PATCH are cut into parts of the upload's ``chunk_size`` as they arrive, and what is
-left at the end of a PATCH, under a part, waits in a temporary object (the upload's tail) for the
-next PATCH to take it up again (as tusd's and @tus/s3-store's incomplete parts do). Memory stays
-at one part per PATCH, whatever the client's piece size.
+left at the end of a PATCH, under a part, waits for the next PATCHes in the upload's tail: piece
+objects, one per PATCH, each holding only that PATCH's rest, named in order by the record. The
+PATCH whose bytes reach a part makes it of the pieces' bytes and its own, and deletes the pieces
+once the part is recorded: a byte is written to S3 twice at most (in a piece, then in its part),
+not once per PATCH as when one growing tail is rewritten (tusd's and @tus/s3-store's incomplete
+part). Only PATCHes of under a part / ``MAX_PIECES`` bytes (64 KiB with 8 MiB parts) rewrite
+the tail, into one piece, once per ``MAX_PIECES`` PATCHes, so that the record stays small.
+The bytes of the pieces a process wrote stay in a bounded cache, so the PATCH that makes their
+part on the same replica does not read them back; on another replica, or after a restart, it
+does. Memory stays at one part per PATCH, plus that cache.
 
 Without ``Upload-Checksum`` every part is recorded as soon as S3 has it, so a client or a server
 that dies mid-PATCH resumes from the last part (and a client that goes away keeps what it sent).
@@ -15,8 +22,10 @@ upload as it was (the parts it wrote are written again by the next PATCH).
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -28,7 +37,7 @@ from darkroom_kit.lease import Lease
 from darkroom_kit.mongo import Document
 from darkroom_kit.problems import FieldError
 from darkroom_kit.statuses import UploadState
-from darkroom_kit.storage import PartBody, S3ObjectStore
+from darkroom_kit.storage import PartBody, S3ObjectStore, StorageError
 from darkroom_kit.stored.events import EventRecord
 from darkroom_kit.stored.uploads import StoredChunk, UploadRecord
 
@@ -48,6 +57,13 @@ S3_MIN_PART = 5 * 1024 * 1024
 UNTYPED = "application/octet-stream"
 # A body that stops early: the client went away (or its proxy did).
 DISCONNECTED = (ConnectionError, aiohttp.ClientPayloadError)
+# The bytes of recent pieces a process keeps (a part's worth each for 8 uploads at once).
+PIECE_CACHE_BYTES = 64 * 1024 * 1024
+# A tail of more pieces than this (PATCHes of a few KiB) is rewritten as one piece, so that the
+# record naming them stays small; a tail is rewritten at most once per this many PATCHes.
+MAX_PIECES = 128
+# Pieces read from S3 at once, when they are not in the cache.
+PIECE_READS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,37 +75,84 @@ class Written:
 
 
 class _Pending:
-    """The bytes of a PATCH not yet in a part: taken from the front a part at a time."""
+    """The bytes of a PATCH not yet in a part or a piece: taken from the front, as the chunks
+    they arrived in (never joined)."""
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        self._chunks: deque[bytes] = deque()
         self.size = 0
 
     def append(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self.size += len(data)
+        if data:
+            self._chunks.append(data)
+            self.size += len(data)
 
-    def take(self, count: int) -> PartBody:
-        body = PartBody()
+    def take(self, count: int) -> list[bytes]:
+        taken: list[bytes] = []
+        self.size -= count
         while count > 0:
             first = self._chunks[0]
             if len(first) <= count:
-                body.append(self._chunks.pop(0))
+                taken.append(self._chunks.popleft())
                 count -= len(first)
             else:
-                body.append(first[:count])
+                taken.append(first[:count])
                 self._chunks[0] = first[count:]
                 count = 0
-        self.size = sum(len(c) for c in self._chunks)
-        return body
+        return taken
 
-    def take_all(self) -> PartBody:
+    def take_all(self) -> list[bytes]:
         return self.take(self.size)
+
+
+class _PieceCache:
+    """The bytes of the pieces this process wrote lately, at most ``limit`` in all (the least
+    recently used go first). A piece's key is new for each piece and its object is never
+    rewritten, so bytes found here are its object's, whichever replica asks S3 meanwhile."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._pieces: OrderedDict[str, tuple[list[bytes], int]] = OrderedDict()
+        self.size = 0
+
+    def put(self, key: str, chunks: list[bytes], size: int) -> None:
+        if size > self._limit:
+            return
+        self._pieces[key] = (chunks, size)
+        self.size += size
+        while self.size > self._limit:
+            _, (_, dropped) = self._pieces.popitem(last=False)
+            self.size -= dropped
+
+    def get(self, key: str) -> list[bytes] | None:
+        found = self._pieces.get(key)
+        if found is None:
+            return None
+        self._pieces.move_to_end(key)
+        return found[0]
+
+    def drop(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            found = self._pieces.pop(key, None)
+            if found is not None:
+                self.size -= found[1]
+
+
+def pieces_of(upload: UploadRecord) -> list[str]:
+    """The keys of the upload's tail, in order (a record written before pieces: its tail)."""
+    if upload.piece_keys:
+        return list(upload.piece_keys)
+    return [upload.tail_key] if upload.tail_key is not None else []
 
 
 class TusUploads:
     def __init__(
-        self, chunked: ChunkedUploads, store: S3ObjectStore, settings: IngestSettings
+        self,
+        chunked: ChunkedUploads,
+        store: S3ObjectStore,
+        settings: IngestSettings,
+        *,
+        piece_cache_bytes: int = PIECE_CACHE_BYTES,
     ) -> None:
         self._chunked = chunked
         self._records = chunked.records
@@ -97,6 +160,7 @@ class TusUploads:
         self._store = store
         self._rules = chunked.rules
         self._lease_ms = int(settings.lock_lease_seconds * 1000)
+        self._pieces = _PieceCache(piece_cache_bytes)
 
     @property
     def max_size(self) -> int:
@@ -258,20 +322,15 @@ class TusUploads:
         *,
         internal: bool = False,
     ) -> Written:
-        upload = await self.get(upload_id)
-        self._check_writable(upload, internal)
-        size = self._size_after(upload, length)
-        if offset != upload.offset:
-            raise self._offset_mismatch(upload)
-        if size is not None and content_length is not None and offset + content_length > size:
-            raise errors.TUS_SIZE_EXCEEDED.error(
-                f"{content_length} bytes at offset {offset} go past the length {size}."
-            )
+        # The write that takes the upload reads it too: a PATCH that makes no part costs two
+        # round trips to MongoDB, this one and its last write. Only a refused one reads again,
+        # to say why.
         lease = self._records.lease(upload_id, self._lease_ms)
         taken = await self._tus.take(upload_id, offset, lease, now_ms())
         if taken is None:
             current = await self.get(upload_id)
             self._check_writable(current, internal)
+            self._size_after(current, length)
             if current.offset != offset:
                 raise self._offset_mismatch(current)
             raise errors.TUS_UPLOAD_LOCKED.error(
@@ -280,6 +339,12 @@ class TusUploads:
                 retry_after=1,
             )
         try:
+            self._check_writable(taken, internal)
+            size = self._size_after(taken, length)
+            if size is not None and content_length is not None and offset + content_length > size:
+                raise errors.TUS_SIZE_EXCEEDED.error(
+                    f"{content_length} bytes at offset {offset} go past the length {size}."
+                )
             async with lease:
                 kept = await self._write(taken, lease, size, checksum, body, content_length)
         except BaseException:
@@ -336,22 +401,41 @@ class TusUploads:
         content_length: int | None,
     ) -> UploadRecord:
         part_size = upload.chunk_size
-        pending = _Pending()
-        old_tail = upload.tail_key
-        if old_tail is not None:
-            pending.append(await self._store.get_bytes(old_tail))
+        pending = _Pending()  # this PATCH's bytes not yet in a part
+        old_pieces = pieces_of(upload)  # the tail this PATCH found, in order
+        carried = upload.tail_size  # its bytes, until a part takes them up
+        consumed = False  # the old pieces' bytes went into a part (or a merged piece)
+        dropped = False  # and the old pieces were deleted
         start = upload.offset  # where this PATCH's bytes begin
         next_part = upload.next_part
-        head = upload.head or b""
+        recorded_head = head = upload.head or b""
         hasher = checksum.hasher() if checksum is not None else None
         parts: dict[str, StoredChunk] = {}
         received = 0
         # Recorded as each part lands, unless the whole body must match a checksum first.
         durable = hasher is None
-        tail_dropped = False
 
-        async def put_part(data: PartBody) -> None:
-            nonlocal next_part, tail_dropped
+        async def drop_old() -> None:
+            nonlocal dropped
+            if consumed and old_pieces and not dropped:
+                dropped = True
+                await self._store.delete_many(old_pieces)
+                self._pieces.drop(old_pieces)
+
+        async def tail_bytes() -> list[bytes]:
+            nonlocal carried, consumed
+            chunks = await self._tail_bytes(upload.id, old_pieces, carried) if carried else []
+            carried, consumed = 0, True
+            return chunks
+
+        async def put_part(count: int) -> None:
+            """Part ``next_part + 1``: the tail's bytes, then ``count`` of this PATCH's."""
+            nonlocal next_part, recorded_head
+            data = PartBody()
+            for chunk in await tail_bytes():
+                data.append(chunk)
+            for chunk in pending.take(count):
+                data.append(chunk)
             stored = await self._store.upload_part(
                 upload.key, upload.s3_upload_id, next_part + 1, data
             )
@@ -362,16 +446,15 @@ class TusUploads:
                     "offset": start + received - pending.size,
                     "next_part": next_part,
                     f"parts.{next_part - 1}": parts[str(next_part - 1)].model_dump(),
+                    "piece_keys": [],
                     "tail_key": None,
                     "tail_size": 0,
                 }
-                if head:
-                    fields["head"] = head
+                if head != recorded_head:
+                    fields["head"] = recorded_head = head
                 if not await self._tus.progress(lease, fields):
                     raise self._lost()
-                if old_tail is not None and not tail_dropped:
-                    tail_dropped = True
-                    await self._store.delete_many([old_tail])
+                await drop_old()
 
         try:
             async for piece in body:
@@ -385,8 +468,8 @@ class TusUploads:
                     head += bytes(piece[: sniff.SNIFF_BYTES - len(head)])
                 pending.append(bytes(piece))
                 received += len(piece)
-                while pending.size >= part_size:
-                    await put_part(pending.take(part_size))
+                while carried + pending.size >= part_size:
+                    await put_part(part_size - carried)
         except DISCONNECTED:
             if hasher is not None:
                 raise
@@ -400,45 +483,77 @@ class TusUploads:
             )
         offset = start + received
         finished = size is not None and offset == size
-        tail_key: str | None = None
-        tail_size = 0
-        if finished and pending.size:
-            await put_part(pending.take_all())
+        new_piece: str | None = None
+        if finished and carried + pending.size:
+            await put_part(pending.size)
         elif pending.size:
-            tail_size = pending.size
-            tail_key = records.piece_key(upload.event_id, upload.photo_id, new_id("tail"))
-            await self._store.put_bytes(tail_key, pending.take_all(), "application/octet-stream")
+            # The rest waits in a new piece of its own; a tail of too many pieces becomes one.
+            merge = not consumed and len(old_pieces) >= MAX_PIECES
+            chunks = [*(await tail_bytes()), *pending.take_all()] if merge else pending.take_all()
+            piece_size = sum(len(c) for c in chunks)
+            new_piece = records.piece_key(upload.event_id, upload.photo_id, new_id("piece"))
+            data = PartBody()
+            for chunk in chunks:
+                data.append(chunk)
+            await self._store.put_bytes(new_piece, data, "application/octet-stream")
+            self._pieces.put(new_piece, chunks, piece_size)
+            carried += piece_size
+        pieces = ([] if consumed else old_pieces) + ([new_piece] if new_piece else [])
         fields: Document = {
             "offset": offset,
             "next_part": next_part,
-            "tail_key": tail_key,
-            "tail_size": tail_size,
+            "piece_keys": pieces,
+            "tail_key": pieces[-1] if pieces else None,
+            "tail_size": carried,
             **{f"parts.{i}": p.model_dump() for i, p in parts.items()},
         }
-        if head:
+        if head != recorded_head:
             fields["head"] = head
         if size is not None and upload.length_deferred:
             fields |= {"size": size, "length_deferred": False}
         if finished:
             fields["chunk_count"] = next_part
         if not await self._tus.progress(lease, fields, release=True):
-            if tail_key is not None:
-                await self._store.delete_many([tail_key])
+            if new_piece is not None:
+                await self._store.delete_many([new_piece])
+                self._pieces.drop([new_piece])
             raise self._lost()
-        if old_tail is not None and old_tail != tail_key and not tail_dropped:
-            await self._store.delete_many([old_tail])
+        await drop_old()
         return upload.model_copy(
             update={
                 "offset": offset,
                 "next_part": next_part,
-                "tail_key": tail_key,
-                "tail_size": tail_size,
+                "piece_keys": pieces,
+                "tail_key": pieces[-1] if pieces else None,
+                "tail_size": carried,
                 "size": size if size is not None else upload.size,
                 "length_deferred": size is None,
                 "chunk_count": next_part if finished else upload.chunk_count,
                 "head": head or None,
             }
         )
+
+    async def _tail_bytes(self, upload_id: str, keys: list[str], size: int) -> list[bytes]:
+        """The bytes of the pieces ``keys``, in order: from the cache, else from S3."""
+        found: dict[str, list[bytes]] = {}
+        missing: list[str] = []
+        for key in keys:
+            cached = self._pieces.get(key)
+            if cached is None:
+                missing.append(key)
+            else:
+                found[key] = cached
+        for start in range(0, len(missing), PIECE_READS):
+            batch = missing[start : start + PIECE_READS]
+            read = await asyncio.gather(*(self._store.get_bytes(key) for key in batch))
+            found.update((key, [data]) for key, data in zip(batch, read, strict=True))
+        chunks = [chunk for key in keys for chunk in found[key]]
+        held = sum(len(c) for c in chunks)
+        if held != size:
+            raise StorageError(
+                f"upload {upload_id}: its pieces hold {held} bytes, its record says {size}"
+            )
+        return chunks
 
     def _lost(self) -> ServiceError:
         return errors.TUS_UPLOAD_LOCKED.error(
@@ -479,3 +594,9 @@ class TusUploads:
         if upload.state is S.COMPLETED and upload.concat != "partial":
             raise machine.cancel_refusal(upload.state) or errors.NO_LONGER_OPEN.error()
         await self._chunked.cancel(upload_id)
+        # The cancel drops the parts and the newest piece (``tail_key``); the other pieces go
+        # here, as the record names them now that no PATCH can add one.
+        pieces = pieces_of(await self.get(upload_id))
+        if pieces:
+            await self._store.delete_many(pieces)
+            self._pieces.drop(pieces)

@@ -24,11 +24,17 @@ class TusRecords:
     async def take(
         self, upload_id: str, offset: int, lease: Lease, now: int
     ) -> UploadRecord | None:
-        """The upload, held by ``lease``, if it is open at ``offset`` and nobody writes to it."""
+        """The tus upload, held by ``lease``, if it is open at ``offset`` and nobody writes to
+        it: all a PATCH reads of it (but its parts), in the write that takes it."""
         taken = await self.col.find_one_and_update(
             {
                 "$and": [
-                    {"_id": upload_id, "state": UploadState.OPEN.value, "offset": offset},
+                    {
+                        "_id": upload_id,
+                        "protocol": "tus",
+                        "state": UploadState.OPEN.value,
+                        "offset": offset,
+                    },
                     {"$or": [{"lease_until_ms": {"$exists": False}}, Lease.free(now)]},
                 ]
             },
