@@ -135,7 +135,8 @@ async def test_sigterm_ingest_drains_uploads(case: Case) -> None:
     slow_n = scaled(3, 8)
     case.injected = (
         f"SIGTERM to upload-ingest while {slow_n} batch bodies are still arriving (4 s each) "
-        "and other uploads go on; restarted once it exited"
+        "and other uploads (batches, tus PATCHes, direct completes) go on; restarted once it "
+        "exited"
     )
     up = case.uploader
     slow = [
@@ -150,7 +151,16 @@ async def test_sigterm_ingest_drains_uploads(case: Case) -> None:
         for k in range(slow_n)
     ]
     load = asyncio.create_task(
-        run_load(up, case.events, batches=scaled(6, 60), per_batch=2, concurrency=2)
+        run_load(
+            up,
+            case.events,
+            batches=scaled(6, 60),
+            per_batch=2,
+            tus=scaled(1, 3),
+            direct=scaled(2, 6),
+            concurrency=2,
+            between_chunks_s=0.3,
+        )
     )
     await asyncio.sleep(1.5)
     process = case.stack.services[INGEST].process

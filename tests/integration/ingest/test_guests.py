@@ -11,6 +11,7 @@ from typing import Any
 
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import records
+from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import MONGO_DB
 
 from tests.factories.api import (
@@ -22,6 +23,7 @@ from tests.factories.api import (
     post_jpegs,
 )
 from tests.factories.media import jpeg_bytes
+from tests.factories.messaging import drain
 from tests.factories.servers import run_cli
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -46,7 +48,7 @@ async def tus_upload(api: Client, token: str, event_id: str, data: bytes, name: 
 
 
 async def test_a_guest_link_only_adds_photos_within_its_limits(
-    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings
+    capi: Client, make_token: TokenMaker, chunk_settings: IngestSettings, watch_events: QueueSpec
 ) -> None:
     owner = await make_token()
     event = await make_event(capi, owner)
@@ -71,6 +73,12 @@ async def test_a_guest_link_only_adds_photos_within_its_limits(
     first = await tus_upload(capi, guest, event["id"], photo, "one.jpg")
     assert first.status == 201, await first.text()
     photo_id = first.headers["X-Darkroom-Photo-Id"]
+    # Announced like any photo, hidden as it is.
+    announced = await drain(chunk_settings.amqp_url, watch_events.name, 1)
+    uploaded = [m for m in announced if m["type"] == records.PHOTO_UPLOADED]
+    assert [(m["data"]["photo"]["id"], m["data"]["photo"]["is_hidden"]) for m in uploaded] == [
+        (photo_id, True)
+    ]
     # It arrives hidden (the event says so); the owner sees it and shows it.
     seen = await (await capi.get(f"/v1/photos/{photo_id}", headers=auth(owner))).json()
     assert seen["is_hidden"] is True
