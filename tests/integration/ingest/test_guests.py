@@ -5,11 +5,11 @@ tests/e2e/test_guest_page.py.)"""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from typing import Any
 
 from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.tus.protocol import format_metadata
 from darkroom_kit import records
 from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import MONGO_DB
@@ -29,11 +29,10 @@ from tests.factories.servers import run_cli
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
-async def tus_upload(api: Client, token: str, event_id: str, data: bytes, name: str) -> Any:
-    meta = ",".join(
-        f"{k} {base64.b64encode(v.encode()).decode()}"
-        for k, v in {"event": event_id, "filename": name, "filetype": "image/jpeg"}.items()
-    )
+async def tus_upload(
+    api: Client, token: str, event_id: str, data: bytes, name: str, filetype: str = "image/jpeg"
+) -> Any:
+    meta = format_metadata({"event": event_id, "filename": name, "filetype": filetype})
     return await api.post(
         "/v1/tus/",
         data=data,
@@ -102,7 +101,13 @@ async def test_a_guest_link_only_adds_photos_within_its_limits(
     await assert_problem(
         await tus_upload(capi, guest, other["id"], photo, "x.jpg"), 404, "event_not_found"
     )
-    # Its limits: a second file fits, a third does not; nothing of the refused one is kept.
+    # A file the upload refuses does not count against the link's limits ...
+    await assert_problem(
+        await tus_upload(capi, guest, event["id"], b"notes", "notes.txt", "text/plain"),
+        422,
+        "unsupported_type",
+    )
+    # ... so a second file fits, and a third does not; nothing of the refused one is kept.
     assert (await tus_upload(capi, guest, event["id"], photo, "two.jpg")).status == 201
     refused = await assert_problem(
         await tus_upload(capi, guest, event["id"], photo, "three.jpg"), 403, "guest_limit_reached"

@@ -248,7 +248,13 @@ class OutboxRelay:
                 break
             pending = where.pending_of(doc)
             if self._exchanges is not None:
-                pending = {k: e for k, e in pending.items() if e["exchange"] in self._exchanges}
+                own = {k: e for k, e in pending.items() if e["exchange"] in self._exchanges}
+                if pending and not own:
+                    # Another deployment's messages only: nothing of this relay's to do, nor
+                    # its after-flush hook to run (the document is due again once the claim
+                    # ends, for the relay it belongs to).
+                    continue
+                pending = own
             if pending and not await self._outbox._flush_many(
                 collection, {doc["_id"]: pending}, where
             ):

@@ -15,10 +15,6 @@ from darkroom_ingest import errors
 from darkroom_ingest.stores import TokenStore
 from darkroom_ingest.tokens import Principal, Scope, generate_token, hash_token
 
-# Tries of the counting write before a guest's upload is answered "busy": each try fails only
-# when another upload of the same link counted itself in between.
-_COUNT_TRIES = 20
-
 
 def page_url(base_url: str, token: str) -> str:
     return f"{base_url}/guest#{token}"
@@ -67,30 +63,22 @@ class GuestLinks:
 
     async def count_in(self, principal: Principal, size: int, *, files: int = 1) -> None:
         """``files`` more files of ``size`` bytes through a link with limits, or why not.
-        Counted when the upload starts (what it declares), not given back if it is then
+        Counted once the upload is admitted (what it declares), not given back if it is then
         abandoned."""
         if not principal.limited:
             return
-        for _ in range(_COUNT_TRIES):
-            link = await self._tokens.get(principal.token_id)
-            if link is None:
-                break
-            if link.max_files is not None and link.files_used + files > link.max_files:
-                raise errors.GUEST_LIMIT_REACHED.error(
-                    f"This link takes {link.max_files} files in all.",
-                    extra={"max_files": link.max_files},
-                )
-            if link.max_bytes is not None and link.bytes_used + size > link.max_bytes:
-                raise errors.GUEST_LIMIT_REACHED.error(
-                    f"This link takes {link.max_bytes} bytes in all; "
-                    f"{max(0, link.max_bytes - link.bytes_used)} are left.",
-                    extra={"max_bytes": link.max_bytes},
-                )
-            if await self._tokens.use(link, files, size):
-                return
-        raise errors.COMPLETE_IN_PROGRESS.error("Many uploads at once through this link; retry.")
+        if not await self._tokens.use(
+            principal.token_id, files, size, principal.max_files, principal.max_bytes
+        ):
+            raise errors.GUEST_LIMIT_REACHED.error(
+                "This link has no room left for this file: at most "
+                f"{principal.max_files or 'any number of'} files and "
+                f"{principal.max_bytes or 'any number of'} bytes in all.",
+                extra={"max_files": principal.max_files, "max_bytes": principal.max_bytes},
+            )
 
 
 def arrives_hidden(principal: Principal, event: EventRecord) -> bool:
-    """Whether a photo this caller adds is hidden: a guest's, in an event that hides those."""
-    return event.guest_uploads_hidden and principal.is_guest
+    """Whether a photo this caller adds is hidden: a guest link's, in an event that hides
+    those."""
+    return event.guest_uploads_hidden and principal.guest

@@ -277,7 +277,6 @@ class OrphanSweeper:
                     {
                         "$or": [
                             {"key": {"$in": wanted}},
-                            {"tail_key": {"$in": wanted}},
                             {"piece_keys": {"$in": wanted}},
                         ]
                     },
@@ -290,8 +289,6 @@ class OrphanSweeper:
             upload = UploadRecord.of(doc)
             owned.add(upload.key)
             owned.update(upload.piece_keys)
-            if upload.tail_key is not None:
-                owned.add(upload.tail_key)
         return owned
 
     async def _recorded_photos(self, photo_ids: Iterable[str]) -> set[str]:

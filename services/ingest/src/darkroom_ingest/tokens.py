@@ -73,18 +73,14 @@ class Principal:
     scopes: list[str]
     event_id: str | None = None  # gallery tokens are bound to one event
     created_ms: int = 0
-    # A guest upload link's limits: files and bytes it may add in all (None: no limit).
+    # A guest upload link, and its limits: files and bytes it may add in all (None: no limit).
+    guest: bool = False
     max_files: int | None = None
     max_bytes: int | None = None
 
     @property
     def limited(self) -> bool:
         return self.max_files is not None or self.max_bytes is not None
-
-    @property
-    def is_guest(self) -> bool:
-        """May add photos, and nothing more (a guest upload link)."""
-        return self.may(Scope.PHOTOS_UPLOAD) and not self.may(Scope.PHOTOS_WRITE)
 
     def may(self, scope: Scope) -> bool:
         return scope.value in effective_scopes(self.scopes)

@@ -129,13 +129,14 @@ async def authenticate(request: web.Request) -> Principal:
             headers={"WWW-Authenticate": 'Bearer realm="darkroom", error="invalid_token"'},
         )
     principal = Principal(
-        stored.id,
-        stored.name,
-        list(stored.scopes),
-        stored.event_id,
-        stored.created_ms,
-        stored.max_files,
-        stored.max_bytes,
+        token_id=stored.id,
+        name=stored.name,
+        scopes=list(stored.scopes),
+        event_id=stored.event_id,
+        created_ms=stored.created_ms,
+        guest=stored.guest,
+        max_files=stored.max_files,
+        max_bytes=stored.max_bytes,
     )
     request[PRINCIPAL] = principal
     return principal

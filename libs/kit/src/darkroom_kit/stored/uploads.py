@@ -68,12 +68,9 @@ class UploadRecord(Record):
     # ---- tus: bytes arrive in order, at ``offset``, in pieces of any size ----
     # The bytes kept: ``next_part`` parts of ``chunk_size`` (the S3 parts 1..next_part), then
     # the tail: ``tail_size`` bytes (under a part, so they wait for the next PATCHes) in the
-    # piece objects ``piece_keys``, in order, each the rest of one PATCH. ``tail_key`` is the
-    # newest piece (also in ``piece_keys``); a record written before pieces had its whole tail
-    # there alone (``piece_keys`` empty).
+    # piece objects ``piece_keys``, in order, each the rest of one PATCH.
     offset: int = 0
     next_part: int = 0
-    tail_key: str | None = None
     tail_size: int = 0
     piece_keys: list[str] = Field(default_factory=list)
     length_deferred: bool = False  # ``size`` is 0 until a PATCH says it

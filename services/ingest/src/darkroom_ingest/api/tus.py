@@ -94,16 +94,19 @@ def _answer(status: int, written: Written) -> web.Response:
     return web.Response(status=status, headers=headers)
 
 
-async def _load(call: Call) -> UploadRecord:
-    upload_id = call.path("upload_id")
-    upload = await call.deps.tus.get(upload_id)
+def _check_visible(call: Call, upload: UploadRecord) -> None:
     if upload.event_id == NO_EVENT:
         # A partial upload that names no event yet: its maker's alone.
         visible = upload.token_id == call.principal.token_id
     else:
         visible = call.principal.event_id in (None, upload.event_id)
     if not visible:
-        raise UPLOAD_NOT_FOUND.error(f"No upload with id {upload_id!r}.")
+        raise UPLOAD_NOT_FOUND.error(f"No upload with id {upload.id!r}.")
+
+
+async def _load(call: Call) -> UploadRecord:
+    upload = await call.deps.tus.get(call.path("upload_id"))
+    _check_visible(call, upload)
     return upload
 
 
@@ -195,14 +198,14 @@ async def tus_create(call: Call) -> web.Response:
             or await deps.tus.event_of(concat.upload_ids[0])
         )
         joined_in = await deps.events.get(call.principal, final_event)
-        # The file counts once, here; its partials counted its bytes.
-        await deps.guests.count_in(call.principal, 0)
         written = await deps.tus.create_final(
             joined_in,
             concat.upload_ids,
             metadata,
             token_id=call.principal.token_id,
             hidden=arrives_hidden(call.principal, joined_in),
+            # The file counts once, here; its partials counted its bytes.
+            admitted=lambda: deps.guests.count_in(call.principal, 0),
         )
         response = _answer(201, written)
         response.headers["Location"] = BASE + written.upload.id
@@ -220,12 +223,10 @@ async def tus_create(call: Call) -> web.Response:
             errors=[protocol.field("Upload-Metadata", "no event", "required")],
         )
     event = await deps.events.get(call.principal, event_id) if event_id else None
-    if call.principal.limited:
-        if length is None:
-            raise protocol.invalid(
-                "Upload-Length", "An upload through a guest link says its length at creation."
-            )
-        await deps.guests.count_in(call.principal, length, files=0 if concat is not None else 1)
+    if call.principal.limited and length is None:
+        raise protocol.invalid(
+            "Upload-Length", "An upload through a guest link says its length at creation."
+        )
     upload = await deps.tus.create(
         event,
         length,
@@ -233,6 +234,9 @@ async def tus_create(call: Call) -> web.Response:
         concat,
         token_id=call.principal.token_id,
         hidden=event is not None and arrives_hidden(call.principal, event),
+        admitted=lambda: deps.guests.count_in(
+            call.principal, length or 0, files=0 if concat is not None else 1
+        ),
     )
     written = Written(upload)
     if _has_body(request):
@@ -304,18 +308,20 @@ def _check_content_type(request: web.Request) -> None:
 async def tus_patch(call: Call) -> web.Response:
     """The body's bytes at ``Upload-Offset``; the last byte makes the photo."""
     request, deps = call.request, call.deps
-    upload = await _load(call)
     _check_content_type(request)
     offset = protocol.non_negative("Upload-Offset", request.headers.get("Upload-Offset"))
     if offset is None:
         raise protocol.invalid("Upload-Offset", "Send Upload-Offset.")
+    # Visibility is checked on the record the PATCH's own take reads: no read before it (a
+    # round trip less on the path every byte takes).
     written = await deps.tus.append(
-        upload.id,
+        call.path("upload_id"),
         offset,
         protocol.non_negative("Upload-Length", request.headers.get("Upload-Length")),
         protocol.parse_checksum(request.headers.get("Upload-Checksum")),
         _body(request),
         request.content_length,
+        visible=lambda upload: _check_visible(call, upload),
     )
     deps.upload_bytes.inc(written.upload.offset - offset)
     return _answer(204, written)

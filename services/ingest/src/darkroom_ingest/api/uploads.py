@@ -62,7 +62,6 @@ async def create_upload(call: Call, body: UploadCreate) -> Reply[UploadOut]:
     send its chunks (``chunk_size`` bytes each but the last) in any order, in parallel."""
     deps = call.deps
     event = await deps.events.get(call.principal, call.path("event_id"))
-    await deps.guests.count_in(call.principal, body.size)
     doc = await deps.chunked.create(
         event.document(),
         body.filename,
@@ -70,6 +69,7 @@ async def create_upload(call: Call, body: UploadCreate) -> Reply[UploadOut]:
         body.mime_type,
         body.sha256,
         hidden=arrives_hidden(call.principal, event),
+        admitted=lambda: deps.guests.count_in(call.principal, body.size),
     )
     upload = UploadRecord.of(doc)
     return Reply(_out(call, upload), headers={"Location": f"/v1/uploads/{upload.id}"})

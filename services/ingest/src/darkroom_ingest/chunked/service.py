@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from darkroom_kit import records
@@ -66,10 +66,15 @@ class ChunkedUploads:
         sha256: str | None,
         *,
         hidden: bool = False,
+        admitted: Callable[[], Awaitable[None]] | None = None,
     ) -> Document:
+        """``admitted`` runs once the file passed every check, before anything is stored (a
+        guest link counts the file then, never one it refuses)."""
         name = self.rules.admit(filename, size, mime_type)
         record = EventRecord.of(event)
         ensure_accepts_uploads(record)
+        if admitted is not None:
+            await admitted()
         layout = self.rules.layout(size)
         photo_id = new_id("ph")
         key = records.original_key(record.id, photo_id)
@@ -250,8 +255,9 @@ class ChunkedUploads:
 
     async def cancel(self, upload_id: str) -> None:
         upload = await self.records.get(upload_id, with_parts=False)
-        if await self.records.abort(upload_id):
-            await self._drop(upload)
+        aborted = await self.records.abort(upload_id)
+        if aborted is not None:
+            await self._drop(aborted)
             return
         state = upload.state
         if state is UploadState.OPEN:  # it moved since it was read: its state now
@@ -278,7 +284,7 @@ class ChunkedUploads:
             await self.direct.drop(upload)
             return
         await self.parts.abort(upload)
-        pieces = list(upload.piece_keys) or [k for k in (upload.tail_key,) if k is not None]
+        pieces = list(upload.piece_keys)
         if upload.concat == "partial":
             pieces.append(upload.key)
         if pieces:

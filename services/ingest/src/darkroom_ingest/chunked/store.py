@@ -133,11 +133,15 @@ class UploadRecords:
 
     # ---- cancel and expiry -----------------------------------------------------------------
 
-    async def abort(self, upload_id: str) -> bool:
+    async def abort(self, upload_id: str) -> UploadRecord | None:
+        """The upload as it was when aborted (what it holds then is what to drop), or None
+        when it could not be."""
         aborted = await self.col.find_one_and_update(
-            {"_id": upload_id, **_from(S.ABORTED)}, {"$set": {"state": S.ABORTED.value}}
+            {"_id": upload_id, **_from(S.ABORTED)},
+            {"$set": {"state": S.ABORTED.value}},
+            {"parts": 0, "head": 0},
         )
-        return aborted is not None
+        return UploadRecord.maybe(aborted)
 
     async def expire_next(self, now: int) -> UploadRecord | None:
         """One upload past its expiry, moved to expired."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
-from darkroom_kit.mongo import Database
+from darkroom_kit.mongo import Database, Document
 from darkroom_kit.stored.tokens import TokenRecord
 from pymongo import ASCENDING
 
@@ -52,12 +52,19 @@ class TokenStore:
         cursor = self._col.find({"event_id": event_id, "guest": True}, {"hash": 0})
         return [TokenRecord.of(d) async for d in cursor.sort("created_ms", ASCENDING)]
 
-    async def use(self, token: TokenRecord, files: int, size: int) -> bool:
-        """Count ``files`` and ``size`` bytes against the token's limits, if it read them
-        last: a write conditional on the counts it read (no server-side arithmetic needed)."""
+    async def use(
+        self, token_id: str, files: int, size: int, max_files: int | None, max_bytes: int | None
+    ) -> bool:
+        """Count ``files`` and ``size`` bytes against the token's limits, if they leave room:
+        one write conditional on the counts so far (racing uploads cannot both take the last
+        place)."""
+        room: Document = {}
+        if max_files is not None:
+            room["files_used"] = {"$lte": max_files - files}
+        if max_bytes is not None:
+            room["bytes_used"] = {"$lte": max_bytes - size}
         result = await self._col.update_one(
-            {"_id": token.id, "files_used": token.files_used, "bytes_used": token.bytes_used},
-            {"$inc": {"files_used": files, "bytes_used": size}},
+            {"_id": token_id, **room}, {"$inc": {"files_used": files, "bytes_used": size}}
         )
         return result.matched_count == 1
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -138,13 +138,6 @@ class _PieceCache:
                 self.size -= found[1]
 
 
-def pieces_of(upload: UploadRecord) -> list[str]:
-    """The keys of the upload's tail, in order (a record written before pieces: its tail)."""
-    if upload.piece_keys:
-        return list(upload.piece_keys)
-    return [upload.tail_key] if upload.tail_key is not None else []
-
-
 class TusUploads:
     def __init__(
         self,
@@ -177,9 +170,13 @@ class TusUploads:
         *,
         token_id: str | None = None,
         hidden: bool = False,
+        partials: list[str] | None = None,
+        admitted: Callable[[], Awaitable[None]] | None = None,
     ) -> UploadRecord:
         """A new upload of ``length`` bytes (None: said later); a partial one when ``concat``
-        says so, which may name no event (None) until the final upload that joins it."""
+        says so, which may name no event (None) until the final upload that joins it; the final
+        one of ``partials``. ``admitted`` runs once it passed every check, before anything is
+        stored."""
         if event is not None:
             ensure_accepts_uploads(event)
         filename = metadata.get("filename") or metadata.get("name") or "upload"
@@ -201,6 +198,8 @@ class TusUploads:
         partial = concat is not None and concat.partial
         if event is None and not partial:
             raise errors.TUS_EVENT_REQUIRED.error("Name the event in Upload-Metadata.")
+        if admitted is not None:
+            await admitted()
         event_id = event.id if event is not None else NO_EVENT
         photo_id = new_id("ph")
         key = (
@@ -231,7 +230,8 @@ class TusUploads:
             state=S.OPEN,
             created_ms=now,
             expires_ms=now + self._rules.expiry_ms,
-            concat="partial" if partial else None,
+            concat="partial" if partial else ("final" if partials else None),
+            partials=partials or [],
             metadata=metadata,
             hidden=hidden,
         )
@@ -246,6 +246,7 @@ class TusUploads:
         *,
         token_id: str | None = None,
         hidden: bool = False,
+        admitted: Callable[[], Awaitable[None]] | None = None,
     ) -> Written:
         """An upload made of finished partial uploads, in order: complete at once."""
         ensure_accepts_uploads(event)
@@ -267,11 +268,14 @@ class TusUploads:
         first = partials[0]
         meta = {**first.metadata, **metadata}
         upload = await self.create(
-            event, sum(p.size for p in partials), meta, None, token_id=token_id, hidden=hidden
-        )
-        upload = upload.model_copy(update={"concat": "final", "partials": list(partial_ids)})
-        await self._records.col.update_one(
-            {"_id": upload.id}, {"$set": {"concat": "final", "partials": list(partial_ids)}}
+            event,
+            sum(p.size for p in partials),
+            meta,
+            None,
+            token_id=token_id,
+            hidden=hidden,
+            partials=list(partial_ids),
+            admitted=admitted,
         )
 
         # The partials' bytes, in order, cut into the final upload's parts: they pass through
@@ -321,7 +325,10 @@ class TusUploads:
         content_length: int | None = None,
         *,
         internal: bool = False,
+        visible: Callable[[UploadRecord], None] | None = None,
     ) -> Written:
+        """``visible`` raises for an upload its caller may not see; it is checked on the record
+        the take read, so the caller reads nothing first."""
         # The write that takes the upload reads it too: a PATCH that makes no part costs two
         # round trips to MongoDB, this one and its last write. Only a refused one reads again,
         # to say why.
@@ -329,6 +336,8 @@ class TusUploads:
         taken = await self._tus.take(upload_id, offset, lease, now_ms())
         if taken is None:
             current = await self.get(upload_id)
+            if visible is not None:
+                visible(current)
             self._check_writable(current, internal)
             self._size_after(current, length)
             if current.offset != offset:
@@ -339,6 +348,8 @@ class TusUploads:
                 retry_after=1,
             )
         try:
+            if visible is not None:
+                visible(taken)
             self._check_writable(taken, internal)
             size = self._size_after(taken, length)
             if size is not None and content_length is not None and offset + content_length > size:
@@ -402,7 +413,7 @@ class TusUploads:
     ) -> UploadRecord:
         part_size = upload.chunk_size
         pending = _Pending()  # this PATCH's bytes not yet in a part
-        old_pieces = pieces_of(upload)  # the tail this PATCH found, in order
+        old_pieces = list(upload.piece_keys)  # the tail this PATCH found, in order
         carried = upload.tail_size  # its bytes, until a part takes them up
         consumed = False  # the old pieces' bytes went into a part (or a merged piece)
         dropped = False  # and the old pieces were deleted
@@ -447,7 +458,6 @@ class TusUploads:
                     "next_part": next_part,
                     f"parts.{next_part - 1}": parts[str(next_part - 1)].model_dump(),
                     "piece_keys": [],
-                    "tail_key": None,
                     "tail_size": 0,
                 }
                 if head != recorded_head:
@@ -503,7 +513,6 @@ class TusUploads:
             "offset": offset,
             "next_part": next_part,
             "piece_keys": pieces,
-            "tail_key": pieces[-1] if pieces else None,
             "tail_size": carried,
             **{f"parts.{i}": p.model_dump() for i, p in parts.items()},
         }
@@ -524,7 +533,6 @@ class TusUploads:
                 "offset": offset,
                 "next_part": next_part,
                 "piece_keys": pieces,
-                "tail_key": pieces[-1] if pieces else None,
                 "tail_size": carried,
                 "size": size if size is not None else upload.size,
                 "length_deferred": size is None,
@@ -593,10 +601,6 @@ class TusUploads:
         upload = await self.get(upload_id)
         if upload.state is S.COMPLETED and upload.concat != "partial":
             raise machine.cancel_refusal(upload.state) or errors.NO_LONGER_OPEN.error()
+        # The cancel drops the parts and every piece the record names.
         await self._chunked.cancel(upload_id)
-        # The cancel drops the parts and the newest piece (``tail_key``); the other pieces go
-        # here, as the record names them now that no PATCH can add one.
-        pieces = pieces_of(await self.get(upload_id))
-        if pieces:
-            await self._store.delete_many(pieces)
-            self._pieces.drop(pieces)
+        self._pieces.drop(upload.piece_keys)
