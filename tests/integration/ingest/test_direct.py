@@ -231,21 +231,26 @@ async def test_a_part_list_that_is_not_what_s3_holds_keeps_nothing(
     wrong = [sent[0], {"PartNumber": 2, "ETag": '"0123456789abcdef0123456789abcdef"'}]
     body = await assert_problem(await complete(capi, token, up, wrong), 409, "parts_mismatch")
     assert body["errors"][0]["field"] == "/parts"
-    # A part the client says it sent and S3 never got is the same.
+    # A part the client says it sent and S3 never got is the same (on an upload of its own:
+    # a failed one only answers its failure again).
+    extra = await ticket(capi, token, event["id"], data, filename="b.jpg", multipart=True)
+    extra_sent = await send_parts(capi, token, extra["upload_id"], data)
     await assert_problem(
-        await complete(capi, token, up, [*sent, {"PartNumber": 3, "ETag": "x"}]),
+        await complete(
+            capi, token, extra["upload_id"], [*extra_sent, {"PartNumber": 3, "ETag": "x"}]
+        ),
         409,
         "parts_mismatch",
     )
-    # Nothing is kept: no photo, no object, no multipart upload.
+    # Nothing is kept of either: no photo, no object, no multipart upload.
     store = capi.app[OBJECT_STORE]
     assert await stored_keys(capi, event["id"]) == []
-    assert upload["s3_upload_id"] not in await store.open_multipart_uploads(
-        f"events/{event['id']}/"
-    )
-    doc = await upload_doc(capi, up)
-    assert doc["state"] == "failed"
-    assert await photo_doc(capi, doc["photo_id"]) is None
+    still_open = await store.open_multipart_uploads(f"events/{event['id']}/")
+    for refused in (upload, extra):
+        assert refused["s3_upload_id"] not in still_open
+        doc = await upload_doc(capi, refused["upload_id"])
+        assert doc["state"] == "failed"
+        assert await photo_doc(capi, doc["photo_id"]) is None
 
 
 # ---- refusals: what S3 holds decides ------------------------------------------------------------

@@ -11,7 +11,7 @@ from darkroom_kit.views import PhotoView
 
 from darkroom_ingest import errors
 from darkroom_ingest.api.declare import Call, Reply, RouteTable
-from darkroom_ingest.direct.service import Ticket
+from darkroom_ingest.direct.service import PartTicket, Ticket
 from darkroom_ingest.errors import EVENT_NOT_FOUND, PHOTO_NOT_FOUND, UPLOAD_NOT_FOUND
 from darkroom_ingest.schemas.direct import (
     DirectComplete,
@@ -39,6 +39,16 @@ async def _load(call: Call) -> UploadRecord:
     if call.principal.event_id is not None and upload.event_id != call.principal.event_id:
         raise UPLOAD_NOT_FOUND.error(f"No direct upload with id {upload_id!r}.")
     return upload
+
+
+def _part_out(part: PartTicket) -> PartTicketOut:
+    return PartTicketOut(
+        part_number=part.number,
+        method="PUT",
+        url=part.request.url,
+        headers=dict(part.request.headers),
+        expires_at=ms_to_iso(part.expires_ms) or "",
+    )
 
 
 def _out(call: Call, ticket: Ticket) -> DirectUploadOut:
@@ -121,15 +131,8 @@ async def sign_direct_upload_part(call: Call, query: PartSignQuery) -> Reply[Par
         raise errors.INVALID_PART_NUMBER.error(
             errors=[FieldError("part_number", "a whole number from 1", "invalid")]
         ) from None
-    part = call.deps.direct.sign_part(upload, number, query.crc32c)
-    answer = PartTicketOut(
-        part_number=part.number,
-        method="PUT",
-        url=part.request.url,
-        headers=dict(part.request.headers),
-        expires_at=ms_to_iso(part.expires_ms) or "",
-    )
-    return Reply(answer, headers=NO_STORE)
+    [part] = call.deps.direct.sign_parts(upload, [number], query.crc32c)
+    return Reply(_part_out(part), headers=NO_STORE)
 
 
 @routes.post(
@@ -151,20 +154,8 @@ async def sign_direct_upload_parts(call: Call, body: PartBatchSign) -> Reply[Par
     """Up to 1,000 parts' URLs in one answer: a client that knows its parts up front saves a
     round trip (and the API a request) per part."""
     upload = await _load(call)
-    signed = [call.deps.direct.sign_part(upload, n, None) for n in body.part_numbers]
-    answer = PartTicketList(
-        parts=[
-            PartTicketOut(
-                part_number=part.number,
-                method="PUT",
-                url=part.request.url,
-                headers=dict(part.request.headers),
-                expires_at=ms_to_iso(part.expires_ms) or "",
-            )
-            for part in signed
-        ]
-    )
-    return Reply(answer, headers=NO_STORE)
+    signed = call.deps.direct.sign_parts(upload, body.part_numbers)
+    return Reply(PartTicketList(parts=[_part_out(p) for p in signed]), headers=NO_STORE)
 
 
 @routes.get(

@@ -124,7 +124,7 @@ class Rules:
         limit = self.max_size if mime_type is None else self.limit(mime_type)
         if size > limit:
             raise errors.FILE_TOO_LARGE.error(
-                f"{mime_type or 'Files'} files are limited to {limit} bytes."
+                f"{mime_type} files are limited to {limit} bytes."
                 if mime_type
                 else f"Files are limited to {limit} bytes.",
                 errors=[FieldError(field, f"at most {limit}", "file_too_large")],

@@ -8,7 +8,7 @@ import hashlib
 from darkroom_kit.storage import ObjectNotFound, PartBody, S3ObjectStore, StoredPart
 from darkroom_kit.stored.uploads import UploadRecord
 
-from darkroom_ingest import sniff
+from darkroom_ingest import errors, sniff
 
 
 class MultipartParts:
@@ -45,9 +45,15 @@ class MultipartParts:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    async def tail(self, key: str, size: int) -> bytes:
-        """The assembled object's last bytes (a ranged read), for the truncation check."""
-        return await self._store.get_bytes(key, max(0, size - sniff.TAIL_BYTES))
+    async def check_end(self, key: str, kind: sniff.FileType, head: bytes, size: int) -> None:
+        """The object's end, read back (a ranged read), as batch uploads check it: a file cut
+        short is refused, not stored."""
+        tail = await self._store.get_bytes(key, max(0, size - sniff.TAIL_BYTES))
+        if not sniff.is_complete(kind, head, tail, size):
+            raise errors.TRUNCATED_FILE.error(
+                f"The {kind.name.upper()} data ends early: the file is incomplete; nothing was "
+                "kept."
+            )
 
     async def discard(self, key: str) -> None:
         await self._store.delete_many([key])

@@ -46,7 +46,7 @@ class ChunkedUploads:
         self.records = UploadRecords(db)
         self.col = self.records.col
         self.parts = MultipartParts(store)
-        self.direct = DirectObjects(store)  # a direct upload's bytes (direct/)
+        self.direct = DirectObjects(store, self.parts)  # a direct upload's bytes (direct/)
         self.rules = machine.Rules.of(settings)
         self._photos = photos
         self._complete_wait_s = settings.complete_wait_seconds
@@ -178,10 +178,9 @@ class ChunkedUploads:
             # Aborting the multipart upload of one that lost its lease would pull its parts from
             # under the completer that took it over.
             if await self.records.fail(lease, machine.failure_of(error)):
-                if upload.protocol == "direct":
-                    await self.direct.drop(upload)  # the refused file: nobody owns it now
-                else:
-                    await self.parts.abort(upload)
+                # The refused file, wherever the refusal came (before or after its parts were
+                # assembled, or from the event's cap): nobody owns its bytes now.
+                await self._drop(upload)
             raise
         except StorageError:
             await self.records.reopen(lease)
@@ -203,14 +202,7 @@ class ChunkedUploads:
         else:
             kind = self.rules.content(upload.head or b"", upload.size)
             await self.parts.assemble(upload)
-            # Its end, as batch uploads check it: a file cut short is refused, not stored.
-            tail = await self.parts.tail(upload.key, upload.size)
-            if not sniff.is_complete(kind, upload.head or b"", tail, upload.size):
-                await self.parts.discard(upload.key)
-                raise errors.TRUNCATED_FILE.error(
-                    f"The {kind.name.upper()} data ends early: the file is incomplete; nothing "
-                    "was kept."
-                )
+            await self.parts.check_end(upload.key, kind, upload.head or b"", upload.size)
         if upload.sha256:
             await self._verify_sha256(upload)
         stored = StoredFile(
@@ -239,7 +231,6 @@ class ChunkedUploads:
 
     async def _verify_sha256(self, upload: UploadRecord) -> None:
         if await self.parts.sha256_hex(upload.key) != upload.sha256:
-            await self.parts.discard(upload.key)
             raise errors.FILE_CHECKSUM_MISMATCH.error(
                 "The assembled file differs from the sha256 given at creation; nothing was kept.",
                 errors=[FieldError("/sha256", "does not match the content", "checksum_mismatch")],
@@ -277,18 +268,11 @@ class ChunkedUploads:
         return expired + await self.finish_abandoned(limit)
 
     async def _drop(self, upload: UploadRecord) -> None:
-        """The bytes of an upload that is over without a photo: its multipart upload and its
-        temporary objects (a tus upload's tail, a partial upload's assembled bytes); a direct
-        upload's object."""
-        if upload.protocol == "direct":
-            await self.direct.drop(upload)
-            return
-        await self.parts.abort(upload)
-        pieces = list(upload.piece_keys)
-        if upload.concat == "partial":
-            pieces.append(upload.key)
-        if pieces:
-            await self.parts.discard_many(pieces)
+        """The bytes of an upload that is over without a photo: its multipart upload, the
+        object at its key (assembled, or a direct upload's), and a tus upload's pieces."""
+        if upload.s3_upload_id:
+            await self.parts.abort(upload)
+        await self.parts.discard_many([upload.key, *upload.piece_keys])
 
     async def finish_abandoned(self, limit: int = 100) -> int:
         """Completes whose process died and whose client never asked again: the client asked

@@ -14,8 +14,9 @@ from darkroom_kit.stored.uploads import UploadRecord
 from darkroom_ingest import errors, sniff
 
 if TYPE_CHECKING:
-    # Only a type: chunked.service imports this module.
+    # Only types: chunked.service imports this module.
     from darkroom_ingest.chunked.machine import Rules
+    from darkroom_ingest.chunked.parts import MultipartParts
 
 # The parts a client says it sent: (part number, ETag without quotes).
 ClaimedParts = frozenset[tuple[int, str]]
@@ -26,14 +27,11 @@ def claimed_parts(parts: list[tuple[int, str]]) -> ClaimedParts:
 
 
 class DirectObjects:
-    def __init__(self, store: S3ObjectStore) -> None:
+    def __init__(self, store: S3ObjectStore, parts: MultipartParts) -> None:
         self._store = store
+        self._parts = parts
 
     # ---- what a client may send ------------------------------------------------------------
-
-    async def begin(self, key: str, content_type: str) -> str:
-        """A new multipart upload for ``key``; its S3 id."""
-        return await self._store.create_multipart(key, content_type)
 
     def put_ticket(self, upload: UploadRecord, expires_seconds: int) -> PresignedRequest:
         """One PUT of exactly the declared size and type, to the upload's key."""
@@ -68,12 +66,7 @@ class DirectObjects:
         self._check_size(upload, info.size)
         head = await self._store.get_bytes(upload.key, 0, sniff.SNIFF_BYTES - 1)
         kind = rules.content(head, info.size)
-        tail = await self._store.get_bytes(upload.key, max(0, info.size - sniff.TAIL_BYTES))
-        if not sniff.is_complete(kind, head, tail, info.size):
-            raise errors.TRUNCATED_FILE.error(
-                f"The {kind.name.upper()} data ends early: the file is incomplete; nothing "
-                "was kept."
-            )
+        await self._parts.check_end(upload.key, kind, head, info.size)
         return kind
 
     async def _complete_multipart(self, upload: UploadRecord, claimed: ClaimedParts | None) -> None:
@@ -102,10 +95,3 @@ class DirectObjects:
                 f"S3 holds {size} bytes, not the {upload.size} declared; nothing was kept.",
                 extra={"declared_size": upload.size, "size": size},
             )
-
-    async def drop(self, upload: UploadRecord) -> None:
-        """Everything of an upload that is over without a photo: its multipart upload, and the
-        object the client or an assembly wrote."""
-        if upload.s3_upload_id:
-            await self._store.abort_multipart(upload.key, upload.s3_upload_id)
-        await self._store.delete_many([upload.key])

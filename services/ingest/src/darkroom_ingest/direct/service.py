@@ -73,7 +73,7 @@ class DirectUploads:
         key = records.original_key(event.id, photo_id)
         # The multipart upload first: a record never names one that does not exist (the orphan
         # sweep removes one whose record was never written).
-        s3_upload_id = await self._objects.begin(key, mime_type) if multipart else ""
+        s3_upload_id = await self._chunked.parts.begin(key, mime_type) if multipart else ""
         now = now_ms()
         ticket_ms = self._ticket_s * 1000
         # A single PUT may begin as its URL runs out and take as long again; a multipart upload
@@ -112,20 +112,28 @@ class DirectUploads:
 
     # ---- multipart -------------------------------------------------------------------------
 
-    def sign_part(self, upload: UploadRecord, number: int, crc32c: str | None) -> PartTicket:
-        """A URL for part ``number``, valid for the ticket time (never past the upload's
-        expiry); with ``crc32c``, S3 keeps the part only if its bytes have it."""
+    def sign_parts(
+        self, upload: UploadRecord, numbers: list[int], crc32c: str | None = None
+    ) -> list[PartTicket]:
+        """URLs for the parts ``numbers``, valid for the ticket time (never past the upload's
+        expiry); with ``crc32c`` (one part), S3 keeps the part only if its bytes have it. The
+        upload is checked once, however many parts."""
         _multipart(upload)
         now = now_ms()
         machine.ensure_open(upload, now)
-        if not 1 <= number <= machine.MAX_PARTS:
-            raise errors.INVALID_PART_NUMBER.error(
-                f"Part {number} is out of range.",
-                errors=[FieldError("part_number", "1 to 10000", "invalid")],
-            )
+        for number in numbers:
+            if not 1 <= number <= machine.MAX_PARTS:
+                raise errors.INVALID_PART_NUMBER.error(
+                    f"Part {number} is out of range.",
+                    errors=[FieldError("part_number", "1 to 10000", "invalid")],
+                )
         seconds = max(1, min(self._ticket_s, (upload.expires_ms - now) // 1000))
-        request = self._objects.part_ticket(upload, number, seconds, crc32c)
-        return PartTicket(number, request, now + seconds * 1000)
+        return [
+            PartTicket(
+                n, self._objects.part_ticket(upload, n, seconds, crc32c), now + seconds * 1000
+            )
+            for n in numbers
+        ]
 
     async def parts(self, upload: UploadRecord) -> list[StoredPart]:
         """The parts S3 holds: how a client resumes."""
