@@ -4,11 +4,11 @@ browser on a second origin: tests/e2e (guest page)."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from darkroom_ingest.app import create_app
 from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.tus.protocol import format_metadata
 from darkroom_kit.messaging import QueueSpec
 
 from tests.factories.api import Client, TokenMaker, auth, make_event
@@ -47,12 +47,12 @@ async def test_an_allowed_origin_gets_preflights_and_exposed_headers(
     )
     assert (patch.status, patch.headers["Access-Control-Allow-Origin"]) == (200, PAGE)
     events = await api.options("/v1/events", headers=preflight("POST", "content-type"))
-    assert events.status == 200
+    assert (events.status, events.headers["Access-Control-Allow-Origin"]) == (200, PAGE)
 
     # The actual request: granted, with what a tus client must read exposed.
     token = await make_token()
     event = await make_event(api, token)
-    meta = "event " + base64.b64encode(event["id"].encode()).decode()
+    meta = format_metadata({"event": event["id"]})
     created = await api.post(
         "/v1/tus/",
         headers={
@@ -80,6 +80,23 @@ async def test_an_allowed_origin_gets_preflights_and_exposed_headers(
     refused = await api.get("/v1/events/ev_missing", headers={**auth(token), "Origin": PAGE})
     assert refused.status == 404
     assert refused.headers["Access-Control-Allow-Origin"] == PAGE
+    assert "X-Request-Id" in refused.headers["Access-Control-Expose-Headers"]
+    # And a tus client recovering from a wrong offset can read where the upload is.
+    wrong = await api.patch(
+        created.headers["Location"],
+        data=b"x",
+        headers={
+            **TUS,
+            **auth(token),
+            "Origin": PAGE,
+            "Upload-Offset": "5",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    assert wrong.status == 409
+    assert wrong.headers["Access-Control-Allow-Origin"] == PAGE
+    assert "Upload-Offset" in wrong.headers["Access-Control-Expose-Headers"]
+    assert (await wrong.json())["offset"] == 0
 
     # Another origin: no grant.
     other = await api.options("/v1/tus/", headers=preflight("POST", asked, "https://evil.example"))

@@ -196,3 +196,17 @@ async def test_the_cli_makes_a_guest_link(
     )
     assert missing.returncode == 1
     assert "no event ev_nope" in missing.stderr
+    # A link that would be expired already (or never, by mistake) is refused before anything.
+    for hours in ("0", "-1"):
+        bad = await asyncio.to_thread(
+            run_cli,
+            chunk_settings,
+            "guest-link",
+            "create",
+            "--event",
+            event["id"],
+            "--expires-in-hours",
+            hours,
+        )
+        assert bad.returncode == 2, hours
+        assert "is not a number > 0" in bad.stderr

@@ -118,6 +118,13 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a number > 0")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -175,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     link.add_argument("--event", required=True, help="the event's id")
     link.add_argument("--label", default="guests", help="what the link is for")
-    link.add_argument("--expires-in-hours", type=float, default=None, help="default: never")
+    link.add_argument(
+        "--expires-in-hours", type=_positive_float, default=None, help="default: never"
+    )
     link.add_argument("--max-files", type=_positive_int, default=None, help="default: no limit")
     link.add_argument("--max-bytes", type=_positive_int, default=None, help="default: no limit")
     orphans = sub.add_parser(

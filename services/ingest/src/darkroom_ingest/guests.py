@@ -5,9 +5,7 @@ so it reaches no server log)."""
 
 from __future__ import annotations
 
-from darkroom_kit.clock import now_ms
 from darkroom_kit.mongo import Database
-from darkroom_kit.problems import FieldError
 from darkroom_kit.stored.events import EventRecord
 from darkroom_kit.stored.tokens import TokenRecord
 
@@ -34,11 +32,6 @@ class GuestLinks:
         max_bytes: int | None,
     ) -> tuple[TokenRecord, str]:
         """The link's token record and the token itself (shown once)."""
-        if expires_ms is not None and expires_ms <= now_ms():
-            raise errors.VALIDATION_FAILED.error(
-                "A link that has already expired is of no use.",
-                errors=[FieldError("/expires_at", "in the past", "too_small")],
-            )
         token = generate_token()
         record = await self._tokens.create(
             label,

@@ -22,6 +22,8 @@ PAGE_DIR = Path(__file__).resolve().parent.parent / "guest_page"
 # The page's files: its own, and tus-js-client's browser build, which `make install` copies
 # here from node_modules (pinned in package-lock.json).
 ASSETS = {"guest.js": "text/javascript", "tus.min.js": "text/javascript"}
+# Looked up once, not with a blocking stat per request: they change only with `make install`.
+INSTALLED = frozenset(name for name in ASSETS if (PAGE_DIR / name).is_file())
 
 
 def _out(link: TokenRecord, base_url: str, token: str | None = None) -> GuestLinkOut:
@@ -127,11 +129,10 @@ async def guest_page(call: Call) -> web.StreamResponse:
 async def guest_asset(call: Call) -> web.StreamResponse:
     """The page's scripts."""
     name = call.path("asset")
-    path = PAGE_DIR / name
     if name not in ASSETS:
         raise errors.PAGE_ASSET_MISSING.error(f"The page has no file {name!r}.")
-    if not path.is_file():
+    if name not in INSTALLED:
         raise errors.PAGE_ASSET_MISSING.error(
             f"{name} is not installed here: `make install` copies it from node_modules."
         )
-    return web.FileResponse(path, headers={"Content-Type": ASSETS[name]})
+    return web.FileResponse(PAGE_DIR / name, headers={"Content-Type": ASSETS[name]})

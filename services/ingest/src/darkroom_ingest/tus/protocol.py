@@ -48,17 +48,6 @@ EXPOSED_HEADERS = (
     "Tus-Max-Size",
     "Tus-Checksum-Algorithm",
 )
-# Request headers a tus client sends.
-REQUEST_HEADERS = (
-    "Tus-Resumable",
-    "Upload-Length",
-    "Upload-Offset",
-    "Upload-Metadata",
-    "Upload-Defer-Length",
-    "Upload-Concat",
-    "Upload-Checksum",
-    "X-HTTP-Method-Override",
-)
 
 
 class Hasher(Protocol):
