@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -43,6 +42,7 @@ from pathlib import Path
 
 import aiohttp
 from darkroom_ingest.settings import IngestSettings
+from darkroom_ingest.tus.protocol import format_metadata
 from darkroom_kit.storage import MIB, S3ObjectStore, open_object_store
 from yarl import URL
 
@@ -83,10 +83,6 @@ def reset_peak_rss(pid: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def metadata(**pairs: str) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
 
 
 class Pieces:
@@ -168,7 +164,9 @@ async def tus_send(
 
 async def darkroom_tus(api: ApiUnderTest, chunks: Chunks, patch_size: int, label: str) -> Row:
     reset_peak_rss(api.pid)
-    meta = metadata(event=api.event_id, filename=f"tus-{chunks.size}.mp4", filetype="video/mp4")
+    meta = format_metadata(
+        {"event": api.event_id, "filename": f"tus-{chunks.size}.mp4", "filetype": "video/mp4"}
+    )
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         sent = await tus_send(
             http, f"{api.url}/v1/tus/", api.pid, chunks, patch_size, api.headers, meta, label
@@ -238,7 +236,7 @@ async def peer_server(settings: IngestSettings) -> AsyncIterator[Peer]:
 
 async def peer_tus(peer: Peer, chunks: Chunks, patch_size: int, label: str) -> Row:
     reset_peak_rss(peer.pid)
-    meta = metadata(filename=f"tus-{chunks.size}.mp4", filetype="video/mp4")
+    meta = format_metadata({"filename": f"tus-{chunks.size}.mp4", "filetype": "video/mp4"})
     async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
         sent = await tus_send(http, peer.url, peer.pid, chunks, patch_size, {}, meta, label)
     rss = status_mb(peer.pid, "VmHWM")

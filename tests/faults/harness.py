@@ -9,7 +9,6 @@ them (SIGSTOP) disturbs no other test.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import io
@@ -29,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from darkroom_ingest.tus.protocol import VERSION, format_metadata
 from darkroom_kit.messaging import Topology
 from PIL import Image
 from standardwebhooks import Webhook
@@ -340,7 +340,10 @@ class Uploader:
         headers: dict[str, str] | None = None,
         what: str,
         retry: bool = True,
+        answer_headers: bool = False,
     ) -> tuple[int, Any]:
+        """The answer's status and JSON body (with ``answer_headers``: its headers instead,
+        for protocols that answer in headers, as tus does)."""
         deadline = time.monotonic() + self.patience_s
         delay = 0.2
         last = ""
@@ -357,6 +360,8 @@ class Uploader:
                     self.statuses[str(resp.status)] += 1
                     text = await resp.read()
                     if resp.status in ok:
+                        if answer_headers:
+                            return resp.status, dict(resp.headers)
                         return resp.status, json.loads(text) if text else None
                     last = f"{resp.status} {text[:200]!r}"
                     if resp.status not in RETRY_STATUSES:
@@ -515,21 +520,18 @@ class Uploader:
         """A tus upload as tus clients send one: PATCHes of ``piece`` bytes at the offset, and
         after any failure the offset asked again with HEAD and the bytes sent from there."""
         digest = sha256(data)
-        meta = ",".join(
-            f"{k} {base64.b64encode(v.encode()).decode()}"
-            for k, v in {"event": event_id, "filename": name, "filetype": "image/jpeg"}.items()
-        )
-        tus = {"Tus-Resumable": "1.0.0"}
+        meta = format_metadata({"event": event_id, "filename": name, "filetype": "image/jpeg"})
+        tus = {"Tus-Resumable": VERSION}
         try:
-            location, _ = await self._tus_request(
+            _, created = await self._request(
                 "POST",
                 "/v1/tus/",
-                {**tus, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
-                None,
-                (201,),
-                f"tus {name}: create",
+                ok=(201,),
+                headers={**tus, "Upload-Length": str(len(data)), "Upload-Metadata": meta},
+                what=f"tus {name}: create",
+                answer_headers=True,
             )
-            location = location["Location"]
+            location = created["Location"]
             offset, photo_id = 0, None
             deadline = time.monotonic() + self.patience_s
             while photo_id is None:
@@ -561,10 +563,15 @@ class Uploader:
                     self.statuses[type(exc).__name__] += 1
                 await asyncio.sleep(0.2)
                 # Where the server is: the last byte may have landed (and made the photo).
-                headers, _ = await self._tus_request(
-                    "HEAD", location, tus, None, (200,), f"tus {name}: offset"
+                _, state = await self._request(
+                    "HEAD",
+                    location,
+                    ok=(200,),
+                    headers=tus,
+                    what=f"tus {name}: offset",
+                    answer_headers=True,
                 )
-                offset = int(headers["Upload-Offset"])
+                offset = int(state["Upload-Offset"])
                 if offset == len(data):
                     photo_id = await self._tus_photo(location)
         except GaveUp as exc:
@@ -612,40 +619,6 @@ class Uploader:
         )
         photo_id: str = state["photo_id"]
         return photo_id
-
-    async def _tus_request(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        body: bytes | None,
-        ok: tuple[int, ...],
-        what: str,
-    ) -> tuple[dict[str, str], bytes]:
-        deadline = time.monotonic() + self.patience_s
-        last = ""
-        while True:
-            try:
-                async with self.http.request(
-                    method,
-                    path,
-                    data=body,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=90),
-                ) as resp:
-                    self.statuses[str(resp.status)] += 1
-                    text = await resp.read()
-                    if resp.status in ok:
-                        return dict(resp.headers), text
-                    last = f"{resp.status} {text[:200]!r}"
-                    if resp.status not in RETRY_STATUSES:
-                        raise GaveUp(f"{what}: {last}")
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self.statuses[type(exc).__name__] += 1
-                last = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() > deadline:
-                raise GaveUp(f"{what}: {last}")
-            await asyncio.sleep(0.3)
 
 
 async def run_load(

@@ -4,7 +4,6 @@ response model, or a problem whose status and code the route documents)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from typing import Any
@@ -23,9 +22,9 @@ from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue
 from tests.factories.api import CHUNK, Client, TokenMaker, auth
 from tests.factories.media import jpeg_bytes
 from tests.factories.servers import QueueJanitor
+from tests.factories.tus import TUS, meta
 
 ROUTES = all_routes()
-TUS = {"Tus-Resumable": "1.0.0"}
 GRANTABLE = [s for s in Scope if s is not Scope.ADMIN]
 
 
@@ -227,11 +226,11 @@ async def test_every_answer_validates_against_its_declaration(
     # directly and through POST with X-HTTP-Method-Override.
     assert (await call("OPTIONS", "/v1/tus/"))[0] == 204
     small = jpeg_bytes(64, 48)
-    meta = ",".join(
-        f"{k} {base64.b64encode(v.encode()).decode()}"
-        for k, v in {"event": ev, "filename": "t.jpg"}.items()
-    )
-    creation = {**TUS, "Upload-Length": str(len(small)), "Upload-Metadata": meta}
+    creation = {
+        **TUS,
+        "Upload-Length": str(len(small)),
+        "Upload-Metadata": meta(event=ev, filename="t.jpg"),
+    }
     assert (await call("POST", "/v1/tus/", headers=creation))[0] == 201
     location = call.last.headers["Location"]
     assert (await call("HEAD", location, headers=TUS))[0] == 200

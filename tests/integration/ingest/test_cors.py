@@ -8,13 +8,12 @@ from typing import Any
 
 from darkroom_ingest.app import create_app
 from darkroom_ingest.settings import IngestSettings
-from darkroom_ingest.tus.protocol import format_metadata
 from darkroom_kit.messaging import QueueSpec
 
 from tests.factories.api import Client, TokenMaker, auth, make_event
+from tests.factories.tus import TUS, meta
 
 PAGE = "https://guests.example"
-TUS = {"Tus-Resumable": "1.0.0"}
 
 
 def preflight(method: str, headers: str, origin: str = PAGE) -> dict[str, str]:
@@ -52,7 +51,7 @@ async def test_an_allowed_origin_gets_preflights_and_exposed_headers(
     # The actual request: granted, with what a tus client must read exposed.
     token = await make_token()
     event = await make_event(api, token)
-    meta = format_metadata({"event": event["id"]})
+    upload_meta = meta(event=event["id"])
     created = await api.post(
         "/v1/tus/",
         headers={
@@ -60,7 +59,7 @@ async def test_an_allowed_origin_gets_preflights_and_exposed_headers(
             **auth(token),
             "Origin": PAGE,
             "Upload-Length": "1000",
-            "Upload-Metadata": meta,
+            "Upload-Metadata": upload_meta,
         },
     )
     assert created.status == 201

@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 from darkroom_ingest.settings import IngestSettings
-from darkroom_ingest.tus.protocol import format_metadata
 from darkroom_kit import records
 from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import MONGO_DB
@@ -25,25 +24,14 @@ from tests.factories.api import (
 from tests.factories.media import jpeg_bytes
 from tests.factories.messaging import drain
 from tests.factories.servers import run_cli
-
-TUS = {"Tus-Resumable": "1.0.0"}
+from tests.factories.tus import create
 
 
 async def tus_upload(
     api: Client, token: str, event_id: str, data: bytes, name: str, filetype: str = "image/jpeg"
 ) -> Any:
-    meta = format_metadata({"event": event_id, "filename": name, "filetype": filetype})
-    return await api.post(
-        "/v1/tus/",
-        data=data,
-        headers={
-            **TUS,
-            **auth(token),
-            "Upload-Length": str(len(data)),
-            "Upload-Metadata": meta,
-            "Content-Type": "application/offset+octet-stream",
-        },
-    )
+    """A whole file in the creation request (creation-with-upload)."""
+    return await create(api, token, event_id, len(data), data, name, filetype)
 
 
 async def test_a_guest_link_only_adds_photos_within_its_limits(

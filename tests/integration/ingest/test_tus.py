@@ -24,43 +24,7 @@ from tusclient import client as tus_client
 from tests.factories.api import CHUNK, Client, TokenMaker, assert_problem, auth, make_event
 from tests.factories.media import jpeg_like
 from tests.factories.messaging import drain, eventually
-
-TUS = {"Tus-Resumable": "1.0.0"}
-
-
-def meta(**pairs: str) -> str:
-    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
-
-
-def url_of(api: Client, path: str = "/v1/tus/") -> str:
-    return str(api.make_url(path))
-
-
-async def create(
-    api: Client, token: str, event_id: str | None, length: int | None, **headers: str
-) -> Any:
-    pairs = {"filename": "a.jpg", "filetype": "image/jpeg"}
-    if event_id is not None:
-        pairs["event"] = event_id
-    h = {**TUS, **auth(token), "Upload-Metadata": meta(**pairs), **headers}
-    if length is not None:
-        h["Upload-Length"] = str(length)
-    return await api.post("/v1/tus/", headers=h)
-
-
-async def patch(api: Client, token: str, location: str, offset: int, body: bytes, **h: str) -> Any:
-    headers = {
-        **TUS,
-        **auth(token),
-        "Upload-Offset": str(offset),
-        "Content-Type": "application/offset+octet-stream",
-        **h,
-    }
-    return await api.patch(location, data=body, headers=headers)
-
-
-async def head(api: Client, token: str, location: str) -> Any:
-    return await api.head(location, headers={**TUS, **auth(token)})
+from tests.factories.tus import TUS, create, head, meta, patch, url_of
 
 
 async def original_bytes(api: Client, photo_id: str) -> bytes:
