@@ -8,7 +8,6 @@ import json
 import sys
 from typing import Any
 
-from darkroom_kit import records
 from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.mongo import open_mongo
 from darkroom_kit.storage import open_object_store
@@ -17,7 +16,7 @@ from darkroom_kit.stored.events import EventRecord
 from darkroom_ingest.guests import GuestLinks, page_url
 from darkroom_ingest.orphans import OrphanSweeper
 from darkroom_ingest.settings import IngestSettings
-from darkroom_ingest.stores import TokenStore, ensure_indexes
+from darkroom_ingest.stores import EventStore, TokenStore, ensure_indexes
 from darkroom_ingest.tokens import generate_token, hash_token, parse_scopes
 
 
@@ -91,7 +90,7 @@ async def create_guest_link(
     client = open_mongo(settings)
     try:
         db = client[settings.mongo_db]
-        event = EventRecord.maybe(await db[records.EVENTS].find_one({"_id": event_id}))
+        event = EventRecord.maybe(await EventStore(db).get(event_id))
         if event is None:
             raise LookupError(f"no event {event_id}")
         expires_ms = now_ms() + int(expires_in_hours * 3_600_000) if expires_in_hours else None

@@ -32,7 +32,7 @@ def event_not_found(event_id: str) -> ServiceError:
 
 def check_visible(principal: Principal, event_id: str) -> None:
     """A gallery token (bound to one event) sees no other event: it is not found, not refused."""
-    if principal.event_id is not None and principal.event_id != event_id:
+    if not principal.sees(event_id):
         raise event_not_found(event_id)
 
 
@@ -84,7 +84,7 @@ class EventService:
 
     async def by_slug(self, principal: Principal, slug: str) -> EventRecord | None:
         event = EventRecord.maybe(await self.store.by_slug(slug))
-        if event is None or (principal.event_id is not None and principal.event_id != event.id):
+        if event is None or not principal.sees(event.id):
             return None
         return event
 

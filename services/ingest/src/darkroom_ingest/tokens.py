@@ -82,5 +82,9 @@ class Principal:
     def limited(self) -> bool:
         return self.max_files is not None or self.max_bytes is not None
 
+    def sees(self, event_id: str) -> bool:
+        """A token bound to one event sees nothing of another (not found, not refused)."""
+        return self.event_id is None or self.event_id == event_id
+
     def may(self, scope: Scope) -> bool:
         return scope.value in effective_scopes(self.scopes)

@@ -11,6 +11,7 @@ from darkroom_kit.views import PhotoView
 
 from darkroom_ingest import errors
 from darkroom_ingest.api.declare import Call, Reply, RouteTable
+from darkroom_ingest.api.uploads import check_visible
 from darkroom_ingest.direct.service import PartTicket, Ticket
 from darkroom_ingest.errors import EVENT_NOT_FOUND, PHOTO_NOT_FOUND, UPLOAD_NOT_FOUND
 from darkroom_ingest.schemas.direct import (
@@ -35,9 +36,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 async def _load(call: Call) -> UploadRecord:
     upload_id = call.path("upload_id")
     upload = await call.deps.direct.record(upload_id)
-    # A token bound to one event sees only that event's uploads.
-    if call.principal.event_id is not None and upload.event_id != call.principal.event_id:
-        raise UPLOAD_NOT_FOUND.error(f"No direct upload with id {upload_id!r}.")
+    check_visible(call.principal, upload)
     return upload
 
 

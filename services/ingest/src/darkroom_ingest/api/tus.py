@@ -17,6 +17,7 @@ from darkroom_kit.stored.uploads import UploadRecord
 
 from darkroom_ingest import errors
 from darkroom_ingest.api.declare import Call, Header, RouteTable
+from darkroom_ingest.api.uploads import check_visible
 from darkroom_ingest.errors import EVENT_NOT_FOUND, UPLOAD_NOT_FOUND
 from darkroom_ingest.guests import arrives_hidden
 from darkroom_ingest.tokens import Scope
@@ -95,12 +96,10 @@ def _answer(status: int, written: Written) -> web.Response:
 
 
 def _check_visible(call: Call, upload: UploadRecord) -> None:
-    if upload.event_id == NO_EVENT:
+    if upload.event_id != NO_EVENT:
+        check_visible(call.principal, upload)
+    elif upload.token_id != call.principal.token_id:
         # A partial upload that names no event yet: its maker's alone.
-        visible = upload.token_id == call.principal.token_id
-    else:
-        visible = call.principal.event_id in (None, upload.event_id)
-    if not visible:
         raise UPLOAD_NOT_FOUND.error(f"No upload with id {upload.id!r}.")
 
 

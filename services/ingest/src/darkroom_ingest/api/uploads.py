@@ -25,13 +25,14 @@ routes = RouteTable("uploads")
 async def _load(call: Call, *, with_parts: bool = True) -> UploadRecord:
     upload_id = call.path("upload_id")
     upload = await call.deps.chunked.record(upload_id, with_parts=with_parts)
-    _check_visible(call.principal, upload_id, upload.event_id)
+    check_visible(call.principal, upload)
     return upload
 
 
-def _check_visible(principal: Principal, upload_id: str, event_id: str) -> None:
-    if principal.event_id is not None and event_id != principal.event_id:
-        raise UPLOAD_NOT_FOUND.error(f"No upload with id {upload_id!r}.")
+def check_visible(principal: Principal, upload: UploadRecord) -> None:
+    """An upload of an event the token does not see is not found (whatever its protocol)."""
+    if not principal.sees(upload.event_id):
+        raise UPLOAD_NOT_FOUND.error(f"No upload with id {upload.id!r}.")
 
 
 def _out(call: Call, upload: UploadRecord) -> UploadOut:
