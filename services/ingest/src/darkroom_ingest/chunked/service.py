@@ -18,7 +18,7 @@ from darkroom_kit.problems import FieldError
 from darkroom_kit.statuses import UploadState
 from darkroom_kit.storage import PartBody, S3ObjectStore, StorageError
 from darkroom_kit.stored.events import EventRecord
-from darkroom_kit.stored.uploads import StoredChunk, UploadRecord
+from darkroom_kit.stored.uploads import StoredChunk, UploadProtocol, UploadRecord
 
 from darkroom_ingest import errors, filenames, sniff
 from darkroom_ingest.chunked import machine
@@ -75,17 +75,45 @@ class ChunkedUploads:
         ensure_accepts_uploads(record)
         if admitted is not None:
             await admitted()
-        layout = self.rules.layout(size)
+        upload = await self.open(
+            record,
+            name,
+            size,
+            mime_type,
+            sha256,
+            layout=self.rules.layout(size),
+            expires_in_ms=self.rules.expiry_ms,
+            hidden=hidden,
+        )
+        return upload.document()
+
+    async def open(
+        self,
+        event: EventRecord,
+        name: str,
+        size: int,
+        mime_type: str,
+        sha256: str | None,
+        *,
+        layout: machine.Layout,
+        expires_in_ms: int,
+        protocol: UploadProtocol = "chunked",
+        multipart: bool = True,
+        hidden: bool = False,
+    ) -> UploadRecord:
+        """The record of an admitted upload to the original's key (its photo id chosen now),
+        with its S3 multipart upload when it has one."""
         photo_id = new_id("ph")
-        key = records.original_key(record.id, photo_id)
+        key = records.original_key(event.id, photo_id)
         # The multipart upload first: a record never names one that does not exist (the orphan
         # sweep removes one whose record was never written).
-        s3_upload_id = await self.parts.begin(key, mime_type)
+        s3_upload_id = await self.parts.begin(key, mime_type) if multipart else ""
         now = now_ms()
         upload = UploadRecord(
             id=new_id("up"),
-            event_id=record.id,
-            event_slug=record.slug,
+            protocol=protocol,
+            event_id=event.id,
+            event_slug=event.slug,
             photo_id=photo_id,
             key=key,
             s3_upload_id=s3_upload_id,
@@ -97,11 +125,11 @@ class ChunkedUploads:
             chunk_count=layout.chunk_count,
             state=UploadState.OPEN,
             created_ms=now,
-            expires_ms=now + self.rules.expiry_ms,
+            expires_ms=now + expires_in_ms,
             hidden=hidden,
         )
         await self.records.insert(upload)
-        return upload.document()
+        return upload
 
     async def record(self, upload_id: str, *, with_parts: bool = True) -> UploadRecord:
         return await self.records.get(upload_id, with_parts=with_parts)

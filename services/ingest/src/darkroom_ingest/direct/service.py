@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from darkroom_kit import records
 from darkroom_kit.clock import now_ms
-from darkroom_kit.ids import new_id
 from darkroom_kit.mongo import Document
 from darkroom_kit.problems import FieldError
 from darkroom_kit.statuses import UploadState
@@ -69,38 +67,24 @@ class DirectUploads:
                 errors=[FieldError("/multipart", "true for a file this large", "use_multipart")],
             )
         ensure_accepts_uploads(event)
-        photo_id = new_id("ph")
-        key = records.original_key(event.id, photo_id)
-        # The multipart upload first: a record never names one that does not exist (the orphan
-        # sweep removes one whose record was never written).
-        s3_upload_id = await self._chunked.parts.begin(key, mime_type) if multipart else ""
-        now = now_ms()
         ticket_ms = self._ticket_s * 1000
-        # A single PUT may begin as its URL runs out and take as long again; a multipart upload
-        # is signed part by part and lives as long as a chunked one.
-        expires = now + (self._rules.expiry_ms if multipart else 2 * ticket_ms)
-        upload = UploadRecord(
-            id=new_id("up"),
+        # The record before any URL: no byte can land at the key before it is owned. A single
+        # PUT may begin as its URL runs out and take as long again; a multipart upload is signed
+        # part by part and lives as long as a chunked one.
+        upload = await self._chunked.open(
+            event,
+            name,
+            size,
+            mime_type,
+            sha256,
+            layout=machine.Layout(0, 0),
+            expires_in_ms=self._rules.expiry_ms if multipart else 2 * ticket_ms,
             protocol="direct",
-            event_id=event.id,
-            event_slug=event.slug,
-            photo_id=photo_id,
-            key=key,
-            s3_upload_id=s3_upload_id,
-            filename=name,
-            size=size,
-            mime_type=mime_type,
-            sha256=sha256,
-            chunk_size=0,
-            chunk_count=0,
-            state=S.OPEN,
-            created_ms=now,
-            expires_ms=expires,
+            multipart=multipart,
         )
-        # The record before any URL: no byte can land at the key before it is owned.
-        await self._chunked.records.insert(upload)
+        now = now_ms()
         if multipart:
-            return Ticket(upload, None, expires)
+            return Ticket(upload, None, upload.expires_ms)
         return Ticket(upload, self._objects.put_ticket(upload, self._ticket_s), now + ticket_ms)
 
     async def record(self, upload_id: str) -> UploadRecord:
