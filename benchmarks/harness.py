@@ -35,6 +35,16 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK, int(fields[12]) / CLK
 
 
+def threads_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's live threads so far, to the nanosecond (schedstat), where
+    :func:`cpu_seconds` counts 10 ms ticks: for figures of a few tens of milliseconds."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, idle) CPU seconds of the whole machine so far, all cores."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

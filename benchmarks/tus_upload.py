@@ -6,14 +6,19 @@ through
   2. @tus/server: @tus/server 2.x with @tus/s3-store 2.x (npm, pinned in package-lock.json;
      benchmarks/tus_peer_server.mjs, its own process), 8 MiB parts like darkroom's;
   3. chunked: darkroom's own index-based chunked upload, as ``make bench-chunked`` sends it
-     (8 MiB chunks, 4 in parallel).
-(1) and (2) get the same client: a plain tus client in this process that creates the upload and
+     (8 MiB chunks, 4 in parallel);
+  4. floor, for PATCHes under a part: ``benchmarks/tus_floor_server.py``, the least any tus server
+     of several replicas must do per PATCH (a piece object, one conditional MongoDB update, a part
+     every 8 MiB), with nothing of darkroom's.
+(1), (2) and (4) get the same client: a plain tus client in this process that creates the upload and
 sends PATCHes one after the other, 8 MiB each, then again with 1 MiB ones (under S3's 5 MiB part
 minimum, so both servers keep the rest of each PATCH in a temporary object for the next one).
 
 Per path it prints the server process's CPU-seconds per GiB (user/system), its peak RSS during
 that upload (the peak is reset before each one through /proc/PID/clear_refs), the throughput the
-client saw, and the ratios darkroom-tus / @tus/server and darkroom-tus / chunked of CPU per GiB.
+client saw, and the ratios darkroom-tus / @tus/server, darkroom-tus / chunked and darkroom-tus /
+floor (and floor / chunked: what the PATCH size costs before darkroom adds anything) of CPU per
+GiB.
 The client's and the S3 stand-in's CPU are not counted. A benchmark: it asserts nothing about
 time; it only checks that each upload arrived whole.
 
@@ -48,7 +53,7 @@ from yarl import URL
 
 from benchmarks.chunked_upload import CHUNK, Chunks, through_api
 from benchmarks.harness import GIB, ApiUnderTest, Progress, api_under_test, cpu_seconds, status_mb
-from darkroom_dev.servers import free_port
+from darkroom_dev.servers import free_port, port_open, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_SCRIPT = ROOT / "benchmarks" / "tus_peer_server.mjs"
@@ -250,6 +255,39 @@ async def peer_tus(peer: Peer, chunks: Chunks, patch_size: int, label: str) -> R
     )
 
 
+@contextlib.asynccontextmanager
+async def floor_server(api: ApiUnderTest) -> AsyncIterator[tuple[str, int]]:
+    """benchmarks/tus_floor_server.py as its own process, on the same S3 and MongoDB servers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "S3_ENDPOINT_URL": api.settings.s3_endpoint_url or "",
+        "S3_BUCKET": api.settings.s3_bucket,
+        "MONGO_URL": api.settings.mongo_url,
+        "MONGO_DB": api.settings.mongo_db,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.tus_floor_server", str(port), str(CHUNK), env=env
+    )
+    try:
+        await asyncio.to_thread(wait_until, lambda: port_open("127.0.0.1", port), 30, "floor")
+        yield f"http://127.0.0.1:{port}/files/", proc.pid
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def floor_tus(floor: tuple[str, int], chunks: Chunks, patch_size: int) -> Row:
+    url, pid = floor
+    reset_peak_rss(pid)
+    async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        sent = await tus_send(http, url, pid, chunks, patch_size, {}, "", "floor")
+    rss = status_mb(pid, "VmHWM")
+    return Row(
+        chunks.size, f"{patch_size // MIB} MiB", "floor", sent.elapsed, sent.user, sent.system, rss
+    )
+
+
 async def chunked(api: ApiUnderTest, chunks: Chunks, label: str) -> Row:
     reset_peak_rss(api.pid)
     elapsed, user, system = await through_api(api, chunks, f"chunked-{chunks.size}.mp4")
@@ -278,6 +316,7 @@ def print_rows(rows: list[Row]) -> None:
     for size in sorted({r.size for r in rows}):
         ours = {r.sending: r for r in rows if r.size == size and r.path == "darkroom-tus"}
         peers = {r.sending: r for r in rows if r.size == size and r.path == "@tus/server"}
+        floors = {r.sending: r for r in rows if r.size == size and r.path == "floor"}
         base = next((r for r in rows if r.size == size and r.path == "chunked"), None)
         for sending, row in ours.items():
             parts = [f"{size // MIB:5d} MiB, {sending} PATCHes:"]
@@ -286,6 +325,11 @@ def print_rows(rows: list[Row]) -> None:
                 parts.append(f"darkroom-tus/@tus-server {row.cpu_per_gib / peer.cpu_per_gib:5.2f}")
             if base is not None:
                 parts.append(f"darkroom-tus/chunked {row.cpu_per_gib / base.cpu_per_gib:5.2f}")
+            if sending in floors:
+                floor = floors[sending]
+                parts.append(f"darkroom-tus/floor {row.cpu_per_gib / floor.cpu_per_gib:5.2f}")
+                if base is not None:
+                    parts.append(f"floor/chunked {floor.cpu_per_gib / base.cpu_per_gib:5.2f}")
             print("  " + "   ".join(parts))
 
 
@@ -311,6 +355,7 @@ async def main() -> int:
     async with (
         api_under_test({"UPLOAD_CHUNK_BYTES": str(CHUNK)}) as api,
         peer_server(api.settings) as peer,
+        floor_server(api) as floor,
     ):
         print(
             f"darkroom upload-ingest pid {api.pid}; {peer.version} pid {peer.pid}; "
@@ -322,12 +367,15 @@ async def main() -> int:
         await darkroom_tus(api, warm, CHUNK, "warm-up")
         await peer_tus(peer, warm, CHUNK, "warm-up")
         await chunked(api, warm, "warm-up")
+        await floor_tus(floor, warm, MIB)
         rows: list[Row] = []
         for size in sizes:
             chunks = Chunks(size)
             for patch_size in patch_sizes:
                 rows.append(await darkroom_tus(api, chunks, patch_size, "darkroom-tus"))
                 rows.append(await peer_tus(peer, chunks, patch_size, "@tus/server"))
+                if patch_size < CHUNK:
+                    rows.append(await floor_tus(floor, chunks, patch_size))
             rows.append(await chunked(api, chunks, "chunked"))
         print_rows(rows)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -71,6 +72,17 @@ async def test_missing_objects_and_idempotent_delete(store: S3ObjectStore) -> No
     await store.delete_many(["t/del", "t/never-existed"])
     with pytest.raises(ObjectNotFound):
         await store.head("t/del")
+
+
+async def test_delete_many_takes_odd_keys_and_more_than_one_request(store: S3ObjectStore) -> None:
+    # Keys XML and URLs must escape, and more keys than one DeleteObjects request takes.
+    odd = ["t/many/a & b <c>.jpg", "t/many/été 'quoted\".jpg", "t/many/plus+percent%20.jpg"]
+    keys = odd + [f"t/many/{i:04d}" for i in range(1001)]
+    await asyncio.gather(*(store.put_bytes(k, b"x", "text/plain") for k in keys))
+    await store.put_bytes("t/many-kept", b"y", "text/plain")
+    await store.delete_many(keys)
+    assert await store.list_keys("t/many/") == []
+    assert await store.get_bytes("t/many-kept") == b"y"
 
 
 async def test_unreachable_server_is_unavailable(settings_kwargs: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from darkroom_kit.httpapp import READY_OPTIONAL, REGISTRY, create_base_app
 from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, amqp_ctx
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox, OutboxRelay
+from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
@@ -148,7 +148,10 @@ def create_app(settings: IngestSettings) -> web.Application:
             _domain_ctx,
             readiness_ctx,
             periodic_ctx(
-                "outbox relay republished", _relay_pass, settings.outbox_relay_interval_seconds
+                "outbox relay republished",
+                _relay_pass,
+                settings.outbox_relay_interval_seconds,
+                idle_factor=RELAY_IDLE_FACTOR,
             ),
             periodic_ctx(
                 "abandoned uploads expired", _expire_pass, settings.upload_sweep_interval_seconds

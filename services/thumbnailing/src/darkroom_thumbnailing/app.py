@@ -20,7 +20,7 @@ from darkroom_kit.messaging import (
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox, OutboxRelay
+from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
 from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
@@ -80,7 +80,10 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             domain_ctx,
             consumer_ctx(settings, lambda t: queue_spec(t, settings), handler, metrics),
             periodic_ctx(
-                "outbox relay republished", relay_pass, settings.outbox_relay_interval_seconds
+                "outbox relay republished",
+                relay_pass,
+                settings.outbox_relay_interval_seconds,
+                idle_factor=RELAY_IDLE_FACTOR,
             ),
             readiness_ctx,
         ]

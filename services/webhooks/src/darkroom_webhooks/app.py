@@ -22,7 +22,7 @@ from darkroom_kit.messaging import (
 )
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
-from darkroom_kit.outbox import Outbox, OutboxRelay
+from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
 from darkroom_kit.readiness import readiness_ctx
 
 from darkroom_webhooks import housekeeping
@@ -175,7 +175,12 @@ def create_app(settings: WebhookSettings) -> web.Application:
             consumer_ctx(settings, lambda t: attempts_spec(t, settings), command, metrics),
             consumer_ctx(settings, lambda t: fanout_spec(t, settings), fan_out, metrics),
             consumer_ctx(settings, lambda t: recover_spec(t, settings), recover, metrics),
-            periodic_ctx("outbox relay republished", relay, settings.outbox_relay_interval_seconds),
+            periodic_ctx(
+                "outbox relay republished",
+                relay,
+                settings.outbox_relay_interval_seconds,
+                idle_factor=RELAY_IDLE_FACTOR,
+            ),
             periodic_ctx("webhook gauges", measure, settings.gauge_interval_seconds),
             periodic_ctx("webhook log pruning", prune, settings.prune_interval_seconds),
         ]
