@@ -28,6 +28,20 @@ from tests.factories.media import jpeg_bytes, png_bytes
 from tests.factories.servers import QueueJanitor, Servers, common_env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def upload_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The upload client keeps its resume state in the user's state folder: the tests' own, not
+    the home of whoever runs them (child processes inherit it)."""
+    home = tmp_path_factory.mktemp("xdg-state")
+    before = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = before
+
+
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     started: list[Server] = []

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
+from aiohttp import web
 from darkroom_client import DarkroomClient
 from darkroom_kit import records
 from darkroom_kit.mongo import MONGO_DB
@@ -142,3 +145,177 @@ async def test_cli_names_the_files_that_failed(
     )
     assert no_token.returncode == 2
     assert "no token" in no_token.stderr
+
+
+class FlakyProxy:
+    """A real HTTP proxy in front of the API that loses answers and asks for patience: the
+    network a photographer's client meets. Each request is recorded with its Idempotency-Key."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.seen: list[tuple[str, str, str | None]] = []
+        # (method, path ending) -> how many of the next such requests are forwarded and then
+        # answered 502, as when a connection drops after the server did the work.
+        self.lose_answer: dict[tuple[str, str], int] = {}
+        self.busy = 0  # the next this many requests get 503 with Retry-After: 1
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        key = request.headers.get("Idempotency-Key")
+        self.seen.append((request.method, request.path, key))
+        if self.busy > 0:
+            self.busy -= 1
+            return web.json_response(
+                {"code": "overloaded", "detail": "busy"}, status=503, headers={"Retry-After": "1"}
+            )
+        body = await request.read()
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                request.method, self.target + request.path_qs, data=body, headers=headers
+            ) as resp,
+        ):
+            answer = await resp.read()
+            status, ctype = resp.status, resp.headers.get("Content-Type", "")
+        for (method, ending), left in self.lose_answer.items():
+            if left and request.method == method and request.path.endswith(ending):
+                self.lose_answer[(method, ending)] = left - 1
+                return web.Response(status=502, text="upstream answer lost")
+        return web.Response(status=status, body=answer, headers={"Content-Type": ctype})
+
+    async def __aenter__(self) -> FlakyProxy:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def test_lost_answers_are_retried_with_the_same_key_and_nothing_doubles(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(120, 80))
+    (tmp_path / "b.png").write_bytes(png_bytes(60, 60))
+    (tmp_path / "clip.mp4").write_bytes(mp4(CHUNK + 777))
+    retries: list[str] = []
+    async with FlakyProxy(base_url(capi)) as proxy:
+        # The batch, the chunked upload's creation, a chunk and its completion: each done by
+        # the server, each answer lost on the way back.
+        proxy.lose_answer = {
+            ("POST", "/photos"): 1,
+            ("POST", "/uploads"): 1,
+            ("PUT", "/chunks/0"): 1,
+            ("POST", "/complete"): 1,
+        }
+        async with DarkroomClient(
+            proxy.url,
+            token,
+            state_file=tmp_path / "state.json",
+            on_retry=lambda what, wait, attempt, tries: retries.append(what),
+        ) as client:
+            result = await client.upload(event["id"], [tmp_path])
+    assert result.ok, result.failed
+    assert sorted(Path(p).name for p in result.uploaded) == ["a.jpg", "b.png", "clip.mp4"]
+    assert not any(proxy.lose_answer.values())
+    assert len(retries) == 4
+    assert all("HTTP 502" in r for r in retries)
+    writes = [(m, p, k) for m, p, k in proxy.seen if m != "GET"]
+    assert all(k for _, _, k in writes), "every write carries an Idempotency-Key"
+    for ending in ("/photos", "/uploads", "/chunks/0", "/complete"):
+        keys = [k for _, p, k in writes if p.endswith(ending)]
+        assert len(keys) == 2, (ending, keys)
+        assert keys[0] == keys[1], (ending, keys)
+    db = capi.server.app[MONGO_DB]
+    assert await db[records.PHOTOS].count_documents({"event_id": event["id"]}) == 3
+    assert await db["uploads"].count_documents({"event_id": event["id"]}) == 1
+
+
+async def test_retry_after_is_honoured_and_said(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(64, 64))
+    said: list[tuple[str, float, int, int]] = []
+    async with FlakyProxy(base_url(capi)) as proxy:
+        proxy.busy = 2
+        async with DarkroomClient(
+            proxy.url,
+            token,
+            state_file=tmp_path / "state.json",
+            retries=3,
+            on_retry=lambda *told: said.append(told),
+        ) as client:
+            result = await client.upload(event["id"], [tmp_path / "a.jpg"])
+    assert result.ok, result.failed
+    assert [(wait, attempt, tries) for _, wait, attempt, tries in said] == [
+        (1.0, 2, 4),
+        (1.0, 3, 4),
+    ]
+    assert all("503 overloaded" in what for what, *_ in said)
+
+
+async def test_a_server_that_stays_away_is_given_up_on_with_a_reason(tmp_path: Path) -> None:
+    from darkroom_client.client import UploadError
+
+    from darkroom_dev.servers import free_port
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(64, 64))
+    said: list[str] = []
+    async with DarkroomClient(
+        f"http://127.0.0.1:{free_port()}",
+        "drk_nothing",
+        state_file=tmp_path / "state.json",
+        retries=2,
+        on_retry=lambda what, *_: said.append(what),
+    ) as client:
+        with pytest.raises(
+            UploadError, match=r"gave up after 3 tries in \d+ s: ClientConnectorError"
+        ):
+            await client.upload("ev_1", [tmp_path / "a.jpg"])
+    assert len(said) == 2
+
+
+def test_the_cli_says_when_and_why_it_retries(tmp_path: Path) -> None:
+    from darkroom_dev.servers import free_port
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(64, 64))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "darkroom_client.cli",
+            str(tmp_path / "a.jpg"),
+            "--event",
+            "ev_1",
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+            "--token",
+            "drk_nothing",
+            "--retries",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DARKROOM_STATE": str(tmp_path / "state.json")},
+    )
+    assert proc.returncode == 1
+    assert "GET /v1/events/ev_1: ClientConnectorError" in proc.stderr
+    assert "try 2 of 3 in" in proc.stderr
+    assert "gave up after 3 tries" in proc.stderr

@@ -120,13 +120,30 @@ async def test_the_installed_command_uploads_to_the_live_api(
     (shoot / "a.jpg").write_bytes(photo)
     (shoot / "clip.mp4").write_bytes(video)
     # As README shows: the URL and the token from the environment, a folder and an event slug.
-    env = clean_env({"DARKROOM_URL": base_url(capi), "DARKROOM_TOKEN": token})
+    state_home = tmp_path / "state-home"
+    env = clean_env(
+        {
+            "DARKROOM_URL": base_url(capi),
+            "DARKROOM_TOKEN": token,
+            "XDG_STATE_HOME": str(state_home),
+        }
+    )
     done = await asyncio.to_thread(
         run, [command, shoot, "--event", event["slug"]], cwd=tmp_path, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert "2 uploaded, 0 already there, 0 failed" in done.stderr
-    assert (tmp_path / ".darkroom-upload-state.json").is_file()
+    # The resume state is the user's, not the folder's: nothing left in the working directory,
+    # and the same shoot sent again from another directory sends nothing.
+    assert (state_home / "darkroom" / "upload-state.json").is_file()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".darkroom")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = await asyncio.to_thread(
+        run, [command, shoot, "--event", event["slug"]], cwd=elsewhere, env=env, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert "0 uploaded, 2 already there, 0 failed" in again.stderr
     for name, data in (("a.jpg", photo), ("clip.mp4", video)):
         served = await capi.get(f"/photos/{event['slug']}/{name}", headers=auth(token))
         assert served.status == 200, name

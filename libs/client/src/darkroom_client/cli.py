@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from darkroom_client.client import DarkroomClient, find_media
+from darkroom_client.client import DarkroomClient, default_state_file, find_media
 
 
 class ProgressBar:
@@ -54,6 +54,10 @@ class ProgressBar:
             f"{Path(current).name} {file_share:4.0%}"
         )
         self._write(f"\r\033[K{line}" if self._tty else f"{line}\n")
+
+    def say(self, text: str) -> None:
+        """A line of its own, above the bar on a terminal."""
+        self._write(f"\r\033[K{text}\n" if self._tty else f"{text}\n")
 
     def close(self) -> None:
         if self._tty:
@@ -100,8 +104,16 @@ def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
     parser.add_argument(
         "--state",
         type=Path,
-        default=Path(".darkroom-upload-state.json"),
-        help="where to keep what is needed to resume",
+        default=None,
+        help="where to keep what is needed to resume (default: env DARKROOM_STATE, else "
+        f"{default_state_file()}: one file for every folder and server)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=8,
+        help="tries after the first for a failed request, with backoff or as the server's "
+        "Retry-After asks, before the file is given up on (default 8: about 90 s)",
     )
     parser.add_argument(
         "--limit-rate", type=_rate, default=None, help="at most this many bytes a second, e.g. 5M"
@@ -116,13 +128,19 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
     files = find_media(args.paths)
     sizes = {str(f): f.stat().st_size for f in files if f.is_file()}
     progress = ProgressBar(sizes)
+
+    def on_retry(what: str, wait: float, attempt: int, tries: int) -> None:
+        progress.say(f"{what}; try {attempt} of {tries} in {wait:.0f} s")
+
     async with DarkroomClient(
         args.url,
         args.token,
         parallel=args.parallel,
+        retries=max(0, args.retries),
         state_file=args.state,
         rate_limit=args.limit_rate,
         progress=progress,
+        on_retry=on_retry,
     ) as client:
         try:
             result = await client.upload(args.event, files)

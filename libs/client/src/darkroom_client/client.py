@@ -1,26 +1,35 @@
 """Uploading to darkroom: batches for small photos, resumable chunked uploads for big files.
 
-Chunks go up N at a time, each with its CRC32C; a failed chunk is retried with backoff. What has
-been started is written to a small state file, so running the same upload again (after a kill, a
-crash or a network cut) sends only the chunks the server does not have yet, and skips files that
-are already done.
+Chunks go up N at a time, each with its CRC32C; a failed request is retried with backoff, or
+after the ``Retry-After`` the server asked for, and every write carries an ``Idempotency-Key``
+kept across its retries, so a retry of a request whose answer was lost gets that answer instead
+of doing it twice. What has been started is written to a state file in the user's state folder
+(not the current one), keyed by server, event and the file's absolute path, size and mtime, so
+running the same upload again from anywhere (after a kill, a crash or a network cut) sends only
+the chunks the server does not have yet, and skips files that are already done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import google_crc32c
+import platformdirs
+from filelock import FileLock
 
 IMAGE_TYPES = {
     ".jpg": "image/jpeg",
@@ -41,8 +50,22 @@ MEDIA_TYPES = {**IMAGE_TYPES, **VIDEO_TYPES}
 BATCH_MAX_BYTES = 20 * 1000 * 1000
 BATCH_MAX_FILES = 50
 RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+# The longest Retry-After honoured as asked; a longer one is waited this long, then retried.
+MAX_RETRY_AFTER_S = 300.0
 
 ProgressFn = Callable[[str, int], None]
+# Told before each wait to retry: what failed, the seconds until the next try, the try it will
+# be, and how many tries there are in all.
+RetryFn = Callable[[str, float, int, int], None]
+
+
+def default_state_file() -> Path:
+    """Where resume state lives unless told otherwise: one file per user (``DARKROOM_STATE``,
+    else the platform's user state folder), so a run from another directory finds it."""
+    explicit = os.environ.get("DARKROOM_STATE")
+    if explicit:
+        return Path(explicit)
+    return platformdirs.user_state_path("darkroom") / "upload-state.json"
 
 
 class UploadError(Exception):
@@ -77,14 +100,22 @@ def find_media(paths: Iterable[str | Path]) -> list[Path]:
 
 
 class StateFile:
-    """Which uploads were started and which files are done, so a rerun resumes."""
+    """Which uploads were started and which files are done, so a rerun resumes.
+
+    Runs at once (two terminals, two folders of one shoot) share the file: each change is made
+    under a lock on the file as it is on disk then, so no run's entries are lost to another's."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = FileLock(str(path) + ".lock")
+        self.data: dict[str, Any] = self._read()
+
+    def _read(self) -> dict[str, Any]:
         try:
-            self.data: dict[str, Any] = json.loads(path.read_text())
+            data = json.loads(self.path.read_text())
         except (OSError, ValueError):
-            self.data = {}
+            return {}
+        return data if isinstance(data, dict) else {}
 
     @staticmethod
     def key(base_url: str, event_id: str, file: Path) -> str:
@@ -96,13 +127,16 @@ class StateFile:
         return value if isinstance(value, dict) else None
 
     def put(self, key: str, value: dict[str, Any] | None) -> None:
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        os.replace(tmp, self.path)  # atomic: a kill never leaves half a state file
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self.data = self._read()
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1))
+            os.replace(tmp, self.path)  # atomic: a kill never leaves half a state file
 
 
 class RateLimit:
@@ -133,15 +167,17 @@ class DarkroomClient:
         state_file: Path | None = None,
         rate_limit: float | None = None,
         progress: ProgressFn | None = None,
+        on_retry: RetryFn | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._parallel = parallel
         self._retries = retries
-        self._state = StateFile(state_file or Path(".darkroom-upload-state.json"))
+        self._state = StateFile(state_file or default_state_file())
         self._limit = RateLimit(rate_limit)
         self._progress = progress or (lambda name, n: None)
+        self._on_retry = on_retry or (lambda what, wait, attempt, tries: None)
         self._session = session
         self._own_session = session is None
 
@@ -163,22 +199,55 @@ class DarkroomClient:
         return self._session
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A request with retries for what may succeed later; problem details on failure."""
-        headers = {**self._headers, **kwargs.pop("headers", {})}
-        for attempt in range(self._retries + 1):
+        """The answer's body; an UploadError that says why when it is a failure."""
+        status, body = await self._send(method, path, **kwargs)
+        if status >= 400:
+            raise UploadError(_problem_text(status, body))
+        return body
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        body: Callable[[contextlib.ExitStack], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, Any]:
+        """The status and body of the first answer that is not worth another try, retrying
+        (after the Retry-After asked for, else with backoff) on lost connections and the
+        statuses that may succeed later, and saying so through ``on_retry``. A write carries
+        an Idempotency-Key (``idempotency_key``, else a new one), the same on each retry.
+        ``body`` makes the request's body anew for each try (files it opens on the stack are
+        closed after it)."""
+        headers = {**self._headers, **(headers or {})}
+        if method != "GET":
+            headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
+        tries = self._retries + 1
+        started = time.monotonic()
+        for attempt in range(1, tries + 1):
+            retry_after: float | None = None
             try:
-                async with self.http.request(
-                    method, self.base_url + path, headers=headers, **kwargs
-                ) as resp:
-                    body = await resp.json(content_type=None) if resp.content_length != 0 else None
-                    if resp.status < 400:
-                        return body
-                    if resp.status not in RETRYABLE or attempt == self._retries:
-                        raise UploadError(_problem_text(resp.status, body))
+                with contextlib.ExitStack() as stack:
+                    extra = body(stack) if body is not None else {}
+                    async with self.http.request(
+                        method, self.base_url + path, headers=headers, **kwargs, **extra
+                    ) as resp:
+                        answer = await _body_of(resp)
+                        if resp.status not in RETRYABLE:
+                            return resp.status, answer
+                        failure = _problem_text(resp.status, answer)
+                        retry_after = _retry_after(resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == self._retries:
-                    raise UploadError(f"{type(exc).__name__}: {exc}") from exc
-            await asyncio.sleep(_backoff(attempt))
+                failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if attempt == tries:
+                raise UploadError(
+                    f"gave up after {tries} tries in {time.monotonic() - started:.0f} s: {failure}"
+                )
+            wait = retry_after if retry_after is not None else _backoff(attempt - 1)
+            self._on_retry(f"{method} {path}: {failure}", wait, attempt + 1, tries)
+            await asyncio.sleep(wait)
         raise UploadError("unreachable")
 
     async def event_id(self, slug_or_id: str) -> str:
@@ -221,41 +290,34 @@ class DarkroomClient:
         return result
 
     async def _send_batch(self, event_id: str, files: list[Path], result: UploadResult) -> None:
-        form = aiohttp.FormData()
-        handles = []
-        try:
+        def form(stack: contextlib.ExitStack) -> dict[str, Any]:
+            data = aiohttp.FormData()
             for file in files:
-                handle = file.open("rb")
-                handles.append(handle)
-                form.add_field(
+                data.add_field(
                     "photos",
-                    handle,
+                    stack.enter_context(file.open("rb")),
                     filename=file.name,
                     content_type=MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"),
                 )
-            await self._limit.take(sum(f.stat().st_size for f in files))
-            # One try: a batch is not resumable (each retry would need the files re-read).
-            async with self.http.post(
-                f"{self.base_url}/v1/events/{event_id}/photos", data=form, headers=self._headers
-            ) as resp:
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            return {"data": data}
+
+        await self._limit.take(sum(f.stat().st_size for f in files))
+        # Retried like any request: the Idempotency-Key makes a retry of a batch the server
+        # took (its answer lost on the way) replay that answer, not add the photos again.
+        try:
+            status, body = await self._send("POST", f"/v1/events/{event_id}/photos", body=form)
+        except (UploadError, OSError) as exc:
             for file in files:
-                result.failed[str(file)] = f"{type(exc).__name__}: {exc}"
+                result.failed[str(file)] = str(exc)
             return
-        finally:
-            for handle in handles:
-                handle.close()
         by_name = {file.name: file for file in files}
-        if resp.status >= 400:
+        if status >= 400:
             reasons = {
                 s.get("filename"): f"{s['code']}: {s['detail']}"
                 for s in (body or {}).get("skipped", [])
             }
             for file in files:
-                result.failed[str(file)] = reasons.get(file.name) or _problem_text(
-                    resp.status, body
-                )
+                result.failed[str(file)] = reasons.get(file.name) or _problem_text(status, body)
             return
         for photo in body["uploaded"]:
             sent = by_name.get(photo["original_filename"])
@@ -284,11 +346,21 @@ class DarkroomClient:
                 upload = None  # expired, failed or cancelled: start over
         if upload is None:
             mime = MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream")
+            # The key is kept before the request goes: a run killed before it wrote the answer
+            # down sends the same key again, and gets the same upload, not a second one.
+            create_key = (state or {}).get("create_key") or str(uuid.uuid4())
+            self._state.put(key, {"create_key": create_key})
             upload = await self._json(
                 "POST",
                 f"/v1/events/{event_id}/uploads",
                 json={"filename": file.name, "size": size, "mime_type": mime},
+                idempotency_key=create_key,
             )
+            if upload["state"] not in ("open", "completing"):
+                # A replay of a creation whose upload has ended since (expired, cancelled):
+                # start over with a new key.
+                self._state.put(key, None)
+                return await self._chunked(event_id, file, key, size)
             self._state.put(key, {"upload_id": upload["upload_id"]})
         missing = set(upload["missing"])
         chunk_size, count = upload["chunk_size"], upload["chunk_count"]
@@ -331,6 +403,32 @@ def _read_at(file: Path, offset: int, length: int) -> bytes:
     with file.open("rb") as handle:
         handle.seek(offset)
         return handle.read(length)
+
+
+async def _body_of(resp: aiohttp.ClientResponse) -> Any:
+    if resp.content_length == 0:
+        return None
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        return None  # not JSON (a proxy's error page): the status says enough
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 def _backoff(attempt: int) -> float:
