@@ -53,6 +53,14 @@ def jpeg_like(size: int) -> bytes:
     return b"\xff\xd8\xff\xe0" + os.urandom(size - 6) + b"\xff\xd9"
 
 
+def noise_png(width: int, height: int) -> bytes:
+    """A PNG of random pixels: about 3 bytes a pixel whatever the compression, for a batch of a
+    known size."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
 def mp4(size: int) -> bytes:
     """``size`` bytes that sniff as an MP4 (an ``ftyp`` box) without being one."""
     return b"\0\0\0\x18ftypmp42" + os.urandom(size - 12)

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
 from aiohttp import web
 from darkroom_client import DarkroomClient
+from darkroom_client.cli import ProgressBar
+from darkroom_client.client import find_media
 from darkroom_kit import records
 from darkroom_kit.mongo import MONGO_DB
 
 from tests.factories.api import CHUNK, Client, TokenMaker, auth, base_url, make_event
-from tests.factories.media import jpeg_bytes, mp4, png_bytes
+from tests.factories.media import jpeg_bytes, mp4, noise_png, png_bytes
 from tests.factories.messaging import eventually
 
 
@@ -171,7 +176,9 @@ class FlakyProxy:
             )
         body = await request.read()
         headers = {
-            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")
         }
         async with (
             aiohttp.ClientSession() as http,
@@ -212,6 +219,7 @@ async def test_lost_answers_are_retried_with_the_same_key_and_nothing_doubles(
     (tmp_path / "b.png").write_bytes(png_bytes(60, 60))
     (tmp_path / "clip.mp4").write_bytes(mp4(CHUNK + 777))
     retries: list[str] = []
+    wire = WireLog()
     async with FlakyProxy(base_url(capi)) as proxy:
         # The batch, the chunked upload's creation, a chunk and its completion: each done by
         # the server, each answer lost on the way back.
@@ -225,9 +233,14 @@ async def test_lost_answers_are_retried_with_the_same_key_and_nothing_doubles(
             proxy.url,
             token,
             state_file=tmp_path / "state.json",
+            progress=wire.progress,
             on_retry=lambda what, wait, attempt, tries: retries.append(what),
         ) as client:
             result = await client.upload(event["id"], [tmp_path])
+    # What a lost try sent is taken back from progress: each file counts once.
+    sizes = {p.name: p.stat().st_size for p in find_media([tmp_path])}
+    assert wire.net() == sizes
+    assert any(n < 0 for _, _, n in wire.sent)
     assert result.ok, result.failed
     assert sorted(Path(p).name for p in result.uploaded) == ["a.jpg", "b.png", "clip.mp4"]
     assert not any(proxy.lose_answer.values())
@@ -319,3 +332,75 @@ def test_the_cli_says_when_and_why_it_retries(tmp_path: Path) -> None:
     assert "GET /v1/events/ev_1: ClientConnectorError" in proc.stderr
     assert "try 2 of 3 in" in proc.stderr
     assert "gave up after 3 tries" in proc.stderr
+
+
+class WireLog:
+    """The progress a client reports, with when: bytes on the wire and bytes already there."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, str, int]] = []
+        self.there: dict[str, int] = {}
+
+    def progress(self, name: str, n: int) -> None:
+        self.sent.append((time.monotonic(), name, n))
+
+    def already_there(self, name: str, n: int) -> None:
+        self.there[name] = self.there.get(name, 0) + n
+
+    def net(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, name, n in self.sent:
+            out[Path(name).name] = out.get(Path(name).name, 0) + n
+        return out
+
+    def rate(self) -> float:
+        """Bytes a second from the first block to the last."""
+        first, last = self.sent[0][0], self.sent[-1][0]
+        return sum(n for _, _, n in self.sent[1:]) / (last - first)
+
+
+async def test_limit_rate_holds_on_the_wire_for_a_batch_and_a_chunked_file(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for i in range(3):
+        (batch / f"p{i}.png").write_bytes(noise_png(600, 600))  # about 1.08 MB each
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(mp4(CHUNK + 300_000))
+    limit = 2_000_000.0
+    for files in ([batch], [clip]):
+        wire = WireLog()
+        async with DarkroomClient(
+            base_url(capi),
+            token,
+            state_file=tmp_path / "state.json",
+            rate_limit=limit,
+            parallel=4,
+            progress=wire.progress,
+        ) as client:
+            result = await client.upload(event["id"], files)
+        assert result.ok, result.failed
+        sizes = {
+            p.name: p.stat().st_size for f in files for p in ([f] if f.is_file() else f.iterdir())
+        }
+        assert wire.net() == sizes
+        # Progress moves with the blocks, not once a file or a chunk is in.
+        assert len(wire.sent) > 3 * len(sizes)
+        print(f"{files[0].name}: {wire.rate() / limit:.3f} of the limit")
+        assert 0.85 * limit <= wire.rate() <= 1.15 * limit, (files, wire.rate())
+
+
+def test_the_bar_counts_only_bytes_sent_in_its_rate() -> None:
+    out = io.StringIO()
+    clock = [0.0] + [10.0] * 6
+    with mock.patch("darkroom_client.cli.time.monotonic", side_effect=clock):
+        bar = ProgressBar({"a.jpg": 10_000_000, "b.jpg": 1_000}, stream=out)
+        bar.already_there("a.jpg", 10_000_000)
+        bar("b.jpg", 1_000)
+    line = out.getvalue().splitlines()[-1]
+    assert "sent a.jpg" in out.getvalue()
+    # 1 KB sent in 10 s: 100 B/s, not the 10 MB that were there already.
+    assert "10.0 MB/10.0 MB 100 B/s" in line, line

@@ -15,7 +15,9 @@ from darkroom_client.client import DarkroomClient, default_state_file, find_medi
 
 
 class ProgressBar:
-    """Total bytes, rate and ETA on one line, and a line for each file as it finishes."""
+    """Total bytes, rate and ETA on one line, and a line for each file as it finishes. Called
+    with bytes as they go on the wire (the rate counts only those) and, through
+    ``already_there``, with bytes that need not go (files and chunks the server has)."""
 
     def __init__(self, sizes: dict[str, int], stream: object = sys.stderr) -> None:
         self._sizes = sizes
@@ -25,15 +27,25 @@ class ProgressBar:
         self._stream = stream
         self._last_draw = 0.0
         self._tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._sent = 0
+
+    def already_there(self, name: str, n: int) -> None:
+        self._advance(name, n)
 
     def __call__(self, name: str, n: int) -> None:
-        self._done[name] = self._done.get(name, 0) + n
-        finished = self._done[name] >= self._sizes.get(name, 0) > 0
+        self._sent += n
+        self._advance(name, n)
+
+    def _advance(self, name: str, n: int) -> None:
+        before = self._done.get(name, 0)
+        self._done[name] = before + n
+        size = self._sizes.get(name, 0)
+        finished = before < size <= self._done[name]
         if finished:
             self._write(
-                f"\r\033[K  done  {name} ({_human(self._sizes[name])})\n"
+                f"\r\033[K  sent  {name} ({_human(self._sizes[name])})\n"
                 if self._tty
-                else f"done {name}\n"
+                else f"sent {name}\n"
             )
         now = time.monotonic()
         if finished or now - self._last_draw > (0.2 if self._tty else 5):
@@ -43,7 +55,7 @@ class ProgressBar:
     def _draw(self, current: str) -> None:
         done = sum(self._done.values())
         elapsed = max(1e-6, time.monotonic() - self._started)
-        rate = done / elapsed
+        rate = self._sent / elapsed
         eta = (self._total - done) / rate if rate > 0 else 0
         share = min(1.0, done / self._total)
         file_share = min(1.0, self._done.get(current, 0) / max(1, self._sizes.get(current, 1)))
@@ -140,6 +152,7 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
         state_file=args.state,
         rate_limit=args.limit_rate,
         progress=progress,
+        already_there=progress.already_there,
         on_retry=on_retry,
     ) as client:
         try:

@@ -19,16 +19,17 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import aiohttp
 import google_crc32c
 import platformdirs
+from aiolimiter import AsyncLimiter
 from filelock import FileLock
 
 IMAGE_TYPES = {
@@ -139,21 +140,25 @@ class StateFile:
             os.replace(tmp, self.path)  # atomic: a kill never leaves half a state file
 
 
+# Bytes of a body sent at a time: progress and the rate limit move in steps of this.
+BLOCK = 64 * 1024
+# Bytes read from a file at a time (in a thread), then sent in blocks.
+READ = 1024 * 1024
+
+
 class RateLimit:
-    """At most ``rate`` bytes a second across all requests (None: no limit)."""
+    """At most ``rate`` bytes a second across all requests (None: no limit), in blocks as they
+    go on the wire: aiolimiter's leaky bucket, a tenth of a second deep, so a transfer starts
+    with a tenth of a second's burst at most and holds the rate for batches and chunks alike."""
 
     def __init__(self, rate: float | None) -> None:
-        self._rate = rate
-        self._next = time.monotonic()
+        self._limiter = AsyncLimiter(rate / 10, 0.1) if rate else None
+        # A block never larger than the bucket (aiolimiter refuses more than its capacity).
+        self.block = max(1, min(BLOCK, int(rate / 10))) if rate else BLOCK
 
     async def take(self, n: int) -> None:
-        """Wait for the slot in which n more bytes may go."""
-        if not self._rate:
-            return
-        now = time.monotonic()
-        start = max(self._next, now)
-        self._next = start + n / self._rate
-        await asyncio.sleep(start - now)
+        if self._limiter is not None:
+            await self._limiter.acquire(n)
 
 
 class DarkroomClient:
@@ -167,6 +172,7 @@ class DarkroomClient:
         state_file: Path | None = None,
         rate_limit: float | None = None,
         progress: ProgressFn | None = None,
+        already_there: ProgressFn | None = None,
         on_retry: RetryFn | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
@@ -176,7 +182,10 @@ class DarkroomClient:
         self._retries = retries
         self._state = StateFile(state_file or default_state_file())
         self._limit = RateLimit(rate_limit)
+        # Bytes as they go on the wire (a negative count: a failed try's, sent again), and
+        # bytes that need not go (files done before, chunks the server has).
         self._progress = progress or (lambda name, n: None)
+        self._already_there = already_there or self._progress
         self._on_retry = on_retry or (lambda what, wait, attempt, tries: None)
         self._session = session
         self._own_session = session is None
@@ -268,7 +277,7 @@ class DarkroomClient:
             done = self._state.get(key) if key else None
             if done and done.get("photo_id"):
                 result.skipped[str(file)] = done["photo_id"]
-                self._progress(str(file), file.stat().st_size)
+                self._already_there(str(file), file.stat().st_size)
                 continue
             if not file.is_file():
                 result.failed[str(file)] = "not a file"
@@ -290,18 +299,20 @@ class DarkroomClient:
         return result
 
     async def _send_batch(self, event_id: str, files: list[Path], result: UploadResult) -> None:
+        tries = _Tries(self._progress)
+
         def form(stack: contextlib.ExitStack) -> dict[str, Any]:
+            sent = tries.next()
             data = aiohttp.FormData()
             for file in files:
                 data.add_field(
                     "photos",
-                    stack.enter_context(file.open("rb")),
+                    self._file_blocks(stack.enter_context(file.open("rb")), str(file), sent),
                     filename=file.name,
                     content_type=MEDIA_TYPES.get(file.suffix.lower(), "application/octet-stream"),
                 )
             return {"data": data}
 
-        await self._limit.take(sum(f.stat().st_size for f in files))
         # Retried like any request: the Idempotency-Key makes a retry of a batch the server
         # took (its answer lost on the way) replay that answer, not add the photos again.
         try:
@@ -326,7 +337,6 @@ class DarkroomClient:
                 self._state.put(
                     StateFile.key(self.base_url, event_id, sent), {"photo_id": photo["id"]}
                 )
-                self._progress(str(sent), photo["size"])
         for skipped in body["skipped"]:
             refused = by_name.get(skipped.get("filename") or "")
             if refused is not None:
@@ -366,7 +376,7 @@ class DarkroomClient:
         chunk_size, count = upload["chunk_size"], upload["chunk_count"]
         for i in range(count):
             if i not in missing:
-                self._progress(str(file), min(chunk_size, size - i * chunk_size))
+                self._already_there(str(file), min(chunk_size, size - i * chunk_size))
         limit = asyncio.Semaphore(self._parallel)
 
         async def send(i: int) -> None:
@@ -389,14 +399,61 @@ class DarkroomClient:
         length = min(chunk_size, size - i * chunk_size)
         data = await asyncio.to_thread(_read_at, file, i * chunk_size, length)
         crc = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
-        await self._limit.take(len(data))
+        tries = _Tries(self._progress)
+
+        def body(stack: contextlib.ExitStack) -> dict[str, Any]:
+            return {"data": self._blocks(data, str(file), tries.next())}
+
         await self._json(
             "PUT",
             f"/v1/uploads/{upload_id}/chunks/{i}",
-            data=data,
-            headers={"X-Checksum-CRC32C": crc},
+            body=body,
+            # Sent as it is throttled, but its length said up front, as for any chunk.
+            headers={"X-Checksum-CRC32C": crc, "Content-Length": str(length)},
         )
-        self._progress(str(file), len(data))
+
+    async def _blocks(self, data: bytes, name: str, sent: _Sent) -> AsyncIterator[bytes]:
+        """``data`` in blocks as the rate limit lets them go, each counted once it went (the
+        next one is asked for when it is written)."""
+        view = memoryview(data)
+        for start in range(0, len(data), self._limit.block):
+            block = view[start : start + self._limit.block]
+            await self._limit.take(len(block))
+            yield bytes(block)
+            sent.add(name, len(block))
+
+    async def _file_blocks(self, handle: BinaryIO, name: str, sent: _Sent) -> AsyncIterator[bytes]:
+        while data := await asyncio.to_thread(handle.read, READ):
+            async for block in self._blocks(data, name, sent):
+                yield block
+
+
+class _Sent:
+    """What one try of a request has sent, file by file, told to progress as it goes."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self._progress = progress
+        self.by_name: dict[str, int] = {}
+
+    def add(self, name: str, n: int) -> None:
+        self.by_name[name] = self.by_name.get(name, 0) + n
+        self._progress(name, n)
+
+
+class _Tries:
+    """The tries of one request: a new try takes back from progress what the last one sent
+    (it is sent again)."""
+
+    def __init__(self, progress: ProgressFn) -> None:
+        self._progress = progress
+        self._last: _Sent | None = None
+
+    def next(self) -> _Sent:
+        if self._last is not None:
+            for name, n in self._last.by_name.items():
+                self._progress(name, -n)
+        self._last = _Sent(self._progress)
+        return self._last
 
 
 def _read_at(file: Path, offset: int, length: int) -> bytes:
