@@ -163,6 +163,8 @@ class FlakyProxy:
         # answered 502, as when a connection drops after the server did the work.
         self.lose_answer: dict[tuple[str, str], int] = {}
         self.busy = 0  # the next this many requests get 503 with Retry-After: 1
+        self.in_flight: set[str] = set()  # the paths of the requests being answered
+        self.most_at_once: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -174,7 +176,16 @@ class FlakyProxy:
             return web.json_response(
                 {"code": "overloaded", "detail": "busy"}, status=503, headers={"Retry-After": "1"}
             )
+        self.in_flight.add(request.path)
+        try:
+            return await self._forward(request)
+        finally:
+            self.in_flight.discard(request.path)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if len(self.in_flight) > len(self.most_at_once):
+            self.most_at_once = set(self.in_flight)
         headers = {
             k: v
             for k, v in request.headers.items()
@@ -404,3 +415,70 @@ def test_the_bar_counts_only_bytes_sent_in_its_rate() -> None:
     assert "sent a.jpg" in out.getvalue()
     # 1 KB sent in 10 s: 100 B/s, not the 10 MB that were there already.
     assert "10.0 MB/10.0 MB 100 B/s" in line, line
+
+
+async def test_several_files_go_at_once_within_the_parallel_bound(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    for i in range(4):
+        (tmp_path / f"clip{i}.mp4").write_bytes(mp4(CHUNK + 1000 * i + 1))
+    async with (
+        FlakyProxy(base_url(capi)) as proxy,
+        DarkroomClient(
+            proxy.url,
+            token,
+            state_file=tmp_path / "state.json",
+            parallel=3,
+            rate_limit=4_000_000,  # slow enough for the files to overlap
+        ) as client,
+    ):
+        result = await client.upload(event["id"], [tmp_path])
+    assert len(result.uploaded) == 4, result.failed
+    chunk_puts = {p for p in proxy.most_at_once if "/chunks/" in p}
+    uploads_at_once = {p.split("/chunks/")[0] for p in chunk_puts}
+    assert len(uploads_at_once) > 1, proxy.most_at_once
+    assert len(chunk_puts) <= 3, proxy.most_at_once
+
+
+async def test_a_dry_run_says_what_would_go_and_sends_nothing(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    shoot = tmp_path / "shoot"
+    (shoot / "rejects").mkdir(parents=True)
+    (shoot / "a.jpg").write_bytes(jpeg_bytes(200, 100))
+    (shoot / "._a.jpg").write_bytes(b"\0\5\x16\7 AppleDouble, not a photo")
+    (shoot / "clip.mp4").write_bytes(mp4(CHUNK + 10))
+    (shoot / "rejects" / "blurry.jpg").write_bytes(jpeg_bytes(50, 50))
+    (shoot / "c.tmp.jpg").write_bytes(jpeg_bytes(60, 60))
+    state = tmp_path / "state.json"
+    async with DarkroomClient(base_url(capi), token, state_file=state) as client:
+        first = await client.upload(event["id"], [shoot / "a.jpg"])
+    assert list(first.uploaded) == [str(shoot / "a.jpg")]
+    photos = capi.server.app[MONGO_DB][records.PHOTOS]
+    proc = run_cli(
+        capi,
+        token,
+        str(shoot),
+        "--event",
+        event["slug"],
+        "--state",
+        str(state),
+        "--dry-run",
+        "--exclude",
+        "rejects/*",
+        "--exclude",
+        "*.tmp.*",
+    )
+    out, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[:-1] == [
+        f"send   {shoot / 'clip.mp4'} (5.2 MB)",
+        f"there  {shoot / 'a.jpg'}",
+    ], out
+    assert lines[-1].startswith("would send 1 files, 5.2 MB; 1 already there")
+    assert await photos.count_documents({"event_id": event["id"]}) == 1

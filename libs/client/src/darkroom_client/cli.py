@@ -112,7 +112,25 @@ def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
         default=os.environ.get("DARKROOM_TOKEN"),
         help="an API token with photos.write (env DARKROOM_TOKEN)",
     )
-    parser.add_argument("--parallel", type=int, default=4, help="chunks in flight (default 4)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        help="files at once, and batches and chunks in flight in all (default 4)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out files whose name or path matches (shell-style, e.g. '*.tmp' or "
+        "'rejects/*'; repeatable); macOS '._*' files are always left out",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send nothing: list what would be sent, how many bytes, and what is there already",
+    )
     parser.add_argument(
         "--state",
         type=Path,
@@ -137,7 +155,7 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
     if not args.token:
         print(f"{prog}: no token: pass --token or set DARKROOM_TOKEN", file=sys.stderr)
         return 2
-    files = find_media(args.paths)
+    files = find_media(args.paths, args.exclude)
     sizes = {str(f): f.stat().st_size for f in files if f.is_file()}
     progress = ProgressBar(sizes)
 
@@ -147,7 +165,7 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
     async with DarkroomClient(
         args.url,
         args.token,
-        parallel=args.parallel,
+        parallel=max(1, args.parallel),
         retries=max(0, args.retries),
         state_file=args.state,
         rate_limit=args.limit_rate,
@@ -155,6 +173,21 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
         already_there=progress.already_there,
         on_retry=on_retry,
     ) as client:
+        if args.dry_run:
+            plan = await client.plan(args.event, files)
+            for path, n in sorted(plan.send.items()):
+                partly = "" if n == sizes[path] else f" of {_human(sizes[path])}, resumed"
+                print(f"send   {path} ({_human(n)}{partly})")
+            for path in sorted(plan.there):
+                print(f"there  {path}")
+            for path, reason in sorted(plan.failed.items()):
+                print(f"FAILED {path}: {reason}")
+            print(
+                f"would send {len(plan.send)} files, {_human(sum(plan.send.values()))}; "
+                f"{len(plan.there)} already there ({_human(sum(plan.there.values()))}); "
+                f"{len(plan.failed)} failed; event {plan.event_id}"
+            )
+            return 0 if not plan.failed else 1
         try:
             result = await client.upload(args.event, files)
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fnmatch
 import json
 import os
 import random
@@ -84,20 +85,44 @@ class UploadResult:
         return not self.failed
 
 
-def find_media(paths: Iterable[str | Path]) -> list[Path]:
-    """Files given, and the media files in folders given (recursively), sorted."""
+def find_media(paths: Iterable[str | Path], exclude: Iterable[str] = ()) -> list[Path]:
+    """Files given, and the media files in folders given (recursively), sorted; never a
+    macOS resource fork (``._*``, which copies a photo's name), nor a file whose name or path
+    matches a pattern of ``exclude`` (shell-style: ``*.tmp``, ``rejects/*``)."""
+    patterns = list(exclude)
+
+    def excluded(path: Path) -> bool:
+        return path.name.startswith("._") or any(
+            fnmatch.fnmatch(path.name, p)
+            or fnmatch.fnmatch(path.as_posix(), p)
+            or fnmatch.fnmatch(path.as_posix(), f"*/{p}")
+            for p in patterns
+        )
+
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found.extend(
                 sorted(
-                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_TYPES
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.suffix.lower() in MEDIA_TYPES and not excluded(p)
                 )
             )
-        else:
+        elif not excluded(path):
             found.append(path)
     return found
+
+
+@dataclass
+class Plan:
+    """What an upload would do (``--dry-run``)."""
+
+    event_id: str
+    send: dict[str, int] = field(default_factory=dict)  # path -> bytes it would send
+    there: dict[str, int] = field(default_factory=dict)  # path -> size, done before
+    failed: dict[str, str] = field(default_factory=dict)  # path -> why it cannot go
 
 
 class StateFile:
@@ -179,6 +204,8 @@ class DarkroomClient:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"}
         self._parallel = parallel
+        # Requests that carry bytes (batches, chunks) in flight at once, across files.
+        self._in_flight = asyncio.Semaphore(parallel)
         self._retries = retries
         self._state = StateFile(state_file or default_state_file())
         self._limit = RateLimit(rate_limit)
@@ -267,12 +294,16 @@ class DarkroomClient:
             raise UploadError(f"no event with the slug {slug_or_id!r}")
         return str(found["items"][0]["id"])
 
-    async def upload(self, event: str, paths: Iterable[str | Path]) -> UploadResult:
+    async def upload(
+        self, event: str, paths: Iterable[str | Path], *, exclude: Iterable[str] = ()
+    ) -> UploadResult:
+        """Every media file of ``paths`` not done before, up to ``parallel`` files at once and
+        ``parallel`` requests in flight in all (batches and chunks)."""
         event_id = await self.event_id(event)
         result = UploadResult()
-        files = find_media(paths)
-        batch: list[Path] = []
-        for file in files:
+        batches: list[list[Path]] = [[]]
+        big: list[tuple[Path, str, int]] = []
+        for file in find_media(paths, exclude):
             key = StateFile.key(self.base_url, event_id, file) if file.exists() else ""
             done = self._state.get(key) if key else None
             if done and done.get("photo_id"):
@@ -283,20 +314,62 @@ class DarkroomClient:
                 result.failed[str(file)] = "not a file"
                 continue
             size = file.stat().st_size
-            is_image = file.suffix.lower() in IMAGE_TYPES
-            if is_image and size <= BATCH_MAX_BYTES and not done:
-                batch.append(file)
-                if len(batch) >= BATCH_MAX_FILES:
-                    await self._send_batch(event_id, batch, result)
-                    batch = []
-                continue
-            try:
-                result.uploaded[str(file)] = await self._chunked(event_id, file, key, size)
-            except UploadError as exc:
-                result.failed[str(file)] = str(exc)
-        if batch:
-            await self._send_batch(event_id, batch, result)
+            if file.suffix.lower() in IMAGE_TYPES and size <= BATCH_MAX_BYTES and not done:
+                if len(batches[-1]) >= BATCH_MAX_FILES:
+                    batches.append([])
+                batches[-1].append(file)
+            else:
+                big.append((file, key, size))
+        files_at_once = asyncio.Semaphore(self._parallel)
+
+        async def send_batch(files: list[Path]) -> None:
+            async with files_at_once, self._in_flight:
+                await self._send_batch(event_id, files, result)
+
+        async def send_big(file: Path, key: str, size: int) -> None:
+            async with files_at_once:
+                try:
+                    result.uploaded[str(file)] = await self._chunked(event_id, file, key, size)
+                except UploadError as exc:
+                    result.failed[str(file)] = str(exc)
+
+        await asyncio.gather(
+            *(send_batch(files) for files in batches if files),
+            *(send_big(*entry) for entry in big),
+        )
         return result
+
+    async def plan(
+        self, event: str, paths: Iterable[str | Path], *, exclude: Iterable[str] = ()
+    ) -> Plan:
+        """What :meth:`upload` would do, sending nothing: the bytes each file would send (a
+        started upload's missing chunks only) and the files that are there already."""
+        event_id = await self.event_id(event)
+        plan = Plan(event_id)
+        for file in find_media(paths, exclude):
+            if not file.is_file():
+                plan.failed[str(file)] = "not a file"
+                continue
+            size = file.stat().st_size
+            state = self._state.get(StateFile.key(self.base_url, event_id, file)) or {}
+            if state.get("photo_id"):
+                plan.there[str(file)] = size
+                continue
+            plan.send[str(file)] = size
+            if state.get("upload_id"):
+                try:
+                    upload = await self._json("GET", f"/v1/uploads/{state['upload_id']}")
+                except UploadError:
+                    continue  # gone: it starts over
+                if upload["state"] == "completed":
+                    del plan.send[str(file)]
+                    plan.there[str(file)] = size
+                elif upload["state"] in ("open", "completing"):
+                    chunk_size = int(upload["chunk_size"])
+                    plan.send[str(file)] = sum(
+                        min(chunk_size, size - i * chunk_size) for i in upload["missing"]
+                    )
+        return plan
 
     async def _send_batch(self, event_id: str, files: list[Path], result: UploadResult) -> None:
         tries = _Tries(self._progress)
@@ -377,10 +450,9 @@ class DarkroomClient:
         for i in range(count):
             if i not in missing:
                 self._already_there(str(file), min(chunk_size, size - i * chunk_size))
-        limit = asyncio.Semaphore(self._parallel)
 
         async def send(i: int) -> None:
-            async with limit:
+            async with self._in_flight:
                 await self._put_chunk(upload["upload_id"], file, i, chunk_size, size)
 
         await asyncio.gather(*(send(i) for i in sorted(missing)))
