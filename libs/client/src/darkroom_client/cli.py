@@ -96,11 +96,8 @@ def _rate(text: str) -> float:
     return float(text)
 
 
-def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="upload photos and videos to darkroom, resumably"
-    )
-    parser.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command of the client takes: where, as whom, how fast, how patient."""
     parser.add_argument("--event", required=True, help="the event's slug or id")
     parser.add_argument(
         "--url",
@@ -119,19 +116,6 @@ def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
         help="files at once, and batches and chunks in flight in all (default 4)",
     )
     parser.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="leave out files whose name or path matches (shell-style, e.g. '*.tmp' or "
-        "'rejects/*'; repeatable); macOS '._*' files are always left out",
-    )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="send nothing: list what would be sent, how many bytes, and what is there already",
-    )
-    parser.add_argument(
         "--state",
         type=Path,
         default=None,
@@ -147,6 +131,27 @@ def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--limit-rate", type=_rate, default=None, help="at most this many bytes a second, e.g. 5M"
+    )
+
+
+def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="upload photos and videos to darkroom, resumably"
+    )
+    parser.add_argument("paths", nargs="+", help="files and folders (searched recursively)")
+    add_connection_arguments(parser)
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out files whose name or path matches (shell-style, e.g. '*.tmp' or "
+        "'rejects/*'; repeatable); macOS '._*' files are always left out",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="send nothing: list what would be sent, how many bytes, and what is there already",
     )
     return parser
 

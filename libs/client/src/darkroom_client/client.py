@@ -85,20 +85,19 @@ class UploadResult:
         return not self.failed
 
 
+def is_excluded(path: Path, patterns: Iterable[str], root: Path | None = None) -> bool:
+    """A macOS resource fork (``._*``, which copies a photo's name), or a file whose name, or
+    path below ``root``, matches a shell-style pattern (``*.tmp``, ``rejects/*``)."""
+    if path.name.startswith("._"):
+        return True
+    below = path.relative_to(root).as_posix() if root is not None else path.as_posix()
+    return any(fnmatch.fnmatch(path.name, p) or fnmatch.fnmatch(below, p) for p in patterns)
+
+
 def find_media(paths: Iterable[str | Path], exclude: Iterable[str] = ()) -> list[Path]:
-    """Files given, and the media files in folders given (recursively), sorted; never a
-    macOS resource fork (``._*``, which copies a photo's name), nor a file whose name or path
-    matches a pattern of ``exclude`` (shell-style: ``*.tmp``, ``rejects/*``)."""
+    """Files given, and the media files in folders given (recursively), sorted; never one
+    :func:`is_excluded` by ``exclude`` (matched below the folder given)."""
     patterns = list(exclude)
-
-    def excluded(path: Path) -> bool:
-        return path.name.startswith("._") or any(
-            fnmatch.fnmatch(path.name, p)
-            or fnmatch.fnmatch(path.as_posix(), p)
-            or fnmatch.fnmatch(path.as_posix(), f"*/{p}")
-            for p in patterns
-        )
-
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -107,10 +106,12 @@ def find_media(paths: Iterable[str | Path], exclude: Iterable[str] = ()) -> list
                 sorted(
                     p
                     for p in path.rglob("*")
-                    if p.is_file() and p.suffix.lower() in MEDIA_TYPES and not excluded(p)
+                    if p.is_file()
+                    and p.suffix.lower() in MEDIA_TYPES
+                    and not is_excluded(p, patterns, path)
                 )
             )
-        elif not excluded(path):
+        elif not is_excluded(path, patterns):
             found.append(path)
     return found
 

@@ -138,26 +138,33 @@ UPLOAD_CLIENT_MISSING = (
 )
 
 
-def _upload(argv: list[str]) -> int:
-    """The photographer's side, the same client as ``darkroom-upload``. Imported only here: the
-    server does not depend on the client, so an install without it still runs everything else."""
+def _client(command: str, argv: list[str]) -> int:
+    """The photographer's side, the same client as ``darkroom-upload`` and ``darkroom-watch``.
+    Imported only here: the server does not depend on the client, so an install without it
+    still runs everything else."""
     try:
-        from darkroom_client.cli import main as upload_main  # noqa: PLC0415
+        if command == "upload":
+            from darkroom_client.cli import main as client_main  # noqa: PLC0415
+        else:
+            from darkroom_client.watch import main as client_main  # noqa: PLC0415
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] != "darkroom_client":
             raise
-        print(UPLOAD_CLIENT_MISSING, file=sys.stderr)
+        print(
+            UPLOAD_CLIENT_MISSING.replace("darkroom upload", f"darkroom {command}"), file=sys.stderr
+        )
         return 2
-    return upload_main(argv, prog="darkroom upload")
+    return client_main(argv, prog=f"darkroom {command}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
-    if args_in[:1] == ["upload"]:
-        return _upload(args_in[1:])
+    if args_in[:1] in (["upload"], ["watch"]):
+        return _client(args_in[0], args_in[1:])
     parser = argparse.ArgumentParser(prog="darkroom", description="darkroom server commands")
     sub = parser.add_subparsers(dest="group", required=True)
     sub.add_parser("upload", help="upload photos and videos (see darkroom upload --help)")
+    sub.add_parser("watch", help="a hot folder: upload new files (see darkroom watch --help)")
     token = sub.add_parser("token", help="manage API tokens").add_subparsers(
         dest="cmd", required=True
     )
