@@ -71,7 +71,12 @@ def default_state_file() -> Path:
 
 
 class UploadError(Exception):
-    """A file could not be uploaded; the message says why."""
+    """A file could not be uploaded; the message says why (``status``: the server's answer,
+    None when there was none)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -207,6 +212,8 @@ class DarkroomClient:
         self._parallel = parallel
         # Requests that carry bytes (batches, chunks) in flight at once, across files.
         self._in_flight = asyncio.Semaphore(parallel)
+        # Files being sent at once, across upload() calls (the hot folder makes one a file).
+        self._files_at_once = asyncio.Semaphore(parallel)
         self._retries = retries
         self._state = StateFile(state_file or default_state_file())
         self._limit = RateLimit(rate_limit)
@@ -239,7 +246,7 @@ class DarkroomClient:
         """The answer's body; an UploadError that says why when it is a failure."""
         status, body = await self._send(method, path, **kwargs)
         if status >= 400:
-            raise UploadError(_problem_text(status, body))
+            raise UploadError(_problem_text(status, body), status)
         return body
 
     async def _send(
@@ -272,7 +279,7 @@ class DarkroomClient:
                         method, self.base_url + path, headers=headers, **kwargs, **extra
                     ) as resp:
                         answer = await _body_of(resp)
-                        if resp.status not in RETRYABLE:
+                        if resp.status not in RETRYABLE and not _still_running(resp, answer):
                             return resp.status, answer
                         failure = _problem_text(resp.status, answer)
                         retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -321,7 +328,7 @@ class DarkroomClient:
                 batches[-1].append(file)
             else:
                 big.append((file, key, size))
-        files_at_once = asyncio.Semaphore(self._parallel)
+        files_at_once = self._files_at_once
 
         async def send_batch(files: list[Path]) -> None:
             async with files_at_once, self._in_flight:
@@ -333,6 +340,8 @@ class DarkroomClient:
                     result.uploaded[str(file)] = await self._chunked(event_id, file, key, size)
                 except UploadError as exc:
                     result.failed[str(file)] = str(exc)
+                except OSError as exc:
+                    result.failed[str(file)] = f"cannot read it: {exc}"
 
         await asyncio.gather(
             *(send_batch(files) for files in batches if files),
@@ -374,6 +383,13 @@ class DarkroomClient:
 
     async def _send_batch(self, event_id: str, files: list[Path], result: UploadResult) -> None:
         tries = _Tries(self._progress)
+        try:
+            # The files as they are sent: a file changed meanwhile is another version, not done.
+            keys = {file: StateFile.key(self.base_url, event_id, file) for file in files}
+        except OSError as exc:
+            for file in files:
+                result.failed[str(file)] = f"cannot read it: {exc}"
+            return
 
         def form(stack: contextlib.ExitStack) -> dict[str, Any]:
             sent = tries.next()
@@ -408,9 +424,7 @@ class DarkroomClient:
             sent = by_name.get(photo["original_filename"])
             if sent is not None:
                 result.uploaded[str(sent)] = photo
-                self._state.put(
-                    StateFile.key(self.base_url, event_id, sent), {"photo_id": photo["id"]}
-                )
+                self._state.put(keys[sent], {"photo_id": photo["id"]})
         for skipped in body["skipped"]:
             refused = by_name.get(skipped.get("filename") or "")
             if refused is not None:
@@ -422,7 +436,9 @@ class DarkroomClient:
         if state and state.get("upload_id"):
             try:
                 upload = await self._json("GET", f"/v1/uploads/{state['upload_id']}")
-            except UploadError:
+            except UploadError as exc:
+                if exc.status not in (404, 410):
+                    raise  # the server could not say now: the upload is kept for a rerun
                 upload = None
             if upload is not None and upload["state"] == "completed":
                 return await self._finish(upload, key)
@@ -434,17 +450,19 @@ class DarkroomClient:
             # down sends the same key again, and gets the same upload, not a second one.
             create_key = (state or {}).get("create_key") or str(uuid.uuid4())
             self._state.put(key, {"create_key": create_key})
-            upload = await self._json(
-                "POST",
-                f"/v1/events/{event_id}/uploads",
-                json={"filename": file.name, "size": size, "mime_type": mime},
-                idempotency_key=create_key,
-            )
-            if upload["state"] not in ("open", "completing"):
-                # A replay of a creation whose upload has ended since (expired, cancelled):
-                # start over with a new key.
-                self._state.put(key, None)
-                return await self._chunked(event_id, file, key, size)
+            try:
+                upload = await self._json(
+                    "POST",
+                    f"/v1/events/{event_id}/uploads",
+                    json={"filename": file.name, "size": size, "mime_type": mime},
+                    idempotency_key=create_key,
+                )
+            except UploadError as exc:
+                if exc.status is not None:
+                    # Refused (the cap, an archived event): the server keeps that answer for
+                    # the key, so the next run asks with a new one.
+                    self._state.put(key, None)
+                raise
             self._state.put(key, {"upload_id": upload["upload_id"]})
         missing = set(upload["missing"])
         chunk_size, count = upload["chunk_size"], upload["chunk_count"]
@@ -456,7 +474,14 @@ class DarkroomClient:
             async with self._in_flight:
                 await self._put_chunk(upload["upload_id"], file, i, chunk_size, size)
 
-        await asyncio.gather(*(send(i) for i in sorted(missing)))
+        chunks = [asyncio.ensure_future(send(i)) for i in sorted(missing)]
+        try:
+            await asyncio.gather(*chunks)
+        finally:
+            # One chunk failed: the others stop too, the file is given up on as a whole.
+            for chunk in chunks:
+                chunk.cancel()
+            await asyncio.gather(*chunks, return_exceptions=True)
         done = await self._json("POST", f"/v1/uploads/{upload['upload_id']}/complete")
         self._state.put(key, {"photo_id": done["id"]})
         return dict(done)
@@ -471,6 +496,8 @@ class DarkroomClient:
     ) -> None:
         length = min(chunk_size, size - i * chunk_size)
         data = await asyncio.to_thread(_read_at, file, i * chunk_size, length)
+        if len(data) != length:
+            raise UploadError(f"{file} changed while it was being sent (it is shorter now)")
         crc = base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode()
         tries = _Tries(self._progress)
 
@@ -542,6 +569,16 @@ async def _body_of(resp: aiohttp.ClientResponse) -> Any:
         return await resp.json(content_type=None)
     except ValueError:
         return None  # not JSON (a proxy's error page): the status says enough
+
+
+def _still_running(resp: aiohttp.ClientResponse, answer: Any) -> bool:
+    """The server is still doing the first try of this request (its answer was lost to us):
+    ask again, as it says, for that answer."""
+    return (
+        resp.status == 409
+        and isinstance(answer, dict)
+        and answer.get("code") == "idempotency_key_in_use"
+    )
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -124,19 +124,26 @@ class HotFolder:
 
     async def _send(self, path: Path) -> None:
         self._sending.add(path)
+        known = self._pending.get(path)
+        sent_as = (known.size, known.mtime_ns) if known is not None else None
+        reason = ""
         try:
             result = await self._client.upload(self._event_id, [path])
-        except UploadError as exc:
+        except Exception as exc:  # whatever it was, the file is tried again later
             result = None
-            reason = str(exc)
+            reason = str(exc) or type(exc).__name__
         finally:
             self._sending.discard(path)
         if result is not None and str(path) in result.failed:
             reason = result.failed[str(path)]
         elif result is not None:
-            self._pending.pop(path, None)
+            now = self._pending.get(path)
+            if now is not None and (now.size, now.mtime_ns) == sent_as:
+                self._pending.pop(path, None)
+            # else: it changed while it was sent; the new version goes once it settles.
             self.counts.done += 1
-            self.counts.reasons.pop(str(path), None)
+            if self.counts.reasons.pop(str(path), None) is not None:
+                self.counts.failed -= 1
             what = "already there" if str(path) in result.skipped else "uploaded"
             self._say(f"{what}: {path}")
             return
@@ -161,15 +168,22 @@ class HotFolder:
         for path in find_media([self._folder], self._exclude):
             self._see(path)
 
+        gone: list[UploadError] = []
+
         async def tick() -> None:
             while not stop.is_set():
+                if not self._folder.is_dir():
+                    # Unmounted or removed: the watcher may hear nothing of it.
+                    gone.append(UploadError(f"the watched folder {self._folder} is gone"))
+                    stop.set()
+                    break
                 for path in self._settled():
                     task = asyncio.create_task(self._send(path))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 self._status()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), min(0.5, self._settle / 2))
+                    await asyncio.wait_for(stop.wait(), max(0.1, min(0.5, self._settle / 2)))
 
         ticker = asyncio.create_task(tick())
         try:
@@ -178,6 +192,11 @@ class HotFolder:
                     path = Path(raw)
                     if change is Change.deleted:
                         self._pending.pop(path, None)
+                    elif path.is_dir():
+                        # A folder moved or copied in: its files come with no event of their own.
+                        for found in find_media([path], self._exclude):
+                            if self._is_media(found):
+                                self._see(found)
                     elif self._is_media(path):
                         self._see(path)
                 if not self._folder.is_dir():
@@ -188,6 +207,8 @@ class HotFolder:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             self._status()
+        if gone:
+            raise gone[0]
 
 
 def build_parser(prog: str = "darkroom-watch") -> argparse.ArgumentParser:
@@ -224,7 +245,10 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-watch") -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows: no signal handlers in the event loop
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
 
     def say(text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)

@@ -40,10 +40,11 @@ OUTBOX_DUE = "outbox_due_ms"
 
 # A document whose messages the broker refused is tried again after this long.
 REFUSED_RETRY_MS = 2_000
-# A relay that found nothing waits longer each pass, up to this many intervals (16 s by
-# default): what a writer flushed itself never waits for it, only what a crash or an outage left
-# behind does, and polling an idle outbox was most of an idle service's CPU (the upload-ingest
-# relay's six lookups every 2 s, about 2 of its 3.3 ms of CPU a second).
+# A relay that found nothing due waits longer each pass, up to this many intervals (16 s by
+# default), and one the broker refused does not: what a writer flushed itself never waits for
+# it, only what a crash left behind does, and polling an idle outbox was most of an idle
+# service's CPU (the upload-ingest relay's six lookups every 2 s, about 2 of its 3.3 ms of CPU
+# a second).
 RELAY_IDLE_FACTOR = 8
 # Refusals in a row after which a relay pass stops (the broker is away, not one message bad).
 REFUSALS_PER_PASS = 3
@@ -230,19 +231,25 @@ class OutboxRelay:
                 await collection.create_index([(where.due, ASCENDING)], sparse=True)
 
     async def run_once(self, limit: int = 500) -> int:
-        relayed = 0
+        """The messages this pass republished, plus the documents the broker refused (due
+        again shortly): 0 only when nothing was due, the one case a relay may wait longer."""
+        moved = 0
         for collection in self._collections:
             for where in self._lanes:
-                done, count = await self._relay(collection, where, limit)
-                relayed += count
+                done, relayed, refused = await self._relay(collection, where, limit)
+                moved += relayed + refused
                 if not done:
-                    return relayed
-        return relayed
+                    return moved
+        return moved
 
-    async def _relay(self, collection: Collection, where: Lane, limit: int) -> tuple[bool, int]:
-        """Relays one lane of one collection; (False, n) when the broker seems away."""
+    async def _relay(
+        self, collection: Collection, where: Lane, limit: int
+    ) -> tuple[bool, int, int]:
+        """Relays one lane of one collection: (False, ...) when the broker seems away, the
+        messages relayed, the documents refused."""
         relayed = 0
         failures = 0
+        refused = 0
         for _ in range(limit):
             now = now_ms()
             claimed_until = now + self._lease_ms
@@ -273,8 +280,9 @@ class OutboxRelay:
                     {"$set": {where.due: now_ms() + REFUSED_RETRY_MS}},
                 )
                 failures += 1
+                refused += 1
                 if failures >= REFUSALS_PER_PASS:
-                    return False, relayed
+                    return False, relayed, refused
                 continue
             failures = 0
             if not pending:
@@ -285,4 +293,4 @@ class OutboxRelay:
             if hook is not None:
                 await hook(doc)
             relayed += len(pending)
-        return True, relayed
+        return True, relayed, refused

@@ -520,18 +520,19 @@ class S3ObjectStore:
             page = await self._xml(
                 "GET", key, {"uploadId": upload_id, "part-number-marker": marker}
             )
-            for part in page.iterfind(f"{_S3_NS}Part"):
+            for part in page.iterfind("{*}Part"):
                 yield (
                     StoredPart(
-                        int(part.findtext(f"{_S3_NS}PartNumber", "0")),
-                        part.findtext(f"{_S3_NS}ETag", "").strip('"'),
-                        int(part.findtext(f"{_S3_NS}Size", "0")),
+                        int(part.findtext("{*}PartNumber", "0")),
+                        part.findtext("{*}ETag", "").strip('"'),
+                        int(part.findtext("{*}Size", "0")),
                     ),
-                    _ms(datetime.fromisoformat(part.findtext(f"{_S3_NS}LastModified", ""))),
+                    _ms(datetime.fromisoformat(part.findtext("{*}LastModified", ""))),
                 )
-            marker = page.findtext(f"{_S3_NS}NextPartNumberMarker", "")
-            if page.findtext(f"{_S3_NS}IsTruncated") != "true" or not marker:
+            next_marker = page.findtext("{*}NextPartNumberMarker", "")
+            if page.findtext("{*}IsTruncated") != "true" or next_marker in ("", marker):
                 return
+            marker = next_marker
 
     async def _xml(
         self,
@@ -555,9 +556,10 @@ class S3ObjectStore:
             root = ElementTree.fromstring(answer)
         except ElementTree.ParseError as exc:
             raise StorageUnavailable(f"{method} {key}: not XML: {answer[:200]!r}") from exc
-        if root.tag in ("Error", f"{_S3_NS}Error"):
-            code = root.findtext("Code") or root.findtext(f"{_S3_NS}Code") or ""
-            message = root.findtext("Message") or root.findtext(f"{_S3_NS}Message") or ""
+        # Namespaces are matched as any ({*}): S3 APIs differ in whether they name one.
+        if root.tag.rpartition("}")[2] == "Error":
+            code = root.findtext("{*}Code") or root.findtext("Code") or ""
+            message = root.findtext("{*}Message") or root.findtext("Message") or ""
             raise _storage_error(500 if code == "InternalError" else status, code, message)
         return root
 
@@ -623,21 +625,18 @@ class S3ObjectStore:
             # S3 refuses a DeleteObjects without a checksum of its body.
             "Content-MD5": base64.b64encode(hashlib.md5(body).digest()).decode(),
         }
-        async with self._http.request(
-            "POST", "", query={"delete": ""}, headers=headers, data=body
-        ) as response:
-            answer = await response.read()
+        answer = await self._xml("POST", "", {"delete": ""}, body, headers)
         # DeleteObjects answers 200 even when some keys were not deleted; a caller that goes on
         # as if they were would drop the record that says they exist.
-        failed = ElementTree.fromstring(answer).findall(f"{_S3_NS}Error") if answer else []
+        failed = answer.findall("{*}Error")
         if failed:
             first = failed[0]
-            code = first.findtext(f"{_S3_NS}Code", "")
+            code = first.findtext("{*}Code", "")
             raise _storage_error(
                 500 if code == "InternalError" else 400,
                 code,
                 f"{len(failed)} of {len(keys)} key(s) not deleted, first "
-                f"{first.findtext(f'{_S3_NS}Key', '')}: {first.findtext(f'{_S3_NS}Message', '')}",
+                f"{first.findtext('{*}Key', '')}: {first.findtext('{*}Message', '')}",
             )
 
     # Multipart primitives: a streamed upload here, chunked uploads in upload-ingest.
@@ -671,7 +670,7 @@ class S3ObjectStore:
             body,
             {"Content-Type": "application/xml"},
         )
-        return answer.findtext(f"{_S3_NS}ETag", "").strip('"')
+        return answer.findtext("{*}ETag", "").strip('"')
 
     async def open_multipart_uploads(self, prefix: str) -> list[str]:
         """Ids of the multipart uploads under ``prefix`` that are neither completed nor aborted."""
