@@ -496,3 +496,30 @@ async def test_a_dry_run_says_what_would_go_and_sends_nothing(
     ], out
     assert lines[-1].startswith("would send 1 files, 5.2 MB; 1 already there")
     assert await photos.count_documents({"event_id": event["id"]}) == 1
+
+
+async def test_a_refused_creation_is_asked_again_with_a_new_key_once_the_cause_is_gone(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    # The server keeps a refusal as the answer to its Idempotency-Key: a rerun with the same
+    # key would be refused for as long as the key lives, whatever changed meanwhile.
+    token = await make_token()
+    event = await make_event(capi, token)
+    full = await capi.patch(f"/v1/events/{event['id']}", json={"photo_cap": 1}, headers=auth(token))
+    assert full.status == 200, await full.text()
+    (tmp_path / "first.jpg").write_bytes(jpeg_bytes(64, 64))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(mp4(CHUNK + 5))
+    state = tmp_path / "state.json"
+    async with DarkroomClient(base_url(capi), token, state_file=state) as client:
+        filled = await client.upload(event["id"], [tmp_path / "first.jpg"])
+        assert filled.ok, filled.failed
+        first = await client.upload(event["id"], [clip])
+    assert "photo_cap_exceeded" in first.failed[str(clip)], first
+    room = await capi.patch(
+        f"/v1/events/{event['id']}", json={"photo_cap": None}, headers=auth(token)
+    )
+    assert room.status == 200, await room.text()
+    async with DarkroomClient(base_url(capi), token, state_file=state) as client:
+        second = await client.upload(event["id"], [clip])
+    assert list(second.uploaded) == [str(clip)], second.failed
