@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from darkroom_kit import records
@@ -77,11 +76,15 @@ async def test_a_hot_folder_sends_each_whole_file_once_across_a_restart(
     async def count() -> int:
         return await photos.count_documents({"event_id": event["id"]})
 
-    def at_least(n: int) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
+    async def settles_at(n: int) -> None:
+        """n photos arrive, and no more once there was time to send anything twice."""
+
+        async def arrived() -> bool:
             return await count() >= n
 
-        return check
+        await eventually(arrived, timeout=60, interval=0.2)
+        await asyncio.sleep(3 * float(SETTLE))
+        assert await count() == n
 
     early = jpeg_bytes(300, 200)
     (folder / "early.jpg").write_bytes(early)  # there before the watch starts
@@ -102,9 +105,7 @@ async def test_a_hot_folder_sends_each_whole_file_once_across_a_restart(
         card.mkdir()
         (card / "moved.jpg").write_bytes(jpeg_bytes(140, 90))
         card.rename(folder / "card")
-        await eventually(at_least(5), timeout=60, interval=0.2)
-        await asyncio.sleep(3 * float(SETTLE))  # time to send anything twice, if it would
-        assert await count() == 5
+        await settles_at(5)
         for name, data in (("early.jpg", early), ("grown.jpg", grown), ("clip.mp4", clip)):
             served = await capi.get(f"/photos/{event['slug']}/{name}", headers=auth(token))
             assert served.status == 200, name
@@ -118,9 +119,7 @@ async def test_a_hot_folder_sends_each_whole_file_once_across_a_restart(
     watch = start_watch(capi, token, folder, event["slug"], state)
     try:
         (folder / "later.jpg").write_bytes(jpeg_bytes(120, 120))
-        await eventually(at_least(6), timeout=60, interval=0.2)
-        await asyncio.sleep(3 * float(SETTLE))
-        assert await count() == 6
+        await settles_at(6)
     finally:
         code, err = await stop(watch)
     assert code == 0, err

@@ -9,7 +9,9 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from darkroom_client.client import DarkroomClient, default_state_file, find_media
 
@@ -134,6 +136,27 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def client_from_args(
+    args: argparse.Namespace, say: Callable[[str], None], **callbacks: Any
+) -> DarkroomClient:
+    """The client the options of :func:`add_connection_arguments` describe, saying each retry
+    (what failed, and when the next try goes) through ``say``."""
+
+    def on_retry(what: str, wait: float, attempt: int, tries: int) -> None:
+        say(f"{what}; try {attempt} of {tries} in {wait:.0f} s")
+
+    return DarkroomClient(
+        args.url,
+        args.token,
+        parallel=max(1, args.parallel),
+        retries=max(0, args.retries),
+        state_file=args.state,
+        rate_limit=args.limit_rate,
+        on_retry=on_retry,
+        **callbacks,
+    )
+
+
 def build_parser(prog: str = "darkroom-upload") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="upload photos and videos to darkroom, resumably"
@@ -163,20 +186,8 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
     files = find_media(args.paths, args.exclude)
     sizes = {str(f): f.stat().st_size for f in files if f.is_file()}
     progress = ProgressBar(sizes)
-
-    def on_retry(what: str, wait: float, attempt: int, tries: int) -> None:
-        progress.say(f"{what}; try {attempt} of {tries} in {wait:.0f} s")
-
-    async with DarkroomClient(
-        args.url,
-        args.token,
-        parallel=max(1, args.parallel),
-        retries=max(0, args.retries),
-        state_file=args.state,
-        rate_limit=args.limit_rate,
-        progress=progress,
-        already_there=progress.already_there,
-        on_retry=on_retry,
+    async with client_from_args(
+        args, progress.say, progress=progress, already_there=progress.already_there
     ) as client:
         if args.dry_run:
             plan = await client.plan(args.event, files)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from darkroom_client.cli import add_connection_arguments
+from darkroom_client.cli import add_connection_arguments, client_from_args
 from darkroom_client.client import (
     MEDIA_TYPES,
     DarkroomClient,
@@ -247,23 +247,14 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-watch") -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:  # Windows: no signal handlers in the event loop
+        except NotImplementedError:
+            # Event loops without signal handlers (Windows'): the plain handler wakes the loop.
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
 
     def say(text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
-    async with DarkroomClient(
-        args.url,
-        args.token,
-        parallel=max(1, args.parallel),
-        retries=max(0, args.retries),
-        state_file=args.state,
-        rate_limit=args.limit_rate,
-        on_retry=lambda what, wait, attempt, tries: say(
-            f"{what}; try {attempt} of {tries} in {wait:.0f} s"
-        ),
-    ) as client:
+    async with client_from_args(args, say) as client:
         event_id = await client.event_id(args.event)
         say(f"watching {folder} for event {event_id} (Ctrl-C to stop)")
         watcher = HotFolder(
