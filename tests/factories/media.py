@@ -1,4 +1,8 @@
-"""Test files: images built with Pillow, byte strings that only look like a type, video clips."""
+"""Test files: images built with Pillow, byte strings that only look like a type, video clips.
+
+Every call makes a file of its own (random bytes in a comment or a text chunk where the picture
+is fixed), as every real photo is: an event refuses a second copy of the same bytes, so a test
+that means to send a duplicate sends the same bytes twice on purpose."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 from typing import Any
 
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def jpeg_bytes(
@@ -28,13 +33,21 @@ def jpeg_bytes(
     if captured is not None:
         exif[0x8769] = {0x9003: captured}
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality, exif=exif.tobytes() if len(exif) else b"")
+    image.save(
+        out,
+        "JPEG",
+        quality=quality,
+        exif=exif.tobytes() if len(exif) else b"",
+        comment=os.urandom(8).hex(),
+    )
     return out.getvalue()
 
 
 def png_bytes(width: int = 640, height: int = 480) -> bytes:
+    text = PngInfo()
+    text.add_text("Comment", os.urandom(8).hex())
     out = io.BytesIO()
-    Image.new("RGBA", (width, height), (20, 120, 220, 200)).save(out, "PNG")
+    Image.new("RGBA", (width, height), (20, 120, 220, 200)).save(out, "PNG", pnginfo=text)
     return out.getvalue()
 
 
@@ -44,7 +57,9 @@ def gps_jpeg() -> bytes:
     exif[0x010F] = "CameraMaker"
     exif[0x8825] = {1: "N", 2: (48.0, 51.0, 29.0), 3: "E", 4: (2.0, 17.0, 40.0)}
     out = io.BytesIO()
-    Image.new("RGB", (800, 600), (10, 200, 30)).save(out, "JPEG", exif=exif.tobytes())
+    Image.new("RGB", (800, 600), (10, 200, 30)).save(
+        out, "JPEG", exif=exif.tobytes(), comment=os.urandom(8).hex()
+    )
     return out.getvalue()
 
 
@@ -85,6 +100,8 @@ def make_clip(path: Any, seconds: float, size: str, rotation: int = 0) -> bytes:
             f"testsrc=duration={seconds}:size={size}:rate=10",
             "-pix_fmt",
             "yuv420p",
+            "-metadata",
+            f"comment={os.urandom(8).hex()}",
             "-y",
             str(path),
         ],

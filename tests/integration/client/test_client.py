@@ -58,6 +58,36 @@ async def test_library_uploads_a_folder_and_a_rerun_skips_it(
     assert photos == 3
 
 
+async def test_copies_of_photos_there_are_reported_as_duplicates_and_kept_once(
+    capi: Client, make_token: TokenMaker, tmp_path: Path
+) -> None:
+    """A shoot copied into a second folder (a card read twice): the server keeps one of each, and
+    the client says which files were copies, batch and chunked alike, among new files."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    photo, clip = jpeg_bytes(300, 200), mp4(CHUNK + 5000)
+    first, second = tmp_path / "card", tmp_path / "card-again"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "a.jpg").write_bytes(photo)
+        (folder / "clip.mp4").write_bytes(clip)
+    (second / "new.jpg").write_bytes(jpeg_bytes(300, 200))
+    async with DarkroomClient(base_url(capi), token, state_file=tmp_path / "s.json") as client:
+        one = await client.upload(event["id"], [first])
+        two = await client.upload(event["id"], [second])
+    assert sorted(Path(p).name for p in one.uploaded) == ["a.jpg", "clip.mp4"]
+    assert sorted(Path(p).name for p in two.uploaded) == ["new.jpg"]
+    assert two.duplicates == {
+        str(second / "a.jpg"): one.uploaded[str(first / "a.jpg")]["id"],
+        str(second / "clip.mp4"): one.uploaded[str(first / "clip.mp4")]["id"],
+    }
+    assert not two.failed
+    photos = await capi.server.app[MONGO_DB][records.PHOTOS].count_documents(
+        {"event_id": event["id"]}
+    )
+    assert photos == 3
+
+
 def run_cli(api: Client, token: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [

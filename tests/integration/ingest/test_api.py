@@ -211,9 +211,11 @@ async def test_batch_upload_stores_hashes_and_announces(
         404,
         "thumbnail_processing",
     )
-    # The same name again is numbered, never overwritten.
+    # The same name again (another file) is numbered, never overwritten.
     resp = await api.post(
-        f"/v1/events/{event['id']}/photos", data=form(("a.jpg", jpeg)), headers=auth(token)
+        f"/v1/events/{event['id']}/photos",
+        data=form(("a.jpg", jpeg_bytes(1600, 1200))),
+        headers=auth(token),
     )
     assert (await resp.json())["uploaded"][0]["filename"] == "a-2.jpg"
 
@@ -603,7 +605,8 @@ async def test_inserting_an_existing_photo_id_is_a_conflict(api: Client) -> None
     store = PhotoStore(api.server.app[MONGO_DB])
     doc = {"_id": "ph_dup_test", "event_id": "ev_dup", "filename": "a.jpg"}
     await store.insert_unique([dict(doc)], lambda d: None)
-    renamed = await store.insert_unique([{**doc, "_id": "ph_dup_test2"}], lambda d: None)
+    renamed = [{**doc, "_id": "ph_dup_test2"}]
+    assert await store.insert_unique(renamed, lambda d: None) == {}
     assert renamed[0]["filename"] == "a-2.jpg"
     with pytest.raises(Conflict):
         await store.insert_unique([{**doc, "filename": "b.jpg"}], lambda d: None)

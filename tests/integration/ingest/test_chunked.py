@@ -261,12 +261,12 @@ async def test_photo_cap_is_checked_at_creation_and_at_completion(
 ) -> None:
     token = await make_token()
     event = await make_event(capi, token, photo_cap=1)
-    data = jpeg_like(CHUNK + 10)
+    data, other = jpeg_like(CHUNK + 10), jpeg_like(CHUNK + 10)
     first = await start_upload(capi, token, event["id"], data, name="one.jpg")
-    second = await start_upload(capi, token, event["id"], data, name="two.jpg")
-    for upload in (first, second):
+    second = await start_upload(capi, token, event["id"], other, name="two.jpg")
+    for upload, sent in ((first, data), (second, other)):
         for i in range(2):
-            assert (await put_chunk(capi, token, upload, data, i)).status == 200
+            assert (await put_chunk(capi, token, upload, sent, i)).status == 200
     done = await capi.post(f"/v1/uploads/{first['upload_id']}/complete", headers=auth(token))
     assert done.status == 200
     # The cap was free when the second upload began; at completion it is not.

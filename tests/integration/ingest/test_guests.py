@@ -96,7 +96,9 @@ async def test_a_guest_link_only_adds_photos_within_its_limits(
         "unsupported_type",
     )
     # ... so a second file fits, and a third does not; nothing of the refused one is kept.
-    assert (await tus_upload(capi, guest, event["id"], photo, "two.jpg")).status == 201
+    second = jpeg_bytes(64, 48)  # another photo of the same size
+    assert len(second) == len(photo)
+    assert (await tus_upload(capi, guest, event["id"], second, "two.jpg")).status == 201
     refused = await assert_problem(
         await tus_upload(capi, guest, event["id"], photo, "three.jpg"), 403, "guest_limit_reached"
     )

@@ -91,8 +91,8 @@ async def test_a_failed_commit_counts_what_landed(capp: Client, make_token: Toke
     service = capp.server.app[DEPS].photos
     insert = service.photos.insert_unique
 
-    async def half_insert(docs: list[Any], prepare: Any) -> Any:
-        await insert(docs[:1], prepare)
+    async def half_insert(docs: list[Any], prepare: Any, *rest: Any) -> Any:
+        await insert(docs[:1], prepare, *rest)
         raise RuntimeError("connection lost")
 
     service.photos.insert_unique = half_insert  # type: ignore[method-assign]

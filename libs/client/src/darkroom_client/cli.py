@@ -210,7 +210,7 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-upload") -> int:
             progress.close()
     print(
         f"{len(result.uploaded)} uploaded, {len(result.skipped)} already there, "
-        f"{len(result.failed)} failed",
+        f"{len(result.duplicates)} duplicates of photos there, {len(result.failed)} failed",
         file=sys.stderr,
     )
     for path, reason in sorted(result.failed.items()):

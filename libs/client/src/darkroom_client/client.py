@@ -83,11 +83,20 @@ class UploadError(Exception):
 class UploadResult:
     uploaded: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> photo
     skipped: dict[str, str] = field(default_factory=dict)  # path -> already uploaded photo id
+    # path -> the photo in the event with the same bytes (the server kept no second copy)
+    duplicates: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def record(self, path: str, photo: dict[str, Any]) -> None:
+        """What the server made of a file sent: a new photo, or a duplicate of one there."""
+        if photo.get("duplicate_of"):
+            self.duplicates[path] = str(photo["duplicate_of"])
+        else:
+            self.uploaded[path] = photo
 
 
 def is_excluded(path: Path, patterns: Iterable[str], root: Path | None = None) -> bool:
@@ -337,7 +346,8 @@ class DarkroomClient:
         async def send_big(file: Path, key: str, size: int) -> None:
             async with files_at_once:
                 try:
-                    result.uploaded[str(file)] = await self._chunked(event_id, file, key, size)
+                    photo = await self._chunked(event_id, file, key, size)
+                    result.record(str(file), photo)
                 except UploadError as exc:
                     result.failed[str(file)] = str(exc)
                 except OSError as exc:
@@ -411,7 +421,6 @@ class DarkroomClient:
             for file in files:
                 result.failed[str(file)] = str(exc)
             return
-        by_name = {file.name: file for file in files}
         if status >= 400:
             reasons = {
                 s.get("filename"): f"{s['code']}: {s['detail']}"
@@ -420,15 +429,17 @@ class DarkroomClient:
             for file in files:
                 result.failed[str(file)] = reasons.get(file.name) or _problem_text(status, body)
             return
-        for photo in body["uploaded"]:
-            sent = by_name.get(photo["original_filename"])
-            if sent is not None:
-                result.uploaded[str(sent)] = photo
-                self._state.put(keys[sent], {"photo_id": photo["id"]})
-        for skipped in body["skipped"]:
-            refused = by_name.get(skipped.get("filename") or "")
-            if refused is not None:
-                result.failed[str(refused)] = f"{skipped['code']}: {skipped['detail']}"
+        # The answer lists what each file became in the order sent, but for those skipped
+        # (named by their field, photos[i]): a duplicate is another photo, named otherwise.
+        refused = {s.get("field"): s for s in body["skipped"]}
+        stored = [f for i, f in enumerate(files) if f"photos[{i}]" not in refused]
+        for sent, photo in zip(stored, body["uploaded"], strict=False):
+            result.record(str(sent), photo)
+            self._state.put(keys[sent], {"photo_id": photo["id"]})
+        for i, file in enumerate(files):
+            skipped = refused.get(f"photos[{i}]")
+            if skipped is not None:
+                result.failed[str(file)] = f"{skipped['code']}: {skipped['detail']}"
 
     async def _chunked(self, event_id: str, file: Path, key: str, size: int) -> dict[str, Any]:
         state = self._state.get(key)

@@ -144,7 +144,12 @@ class HotFolder:
             self.counts.done += 1
             if self.counts.reasons.pop(str(path), None) is not None:
                 self.counts.failed -= 1
-            what = "already there" if str(path) in result.skipped else "uploaded"
+            if str(path) in result.skipped:
+                what = "already there"
+            elif str(path) in result.duplicates:
+                what = f"duplicate of {result.duplicates[str(path)]}"
+            else:
+                what = "uploaded"
             self._say(f"{what}: {path}")
             return
         known = self._pending.get(path)

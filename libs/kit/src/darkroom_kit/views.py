@@ -190,6 +190,11 @@ class EventView(View):
         default=False,
         description="Photos that arrive through a guest upload link are hidden until shown.",
     )
+    keep_duplicates: bool = Field(
+        default=False,
+        description="A file with the same bytes as a photo already in the event is stored "
+        "again (off: it is answered with that photo, as duplicate_of).",
+    )
 
     @classmethod
     def of(cls, event: EventRecord) -> EventView:
@@ -203,4 +208,5 @@ class EventView(View):
             status=event.status,
             created_at=ms_to_iso(event.created_ms) or "",
             guest_uploads_hidden=event.guest_uploads_hidden,
+            keep_duplicates=event.keep_duplicates,
         )

@@ -7,18 +7,21 @@ from aiohttp import MultipartReader
 from darkroom_kit.lease import Lease
 from darkroom_kit.problems import FieldError
 from darkroom_kit.stored.events import EventRecord
-from darkroom_kit.stored.photos import PhotoRecord
 
 from darkroom_ingest.deps import Deps
 from darkroom_ingest.errors import IDEMPOTENCY_KEY_IN_USE, NO_VALID_FILES
 from darkroom_ingest.gallery import unknown_category
-from darkroom_ingest.photos import ensure_accepts_uploads
+from darkroom_ingest.photos import Committed, ensure_accepts_uploads
 from darkroom_ingest.uploads import BatchReceiver, Skipped
 
 
 async def upload_batch(
-    deps: Deps, event: EventRecord, reader: MultipartReader, lease: Lease | None
-) -> tuple[list[PhotoRecord], list[Skipped]]:
+    deps: Deps,
+    event: EventRecord,
+    reader: MultipartReader,
+    lease: Lease | None,
+    keep_duplicates: bool | None = None,
+) -> tuple[list[Committed], list[Skipped]]:
     """The photos stored and the files skipped. ``lease`` holds the request's Idempotency-Key:
     the photos carry it, so a repeat after a crash finds what this request stored."""
     ensure_accepts_uploads(event)
@@ -51,5 +54,6 @@ async def upload_batch(
         batch.stored,
         batch.category_id,
         request_key=str(lease.doc_id) if lease is not None else None,
+        keep_duplicates=keep_duplicates,
     )
     return photos, batch.skipped

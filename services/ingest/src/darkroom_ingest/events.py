@@ -46,7 +46,13 @@ class EventService:
         self._grace_ms = grace_ms
 
     async def create(
-        self, name: str, slug: str, photo_cap: int | None, categories: list[str]
+        self,
+        name: str,
+        slug: str,
+        photo_cap: int | None,
+        categories: list[str],
+        *,
+        keep_duplicates: bool = False,
     ) -> EventRecord:
         event = EventRecord(
             id=new_id("ev"),
@@ -57,6 +63,7 @@ class EventService:
             status=EventStatus.ACTIVE,
             created_ms=now_ms(),
             categories=[StoredCategory(id=new_id("cat"), name=c) for c in categories],
+            keep_duplicates=keep_duplicates,
         )
         doc = event.document()
         del doc["archived_ms"]  # set when it is archived
@@ -91,7 +98,7 @@ class EventService:
     async def patch(self, event: EventRecord, fields: dict[str, Any]) -> EventRecord:
         """Change the fields given; a cap never goes below the photos held (checked in the same
         write)."""
-        for name in ("name", "guest_uploads_hidden"):
+        for name in ("name", "guest_uploads_hidden", "keep_duplicates"):
             if name in fields and fields[name] is None:
                 raise VALIDATION_FAILED.error(
                     errors=[FieldError(f"/{name}", "may not be null", "required")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
@@ -19,10 +20,19 @@ from darkroom_kit.views import PhotoView
 
 from darkroom_ingest import errors
 from darkroom_ingest.counting import PhotoCounts
+from darkroom_ingest.duplicates import Duplicates, content_key
 from darkroom_ingest.stores import CapExceeded, EventStore, PhotoStore
 from darkroom_ingest.uploads import StoredFile
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a file became: a new photo, or (``duplicate``) a copy of ``photo``, already there."""
+
+    photo: PhotoRecord
+    duplicate: bool = False
 
 
 def ensure_accepts_uploads(event: EventRecord) -> None:
@@ -53,6 +63,7 @@ class PhotoService:
         self.photos = PhotoStore(db)
         self.events = EventStore(db)
         self.counts = counts or PhotoCounts(db)
+        self.duplicates = Duplicates(db, store)
         self._store = store
         self._outbox = outbox_
         self._topology = topology
@@ -71,7 +82,9 @@ class PhotoService:
         category_id: str | None,
         *,
         request_key: str | None = None,
-    ) -> list[PhotoRecord]:
+        keep_duplicates: bool | None = None,
+        discard_duplicates: bool = True,
+    ) -> list[Committed]:
         """Count the files against the cap, write their records (each with its ``photo.uploaded``
         in the same write), then publish. Raises ServiceError (and deletes the objects) on a
         refusal.
@@ -81,7 +94,12 @@ class PhotoService:
 
         ``request_key`` (the request's Idempotency-Key) is stored on every photo: a repeat of a
         request whose process died after its photos landed, but before its answer was kept,
-        answers those photos instead of storing the files a second time."""
+        answers those photos instead of storing the files a second time.
+
+        Unless duplicates are kept (``keep_duplicates``, else the event's setting), a file whose
+        bytes equal a photo's in the event is answered with that photo: no record, no place, no
+        ``photo.uploaded``, and its object is deleted (unless ``discard_duplicates`` is False:
+        the caller records the outcome first, then deletes it)."""
         landed = await self._landed(event.id, files, request_key)
         if landed:
             await self._discard([files[i] for i in landed])
@@ -89,10 +107,36 @@ class PhotoService:
                 "photos of an interrupted request found; not stored again",
                 extra={"event_id": event.id, "photo_ids": [p.id for p in landed.values()]},
             )
-        fresh = [f for i, f in enumerate(files) if i not in landed]
-        stored = await self._commit_new(event, fresh, category_id, request_key) if fresh else []
-        new_photos = iter(stored)
-        return [landed[i] if i in landed else next(new_photos) for i in range(len(files))]
+        outcomes: dict[int, Committed] = {i: Committed(p) for i, p in landed.items()}
+        keep = event.keep_duplicates if keep_duplicates is None else keep_duplicates
+        fresh = {i: f for i, f in enumerate(files) if i not in landed}
+        if not keep and fresh:
+            digested = await self.duplicates.with_digests(event.id, list(fresh.values()))
+            fresh = dict(zip(fresh, digested, strict=True))
+            earlier = await self.duplicates.earlier(
+                event.id, [f.sha256 for f in fresh.values() if f.sha256 is not None]
+            )
+            for i, f in list(fresh.items()):
+                if f.sha256 in earlier:
+                    outcomes[i] = Committed(earlier[f.sha256], duplicate=True)
+                    del fresh[i]
+        if fresh:
+            stored = await self._commit_new(
+                event, list(fresh.values()), category_id, request_key, refuse_copies=not keep
+            )
+            outcomes.update(zip(fresh, stored, strict=True))
+        copies = [files[i] for i, c in outcomes.items() if c.duplicate and i not in landed]
+        if copies:
+            log.info(
+                "duplicates not stored",
+                extra={
+                    "event_id": event.id,
+                    "duplicate_of": [c.photo.id for c in outcomes.values() if c.duplicate][:20],
+                },
+            )
+            if discard_duplicates:
+                await self._discard(copies)
+        return [outcomes[i] for i in range(len(files))]
 
     async def _landed(
         self, event_id: str, files: list[StoredFile], request_key: str | None
@@ -126,7 +170,9 @@ class PhotoService:
         files: list[StoredFile],
         category_id: str | None,
         request_key: str | None,
-    ) -> list[PhotoRecord]:
+        *,
+        refuse_copies: bool,
+    ) -> list[Committed]:
         reservation = new_id("rsv")
         try:
             await self.events.reserve_photos(
@@ -141,7 +187,8 @@ class PhotoService:
             ) from None
         now = now_ms()
         docs = [
-            _first_document(event, f, category_id, reservation, request_key, now) for f in files
+            _first_document(event, f, category_id, reservation, request_key, now, refuse_copies)
+            for f in files
         ]
         events_exchange = self._topology.events
 
@@ -157,7 +204,7 @@ class PhotoService:
             doc.update(self._outbox.fields(events_exchange, [message], self._grace_ms))
 
         try:
-            await self.photos.insert_unique(docs, with_message)
+            copies = await self.photos.insert_unique(docs, with_message, self.duplicates.holder)
         except BaseException:
             await self._abandon(event.id, reservation)
             # Not discarded: some records may have landed (or may still land: a write that timed
@@ -169,17 +216,21 @@ class PhotoService:
                 extra={"event_id": event.id, "photo_ids": [f.photo_id for f in files][:20]},
             )
             raise
-        await self._settle(event.id, reservation)
-        # Read back after the insert: a name taken in the event was renumbered in the document.
-        photos = [PhotoRecord.of(d) for d in docs]
+        # Copies that lost the race to an identical file take no place.
+        await self._settle(event.id, reservation, unused=len(copies))
+        outcomes = [
+            Committed(copies[i], duplicate=True) if i in copies else Committed(PhotoRecord.of(d))
+            for i, d in enumerate(docs)
+        ]
         # Confirms pipelined across the batch: one broker round trip, not one per file.
         await asyncio.gather(
             *(
-                self._outbox.flush(self.photos.col, photo.id, self._outbox.pending_of(doc))
-                for photo, doc in zip(photos, docs, strict=True)
+                self._outbox.flush(self.photos.col, str(doc["_id"]), self._outbox.pending_of(doc))
+                for i, doc in enumerate(docs)
+                if i not in copies
             )
         )
-        return photos
+        return outcomes
 
     async def _abandon(self, event_id: str, reservation: str) -> None:
         try:
@@ -189,11 +240,11 @@ class PhotoService:
         except Exception:  # the reservation then expires at its TTL; the insert's error counts
             log.warning("could not abandon a reservation", exc_info=True)
 
-    async def _settle(self, event_id: str, reservation: str) -> None:
+    async def _settle(self, event_id: str, reservation: str, *, unused: int = 0) -> None:
         """The photos are in: a failure from here on must not fail the upload. Left alone, the
         reservation expires and the recount counts the photos."""
         try:
-            if await self.events.settle_reservation(event_id, reservation, now_ms()):
+            if await self.events.settle_reservation(event_id, reservation, now_ms(), unused):
                 return
             # Slower than the TTL: a recount may have given the places back before the photos
             # landed, so count again now that they are all in.
@@ -296,10 +347,12 @@ def _first_document(
     reservation: str,
     request_key: str | None,
     now: int,
+    refuse_copies: bool,
 ) -> Document:
     """A new photo's record as first stored. Only the fields named here are written (those the
     later writers own, such as a title or the download count, stay out until they are set);
-    ``request_key`` only for a request that has one, so the stored record is as it always was."""
+    ``request_key``, ``content_key`` and ``import_ref`` only where they apply, so the stored
+    record is as it always was."""
     photo = PhotoRecord(
         id=file.photo_id,
         event_id=event.id,
@@ -323,6 +376,10 @@ def _first_document(
     )
     if request_key is not None:
         photo.request_key = request_key
+    if refuse_copies and file.sha256 is not None:
+        photo.content_key = content_key(event.id, file.sha256)
+    if file.import_ref is not None:
+        photo.import_ref = file.import_ref
     if file.hidden:
         photo.is_hidden = True
     return photo.model_dump(by_alias=True, exclude_unset=True)

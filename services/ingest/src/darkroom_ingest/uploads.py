@@ -61,6 +61,8 @@ class StoredFile:
     size: int
     sha256: str | None  # None: a chunked upload sent without one
     hidden: bool = False  # arrived through a guest link of an event that hides those
+    # An imported object's identity (source, key, ETag, size), so a rerun imports it once.
+    import_ref: str | None = None
 
 
 @dataclass
@@ -68,6 +70,15 @@ class ReceivedBatch:
     stored: list[StoredFile] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     category_id: str | None = None
+
+
+async def object_sha256(store: S3ObjectStore, key: str) -> str:
+    """An object's SHA-256, read back (S3 keeps no digest of a multipart object)."""
+    digest = hashlib.sha256()
+    async with store.open_stream(key) as (_, chunks):
+        async for chunk in chunks:
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def batch_too_large(limit: int) -> ServiceError:

@@ -26,6 +26,9 @@ class EventRecord(Record):
     categories: list[StoredCategory] = Field(default_factory=list)
     # Photos that arrive through a guest upload link are hidden until the owner shows them.
     guest_uploads_hidden: bool = False
+    # A file equal to a photo already in the event is stored again (by default it is answered
+    # with that photo).
+    keep_duplicates: bool = False
 
     def category_ids(self) -> set[str]:
         return {c.id for c in self.categories}

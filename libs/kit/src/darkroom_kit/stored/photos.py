@@ -57,6 +57,11 @@ class PhotoRecord(Record):
     download_count: Annotated[int, BeforeValidator(lambda v: v or 0)] = 0
     reservation_id: str | None = None
     request_key: str | None = None
+    # Set while duplicates of it are refused: "<event id>/<sha256>", unique (a sparse index), so
+    # two identical files in flight at once make one photo. Removed when the photo is deleted.
+    content_key: str | None = None
+    # An imported object's identity (source, key, ETag, size); unique per event.
+    import_ref: str | None = None
 
     def object_keys(self) -> list[str]:
         """The original's key and every stored variant's."""

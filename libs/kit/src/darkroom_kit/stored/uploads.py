@@ -46,6 +46,10 @@ class UploadRecord(Record):
     event_id: str
     event_slug: str
     photo_id: str  # chosen at creation: the object key names it before the photo exists
+    # The photo already in the event that its file turned out to equal (no photo of its own).
+    duplicate_of: str | None = None
+    # Asked at creation: store it even if it equals a photo there (None: the event's setting).
+    keep_duplicates: bool | None = None
     key: str
     s3_upload_id: str  # "" for a direct upload sent as one PUT
     filename: str

@@ -18,6 +18,7 @@ EXPOSED_HEADERS = (
     "Idempotent-Replayed",
     "X-Request-Id",
     "X-Darkroom-Photo-Id",
+    "X-Darkroom-Duplicate-Of",
     "RateLimit-Limit",
     "RateLimit-Remaining",
     "RateLimit-Reset",

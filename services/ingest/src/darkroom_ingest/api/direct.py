@@ -7,7 +7,6 @@ from __future__ import annotations
 from darkroom_kit.clock import ms_to_iso
 from darkroom_kit.problems import FieldError
 from darkroom_kit.stored.uploads import UploadRecord
-from darkroom_kit.views import PhotoView
 
 from darkroom_ingest import errors
 from darkroom_ingest.api.declare import Call, Reply, RouteTable
@@ -25,6 +24,7 @@ from darkroom_ingest.schemas.direct import (
     PartTicketOut,
     S3Part,
 )
+from darkroom_ingest.schemas.photos import UploadedPhoto
 from darkroom_ingest.tokens import Scope
 
 routes = RouteTable("direct-uploads")
@@ -101,6 +101,7 @@ async def create_direct_upload(call: Call, body: DirectUploadCreate) -> Reply[Di
         body.mime_type,
         body.sha256,
         multipart=body.multipart,
+        keep_duplicates=body.keep_duplicates,
     )
     return Reply(_out(call, ticket), headers=NO_STORE)
 
@@ -181,7 +182,7 @@ async def list_direct_upload_parts(call: Call) -> PartsOut:
     scope=Scope.PHOTOS_WRITE,
     body=DirectComplete,
     body_optional=True,
-    response=PhotoView,
+    response=UploadedPhoto,
     errors=(
         UPLOAD_NOT_FOUND,
         PHOTO_NOT_FOUND,
@@ -201,14 +202,16 @@ async def list_direct_upload_parts(call: Call) -> PartsOut:
         errors.EVENT_ARCHIVED,
     ),
 )
-async def complete_direct_upload(call: Call, body: DirectComplete) -> PhotoView:
+async def complete_direct_upload(call: Call, body: DirectComplete) -> UploadedPhoto:
     """Check what S3 holds (its parts, size, type, completeness and the declared SHA-256) and
     create the photo, exactly once: a repeat answers the same photo. A file refused is deleted,
-    and every later complete answers the same refusal."""
+    and every later complete answers the same refusal. A file whose bytes equal a photo's already
+    in the event (unless ``keep_duplicates``) is not kept: the answer is that photo, with
+    ``duplicate_of``."""
     upload = await _load(call)
     parts = None if body.parts is None else [(p.part_number, p.etag) for p in body.parts]
     photo = await call.deps.direct.complete(upload, parts)
-    return PhotoView.of_document(photo, call.deps.base_url)
+    return UploadedPhoto.of_completion(photo, upload.photo_id, call.deps.base_url)
 
 
 @routes.delete(

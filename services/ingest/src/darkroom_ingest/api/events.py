@@ -26,7 +26,11 @@ routes = RouteTable("events")
 async def create_event(call: Call, body: EventCreate) -> Reply[EventView]:
     """Create an event with its categories. Its slug is unique: photo URLs carry it."""
     event = await call.deps.events.create(
-        body.name, body.slug, body.photo_cap, [c.name for c in body.categories]
+        body.name,
+        body.slug,
+        body.photo_cap,
+        [c.name for c in body.categories],
+        keep_duplicates=bool(body.keep_duplicates),
     )
     return Reply(EventView.of(event), headers={"Location": f"/v1/events/{event.id}"})
 

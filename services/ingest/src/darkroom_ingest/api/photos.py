@@ -25,10 +25,12 @@ from darkroom_ingest.schemas.photos import (
     BulkDelete,
     BulkDeleteOut,
     BulkFailure,
+    DuplicatesQuery,
     PhotoListQuery,
     PhotoPage,
     PhotoPatch,
     Skipped,
+    UploadedPhoto,
 )
 from darkroom_ingest.tokens import Scope
 from darkroom_ingest.uploads import batch_too_large
@@ -43,8 +45,10 @@ routes = RouteTable("photos")
     summary="Upload a batch of photos",
     scope=Scope.PHOTOS_WRITE,
     body_kind="multipart",
+    query=DuplicatesQuery,
     response=BatchOut,
     status=201,
+    also={200: "Every file was a duplicate of a photo already there: nothing new was stored."},
     errors=(
         EVENT_NOT_FOUND,
         EVENT_ARCHIVED,
@@ -59,10 +63,12 @@ routes = RouteTable("photos")
         IDEMPOTENCY_KEY_IN_USE,
     ),
 )
-async def upload_batch(call: Call) -> Reply[BatchOut]:
+async def upload_batch(call: Call, query: DuplicatesQuery) -> Reply[BatchOut]:
     """Send files as multipart/form-data parts named ``photos`` (and optionally a
     ``category_id`` field). Each file is checked by its bytes; files that fail are skipped with a
-    reason and the rest are stored. With an Idempotency-Key, a repeat stores nothing twice."""
+    reason and the rest are stored. With an Idempotency-Key, a repeat stores nothing twice. A file
+    whose bytes equal a photo's already in the event is not stored again (unless
+    ``keep_duplicates``): its entry is that photo, with ``duplicate_of``."""
     request, deps = call.request, call.deps
     event = await deps.events.get(call.principal, call.path("event_id"))
     if not request.content_type.startswith("multipart/form-data"):
@@ -76,14 +82,17 @@ async def upload_batch(call: Call) -> Reply[BatchOut]:
         reader = await request.multipart()
     except (ValueError, AssertionError) as exc:
         raise MALFORMED_MULTIPART.error(str(exc)) from None
-    photos, skipped = await batches.upload_batch(
-        deps, event, reader, request.get(IDEMPOTENCY_LEASE)
+    committed, skipped = await batches.upload_batch(
+        deps, event, reader, request.get(IDEMPOTENCY_LEASE), query.keep_duplicates
     )
     return Reply(
         BatchOut(
-            uploaded=[PhotoView.of(p, deps.base_url) for p in photos],
+            uploaded=[
+                UploadedPhoto.of_outcome(c.photo, c.duplicate, deps.base_url) for c in committed
+            ],
             skipped=[Skipped(**s.as_dict()) for s in skipped],
-        )
+        ),
+        status=None if any(not c.duplicate for c in committed) else 200,
     )
 
 

@@ -42,6 +42,12 @@ _STATE_HEADERS = (
     Header("Upload-Metadata", "The metadata sent at creation."),
     Header("Upload-Concat", "partial, or final;<urls> for a concatenated upload."),
     Header("Cache-Control", "no-store."),
+    Header("X-Darkroom-Photo-Id", "Once the last byte is in: the photo it made (or equals)."),
+    Header(
+        "X-Darkroom-Duplicate-Of",
+        "Once the last byte is in, if its bytes equal a photo's already in the event: that "
+        "photo (nothing was stored for this upload).",
+    ),
 )
 _PATCH_ERRORS = (
     UPLOAD_NOT_FOUND,
@@ -92,6 +98,9 @@ def _answer(status: int, written: Written) -> web.Response:
     if written.photo is not None:
         # Not tus: where the photo the upload made can be read.
         headers["X-Darkroom-Photo-Id"] = str(written.photo["_id"])
+        if written.photo["_id"] != written.upload.photo_id:
+            # Its bytes equal a photo's already in the event: that photo, not stored again.
+            headers["X-Darkroom-Duplicate-Of"] = str(written.photo["_id"])
     return web.Response(status=status, headers=headers)
 
 
@@ -161,7 +170,8 @@ async def tus_options(call: Call) -> web.Response:
         Header(
             "Upload-Metadata",
             "`event` (the event's id, required but for a final upload), `filename`, "
-            "`filetype`; each value base64.",
+            "`filetype`, `keep_duplicates` (true: store it even if a photo in the event has "
+            "the same bytes); each value base64.",
         ),
         Header("Upload-Concat", "partial, or final;<url> <url> ... of finished partials."),
         Header("Upload-Checksum", "Of a body sent with the creation (creation-with-upload)."),

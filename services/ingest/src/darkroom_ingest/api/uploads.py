@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from darkroom_kit.problems import FieldError
 from darkroom_kit.stored.uploads import UploadRecord
-from darkroom_kit.views import PhotoView
 
 from darkroom_ingest import errors
 from darkroom_ingest.api.declare import Call, Header, Reply, RouteTable
@@ -16,6 +15,7 @@ from darkroom_ingest.errors import (
     UPLOAD_NOT_FOUND,
 )
 from darkroom_ingest.guests import arrives_hidden
+from darkroom_ingest.schemas.photos import UploadedPhoto
 from darkroom_ingest.schemas.uploads import ChunkOut, UploadCreate, UploadOut
 from darkroom_ingest.tokens import Principal, Scope
 
@@ -70,6 +70,7 @@ async def create_upload(call: Call, body: UploadCreate) -> Reply[UploadOut]:
         body.mime_type,
         body.sha256,
         hidden=arrives_hidden(call.principal, event),
+        keep_duplicates=body.keep_duplicates,
         admitted=lambda: deps.guests.count_in(call.principal, body.size),
     )
     upload = UploadRecord.of(doc)
@@ -144,7 +145,7 @@ async def put_chunk(call: Call) -> ChunkOut:
     operation_id="completeUpload",
     summary="Complete an upload",
     scope=Scope.PHOTOS_UPLOAD,
-    response=PhotoView,
+    response=UploadedPhoto,
     errors=(
         UPLOAD_NOT_FOUND,
         PHOTO_NOT_FOUND,
@@ -163,14 +164,16 @@ async def put_chunk(call: Call) -> ChunkOut:
         errors.DIRECT_ONLY,
     ),
 )
-async def complete_upload(call: Call) -> PhotoView:
-    """Assemble the file and create its photo, exactly once: a repeat answers the same photo."""
+async def complete_upload(call: Call) -> UploadedPhoto:
+    """Assemble the file and create its photo, exactly once: a repeat answers the same photo. A
+    file whose bytes equal a photo's already in the event (unless ``keep_duplicates``) is not
+    stored: the answer is that photo, with ``duplicate_of``."""
     upload = await _load(call)
     if upload.protocol == "direct":
         # Its completion checks what S3 holds against its parts: POST its complete_url.
         raise errors.DIRECT_ONLY.error(f"Complete it with /v1/direct-uploads/{upload.id}/complete.")
     photo = await call.deps.chunked.complete(upload.id)
-    return PhotoView.of_document(photo, call.deps.base_url)
+    return UploadedPhoto.of_completion(photo, upload.photo_id, call.deps.base_url)
 
 
 @routes.delete(

@@ -3,12 +3,11 @@ arrives and the file is assembled by S3 without passing through this service aga
 
 from __future__ import annotations
 
-import hashlib
-
 from darkroom_kit.storage import ObjectNotFound, PartBody, S3ObjectStore, StoredPart
 from darkroom_kit.stored.uploads import UploadRecord
 
 from darkroom_ingest import errors, sniff
+from darkroom_ingest.uploads import object_sha256
 
 
 class MultipartParts:
@@ -38,12 +37,7 @@ class MultipartParts:
         await self._store.abort_multipart(upload.key, upload.s3_upload_id)
 
     async def sha256_hex(self, key: str) -> str:
-        """The assembled object's SHA-256, read back (S3 has no digest of a multipart object)."""
-        digest = hashlib.sha256()
-        async with self._store.open_stream(key) as (_, chunks):
-            async for chunk in chunks:
-                digest.update(chunk)
-        return digest.hexdigest()
+        return await object_sha256(self._store, key)
 
     async def check_end(self, key: str, kind: sniff.FileType, head: bytes, size: int) -> None:
         """The object's end, read back (a ranged read), as batch uploads check it: a file cut

@@ -66,6 +66,7 @@ class ChunkedUploads:
         sha256: str | None,
         *,
         hidden: bool = False,
+        keep_duplicates: bool | None = None,
         admitted: Callable[[], Awaitable[None]] | None = None,
     ) -> Document:
         """``admitted`` runs once the file passed every check, before anything is stored (a
@@ -84,6 +85,7 @@ class ChunkedUploads:
             layout=self.rules.layout(size),
             expires_in_ms=self.rules.expiry_ms,
             hidden=hidden,
+            keep_duplicates=keep_duplicates,
         )
         return upload.document()
 
@@ -100,6 +102,7 @@ class ChunkedUploads:
         protocol: UploadProtocol = "chunked",
         multipart: bool = True,
         hidden: bool = False,
+        keep_duplicates: bool | None = None,
     ) -> UploadRecord:
         """The record of an admitted upload to the original's key (its photo id chosen now),
         with its S3 multipart upload when it has one."""
@@ -127,6 +130,7 @@ class ChunkedUploads:
             created_ms=now,
             expires_ms=now + expires_in_ms,
             hidden=hidden,
+            keep_duplicates=keep_duplicates,
         )
         await self.records.insert(upload)
         return upload
@@ -213,7 +217,12 @@ class ChunkedUploads:
         except StorageError:
             await self.records.reopen(lease)
             raise
-        await self.records.mark_completed(upload.id, now_ms())
+        copy_of = photo["_id"] if photo["_id"] != upload.photo_id else None
+        await self.records.mark_completed(upload.id, now_ms(), duplicate_of=copy_of)
+        if copy_of is not None:
+            # Recorded first: a completer killed before this would find the object to compare
+            # again; one killed after it leaves an orphan for the sweep.
+            await self.parts.discard(upload.key)
         return photo
 
     async def _make_photo(
@@ -247,7 +256,13 @@ class ChunkedUploads:
         if event is None:
             raise not_found("event", upload.event_id)
         try:
-            photos = await self._photos.commit_batch(event, [stored], None)
+            committed = await self._photos.commit_batch(
+                event,
+                [stored],
+                None,
+                keep_duplicates=_keeps_duplicates(upload),
+                discard_duplicates=False,
+            )
         except Conflict:
             # Another completer created it first: one that took over a lease this one lost
             # (its renewals failed for longer than the lease). The photo is the same one.
@@ -255,7 +270,7 @@ class ChunkedUploads:
             if landed is None:
                 raise
             return landed
-        return photos[0].document()
+        return committed[0].photo.document()
 
     async def _verify_sha256(self, upload: UploadRecord) -> None:
         if await self.parts.sha256_hex(upload.key) != upload.sha256:
@@ -265,9 +280,10 @@ class ChunkedUploads:
             )
 
     async def _photo_of(self, upload: UploadRecord) -> Document:
-        photo = await self._photos.photos.col.find_one({"_id": upload.photo_id})
+        photo_id = upload.duplicate_of or upload.photo_id
+        photo = await self._photos.photos.col.find_one({"_id": photo_id})
         if photo is None:
-            raise not_found("photo", upload.photo_id)
+            raise not_found("photo", photo_id)
         return photo
 
     # ---- cancel and expire -----------------------------------------------------------------
@@ -323,3 +339,11 @@ class ChunkedUploads:
             )
             finished += 1
         return finished
+
+
+def _keeps_duplicates(upload: UploadRecord) -> bool | None:
+    """As asked at creation; a tus client asks in Upload-Metadata (``keep_duplicates``)."""
+    if upload.keep_duplicates is not None or upload.protocol != "tus":
+        return upload.keep_duplicates
+    flag = upload.metadata.get("keep_duplicates")
+    return None if flag is None else flag.strip().lower() in ("1", "true", "yes")

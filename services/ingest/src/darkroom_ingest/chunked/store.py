@@ -29,6 +29,8 @@ class UploadRecords:
 
     async def ensure_indexes(self) -> None:
         await self.col.create_index([("state", ASCENDING), ("expires_ms", ASCENDING)])
+        # Same-size uploads in flight: an identical file may be among them (duplicates.py).
+        await self.col.create_index([("event_id", ASCENDING), ("size", ASCENDING)])
 
     def lease(self, upload_id: str, lease_ms: int) -> Lease:
         return Lease(self.col, upload_id, lease_ms)
@@ -102,14 +104,15 @@ class UploadRecords:
         )
         return failed.matched_count == 1
 
-    async def mark_completed(self, upload_id: str, now: int) -> None:
+    async def mark_completed(
+        self, upload_id: str, now: int, *, duplicate_of: str | None = None
+    ) -> None:
         # Unconditional: the photo exists, whichever completer made it.
+        done: Document = {"state": S.COMPLETED.value, "completed_ms": now}
+        if duplicate_of is not None:
+            done["duplicate_of"] = duplicate_of
         await self.col.update_one(
-            {"_id": upload_id},
-            {
-                "$set": {"state": S.COMPLETED.value, "completed_ms": now},
-                "$unset": {"head": "", **RELEASED},
-            },
+            {"_id": upload_id}, {"$set": done, "$unset": {"head": "", **RELEASED}}
         )
 
     async def abandoned(self, now: int, limit: int) -> AsyncIterator[str]:

@@ -25,7 +25,8 @@ def upload_out(doc: Document | UploadRecord, base_url: str) -> dict[str, Any]:
         "received_bytes": upload.offset if upload.protocol == "tus" else upload.received_bytes,
         "chunks": [{"index": i, **chunk_out(chunk)} for i, chunk in upload.received()],
         "missing": upload.missing(),
-        "photo_id": upload.photo_id,
+        "photo_id": upload.duplicate_of or upload.photo_id,
+        "duplicate_of": upload.duplicate_of,
         "error": upload.error.model_dump() if upload.error is not None else None,
         "status_url": f"{base_url}/v1/uploads/{upload.id}",
     }

@@ -59,6 +59,7 @@ class DirectUploads:
         sha256: str | None,
         *,
         multipart: bool,
+        keep_duplicates: bool | None = None,
     ) -> Ticket:
         name = self._rules.admit(filename, size, mime_type)
         if not multipart and size > self._put_max:
@@ -81,6 +82,7 @@ class DirectUploads:
             expires_in_ms=self._rules.expiry_ms if multipart else 2 * ticket_ms,
             protocol="direct",
             multipart=multipart,
+            keep_duplicates=keep_duplicates,
         )
         now = now_ms()
         if multipart:

@@ -50,6 +50,11 @@ class DirectUploadCreate(Strict):
         description="Send it as an S3 multipart upload (parts signed one by one) instead of one "
         "PUT; needed over DIRECT_PUT_MAX_BYTES.",
     )
+    keep_duplicates: bool | None = Field(
+        default=None,
+        description="Store it even if a photo in the event has the same bytes (SHA-256). By "
+        "default (the event's setting) such a file ends as that photo: duplicate_of.",
+    )
 
 
 class DirectUploadOut(BaseModel):

@@ -53,6 +53,14 @@ class EventCreate(Strict):
     categories: Annotated[
         list[CategoryIn], Field(max_length=100, description="Categories to file photos under.")
     ] = []
+    keep_duplicates: Annotated[
+        bool | None,
+        Field(
+            description="Store a file even if a photo in the event has the same bytes (SHA-256). "
+            "Off by default: such a file is answered with the photo already there "
+            "(duplicate_of). An upload may ask otherwise for itself."
+        ),
+    ] = None
 
     @field_validator("slug")
     @classmethod
@@ -72,6 +80,14 @@ class EventPatch(Strict):
     guest_uploads_hidden: Annotated[
         bool | None,
         Field(description="Hide the photos that arrive through a guest upload link."),
+    ] = None
+    keep_duplicates: Annotated[
+        bool | None,
+        Field(
+            description="Store a file even if a photo in the event has the same bytes (SHA-256). "
+            "Off by default: such a file is answered with the photo already there "
+            "(duplicate_of). An upload may ask otherwise for itself."
+        ),
     ] = None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from darkroom_kit.mongo import Document
+from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.views import PhotoView
 from pydantic import BaseModel, Field, field_validator
 
@@ -89,10 +91,48 @@ class Skipped(BaseModel):
     detail: str = Field(description="Why, in words.")
 
 
+class DuplicatesQuery(BaseModel):
+    """How an upload treats a file equal to a photo already in the event."""
+
+    keep_duplicates: Annotated[
+        bool | None,
+        Field(
+            description="Store a file even if a photo in the event has the same bytes (SHA-256). "
+            "By default (the event's keep_duplicates setting, off unless changed) such a file is "
+            "not stored: the answer names the photo already there in duplicate_of."
+        ),
+    ] = None
+
+
+class UploadedPhoto(PhotoView):
+    """A photo an upload ended as: the new photo, or the one already there that its bytes equal."""
+
+    duplicate_of: str | None = Field(
+        default=None,
+        description="Set when the file was not stored because a photo in the event has the same "
+        "bytes (SHA-256): that photo's id, which this answer describes. No photo.uploaded is "
+        "sent for it.",
+    )
+
+    @classmethod
+    def of_outcome(cls, photo: PhotoRecord, duplicate: bool, base_url: str) -> UploadedPhoto:
+        view = PhotoView.of(photo, base_url)
+        return cls(**dict(view), duplicate_of=photo.id if duplicate else None)
+
+    @classmethod
+    def of_completion(cls, photo: Document, upload_photo_id: str, base_url: str) -> UploadedPhoto:
+        """An upload's photo: a copy of another when it is not the one chosen at its creation."""
+        record = PhotoRecord.of(photo)
+        return cls.of_outcome(record, record.id != upload_photo_id, base_url)
+
+
 class BatchOut(BaseModel):
     """What a batch upload stored and what it skipped."""
 
-    uploaded: list[PhotoView] = Field(description="The photos stored, in the order sent.")
+    uploaded: list[UploadedPhoto] = Field(
+        description="What each file sent became, in the order sent: a new photo, or (with "
+        "duplicate_of) the photo already there with the same bytes."
+    )
     skipped: list[Skipped] = Field(description="The files not stored, and why.")
 
 

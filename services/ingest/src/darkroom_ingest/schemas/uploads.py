@@ -29,6 +29,11 @@ class UploadCreate(Strict):
             description="Hex SHA-256 of the whole file: checked when the upload completes.",
         ),
     ] = None
+    keep_duplicates: bool | None = Field(
+        default=None,
+        description="Store it even if a photo in the event has the same bytes (SHA-256). By "
+        "default (the event's setting) such a file ends as that photo: duplicate_of.",
+    )
 
 
 class ChunkOut(BaseModel):
@@ -64,5 +69,10 @@ class UploadOut(BaseModel):
     chunks: list[ChunkOut] = Field(description="The chunks that arrived.")
     missing: list[int] = Field(description="The indexes still to send.")
     photo_id: str | None = Field(description="The photo it made, once completed.")
+    duplicate_of: str | None = Field(
+        default=None,
+        description="Set once completed when its bytes equal a photo's already in the event: "
+        "that photo (also its photo_id); nothing was stored for this upload.",
+    )
     error: dict[str, Any] | None = Field(description="Why it failed (a problem), if it did.")
     status_url: str = Field(description="Where to read this state again.")

@@ -53,6 +53,10 @@ async def ensure_indexes(db: Database) -> None:
     await photos.create_index([("event_id", ASCENDING), ("created_ms", DESCENDING)])
     # A repeated request (same Idempotency-Key) finds the photos its first run stored.
     await photos.create_index([("event_id", ASCENDING), ("request_key", ASCENDING)], sparse=True)
+    # Duplicates (darkroom_ingest.duplicates): by content, by size, and the key copies clash on.
+    await photos.create_index([("event_id", ASCENDING), ("sha256", ASCENDING)])
+    await photos.create_index([("event_id", ASCENDING), ("size", ASCENDING)])
+    await photos.create_index([("content_key", ASCENDING)], unique=True, sparse=True)
     # metadata-repair counts what one repair did (after a restart) by the photos it marked.
     await photos.create_index([("repaired_by", ASCENDING)], sparse=True)
     await db[records.WEBHOOK_ENDPOINTS].create_index([("enabled", ASCENDING)])

@@ -107,13 +107,18 @@ class EventStore:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def settle_reservation(self, event_id: str, reservation_id: str, now: int) -> bool:
+    async def settle_reservation(
+        self, event_id: str, reservation_id: str, now: int, unused: int = 0
+    ) -> bool:
         """A commit's photos are all in: its reservation becomes their count (the count itself
-        does not move). False if the reservation had already expired: a recount may have missed
-        photos that landed after it, so the caller recounts."""
+        does not move, but for the ``unused`` places of files that turned out to be copies).
+        False if the reservation had already expired: a recount may have missed photos that
+        landed after it, so the caller recounts."""
+        ops: Document = {"$unset": {f"reservations.{reservation_id}": ""}}
+        if unused:
+            ops["$inc"] = {"photo_count": -unused, "count_version": 1}
         result = await self.col.update_one(
-            {"_id": event_id, f"reservations.{reservation_id}.until_ms": {"$gt": now}},
-            {"$unset": {f"reservations.{reservation_id}": ""}},
+            {"_id": event_id, f"reservations.{reservation_id}.until_ms": {"$gt": now}}, ops
         )
         return result.matched_count == 1
 

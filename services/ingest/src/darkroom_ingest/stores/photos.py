@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from darkroom_kit import outbox, records
 from darkroom_kit.messaging import Envelope
 from darkroom_kit.mongo import Database, Document, insert_new
 from darkroom_kit.statuses import PhotoStatus
+from darkroom_kit.stored.photos import PhotoRecord
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
@@ -29,14 +30,22 @@ class PhotoStore:
         self.col = db[records.PHOTOS]
 
     async def insert_unique(
-        self, docs: list[Document], prepare: Callable[[Document], None]
-    ) -> list[Document]:
+        self,
+        docs: list[Document],
+        prepare: Callable[[Document], None],
+        holder: Callable[[str], Awaitable[PhotoRecord | None]] | None = None,
+    ) -> dict[int, PhotoRecord]:
         """Insert photos; a name taken in the event gets the next free number (``a-2.jpg``).
 
         ``prepare`` completes a document from its final name (its outbox message names the file)
-        before each insert attempt, so record and message always land in one write."""
+        before each insert attempt, so record and message always land in one write.
+
+        A document whose ``content_key`` another photo holds (an identical file committed at
+        the same time) is not inserted: answered by position with that photo (``holder``
+        finds it)."""
+        copies: dict[int, PhotoRecord] = {}
         if not docs:
-            return []
+            return copies
         for doc in docs:
             prepare(doc)
         for index in sorted(await insert_new(self.col, docs)):
@@ -44,6 +53,10 @@ class PhotoStore:
             # Renumbering helps only a name clash; a photo whose id exists is a Conflict.
             if await self.col.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None:
                 raise Conflict(f"photo {doc['_id']} exists")
+            copy_of = await _copy_of(doc, holder)
+            if copy_of is not None:
+                copies[index] = copy_of
+                continue
             base = doc["filename"]
             for n in range(2, 10_000):
                 doc["filename"] = numbered(base, n)
@@ -52,10 +65,14 @@ class PhotoStore:
                     await self.col.insert_one(doc)
                     break
                 except DuplicateKeyError:
+                    copy_of = await _copy_of(doc, holder)
+                    if copy_of is not None:
+                        copies[index] = copy_of
+                        break
                     continue
             else:
                 raise Conflict(f"no free name for {base!r}")
-        return docs
+        return copies
 
     async def get(self, photo_id: str) -> Document | None:
         return await self.col.find_one(
@@ -115,6 +132,8 @@ class PhotoStore:
         being deleted."""
         ops = push(exchange, [message], grace_ms)
         ops["$set"]["status"] = PhotoStatus.DELETING
+        # A file equal to it may be uploaded again once it is gone.
+        ops.setdefault("$unset", {})["content_key"] = ""
         return await self.col.find_one_and_update(
             {"_id": photo_id, "status": {"$ne": PhotoStatus.DELETING}},
             ops,
@@ -123,3 +142,13 @@ class PhotoStore:
 
     async def remove(self, photo_id: str) -> None:
         await self.col.delete_one({"_id": photo_id, "status": PhotoStatus.DELETING})
+
+
+async def _copy_of(
+    doc: Document, holder: Callable[[str], Awaitable[PhotoRecord | None]] | None
+) -> PhotoRecord | None:
+    key = doc.get("content_key")
+    if holder is None or not isinstance(key, str):
+        return None
+    found = await holder(key)
+    return found if found is not None and found.id != doc["_id"] else None

@@ -1,0 +1,120 @@
+"""Duplicates within an event: a file whose SHA-256 equals a photo's already there is that photo.
+
+A batch hashes its files on the way in, and a client may declare a chunked upload's hash; the
+other uploads (chunked without a hash, tus, direct, imports) arrive in pieces or never pass
+through here, and reading a whole file back from S3 to hash it costs as much as receiving it.
+So their hash is computed only where a copy is possible at all: when a photo of the same size is
+in the event, or an upload of the same size is open or completing in it (two identical files in
+flight at once). A same-size photo stored without a hash gets one then too, so the comparison
+always has both sides. Sizes differ for nearly all distinct photos, so nearly no upload pays for
+the read.
+
+A photo that refuses copies carries ``content_key`` ("<event id>/<sha256>") under a unique
+index: of two identical files committed at once, the second insert is refused and answered with
+the first photo (stores.photos.PhotoStore.insert_unique).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from darkroom_kit import outbox, records
+from darkroom_kit.mongo import Database, Document
+from darkroom_kit.statuses import PhotoStatus, UploadState
+from darkroom_kit.storage import ObjectNotFound, S3ObjectStore, StorageError
+from darkroom_kit.stored.photos import PhotoRecord
+from pymongo.errors import DuplicateKeyError
+
+from darkroom_ingest.chunked.store import UPLOADS
+from darkroom_ingest.uploads import StoredFile, object_sha256
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = [UploadState.OPEN.value, UploadState.COMPLETING.value]
+
+
+def content_key(event_id: str, sha256: str) -> str:
+    return f"{event_id}/{sha256}"
+
+
+class Duplicates:
+    def __init__(self, db: Database, store: S3ObjectStore) -> None:
+        self._photos = db[records.PHOTOS]
+        self._uploads = db[UPLOADS]
+        self._store = store
+
+    async def with_digests(self, event_id: str, files: list[StoredFile]) -> list[StoredFile]:
+        """``files`` with a SHA-256 wherever another file of the same size could be a copy."""
+        out = []
+        for file in files:
+            if file.sha256 is None and await self._copy_possible(event_id, file):
+                await self._hash_same_size_photos(event_id, file.size)
+                digest = await object_sha256(self._store, file.key)
+                out.append(dataclasses.replace(file, sha256=digest))
+            else:
+                out.append(file)
+        return out
+
+    async def earlier(self, event_id: str, digests: list[str]) -> dict[str, PhotoRecord]:
+        """The oldest photo in the event with each of ``digests``."""
+        if not digests:
+            return {}
+        found: dict[str, PhotoRecord] = {}
+        cursor = self._photos.find(
+            {
+                "event_id": event_id,
+                "sha256": {"$in": sorted(set(digests))},
+                "status": {"$ne": PhotoStatus.DELETING},
+            },
+            outbox.WITHOUT_OUTBOXES,
+        ).sort("_id", 1)
+        async for doc in cursor:
+            photo = PhotoRecord.of(doc)
+            if photo.sha256 is not None:
+                found.setdefault(photo.sha256, photo)
+        return found
+
+    async def holder(self, key: str) -> PhotoRecord | None:
+        """The photo holding ``content_key`` ``key`` (the one an insert clashed with)."""
+        return PhotoRecord.maybe(
+            await self._photos.find_one({"content_key": key}, outbox.WITHOUT_OUTBOXES)
+        )
+
+    async def _copy_possible(self, event_id: str, file: StoredFile) -> bool:
+        alive = {"event_id": event_id, "size": file.size, "status": {"$ne": PhotoStatus.DELETING}}
+        if await self._photos.find_one(alive, {"_id": 1}) is not None:
+            return True
+        other_upload: Document = {
+            "event_id": event_id,
+            "size": file.size,
+            "state": {"$in": IN_FLIGHT},
+            "photo_id": {"$ne": file.photo_id},
+        }
+        return await self._uploads.find_one(other_upload, {"_id": 1}) is not None
+
+    async def _hash_same_size_photos(self, event_id: str, size: int) -> None:
+        unhashed = self._photos.find(
+            {
+                "event_id": event_id,
+                "size": size,
+                "sha256": None,
+                "status": {"$ne": PhotoStatus.DELETING},
+            },
+            {"_id": 1, "original_key": 1},
+        )
+        async for doc in unhashed:
+            try:
+                digest = await object_sha256(self._store, str(doc["original_key"]))
+            except (ObjectNotFound, StorageError):
+                log.warning("could not hash a photo to compare", extra={"photo_id": doc["_id"]})
+                continue
+            fields: Document = {"sha256": digest, "content_key": content_key(event_id, digest)}
+            try:
+                await self._photos.update_one({"_id": doc["_id"], "sha256": None}, {"$set": fields})
+            except DuplicateKeyError:
+                # Already a copy of another photo (both stored before either had a hash): it
+                # stays, and the oldest holds the key.
+                await self._photos.update_one(
+                    {"_id": doc["_id"], "sha256": None}, {"$set": {"sha256": digest}}
+                )
