@@ -132,7 +132,7 @@ async def test_the_installed_command_uploads_to_the_live_api(
         run, [command, shoot, "--event", event["slug"]], cwd=tmp_path, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert "2 uploaded, 0 already there, 0 failed" in done.stderr
+    assert "2 uploaded, 0 already there, 0 duplicates of photos there, 0 failed" in done.stderr
     # The resume state is the user's, not the folder's: nothing left in the working directory,
     # and the same shoot sent again from another directory sends nothing.
     assert (state_home / "darkroom" / "upload-state.json").is_file()
@@ -143,7 +143,7 @@ async def test_the_installed_command_uploads_to_the_live_api(
         run, [command, shoot, "--event", event["slug"]], cwd=elsewhere, env=env, timeout=120
     )
     assert again.returncode == 0, again.stderr
-    assert "0 uploaded, 2 already there, 0 failed" in again.stderr
+    assert "0 uploaded, 2 already there, 0 duplicates of photos there, 0 failed" in again.stderr
     for name, data in (("a.jpg", photo), ("clip.mp4", video)):
         served = await capi.get(f"/photos/{event['slug']}/{name}", headers=auth(token))
         assert served.status == 200, name

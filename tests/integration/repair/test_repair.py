@@ -265,6 +265,8 @@ async def clone_photos(api: Client, token: str, event_id: str, count: int) -> li
     photos = api.app[MONGO_DB][records.PHOTOS]
     seed = await photos.find_one({"event_id": event_id}, {"outbox": 0, "outbox_due_ms": 0})
     assert seed is not None
+    # Copies kept on purpose (as keep_duplicates keeps them): only the seed holds its content.
+    seed.pop("content_key", None)
     clones = [
         {**seed, "_id": new_id("ph"), "filename": f"copy-{i}.jpg", "original_filename": "c.jpg"}
         for i in range(count - 1)

@@ -342,6 +342,7 @@ def test_upload_out_is_the_api_answer_from_a_document_or_a_record() -> None:
         "chunks": [{"index": 1, "size": 8 * MB, "crc32c": "AAAAAA==", "sha256": None}],
         "missing": [0, 2],
         "photo_id": "ph_1",
+        "duplicate_of": None,
         "error": {"status": 400, "code": "x", "detail": "d"},
         "status_url": "https://api.example/v1/uploads/up_1",
     }
