@@ -252,3 +252,39 @@ async def test_identical_files_in_flight_at_once_make_one_photo(
     assert await photo_count(capi, token, event["id"]) == 2
     assert len(await uploaded_ids(chunk_settings, watch_events.name, 2)) == 2
     assert len(await stored_keys(capi, event["id"])) == 2
+
+
+async def test_a_completer_that_dies_after_finding_a_copy_gives_the_same_answer_again(
+    capi: Client, make_token: TokenMaker
+) -> None:
+    """Killed between the commit that found the copy and the write that records it: the upload's
+    object is still there (dropped only after that write), so the next complete compares again
+    and answers the same photo; nothing is stored twice."""
+    from darkroom_ingest.deps import DEPS
+
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(600_000)
+    original = (await (await post_photos(capi, token, event["id"], ("a.jpg", data))).json())[
+        "uploaded"
+    ][0]
+    upload = await chunked(capi, token, event["id"], data, "again.jpg")
+    records_ = capi.server.app[DEPS].chunked.records
+    mark_completed = records_.mark_completed
+
+    async def dies(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("the process died here")
+
+    records_.mark_completed = dies  # type: ignore[method-assign]
+    try:
+        died = await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
+        assert died.status >= 500
+    finally:
+        records_.mark_completed = mark_completed  # type: ignore[method-assign]
+    # Its object is still there: nothing recorded the upload as done.
+    assert len(await stored_keys(capi, event["id"])) == 2
+    photo = await complete_chunked(capi, token, upload)
+    assert (photo["id"], photo["duplicate_of"]) == (original["id"], original["id"])
+    assert [p["id"] for p in await photos_of(capi, token, event["id"])] == [original["id"]]
+    assert await photo_count(capi, token, event["id"]) == 1
+    assert len(await stored_keys(capi, event["id"])) == 1
