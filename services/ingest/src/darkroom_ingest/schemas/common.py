@@ -6,6 +6,24 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Whether a file whose bytes equal a photo's already in the event is stored again.
+KeepDuplicates = Annotated[
+    bool | None,
+    Field(
+        description="Store the file even if a photo in the event has the same bytes (SHA-256). "
+        "By default (null: the event's keep_duplicates, off unless changed) such a file is not "
+        "stored: the answer is the photo already there, with duplicate_of."
+    ),
+]
+EventKeepsDuplicates = Annotated[
+    bool | None,
+    Field(
+        description="Store a file even if a photo in the event has the same bytes (SHA-256). "
+        "Off by default: such a file is answered with the photo already there (duplicate_of). "
+        "An upload may ask otherwise for itself."
+    ),
+]
+
 
 class Strict(BaseModel):
     """A request body or query: unknown fields are an error (a typo must not pass silently)."""

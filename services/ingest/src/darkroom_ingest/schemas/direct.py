@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from darkroom_ingest.schemas.common import Strict
+from darkroom_ingest.schemas.common import KeepDuplicates, Strict
 
 # Base64 of a big-endian CRC32C (4 bytes), as S3's x-amz-checksum-crc32c carries it.
 CRC32C_PATTERN = "^[A-Za-z0-9+/]{6}==$"
@@ -50,11 +50,7 @@ class DirectUploadCreate(Strict):
         description="Send it as an S3 multipart upload (parts signed one by one) instead of one "
         "PUT; needed over DIRECT_PUT_MAX_BYTES.",
     )
-    keep_duplicates: bool | None = Field(
-        default=None,
-        description="Store it even if a photo in the event has the same bytes (SHA-256). By "
-        "default (the event's setting) such a file ends as that photo: duplicate_of.",
-    )
+    keep_duplicates: KeepDuplicates = None
 
 
 class DirectUploadOut(BaseModel):

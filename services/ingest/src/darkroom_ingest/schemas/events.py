@@ -8,7 +8,7 @@ from typing import Annotated
 from darkroom_kit.views import EventView
 from pydantic import Field, field_validator
 
-from darkroom_ingest.schemas.common import Page, PageQuery, Strict
+from darkroom_ingest.schemas.common import EventKeepsDuplicates, Page, PageQuery, Strict
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
@@ -53,14 +53,7 @@ class EventCreate(Strict):
     categories: Annotated[
         list[CategoryIn], Field(max_length=100, description="Categories to file photos under.")
     ] = []
-    keep_duplicates: Annotated[
-        bool | None,
-        Field(
-            description="Store a file even if a photo in the event has the same bytes (SHA-256). "
-            "Off by default: such a file is answered with the photo already there "
-            "(duplicate_of). An upload may ask otherwise for itself."
-        ),
-    ] = None
+    keep_duplicates: EventKeepsDuplicates = None
 
     @field_validator("slug")
     @classmethod
@@ -81,14 +74,7 @@ class EventPatch(Strict):
         bool | None,
         Field(description="Hide the photos that arrive through a guest upload link."),
     ] = None
-    keep_duplicates: Annotated[
-        bool | None,
-        Field(
-            description="Store a file even if a photo in the event has the same bytes (SHA-256). "
-            "Off by default: such a file is answered with the photo already there "
-            "(duplicate_of). An upload may ask otherwise for itself."
-        ),
-    ] = None
+    keep_duplicates: EventKeepsDuplicates = None
 
 
 class EventListQuery(PageQuery):

@@ -9,7 +9,7 @@ from darkroom_kit.stored.photos import PhotoRecord
 from darkroom_kit.views import PhotoView
 from pydantic import BaseModel, Field, field_validator
 
-from darkroom_ingest.schemas.common import Page, PageQuery, Strict
+from darkroom_ingest.schemas.common import KeepDuplicates, Page, PageQuery, Strict
 
 PhotoSort = Literal[
     "upload_date_asc",
@@ -94,14 +94,7 @@ class Skipped(BaseModel):
 class DuplicatesQuery(BaseModel):
     """How an upload treats a file equal to a photo already in the event."""
 
-    keep_duplicates: Annotated[
-        bool | None,
-        Field(
-            description="Store a file even if a photo in the event has the same bytes (SHA-256). "
-            "By default (the event's keep_duplicates setting, off unless changed) such a file is "
-            "not stored: the answer names the photo already there in duplicate_of."
-        ),
-    ] = None
+    keep_duplicates: KeepDuplicates = None
 
 
 class UploadedPhoto(PhotoView):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from darkroom_kit.statuses import UploadState
 from pydantic import BaseModel, Field
 
-from darkroom_ingest.schemas.common import Strict
+from darkroom_ingest.schemas.common import KeepDuplicates, Strict
 
 
 class UploadCreate(Strict):
@@ -29,11 +29,7 @@ class UploadCreate(Strict):
             description="Hex SHA-256 of the whole file: checked when the upload completes.",
         ),
     ] = None
-    keep_duplicates: bool | None = Field(
-        default=None,
-        description="Store it even if a photo in the event has the same bytes (SHA-256). By "
-        "default (the event's setting) such a file ends as that photo: duplicate_of.",
-    )
+    keep_duplicates: KeepDuplicates = None
 
 
 class ChunkOut(BaseModel):
