@@ -21,7 +21,7 @@ from darkroom_kit.views import PhotoView
 from darkroom_ingest import errors
 from darkroom_ingest.counting import PhotoCounts
 from darkroom_ingest.duplicates import Duplicates, content_key
-from darkroom_ingest.stores import CapExceeded, EventStore, PhotoStore
+from darkroom_ingest.stores import CapExceeded, EventClosed, EventStore, PhotoStore
 from darkroom_ingest.uploads import StoredFile
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,11 @@ class PhotoService:
                 f"The event allows {exc.cap} photos and has {exc.count}; this batch has "
                 f"{len(files)}. Nothing of it was kept.",
                 extra={"photo_cap": exc.cap, "photo_count": exc.count},
+            ) from None
+        except EventClosed:
+            await self._discard(files)
+            raise errors.EVENT_ARCHIVED.error(
+                "It was archived while the files arrived; nothing was kept."
             ) from None
         now = now_ms()
         docs = [

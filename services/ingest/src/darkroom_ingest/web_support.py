@@ -69,8 +69,13 @@ async def parse_json(request: web.Request, model: type[M]) -> M:
     raw = await request.read()
     try:
         data: Any = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
+        # ValueError: also an integer literal past Python's digit limit (4300), not only bad JSON.
         raise Problem(400, "malformed_json", "The body is not valid JSON", str(exc)) from None
+    except RecursionError:
+        raise Problem(
+            400, "malformed_json", "The body is not valid JSON", "It is nested too deeply."
+        ) from None
     if not isinstance(data, dict):
         raise Problem(
             400,

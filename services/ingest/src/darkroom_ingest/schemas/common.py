@@ -6,6 +6,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_OFFSET = 1_000_000_000
+
 # Whether a file whose bytes equal a photo's already in the event is stored again.
 KeepDuplicates = Annotated[
     bool | None,
@@ -45,7 +47,8 @@ class Page(BaseModel, Generic[T]):
 
 class PageQuery(Strict):
     limit: Annotated[int, Field(ge=1, le=200, description="Page size.")] = 50
-    offset: Annotated[int, Field(ge=0, description="Items to skip.")] = 0
+    # Bounded: MongoDB takes a skip of at most a signed 64-bit integer, and no one pages that far.
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET, description="Items to skip.")] = 0
 
 
 class WaitQuery(Strict):

@@ -5,6 +5,7 @@ from darkroom_ingest.stores.common import (
     NEWEST_FIRST,
     CapExceeded,
     Conflict,
+    EventClosed,
     ensure_indexes,
     page_of,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "PHOTO_SORT_FIELDS",
     "CapExceeded",
     "Conflict",
+    "EventClosed",
     "EventStore",
     "IdempotencyStore",
     "PhotoStore",

@@ -36,6 +36,10 @@ class Conflict(Exception):
     """A unique value is taken."""
 
 
+class EventClosed(Exception):
+    """The event was archived: it takes no photos."""
+
+
 class CapExceeded(Exception):
     def __init__(self, cap: int, count: int) -> None:
         super().__init__(f"cap {cap}, already {count}")

@@ -13,7 +13,14 @@ from darkroom_kit.stored.events import EventRecord
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from darkroom_ingest.stores.common import NEWEST_FIRST, CapExceeded, Conflict, Push, page_of
+from darkroom_ingest.stores.common import (
+    NEWEST_FIRST,
+    CapExceeded,
+    Conflict,
+    EventClosed,
+    Push,
+    page_of,
+)
 
 
 class EventStore:
@@ -48,7 +55,9 @@ class EventStore:
     ) -> None:
         """Count ``n`` more photos against the event's cap, atomically: a conditional update, never
         count-then-insert. The places are a reservation, in the same write, that a reconciliation
-        gives back once it expires (darkroom_ingest.counting). Raises :class:`CapExceeded`."""
+        gives back once it expires (darkroom_ingest.counting). Raises :class:`CapExceeded`, or
+        :class:`EventClosed` once it is archived (in the same condition: an upload that began
+        before the archive cannot complete after it)."""
         current = event if isinstance(event, EventRecord) else EventRecord.of(event)
         ops: Document = {
             "$inc": {"photo_count": n, "count_version": 1},
@@ -57,7 +66,7 @@ class EventStore:
         }
         for _ in range(5):
             cap = current.photo_cap
-            query: Document = {"_id": current.id}
+            query: Document = {"_id": current.id, "status": {"$ne": EventStatus.ARCHIVED}}
             if cap is None:
                 query["photo_cap"] = None
             else:
@@ -70,6 +79,8 @@ class EventStore:
             fresh = EventRecord.maybe(await self.get(current.id))
             if fresh is None:
                 raise LookupError(current.id)
+            if fresh.status is EventStatus.ARCHIVED:
+                raise EventClosed(current.id)
             if cap is not None and fresh.photo_cap == cap:
                 raise CapExceeded(cap, fresh.photo_count)
             current = fresh  # the cap changed under us: decide again with the new one

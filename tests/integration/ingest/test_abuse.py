@@ -1,0 +1,76 @@
+"""What a careless or hostile client sends, found from outside: each gets a clear answer, never a
+500, and nothing stored changes."""
+
+from __future__ import annotations
+
+import re
+
+from darkroom_ingest.api import all_routes
+from darkroom_ingest.schemas.common import PageQuery
+
+from tests.factories.api import (
+    Client,
+    TokenMaker,
+    assert_problem,
+    auth,
+    make_event,
+    put_chunk,
+    start_upload,
+    stored_keys,
+)
+from tests.factories.media import jpeg_like
+
+
+async def test_an_offset_past_what_mongodb_takes_is_a_422_on_every_list(
+    api: Client, make_token: TokenMaker
+) -> None:
+    token = await make_token(
+        "photos.read,photos.write,events.read,events.write,webhooks.manage,admin"
+    )
+    lists = [
+        r
+        for r in all_routes()
+        if r.method == "GET" and r.query is not None and issubclass(r.query, PageQuery)
+    ]
+    assert len(lists) >= 4
+    for route in lists:
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        resp = await api.get(path, params={"offset": str(2**63)}, headers=auth(token))
+        problem = await assert_problem(resp, 422, "validation_failed")
+        assert problem["errors"][0]["field"].endswith("offset"), (route.path, problem)
+
+
+async def test_json_bodies_too_deep_or_with_huge_integers_are_a_400(
+    api: Client, make_token: TokenMaker
+) -> None:
+    token = await make_token()
+    headers = {**auth(token), "Content-Type": "application/json"}
+    huge = '{"name": "x", "slug": "huge", "photo_cap": ' + "9" * 5000 + "}"
+    deep = '{"name": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for body in (huge, deep):
+        resp = await api.post("/v1/events", data=body, headers=headers)
+        await assert_problem(resp, 400, "malformed_json")
+    listed = await (await api.get("/v1/events?slug=huge", headers=auth(token))).json()
+    assert listed["items"] == []
+
+
+async def test_an_upload_begun_before_the_event_was_archived_does_not_complete_after(
+    capi: Client, make_token: TokenMaker
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(600_000)
+    upload = await start_upload(capi, token, event["id"], data)
+    assert (await put_chunk(capi, token, upload, data, 0)).status == 200
+    archived = await capi.post(f"/v1/events/{event['id']}/archive", headers=auth(token))
+    assert archived.status == 200
+    await assert_problem(
+        await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token)),
+        409,
+        "event_archived",
+    )
+    state = await (await capi.get(f"/v1/uploads/{upload['upload_id']}", headers=auth(token))).json()
+    assert (state["state"], state["error"]["code"]) == ("failed", "event_archived")
+    photos = await (await capi.get(f"/v1/events/{event['id']}/photos", headers=auth(token))).json()
+    assert photos["total"] == 0
+    assert await stored_keys(capi, event["id"]) == []
