@@ -21,6 +21,10 @@ from darkroom_ingest.filenames import InvalidFilename, numbered, validate_filena
         "x" * 300 + ".jpg",
         "a:b.jpg",
         "\x9b.jpg",
+        "invoice\u202egpj.exe",  # right-to-left override: reads as invoiceexe.jpg
+        "a\u200bb.jpg",  # zero-width space
+        "\ufeffIMG.jpg",  # byte order mark
+        "x\u2066y.jpg",  # left-to-right isolate
     ],
 )
 def test_hostile_names_are_refused(name: str | None) -> None:

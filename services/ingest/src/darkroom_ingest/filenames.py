@@ -26,6 +26,12 @@ def validate_filename(raw: str | None) -> str:
     name = unicodedata.normalize("NFC", raw)
     if _CONTROL.search(name):
         raise InvalidFilename("the file name contains control characters")
+    # Format characters (category Cf) are invisible: direction overrides make "gpj.exe" read
+    # as "exe.jpg", zero-width characters make two names that look the same differ.
+    if any(unicodedata.category(c) == "Cf" for c in name):
+        raise InvalidFilename(
+            "the file name contains invisible characters (direction overrides or zero-width)"
+        )
     if "/" in name or "\\" in name or name in {".", ".."}:
         raise InvalidFilename("the file name contains a path; send the bare name")
     if _RESERVED.search(name):
