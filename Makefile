@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-direct bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
+.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-direct bench-import bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -62,8 +62,8 @@ fmt: install ## Format and autofix
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-token: install ## Create an API token: make token SCOPES=photos.read,photos.write NAME=me
-	.venv/bin/darkroom token create --scopes $(SCOPES) --name $(NAME)
+token: install ## Create an API token: make token SCOPES=photos.read,photos.write NAME=me [EVENT=slug-or-id]
+	.venv/bin/darkroom token create --scopes $(SCOPES) --name $(NAME) $(if $(EVENT),--event $(EVENT))
 
 bench-upload: install ## Benchmark batch uploads: API CPU-s/GiB, peak RSS, ratio to direct S3
 	.venv/bin/python -m benchmarks.batch_upload
@@ -76,6 +76,9 @@ bench-tus: install ## Benchmark tus: darkroom vs @tus/server+@tus/s3-store vs ch
 
 bench-direct: install ## Benchmark direct-to-S3 multipart uploads (1 GiB, 8 MiB parts, 4 at a time): API CPU-s/GiB, ratio to presigned PUTs without the API
 	.venv/bin/python -m benchmarks.direct_upload
+
+bench-import: install ## Benchmark S3 prefix imports: 1,000 objects of 1 MB, photos/s and API CPU-ms/photo vs a bare CopyObject loop
+	.venv/bin/python -m benchmarks.bench_import
 
 bench-thumbnailing: install ## Benchmark thumbnailing: 1,000 24 MP JPEGs through the service vs a bare pyvips loop
 	.venv/bin/python -m benchmarks.thumbnailing

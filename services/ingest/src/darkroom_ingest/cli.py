@@ -23,12 +23,21 @@ from darkroom_ingest.tokens import generate_token, hash_token, parse_scopes
 async def create_token(
     settings: IngestSettings, name: str, scopes: list[str], event: str | None
 ) -> str:
+    """A new token; ``event`` (an id or a slug) binds it to that event, which must exist (a
+    token bound to nothing that exists would be refused everywhere, or worse, bound later)."""
     client = open_mongo(settings)
     try:
         db = client[settings.mongo_db]
         await ensure_indexes(db)
+        event_id = None
+        if event is not None:
+            events = EventStore(db)
+            found = await events.get(event) or await events.by_slug(event)
+            if found is None:
+                raise LookupError(f"no event with the id or slug {event!r}")
+            event_id = str(found["_id"])
         token = generate_token()
-        await TokenStore(db).create(name, hash_token(token), scopes, event)
+        await TokenStore(db).create(name, hash_token(token), scopes, event_id)
         return token
     finally:
         await client.close()
@@ -43,6 +52,7 @@ async def _list(settings: IngestSettings) -> list[dict[str, object]]:
                 "id": t.id,
                 "name": t.name,
                 "scopes": t.scopes,
+                "event_id": t.event_id,
                 "revoked": t.revoked,
                 "created_at": ms_to_iso(t.created_ms),
             }
@@ -176,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "webhooks.manage,admin",
     )
     create.add_argument("--name", default="cli", help="a label to recognise the token by")
-    create.add_argument("--event", default=None, help="bind the token to one event id")
+    create.add_argument(
+        "--event", default=None, help="bind the token to one event (its id or slug)"
+    )
     token.add_parser("list", help="list tokens (never their values)")
     revoke = token.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("token_id")
@@ -254,7 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             scopes = [s.value for s in parse_scopes(args.scopes)]
         except ValueError as exc:
             parser.error(str(exc))
-        print(asyncio.run(create_token(settings, args.name, scopes, args.event)))
+        try:
+            print(asyncio.run(create_token(settings, args.name, scopes, args.event)))
+        except LookupError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         return 0
     if args.cmd == "list":
         print(json.dumps(asyncio.run(_list(settings)), indent=2))
