@@ -74,3 +74,22 @@ async def test_an_upload_begun_before_the_event_was_archived_does_not_complete_a
     photos = await (await capi.get(f"/v1/events/{event['id']}/photos", headers=auth(token))).json()
     assert photos["total"] == 0
     assert await stored_keys(capi, event["id"]) == []
+
+
+async def test_a_password_in_a_webhook_url_is_never_answered_back(
+    api: Client, make_token: TokenMaker
+) -> None:
+    token = await make_token()
+    made = await api.post(
+        "/v1/webhooks",
+        json={"url": "https://crm:hunter2@hooks.example.com/in", "event_types": ["photo.*"]},
+        headers=auth(token),
+    )
+    body = await made.json()
+    assert made.status == 201, body
+    assert body["url"] == "https://crm:***@hooks.example.com/in"
+    listed = await (await api.get("/v1/webhooks", headers=auth(token))).text()
+    assert "hunter2" not in listed
+    one = await (await api.get(f"/v1/webhooks/{body['id']}", headers=auth(token))).text()
+    assert "hunter2" not in one
+    assert "crm:***@hooks.example.com" in one

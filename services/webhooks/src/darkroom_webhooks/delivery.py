@@ -491,7 +491,7 @@ class Dispatcher:
                 body=delivery_body(
                     records.WEBHOOK_TEST,
                     envelope.time,
-                    {"endpoint": {"id": endpoint.id, "url": endpoint.url}},
+                    {"endpoint": {"id": endpoint.id, "url": endpoint.shown_url}},
                 ),
                 event_ms=now,
                 now_ms=now,
@@ -786,7 +786,7 @@ class Dispatcher:
         data = {
             "endpoint": Endpoint(
                 id=current.id,
-                url=current.url,
+                url=current.shown_url,
                 description=current.description,
                 enabled=current.enabled,
                 failing_since=ms_to_iso(current.failing_since_ms),

@@ -38,10 +38,26 @@ def parse_networks(items: list[str]) -> list[Network]:
     return [ipaddress.ip_network(item, strict=False) for item in items]
 
 
+# IPv6 prefixes that carry an IPv4 address a router will reach (NAT64 well-known prefix).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Teredo hides the client address it tunnels to: never a webhook target.
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
 def is_blocked(address: str, allowed: list[Network]) -> bool:
     ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(net.version == 6 and ip in net for net in allowed):
+            return False
+        if ip in _TEREDO:
+            return True
+        # The IPv4 address inside decides: 2002:7f00:1::/48 (6to4) is 127.0.0.1.
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if any(ip.version == net.version and ip in net for net in allowed):
         return False
     return (
@@ -74,10 +90,16 @@ class GuardedResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        # One answer whether the name does not resolve or resolves only to addresses webhooks
+        # may not reach: telling them apart would let a token probe internal names.
+        refused = BlockedAddress(f"{host} does not resolve to a public address")
+        try:
+            results = await self._inner.resolve(host, port, family)
+        except OSError:
+            raise refused from None
         vetted = [r for r in results if not is_blocked(r["host"], self._allowed)]
         if not vetted:
-            raise BlockedAddress(f"{host} resolves only to non-public addresses")
+            raise refused
         return vetted
 
     async def close(self) -> None:

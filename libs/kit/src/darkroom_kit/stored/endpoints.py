@@ -4,6 +4,7 @@ webhook-dispatch reads it and records the endpoint's health)."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +38,19 @@ class EndpointRecord(Record):
     disabled_ms: int | None = None
     created_ms: int
     secrets: list[StoredSecret] = Field(default_factory=list)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as answers and notices show it: a password in it (basic auth for the
+        receiver) is a secret, kept for delivering and never shown back."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> EndpointRecord:

@@ -33,7 +33,7 @@ def webhook_out(endpoint: EndpointRecord) -> WebhookOut:
     ]
     return WebhookOut(
         id=endpoint.id,
-        url=endpoint.url,
+        url=endpoint.shown_url,
         event_types=endpoint.event_types,
         description=endpoint.description,
         enabled=endpoint.enabled,
