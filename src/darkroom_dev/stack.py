@@ -8,6 +8,8 @@ services and waits; Ctrl-C (or SIGTERM) stops everything it started, services fi
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import signal
@@ -18,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
+from darkroom_kit.storage import open_bucket
+
 from darkroom_dev.servers import (
     Server,
     ensure_rabbitmq,
@@ -26,6 +30,11 @@ from darkroom_dev.servers import (
     stop_rabbitmq,
     wait_until,
 )
+
+# The import source make run configures (IMPORT_SOURCES unset): a bucket of its own on the S3
+# server, created on start, for trying imports out (README: "Import from an S3 prefix").
+DROP_SOURCE = "drop"
+DROP_BUCKET = "darkroom-drop"
 
 SERVICES = [
     ("upload-ingest", "darkroom_ingest.main", 8080),
@@ -114,6 +123,9 @@ def main() -> int:
             env["S3_ENDPOINT_URL"] = standins[-1].url
         env.setdefault("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
         started_rabbit = ensure_rabbitmq(env["AMQP_URL"])
+        if "IMPORT_SOURCES" not in env:
+            _create_bucket(env, DROP_BUCKET)
+            env["IMPORT_SOURCES"] = json.dumps({DROP_SOURCE: {"bucket": DROP_BUCKET}})
         api_port = int(env.get("API_PORT", "8080"))
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{api_port}")
         # Webhook receivers on this machine are how one tries darkroom out locally.
@@ -144,6 +156,20 @@ def main() -> int:
             stop_rabbitmq()
 
 
+def _create_bucket(env: dict[str, str], bucket: str) -> None:
+    async def create() -> None:
+        async with open_bucket(
+            env["S3_ENDPOINT_URL"],
+            bucket,
+            env.get("S3_ACCESS_KEY", "darkroom"),
+            env.get("S3_SECRET_KEY", "darkroom-secret"),
+            env.get("S3_REGION", "us-east-1"),
+        ) as store:
+            await store.ensure_bucket()
+
+    asyncio.run(create())
+
+
 def _banner(env: dict[str, str], standins: list[Server], rabbit: bool, logs: Path) -> str:
     lines = [
         "",
@@ -154,6 +180,7 @@ def _banner(env: dict[str, str], standins: list[Server], rabbit: bool, logs: Pat
         f"  S3             {env['S3_ENDPOINT_URL']}",
         f"  RabbitMQ       {env['AMQP_URL']}{'  (started by make run)' if rabbit else ''}",
         f"  logs           {logs}",
+        f"  import source  {_sources(env)}",
         "",
         "Make a token:   make token SCOPES=photos.read,photos.write,events.write,webhooks.manage",
         "Stop:           Ctrl-C",
@@ -161,6 +188,14 @@ def _banner(env: dict[str, str], standins: list[Server], rabbit: bool, logs: Pat
     if standins:
         lines.insert(-3, "  (embedded stand-ins: their data lasts until Ctrl-C)")
     return "\n".join(lines)
+
+
+def _sources(env: dict[str, str]) -> str:
+    try:
+        sources = json.loads(env.get("IMPORT_SOURCES") or "{}")
+        return ", ".join(f"{name} (bucket {s['bucket']})" for name, s in sources.items())
+    except (ValueError, TypeError, KeyError):
+        return "(IMPORT_SOURCES is not valid JSON)"
 
 
 if __name__ == "__main__":

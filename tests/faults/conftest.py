@@ -105,6 +105,11 @@ def tuned(settings: dict[str, Any]) -> dict[str, str]:
         "GAUGE_INTERVAL_SECONDS": "2",
         "SHUTDOWN_GRACE_SECONDS": "30",
         "READY_CHECK_TIMEOUT_SECONDS": "1",
+        # Imports in small steps, so that a kill lands mid-walk; a dead holder's import is
+        # taken over within a lease (LOCK_LEASE_SECONDS) and a claim pass.
+        "IMPORT_BATCH_FILES": "4",
+        "IMPORT_CONCURRENCY": "2",
+        "IMPORT_CLAIM_INTERVAL_SECONDS": "0.5",
     }
     for key, value in settings.items():
         env[key.upper()] = (
@@ -142,6 +147,8 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
         "s3_access_key": "darkroom",
         "s3_secret_key": "darkroom-secret",
         "s3_bucket": f"faults-{token_hex}",
+        # An import source on the same S3 server (tests of a kill mid-import fill it).
+        "import_sources": {"drop": {"bucket": f"faults-{token_hex}-drop"}},
     }
     cli_env = {**os.environ, **tuned(settings)}
     proxy: TcpProxy | None = None
@@ -223,6 +230,8 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
             mongo_process=fault_servers.mongo.process,
             s3_process=fault_servers.s3.process,
             proxy=proxy,
+            s3_url=fault_servers.s3.url,
+            import_bucket=settings["import_sources"]["drop"]["bucket"],
         )
         yield result
     finally:

@@ -716,6 +716,9 @@ class Case:
     mongo_process: Any  # the stand-ins' processes, to freeze
     s3_process: Any
     proxy: TcpProxy | None = None  # in front of the broker, for the services only
+    s3_url: str = ""
+    # The bucket of upload-ingest's import source "drop" (IMPORT_SOURCES), not created.
+    import_bucket: str = ""
     injected: str = ""
     recovery_s: float | None = None
     orphans_found: int | None = None
@@ -736,8 +739,9 @@ class Case:
         ]
         self.photos_stored = len(photos)
 
-        # A photo is known by its sha256; one uploaded with tus or direct has none (nothing
-        # hashes the whole file on the way), so by its event and file name, unique here.
+        # A photo is known by its sha256; one uploaded with tus or direct may have none (it is
+        # hashed only when a file of its size is in the event), so by its event and file name,
+        # unique here.
         def key_of(sha: str | None, event_id: str, filename: str) -> str:
             return sha or f"name:{event_id}/{filename}"
 
@@ -750,9 +754,8 @@ class Case:
             problems.append(f"{len(twice)} file(s) stored as more than one photo: {twice}")
         lost = []
         for a in self.uploader.accepted:
-            # Nothing hashes a tus or direct upload's whole file on the way (no sha256 stored).
-            key = key_of(None if a.via in ("tus", "direct") else a.sha256, a.event_id, a.filename)
-            if a.photo_id not in by_sha.get(key, []):
+            keys = [a.sha256, key_of(None, a.event_id, a.filename)]
+            if not any(a.photo_id in by_sha.get(k, []) for k in keys):
                 lost.append(a)
         if lost:
             problems.append(

@@ -19,6 +19,7 @@ import aio_pika
 import pytest
 from darkroom_kit import records
 from darkroom_kit.messaging import Envelope
+from darkroom_kit.storage import open_bucket
 from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
 from darkroom_thumbnailing.settings import ThumbnailSettings
 from darkroom_webhooks.app import fanout_spec
@@ -193,6 +194,62 @@ async def test_sigterm_ingest_drains_uploads(case: Case) -> None:
 
 
 # ---- the workers ----------------------------------------------------------------------------
+
+
+async def test_kill9_ingest_mid_import(case: Case) -> None:
+    """An S3 prefix import killed mid-walk resumes on the restarted process from its cursor:
+    each object is one photo, each photo.uploaded reaches each endpoint once."""
+    n = scaled(48, 300)
+    event = case.events[1]
+    async with open_bucket(
+        case.s3_url, case.import_bucket, "darkroom", "darkroom-secret", "us-east-1"
+    ) as bucket:
+        await bucket.ensure_bucket()
+        for i in range(n):
+            # Sizes differ, as real photos' do (a same-size file is read back to compare).
+            data = unique_jpeg(4000 + 97 * i)
+            await bucket.put_bytes(f"shoot/{i:04d}.jpg", data, "image/jpeg")
+    case.injected = f"kill -9 of upload-ingest during an import of {n} objects, restarted after 1 s"
+    async with case.http.post(
+        f"/v1/events/{event}/imports", json={"source": "drop", "prefix": "shoot/"}
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+        operation = (await resp.json())["id"]
+
+    async def read() -> dict[str, Any]:
+        async with case.http.get(f"/v1/operations/{operation}") as r:
+            return dict(await r.json())
+
+    async def under_way() -> dict[str, Any] | None:
+        op = await read()
+        return op if op["progress"]["imported"] >= 4 else None
+
+    before, _ = await poll(under_way, 60, interval=0.02)
+    await case.stack.kill(INGEST)
+    killed_at = before["progress"]
+    # Killed mid-walk, or this case proves nothing.
+    assert before["state"] == "running", before
+    assert killed_at["listed"] < n, before
+    case.notes.append(f"import killed at {killed_at}")
+    await asyncio.sleep(1)
+    await case.stack.restart(INGEST)
+    fault_end = time.monotonic()
+
+    async def ended() -> dict[str, Any] | None:
+        op = await read()
+        return op if op["state"] in ("done", "failed") else None
+
+    op, _ = await poll(ended, RECOVERY_BOUND_S)
+    assert op["state"] == "done", op
+    counts = {k: op["progress"][k] for k in ("listed", "imported", "skipped", "failed")}
+    assert counts == {"listed": n, "imported": n, "skipped": 0, "failed": 0}, op
+    names = [
+        p["original_filename"]
+        async for p in case.db.photos.find({"event_id": event}, {"original_filename": 1})
+    ]
+    assert sorted(names) == [f"{i:04d}.jpg" for i in range(n)]
+    # Each photo exactly once, its photo.uploaded once per endpoint (verified signatures).
+    await case.check(fault_end)
 
 
 async def test_kill9_thumbnailing_mid_work(case: Case) -> None:

@@ -270,6 +270,11 @@ async def test_every_answer_validates_against_its_declaration(
     status, op = await call("POST", "/v1/photos/repair-dimensions", json={"event_id": ev})
     assert status == 202
     assert (await call("GET", f"/v1/operations/{op['id']}"))[0] == 200
+    # A repair runs to its end; imports (tests/integration/ingest/test_imports.py) stop.
+    assert (await call("POST", f"/v1/operations/{op['id']}/cancel"))[0] == 409
+    assert (await call("GET", "/v1/import-sources"))[1] == {"items": []}
+    imported = await call("POST", f"/v1/events/{ev}/imports", json={"source": "none"})
+    assert imported[0] == 422
     assert (
         await call("POST", "/v1/photos/bulk-delete", json={"photo_ids": [photo["id"], "ph_x"]})
     )[0] == 200

@@ -18,6 +18,7 @@ from pymongo import ReturnDocument
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
+from darkroom_kit.lease import HOLDER, RELEASED, UNTIL, Lease
 from darkroom_kit.messaging import Envelope
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
@@ -44,16 +45,19 @@ class Operations:
         self,
         operation_id: str,
         kind: str,
-        command: Envelope,
+        command: Envelope | None,
         *,
-        exchange: str,
-        outbox: Outbox,
-        grace_ms: int,
+        exchange: str = "",
+        outbox: Outbox | None = None,
+        grace_ms: int = 0,
         params: Mapping[str, Any],
         progress: Mapping[str, int],
     ) -> OperationRecord:
         """A queued Operation and the command that starts it, stored in one write and then
-        published (if the publish fails, the writer's outbox relay publishes it)."""
+        published (if the publish fails, the writer's outbox relay publishes it).
+
+        Without a command, the Operation is carried out by the service that created it, which
+        claims it with a lease (:meth:`claim`): it is stored with a lease that is free."""
         record = OperationRecord(
             id=operation_id,
             kind=kind,
@@ -62,10 +66,26 @@ class Operations:
             params=dict(params),
             progress=dict(progress),
         )
+        if command is None:
+            await self._col.insert_one({**record.document(), UNTIL: 0})
+            return record
+        if outbox is None:
+            raise ValueError("a command is published through the writer's outbox")
         doc: Document = {**record.document(), **outbox.fields(exchange, [command], grace_ms)}
         await self._col.insert_one(doc)
         await outbox.flush(self._col, operation_id, outbox.pending_of(doc))
         return record
+
+    async def request_stop(self, operation_id: str) -> OperationRecord | None:
+        """Ask an open Operation to stop; its worker ends it at its next step. None when it is
+        unknown or has ended already."""
+        doc = await self._col.find_one_and_update(
+            {"_id": operation_id, "state": {"$in": OPEN}},
+            {"$set": {"stop_requested_ms": now_ms()}},
+            WITHOUT_OUTBOXES,
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else OperationRecord.from_document(doc)
 
     async def get(self, operation_id: str) -> OperationRecord | None:
         doc = await self._col.find_one({"_id": operation_id}, WITHOUT_OUTBOXES)
@@ -85,6 +105,39 @@ class Operations:
             await asyncio.sleep(min(interval, max(0.0, deadline - loop.time())))
 
     # ---- the worker's side ----------------------------------------------------------------------
+
+    def lease(self, operation_id: str, lease_ms: int) -> Lease:
+        return Lease(self._col, operation_id, lease_ms)
+
+    async def claimable(self, kinds: list[str], now: int, limit: int) -> list[str]:
+        """Open Operations of ``kinds`` (carried out by their creator, see :meth:`create`)
+        whose lease is free: never claimed, or their holder died."""
+        cursor = self._col.find(
+            {"$and": [{"kind": {"$in": kinds}, "state": {"$in": OPEN}}, Lease.free(now)]},
+            {"_id": 1},
+        ).limit(limit)
+        return [str(doc["_id"]) async for doc in cursor]
+
+    async def claim(self, lease: Lease, now: int) -> OperationRecord | None:
+        """Take the Operation of ``lease`` (``running``, held by it) if it is open and its lease
+        is free; None if another holder has it or it has ended."""
+        doc = await self._col.find_one_and_update(
+            {
+                "$and": [
+                    {"_id": lease.doc_id, "state": {"$in": OPEN}},
+                    Lease.free(now),
+                ]
+            },
+            {"$set": {"state": OperationState.RUNNING, "updated_ms": now, **lease.fields(now)}},
+            WITHOUT_OUTBOXES,
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else OperationRecord.from_document(doc)
+
+    async def release(self, lease: Lease) -> None:
+        """Give up a lease on an Operation that is still open (a graceful stop): another
+        process may take it over at once rather than after the lease runs out."""
+        await self._col.update_one(lease.mine(), {"$set": {UNTIL: 0}})
 
     async def start(
         self, operation_id: str, progress: Mapping[str, int] | None = None
@@ -109,23 +162,33 @@ class Operations:
         *,
         failures: Mapping[str, str] | None = None,
         cursor: str | None = None,
-    ) -> None:
+        details: Mapping[str, Any] | None = None,
+        lease: Lease | None = None,
+    ) -> bool:
         """Progress so far; ``failures`` adds failed items (by id), ``cursor`` says where a
-        batched worker got to. Both survive a restart (see :meth:`start`'s record)."""
+        batched worker got to, ``details`` sets entries of the kind's own ``details``. All
+        survive a restart (see :meth:`start`'s record). With ``lease``: only while it holds
+        it. Whether it was written (False: it ended, or another holder has it)."""
         fields: Document = {"progress": dict(progress), "updated_ms": now_ms()}
         for item, reason in (failures or {}).items():
             fields[f"failures.{item}"] = reason
         if cursor is not None:
             fields["cursor"] = cursor
-        await self._col.update_one(
-            {"_id": operation_id, "state": OperationState.RUNNING}, {"$set": fields}
-        )
+        for name, value in (details or {}).items():
+            fields[f"details.{name}"] = value
+        query: Document = {"_id": operation_id, "state": OperationState.RUNNING}
+        if lease is not None:
+            query[HOLDER] = lease.holder
+        result = await self._col.update_one(query, {"$set": fields})
+        return result.matched_count > 0
 
     async def finish(
         self,
         operation_id: str,
         result: Mapping[str, Any],
         progress: Mapping[str, int] | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         """``done`` with its result (and its last progress)."""
         fields: Document = {
@@ -135,10 +198,15 @@ class Operations:
         }
         if progress is not None:
             fields["progress"] = dict(progress)
-        await self._end(operation_id, fields)
+        await self._end(operation_id, fields, lease)
 
     async def fail(
-        self, operation_id: str, reason: str, result: Mapping[str, Any] | None = None
+        self,
+        operation_id: str,
+        reason: str,
+        result: Mapping[str, Any] | None = None,
+        *,
+        lease: Lease | None = None,
     ) -> None:
         """``failed``, never left ``running``: ``result`` is what it did, plus the reason
         (``error``)."""
@@ -147,8 +215,14 @@ class Operations:
             "updated_ms": now_ms(),
             "result": {**(result or {}), "error": reason[:REASON_CHARS]},
         }
-        await self._end(operation_id, fields)
+        await self._end(operation_id, fields, lease)
 
-    async def _end(self, operation_id: str, fields: Document) -> None:
-        # Only once: an Operation that has ended stays as it ended.
-        await self._col.update_one({"_id": operation_id, "state": {"$in": OPEN}}, {"$set": fields})
+    async def _end(self, operation_id: str, fields: Document, lease: Lease | None = None) -> None:
+        # Only once: an Operation that has ended stays as it ended. A leased one ends only by
+        # its holder, and holds no lease after.
+        query: Document = {"_id": operation_id, "state": {"$in": OPEN}}
+        update: Document = {"$set": fields}
+        if lease is not None:
+            query[HOLDER] = lease.holder
+            update["$unset"] = RELEASED
+        await self._col.update_one(query, update)

@@ -44,6 +44,11 @@ T = TypeVar("T")
 MIB = 1024 * 1024
 # S3's minimum for every part but the last.
 MIN_PART_SIZE = 5 * MIB
+# The largest object one CopyObject makes; bigger ones are copied part by part (UploadPartCopy).
+MAX_COPY_OBJECT = 5 * 1024 * MIB
+# Parts of a multipart copy: few round trips, and 10,000 of them reach 5 TiB (S3's largest).
+COPY_PART_SIZE = 512 * MIB
+MAX_PARTS = 10_000
 
 
 class StorageError(Exception):
@@ -58,6 +63,11 @@ class StorageUnavailable(StorageError):
     """The store did not answer or answered with a server error: worth retrying later."""
 
 
+class PreconditionFailed(StorageError):
+    """A conditional request's condition did not hold: the object is not the version asked for
+    (it changed since it was listed)."""
+
+
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload", "NoSuchBucket"}
 
 
@@ -69,6 +79,8 @@ def _storage_error(status: int, code: str, detail: str) -> StorageError:
     """What an S3 error answer means to the domain, whichever client got it."""
     if status == 404 or code in _NOT_FOUND_CODES:
         return ObjectNotFound(code)
+    if status == 412 or code == "PreconditionFailed":
+        return PreconditionFailed(f"{code}: {detail}")
     if status >= 500 or status == 0 or code in _RETRY_CODES:
         return StorageUnavailable(f"{code}: {detail}")
     return StorageError(f"{code}: {detail}")
@@ -133,6 +145,8 @@ class ListedObject:
     key: str
     size: int
     last_modified_ms: int
+    # As listed, quotes removed; "" where a caller made one by hand.
+    etag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,16 +460,29 @@ class S3ObjectStore:
         async with self._http.request("HEAD", key) as response:
             return _object_info(key, response)
 
-    async def get_bytes(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The whole object, or bytes ``start..end`` inclusive (a ranged GET)."""
+    async def get_bytes(
+        self,
+        key: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> bytes:
+        """The whole object, or bytes ``start..end`` inclusive (a ranged GET). With
+        ``if_match`` (an ETag): only of that version, else :class:`PreconditionFailed`."""
         headers: dict[str, str] = {}
         if start is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
         return await self._http.read(key, headers=headers)
 
     @contextlib.asynccontextmanager
-    async def open_stream(self, key: str) -> AsyncIterator[tuple[ObjectInfo, AsyncIterator[bytes]]]:
-        async with self._http.request("GET", key) as response:
+    async def open_stream(
+        self, key: str, *, if_match: str | None = None
+    ) -> AsyncIterator[tuple[ObjectInfo, AsyncIterator[bytes]]]:
+        headers = {"If-Match": f'"{if_match}"'} if if_match else None
+        async with self._http.request("GET", key, headers=headers) as response:
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:
@@ -473,19 +500,84 @@ class S3ObjectStore:
         return keys
 
     async def iter_objects(
-        self, prefix: str, page_size: int = 1000
+        self, prefix: str, page_size: int = 1000, *, start_after: str = ""
     ) -> AsyncIterator[list[ListedObject]]:
         """The objects under ``prefix``, one ListObjectsV2 page at a time (continuation tokens),
-        so a caller never holds more than one page of a big bucket."""
+        so a caller never holds more than one page of a big bucket; keys in S3's (byte) order,
+        from the first after ``start_after`` (a walk resumed where it stopped)."""
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+        pages = (
+            paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=prefix,
+                StartAfter=start_after,
+                PaginationConfig={"PageSize": page_size},
+            )
+            if start_after
+            else paginator.paginate(
+                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+            )
         )
         async for page in _translated_pages(pages):
             yield [
-                ListedObject(o["Key"], int(o.get("Size", 0)), _ms(o["LastModified"]))
+                ListedObject(
+                    o["Key"],
+                    int(o.get("Size", 0)),
+                    _ms(o["LastModified"]),
+                    str(o.get("ETag", "")).strip('"'),
+                )
                 for o in page.get("Contents", [])
             ]
+
+    async def copy_from(
+        self,
+        source_bucket: str,
+        source_key: str,
+        key: str,
+        size: int,
+        content_type: str,
+        *,
+        if_match: str | None = None,
+    ) -> str:
+        """A server-side copy of ``source_bucket/source_key`` (``size`` bytes) to ``key`` of
+        this store's bucket, on the same S3 endpoint: the bytes never pass through this process.
+        CopyObject up to 5 GiB, UploadPartCopy beyond (S3's limit of one CopyObject). With
+        ``if_match``: only of that version (``x-amz-copy-source-if-match``), else
+        :class:`PreconditionFailed` and nothing is stored. Answers the new object's ETag.
+
+        The request is signed with this store's credentials, which must be allowed to read the
+        source bucket."""
+        source = quote(f"{source_bucket}/{source_key}", safe="/~")
+        condition = {"x-amz-copy-source-if-match": f'"{if_match}"'} if if_match else {}
+        if size <= MAX_COPY_OBJECT:
+            headers = {
+                "x-amz-copy-source": source,
+                "x-amz-metadata-directive": "REPLACE",
+                "Content-Type": content_type,
+                **condition,
+            }
+            answer = await self._xml("PUT", key, {}, None, headers)
+            return answer.findtext("{*}ETag", "").strip('"')
+        part_size = max(COPY_PART_SIZE, -(-size // MAX_PARTS))
+        upload_id = await self.create_multipart(key, content_type)
+        try:
+            parts: list[StoredPart] = []
+            for number, start in enumerate(range(0, size, part_size), start=1):
+                end = min(size, start + part_size) - 1
+                headers = {
+                    "x-amz-copy-source": source,
+                    "x-amz-copy-source-range": f"bytes={start}-{end}",
+                    **condition,
+                }
+                query = {"partNumber": str(number), "uploadId": upload_id}
+                answer = await self._xml("PUT", key, query, None, headers)
+                etag = answer.findtext("{*}ETag", "").strip('"')
+                parts.append(StoredPart(number, etag, end - start + 1))
+            return await self.complete_multipart(key, upload_id, parts)
+        except BaseException:
+            with contextlib.suppress(StorageError):
+                await self.abort_multipart(key, upload_id)
+            raise
 
     async def iter_multipart_uploads(
         self, prefix: str, page_size: int = 1000
@@ -842,15 +934,40 @@ def s3_http_session(max_connections: int = 32) -> aiohttp.ClientSession:
 
 @contextlib.asynccontextmanager
 async def open_object_store(settings: CommonSettings) -> AsyncIterator[S3ObjectStore]:
-    endpoint = settings.s3_endpoint_url or f"https://s3.{settings.s3_region}.amazonaws.com"
-    access_key = settings.s3_access_key.get_secret_value()
-    secret_key = settings.s3_secret_key.get_secret_value()
+    async with open_bucket(
+        settings.s3_endpoint_url,
+        settings.s3_bucket,
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        settings.s3_region,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+    ) as store:
+        yield store
+
+
+def endpoint_of(endpoint_url: str | None, region: str) -> str:
+    """The S3 endpoint a store talks to (None: AWS's of the region)."""
+    return (endpoint_url or f"https://s3.{region}.amazonaws.com").rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def open_bucket(
+    endpoint_url: str | None,
+    bucket: str,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    *,
+    public_endpoint_url: str | None = None,
+) -> AsyncIterator[S3ObjectStore]:
+    """A store on any bucket (darkroom's own, or an import source's)."""
+    endpoint = endpoint_of(endpoint_url, region)
     session = get_session()
     async with (
         session.create_client(
             "s3",
             endpoint_url=endpoint,
-            region_name=settings.s3_region,
+            region_name=region,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             config=s3_client_config(),
@@ -860,12 +977,12 @@ async def open_object_store(settings: CommonSettings) -> AsyncIterator[S3ObjectS
         data_path = S3Http(
             http,
             endpoint,
-            settings.s3_bucket,
+            bucket,
             Credentials(access_key, secret_key),
-            settings.s3_region,
-            public_endpoint_url=settings.s3_public_endpoint_url,
+            region,
+            public_endpoint_url=public_endpoint_url,
         )
-        yield S3ObjectStore(client, data_path, settings.s3_bucket)
+        yield S3ObjectStore(client, data_path, bucket)
 
 
 def object_store_ctx(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -31,6 +32,7 @@ from darkroom_ingest.events import EventService
 from darkroom_ingest.gallery import Gallery
 from darkroom_ingest.guests import GuestLinks
 from darkroom_ingest.idempotency import idempotency_middleware
+from darkroom_ingest.imports import Importer, ImportMetrics, ImportSources
 from darkroom_ingest.jobs import Jobs
 from darkroom_ingest.orphans import orphan_sweeper_ctx, sweep_pass
 from darkroom_ingest.photos import PhotoService
@@ -43,6 +45,7 @@ SERVICE = "upload-ingest"
 
 RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
 UPLOAD_BYTES: web.AppKey[Counter] = web.AppKey("upload_bytes_counter", Counter)
+IMPORT_METRICS: web.AppKey[ImportMetrics] = web.AppKey("import_metrics", ImportMetrics)
 
 
 async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -70,6 +73,10 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
     chunked = ChunkedUploads(db, app[OBJECT_STORE], photos, settings)
     await chunked.ensure_indexes()
     events = EventService(db, publisher_outbox, topology, settings.outbox_grace_ms)
+    exits = contextlib.AsyncExitStack()
+    sources = await exits.enter_async_context(ImportSources(settings).opened())
+    importer = Importer(db, app[OBJECT_STORE], photos, sources, settings, app[IMPORT_METRICS])
+    await importer.ensure_indexes()
     app[DEPS] = Deps(
         settings=settings,
         db=db,
@@ -93,6 +100,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         jobs=Jobs(db, publisher_outbox, topology, events, settings.outbox_grace_ms),
         upload_bytes=app[UPLOAD_BYTES],
+        imports=importer,
     )
     relay = OutboxRelay(
         publisher_outbox,
@@ -103,7 +111,12 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await relay.ensure_indexes()
     app[RELAY] = relay
-    yield
+    async with exits:
+        try:
+            yield
+        finally:
+            # Imports in progress give their leases back: another replica resumes them at once.
+            await importer.close()
 
 
 async def _relay_pass(app: web.Application) -> int:
@@ -112,6 +125,10 @@ async def _relay_pass(app: web.Application) -> int:
 
 async def _count_pass(app: web.Application) -> int:
     return await app[DEPS].photos.counts.run_pass()
+
+
+async def _import_pass(app: web.Application) -> int:
+    return await app[DEPS].imports.claim_pass()
 
 
 async def _expire_pass(app: web.Application) -> int:
@@ -139,6 +156,7 @@ def create_app(settings: IngestSettings) -> web.Application:
         "Events whose photo_count a reconciliation corrected",
         registry=registry,
     )
+    app[IMPORT_METRICS] = ImportMetrics.registered(registry)
     metrics = ConsumerMetrics(registry, SERVICE)
     app.cleanup_ctx.extend(
         [
@@ -158,6 +176,10 @@ def create_app(settings: IngestSettings) -> web.Application:
             ),
             periodic_ctx(
                 "photo counts corrected", _count_pass, settings.photo_count_interval_seconds
+            ),
+            # Imports whose process died (or that their replica could not start) resume here.
+            periodic_ctx(
+                "imports taken over", _import_pass, settings.import_claim_interval_seconds
             ),
             orphan_sweeper_ctx,
             # The first pass an interval after start: a crash loop must not list the bucket on

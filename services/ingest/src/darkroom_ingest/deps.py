@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from darkroom_ingest.events import EventService
     from darkroom_ingest.gallery import Gallery
     from darkroom_ingest.guests import GuestLinks
+    from darkroom_ingest.imports import Importer
     from darkroom_ingest.jobs import Jobs
     from darkroom_ingest.photos import PhotoService
     from darkroom_ingest.tus import TusUploads
@@ -45,6 +46,7 @@ class Deps:
     deliveries: Deliveries
     jobs: Jobs
     upload_bytes: Counter
+    imports: Importer
 
     @property
     def base_url(self) -> str:

@@ -158,6 +158,12 @@ COMMAND_NOT_SENT = ErrorKind(
 
 # operations
 OPERATION_NOT_FOUND = not_found_kind("operation")
+OPERATION_NOT_CANCELLABLE = ErrorKind(
+    "operation_not_cancellable", 409, "This kind of Operation cannot be stopped"
+)
+
+# S3 prefix imports (imports.py)
+IMPORT_SOURCE_NOT_FOUND = ErrorKind("import_source_not_found", 422, "No such import source")
 
 
 # ---- the catalogue: keep it last ---------------------------------------------------------------

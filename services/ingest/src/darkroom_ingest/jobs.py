@@ -16,6 +16,7 @@ from darkroom_kit.stored.operations import OperationRecord, RecoverParams, Repai
 
 from darkroom_ingest.errors import (
     INSUFFICIENT_SCOPE,
+    OPERATION_NOT_CANCELLABLE,
     OPERATION_NOT_FOUND,
     VALIDATION_FAILED,
 )
@@ -24,9 +25,16 @@ from darkroom_ingest.tokens import Principal, Scope
 
 REPAIR = "repair_dimensions"
 RECOVER = "webhook_recover"
+IMPORT = "s3_import"  # darkroom_ingest.imports
 
 # Who may read an Operation: whoever may start one of its kind (read side).
-READ_SCOPES = {REPAIR: Scope.PHOTOS_READ, RECOVER: Scope.WEBHOOKS_MANAGE}
+READ_SCOPES = {
+    REPAIR: Scope.PHOTOS_READ,
+    RECOVER: Scope.WEBHOOKS_MANAGE,
+    IMPORT: Scope.PHOTOS_READ,
+}
+# Who may stop one, by kind: the kinds that can be stopped.
+STOP_SCOPES = {IMPORT: Scope.PHOTOS_WRITE}
 
 
 class Jobs:
@@ -103,12 +111,36 @@ class Jobs:
 
     async def read(self, principal: Principal, op_id: str, wait: float) -> OperationRecord:
         """An Operation, for a token that may start one of its kind."""
-        op = await self.wait(op_id, 0)
-        scope = READ_SCOPES.get(op.kind, Scope.ADMIN)
-        if not principal.may(scope):
-            raise INSUFFICIENT_SCOPE.error(
-                f"This needs the scope {scope.value!r}.", extra={"required_scope": scope.value}
-            )
+        op = await self._visible(principal, op_id)
+        _require(principal, READ_SCOPES.get(op.kind, Scope.ADMIN))
         if wait and not op.final:
             op = await self.wait(op_id, wait)
         return op
+
+    async def request_stop(self, principal: Principal, op_id: str) -> OperationRecord:
+        """Ask an Operation to stop (its worker ends it); one that ended is answered as is."""
+        op = await self._visible(principal, op_id)
+        scope = STOP_SCOPES.get(op.kind)
+        if scope is None:
+            raise OPERATION_NOT_CANCELLABLE.error(
+                f"A {op.kind} Operation runs to its end.", extra={"kind": op.kind}
+            )
+        _require(principal, scope)
+        if op.final:
+            return op
+        return await self._operations.request_stop(op_id) or await self.wait(op_id, 0)
+
+    async def _visible(self, principal: Principal, op_id: str) -> OperationRecord:
+        """A token bound to one event sees no Operation on another (not found)."""
+        op = await self.wait(op_id, 0)
+        event_id = op.params.get("event_id")
+        if event_id is not None and not principal.sees(str(event_id)):
+            raise OPERATION_NOT_FOUND.error(f"No operation with id {op_id!r}.")
+        return op
+
+
+def _require(principal: Principal, scope: Scope) -> None:
+    if not principal.may(scope):
+        raise INSUFFICIENT_SCOPE.error(
+            f"This needs the scope {scope.value!r}.", extra={"required_scope": scope.value}
+        )

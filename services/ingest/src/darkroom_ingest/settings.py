@@ -1,10 +1,27 @@
 from __future__ import annotations
 
 from darkroom_kit.settings import CommonSettings
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 MB = 1000 * 1000
 MIB = 1024 * 1024
+
+
+class ImportSource(BaseModel):
+    """A bucket photos may be imported from (``POST /v1/events/{id}/imports``). API callers
+    name it; they never see or give its endpoint or credentials."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: darkroom's own S3 endpoint (S3_ENDPOINT_URL).
+    endpoint_url: str | None = None
+    bucket: str
+    # Callers' prefixes are under this one: they never reach outside it.
+    prefix: str = ""
+    # None: darkroom's own credentials and region.
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    region: str | None = None
 
 
 class IngestSettings(CommonSettings):
@@ -62,3 +79,20 @@ class IngestSettings(CommonSettings):
     webhook_test_wait_seconds: float = Field(default=20.0, ge=0)
     # A resend answers once webhook-dispatch has reopened the delivery, or after this long.
     webhook_resend_wait_seconds: float = Field(default=5.0, ge=0)
+    # S3 prefix imports (imports.py): the sources by name, as JSON in IMPORT_SOURCES, e.g.
+    # {"drop": {"bucket": "camera-drop", "prefix": "incoming/", "access_key": "...",
+    # "secret_key": "..."}}. A source on darkroom's own endpoint is copied server-side
+    # (CopyObject): darkroom's credentials must then be allowed to read its bucket.
+    import_sources: dict[str, ImportSource] = {}
+    # How often a watching import lists its prefix again, unless the request says.
+    import_poll_seconds: float = Field(default=30.0, ge=1)
+    # How often each replica looks for imports nobody holds (new ones are started at once by
+    # the replica that took the request; this finds those whose process died). 0: never.
+    import_claim_interval_seconds: float = Field(default=2.0, ge=0)
+    # Imports one replica carries out at once; objects copied at once by one import; objects
+    # committed (counted and recorded) per write.
+    import_max_running: int = Field(default=4, ge=1)
+    import_concurrency: int = Field(default=8, ge=1, le=64)
+    import_batch_files: int = Field(default=50, ge=1, le=500)
+    # Skipped and failed keys kept with their reasons on an import's Operation.
+    import_max_reasons: int = Field(default=1000, ge=0)

@@ -25,6 +25,10 @@ class OperationRecord(Record):
     failures: dict[str, str] = Field(default_factory=dict)
     # Where a batched worker got to (the last id it handled), kept across restarts.
     cursor: str | None = None
+    # A kind's own record of its work so far (an import's skipped and failed keys).
+    details: dict[str, Any] = Field(default_factory=dict)
+    # Someone asked it to stop (POST /v1/operations/{id}/cancel); its worker ends it.
+    stop_requested_ms: int | None = None
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> OperationRecord:
@@ -53,3 +57,20 @@ class RepairParams(BaseModel):
 
     event_id: str | None
     include_capture_date: bool = False
+
+
+class ImportParams(BaseModel):
+    """The params of an ``s3_import`` Operation: objects under ``prefix`` of the import source
+    ``source`` (named in upload-ingest's settings), into the event ``event_id``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: str
+    source: str
+    # Under the source's own prefix.
+    prefix: str = ""
+    watch: bool = False
+    poll_seconds: float = 30.0
+    # None: the event's own rule.
+    keep_duplicates: bool | None = None
+    category_id: str | None = None

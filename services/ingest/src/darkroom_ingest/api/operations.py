@@ -10,6 +10,7 @@ from darkroom_ingest.api.declare import Call, Reply, RouteTable
 from darkroom_ingest.errors import (
     EVENT_NOT_FOUND,
     INSUFFICIENT_SCOPE,
+    OPERATION_NOT_CANCELLABLE,
     OPERATION_NOT_FOUND,
     WEBHOOK_NOT_FOUND,
 )
@@ -32,10 +33,12 @@ def operation_out(op: OperationRecord) -> OperationOut:
         updated_at=ms_to_iso(op.updated_ms),
         progress=op.progress,
         result=op.result,
+        details=op.details or None,
+        stop_requested_at=ms_to_iso(op.stop_requested_ms),
     )
 
 
-async def _answer(call: Call, op_id: str, wait: float) -> Reply[OperationOut]:
+async def answer(call: Call, op_id: str, wait: float) -> Reply[OperationOut]:
     """202 with the Operation, or 200 with its result when it ends within ``wait``."""
     op = await call.deps.jobs.wait(op_id, wait)
     status = 200 if op.final else 202
@@ -63,7 +66,7 @@ async def repair_dimensions(
     op_id = await call.deps.jobs.start_repair(
         call.principal, body.event_id, body.include_capture_date
     )
-    return await _answer(call, op_id, query.wait)
+    return await answer(call, op_id, query.wait)
 
 
 @routes.post(
@@ -90,7 +93,7 @@ async def recover_webhook(
         datetime_to_ms(body.since),
         datetime_to_ms(body.until) if body.until is not None else None,
     )
-    return await _answer(call, op_id, query.wait)
+    return await answer(call, op_id, query.wait)
 
 
 @routes.get(
@@ -107,3 +110,24 @@ async def get_operation(call: Call, query: WaitQuery) -> OperationOut:
     it works on: photos.read for a repair, webhooks.manage for a webhook recovery."""
     op = await call.deps.jobs.read(call.principal, call.path("operation_id"), query.wait)
     return operation_out(op)
+
+
+@routes.post(
+    "/v1/operations/{operation_id}/cancel",
+    operation_id="cancelOperation",
+    summary="Stop an Operation",
+    scope=Scope.PHOTOS_WRITE,
+    query=WaitQuery,
+    response=OperationOut,
+    status=202,
+    also={200: ENDED},
+    location=True,
+    errors=(OPERATION_NOT_FOUND, OPERATION_NOT_CANCELLABLE, INSUFFICIENT_SCOPE),
+)
+async def cancel_operation(call: Call, query: WaitQuery) -> Reply[OperationOut]:
+    """Stop an import (a watching one never ends by itself): it ends ``done`` with
+    ``result.stopped`` at its next step, keeping every photo imported so far. Stopping one that
+    has ended answers it as it is."""
+    op_id = call.path("operation_id")
+    await call.deps.jobs.request_stop(call.principal, op_id)
+    return await answer(call, op_id, query.wait)
