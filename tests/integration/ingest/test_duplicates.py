@@ -183,6 +183,9 @@ async def test_chunked_tus_and_direct_copies_end_as_the_photo_there(
     assert done.status == 204
     assert done.headers["X-Darkroom-Photo-Id"] == original["id"]
     assert done.headers["X-Darkroom-Duplicate-Of"] == original["id"]
+    # Also for a client whose last answer was lost: a HEAD says it.
+    state = await tus.head(capi, token, created.headers["Location"])
+    assert state.headers["X-Darkroom-Duplicate-Of"] == original["id"]
 
     # Direct to S3 with one signed PUT.
     direct = await ticket(capi, token, event["id"], data, filename="direct.jpg")
@@ -288,3 +291,52 @@ async def test_a_completer_that_dies_after_finding_a_copy_gives_the_same_answer_
     assert [p["id"] for p in await photos_of(capi, token, event["id"])] == [original["id"]]
     assert await photo_count(capi, token, event["id"]) == 1
     assert len(await stored_keys(capi, event["id"])) == 1
+
+
+async def test_a_photo_stored_without_a_hash_is_found_by_a_copy_that_has_one(
+    capi: Client, make_token: TokenMaker
+) -> None:
+    """A chunked upload alone of its size is not hashed; the batch that brings its bytes again
+    (hashed on the way) has it hashed then, and is answered with it."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(600_000)
+    first = await complete_chunked(
+        capi, token, await chunked(capi, token, event["id"], data, "a.jpg")
+    )
+    assert first["sha256"] is None
+    again = await post_photos(capi, token, event["id"], ("again.jpg", data))
+    body = await again.json()
+    assert again.status == 200, body
+    assert body["uploaded"][0]["duplicate_of"] == first["id"]
+    assert [p["id"] for p in await photos_of(capi, token, event["id"])] == [first["id"]]
+
+
+async def test_a_guest_whose_file_is_there_learns_nothing_the_owner_wrote(
+    capi: Client, make_token: TokenMaker
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(600_000)
+    original = (await (await post_photos(capi, token, event["id"], ("a.jpg", data))).json())[
+        "uploaded"
+    ][0]
+    private = {"title": "the ring", "description": "not yet", "keywords": ["secret"]}
+    patched = await capi.patch(
+        f"/v1/photos/{original['id']}", json={**private, "is_hidden": True}, headers=auth(token)
+    )
+    assert patched.status == 200
+    link = await capi.post(
+        f"/v1/events/{event['id']}/guest-links", json={"label": "party"}, headers=auth(token)
+    )
+    guest = (await link.json())["token"]
+    upload = await chunked(capi, guest, event["id"], data, "guest.jpg")
+    answer = await complete_chunked(capi, guest, upload)
+    assert answer["duplicate_of"] == original["id"]
+    assert (answer["title"], answer["description"], answer["keywords"]) == (None, None, [])
+    assert answer["is_hidden"] is False
+    # The owner, completing a copy, sees the photo as it is.
+    mine = await complete_chunked(
+        capi, token, await chunked(capi, token, event["id"], data, "mine.jpg")
+    )
+    assert (mine["title"], mine["is_hidden"]) == ("the ring", True)

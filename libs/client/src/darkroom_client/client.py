@@ -433,7 +433,11 @@ class DarkroomClient:
         # (named by their field, photos[i]): a duplicate is another photo, named otherwise.
         refused = {s.get("field"): s for s in body["skipped"]}
         stored = [f for i, f in enumerate(files) if f"photos[{i}]" not in refused]
-        for sent, photo in zip(stored, body["uploaded"], strict=False):
+        if len(stored) != len(body["uploaded"]):
+            for file in stored:
+                result.failed[str(file)] = "the server's answer does not list each file sent"
+            return
+        for sent, photo in zip(stored, body["uploaded"], strict=True):
             result.record(str(sent), photo)
             self._state.put(keys[sent], {"photo_id": photo["id"]})
         for i, file in enumerate(files):
@@ -500,7 +504,8 @@ class DarkroomClient:
     async def _finish(self, upload: dict[str, Any], key: str) -> dict[str, Any]:
         photo = await self._json("GET", f"/v1/photos/{upload['photo_id']}")
         self._state.put(key, {"photo_id": photo["id"]})
-        return dict(photo)
+        # As the completion answered it: a copy of a photo there says so.
+        return {**photo, "duplicate_of": upload.get("duplicate_of")}
 
     async def _put_chunk(
         self, upload_id: str, file: Path, i: int, chunk_size: int, size: int

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from darkroom_kit.httpapp import problem_middleware
+from darkroom_kit.statuses import UploadState
 from darkroom_kit.stored.uploads import UploadRecord
 
 from darkroom_ingest import errors
@@ -90,17 +91,24 @@ def _state_headers(upload: UploadRecord) -> dict[str, str]:
         headers["Upload-Concat"] = "partial"
     elif upload.concat == "final":
         headers["Upload-Concat"] = "final;" + " ".join(BASE + i for i in upload.partials)
+    if upload.state is UploadState.COMPLETED:
+        # Not tus: the photo it made, also for a client whose last PATCH's answer was lost.
+        headers.update(_photo_headers(upload.duplicate_of or upload.photo_id, upload))
+    return headers
+
+
+def _photo_headers(photo_id: str, upload: UploadRecord) -> dict[str, str]:
+    headers = {"X-Darkroom-Photo-Id": photo_id}
+    if photo_id != upload.photo_id:
+        # Its bytes equal a photo's already in the event: that photo, not stored again.
+        headers["X-Darkroom-Duplicate-Of"] = photo_id
     return headers
 
 
 def _answer(status: int, written: Written) -> web.Response:
     headers = _state_headers(written.upload)
     if written.photo is not None:
-        # Not tus: where the photo the upload made can be read.
-        headers["X-Darkroom-Photo-Id"] = str(written.photo["_id"])
-        if written.photo["_id"] != written.upload.photo_id:
-            # Its bytes equal a photo's already in the event: that photo, not stored again.
-            headers["X-Darkroom-Duplicate-Of"] = str(written.photo["_id"])
+        headers.update(_photo_headers(str(written.photo["_id"]), written.upload))
     return web.Response(status=status, headers=headers)
 
 

@@ -173,7 +173,12 @@ async def complete_upload(call: Call) -> UploadedPhoto:
         # Its completion checks what S3 holds against its parts: POST its complete_url.
         raise errors.DIRECT_ONLY.error(f"Complete it with /v1/direct-uploads/{upload.id}/complete.")
     photo = await call.deps.chunked.complete(upload.id)
-    return UploadedPhoto.of_completion(photo, upload.photo_id, call.deps.base_url)
+    return UploadedPhoto.of_completion(
+        photo,
+        upload.photo_id,
+        call.deps.base_url,
+        reader=call.principal.may(Scope.PHOTOS_READ),
+    )
 
 
 @routes.delete(

@@ -113,10 +113,27 @@ class UploadedPhoto(PhotoView):
         return cls(**dict(view), duplicate_of=photo.id if duplicate else None)
 
     @classmethod
-    def of_completion(cls, photo: Document, upload_photo_id: str, base_url: str) -> UploadedPhoto:
-        """An upload's photo: a copy of another when it is not the one chosen at its creation."""
+    def of_completion(
+        cls, photo: Document, upload_photo_id: str, base_url: str, *, reader: bool = True
+    ) -> UploadedPhoto:
+        """An upload's photo: a copy of another when it is not the one chosen at its creation.
+
+        ``reader``: whether the caller may read the event's photos. One who may not (a guest
+        link) learns that its file is there, not what the owner wrote about that photo."""
         record = PhotoRecord.of(photo)
-        return cls.of_outcome(record, record.id != upload_photo_id, base_url)
+        view = cls.of_outcome(record, record.id != upload_photo_id, base_url)
+        if view.duplicate_of is None or reader:
+            return view
+        return view.model_copy(
+            update={
+                "title": None,
+                "description": None,
+                "keywords": [],
+                "rating": None,
+                "category_id": None,
+                "is_hidden": False,
+            }
+        )
 
 
 class BatchOut(BaseModel):
