@@ -340,3 +340,36 @@ async def test_a_guest_whose_file_is_there_learns_nothing_the_owner_wrote(
         capi, token, await chunked(capi, token, event["id"], data, "mine.jpg")
     )
     assert (mine["title"], mine["is_hidden"]) == ("the ring", True)
+
+
+async def test_a_copy_of_a_photo_deleted_meanwhile_becomes_a_photo(
+    api: Client, make_token: TokenMaker
+) -> None:
+    """The photo a copy was found equal to is deleted before the copy is dropped: the copy is
+    stored after all, never answered with a photo that is gone."""
+    from darkroom_ingest.deps import DEPS
+
+    token = await make_token()
+    event = await make_event(api, token)
+    data = jpeg_bytes(64, 64)
+    original = (await (await post_photos(api, token, event["id"], ("a.jpg", data))).json())[
+        "uploaded"
+    ][0]
+    duplicates = api.server.app[DEPS].photos.duplicates
+    earlier = duplicates.earlier
+
+    async def found_then_deleted(*args: Any) -> Any:
+        found = await earlier(*args)
+        duplicates.earlier = earlier  # type: ignore[method-assign]
+        deleted = await api.delete(f"/v1/photos/{original['id']}", headers=auth(token))
+        assert deleted.status == 204
+        return found
+
+    duplicates.earlier = found_then_deleted  # type: ignore[method-assign]
+    again = await post_photos(api, token, event["id"], ("again.jpg", data))
+    body = await again.json()
+    assert again.status == 201, body
+    photo = body["uploaded"][0]
+    assert (photo["duplicate_of"], photo["filename"]) == (None, "again.jpg")
+    assert [p["id"] for p in await photos_of(api, token, event["id"])] == [photo["id"]]
+    assert await photo_count(api, token, event["id"]) == 1

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter as Tally
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from darkroom_kit import outbox, records
 from darkroom_kit.mongo import Collection, Database, Document
@@ -30,6 +32,9 @@ from pymongo.errors import DuplicateKeyError
 
 from darkroom_ingest.chunked.store import UPLOADS
 from darkroom_ingest.uploads import StoredFile, object_sha256
+
+if TYPE_CHECKING:
+    from darkroom_ingest.photos import Committed
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +121,16 @@ class Duplicates:
             if photo.sha256 is not None:
                 found.setdefault(photo.sha256, photo)
         return found
+
+    async def gone(self, outcomes: Mapping[int, Committed]) -> set[str]:
+        """The photos that copies were answered with and that are being deleted (or gone)."""
+        named = {c.photo.id for c in outcomes.values() if c.duplicate}
+        if not named:
+            return set()
+        alive = self._photos.find(
+            {"_id": {"$in": sorted(named)}, "status": {"$ne": PhotoStatus.DELETING}}, {"_id": 1}
+        )
+        return named - {str(doc["_id"]) async for doc in alive}
 
     async def holder(self, key: str) -> PhotoRecord | None:
         """The photo holding ``content_key`` ``key`` (the one an insert clashed with)."""

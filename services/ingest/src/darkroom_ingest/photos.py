@@ -113,18 +113,16 @@ class PhotoService:
         if not keep and fresh:
             digested = await self.duplicates.with_digests(event.id, list(fresh.values()))
             fresh = dict(zip(fresh, digested, strict=True))
-            earlier = await self.duplicates.earlier(
-                event.id, [f.sha256 for f in fresh.values() if f.sha256 is not None]
-            )
-            for i, f in list(fresh.items()):
-                if f.sha256 in earlier:
-                    outcomes[i] = Committed(earlier[f.sha256], duplicate=True)
-                    del fresh[i]
-        if fresh:
-            stored = await self._commit_new(
-                event, list(fresh.values()), category_id, request_key, refuse_copies=not keep
-            )
-            outcomes.update(zip(fresh, stored, strict=True))
+        for last in (False, False, True):
+            if not fresh:
+                break
+            done = await self._commit_fresh(event, fresh, category_id, request_key, keep)
+            # A photo deleted since it was found would leave the copy answered by nothing: the
+            # copy is committed again (the deletion freed its content). Checked before any copy
+            # is dropped; a deletion after that is one after the answer.
+            gone = set() if last else await self.duplicates.gone(done)
+            outcomes.update({i: c for i, c in done.items() if c.photo.id not in gone})
+            fresh = {i: f for i, f in fresh.items() if i not in outcomes}
         copies = [files[i] for i, c in outcomes.items() if c.duplicate and i not in landed]
         if copies:
             log.info(
@@ -137,6 +135,31 @@ class PhotoService:
             if discard_duplicates:
                 await self._discard(copies)
         return [outcomes[i] for i in range(len(files))]
+
+    async def _commit_fresh(
+        self,
+        event: EventRecord,
+        fresh: dict[int, StoredFile],
+        category_id: str | None,
+        request_key: str | None,
+        keep: bool,
+    ) -> dict[int, Committed]:
+        """What each file (by position) became: a copy of a photo there, or a new photo."""
+        outcomes: dict[int, Committed] = {}
+        if not keep:
+            earlier = await self.duplicates.earlier(
+                event.id, [f.sha256 for f in fresh.values() if f.sha256 is not None]
+            )
+            for i, f in fresh.items():
+                if f.sha256 in earlier:
+                    outcomes[i] = Committed(earlier[f.sha256], duplicate=True)
+        new = {i: f for i, f in fresh.items() if i not in outcomes}
+        if new:
+            stored = await self._commit_new(
+                event, list(new.values()), category_id, request_key, refuse_copies=not keep
+            )
+            outcomes.update(zip(new, stored, strict=True))
+        return outcomes
 
     async def _landed(
         self, event_id: str, files: list[StoredFile], request_key: str | None
