@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from darkroom_ingest.api import all_routes
 from darkroom_ingest.schemas.common import PageQuery
+from darkroom_ingest.settings import IngestSettings
 
 from tests.factories.api import (
     Client,
@@ -15,10 +17,11 @@ from tests.factories.api import (
     auth,
     make_event,
     put_chunk,
+    raw_multipart,
     start_upload,
     stored_keys,
 )
-from tests.factories.media import jpeg_like
+from tests.factories.media import jpeg_bytes, jpeg_like
 
 
 async def test_an_offset_past_what_mongodb_takes_is_a_422_on_every_list(
@@ -93,3 +96,39 @@ async def test_a_password_in_a_webhook_url_is_never_answered_back(
     one = await (await api.get(f"/v1/webhooks/{body['id']}", headers=auth(token))).text()
     assert "hunter2" not in one
     assert "crm:***@hooks.example.com" in one
+
+
+async def test_a_batch_of_countless_tiny_parts_is_refused_whole(
+    aiohttp_client: Any, ingest_settings: IngestSettings, make_token: TokenMaker
+) -> None:
+    """Parts past the files a batch may hold used to be listed one by one in the answer, and
+    their bytes counted towards nothing: now every part counts, and past the bound the request
+    is refused with nothing kept."""
+    from darkroom_ingest.app import create_app
+
+    api = await aiohttp_client(
+        create_app(ingest_settings.model_copy(update={"max_batch_files": 3}))
+    )
+    token = await make_token()
+    event = await make_event(api, token)
+    parts = [("a.jpg", jpeg_bytes(64, 64)), *((f"x{i}.jpg", b"x") for i in range(19))]
+    body, headers = raw_multipart(*parts)
+    problem = await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/photos", data=body, headers={**auth(token), **headers}
+        ),
+        413,
+        "too_many_parts",
+    )
+    assert "at most 19 parts" in problem["detail"]
+    assert await stored_keys(api, event["id"]) == []
+    # Within the bound, the files past the limit are skipped, as before.
+    body, headers = raw_multipart(*parts[:5])
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos", data=body, headers={**auth(token), **headers}
+    )
+    answer = await resp.json()
+    assert resp.status == 201, answer
+    assert [s["code"] for s in answer["skipped"]] == ["unsupported_type"] * 2 + [
+        "too_many_files"
+    ] * 2

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_FINISHING = 1
 
 FILE_FIELDS = {"photos", "photos[]", "file", "files"}
+# Parts a batch request may hold besides its files (category_id, a few unknown fields).
+EXTRA_PARTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +105,22 @@ class BatchReceiver:
     async def receive(self, reader: MultipartReader) -> ReceivedBatch:
         batch = ReceivedBatch()
         files_seen = 0
+        parts_seen = 0
+        # Every part costs an entry in the answer and a turn of this loop, whatever it holds:
+        # bounded as a whole, so a body of a million empty parts is refused, not listed.
+        max_parts = self._settings.max_batch_files + EXTRA_PARTS
         try:
             while True:
                 part = await self._next_part(reader)
                 if part is None:
                     break
+                parts_seen += 1
+                if parts_seen > max_parts:
+                    raise errors.TOO_MANY_PARTS.error(
+                        f"A batch request holds at most {max_parts} parts "
+                        f"({self._settings.max_batch_files} files); nothing of it was kept.",
+                        errors=[FieldError("photos", f"at most {max_parts} parts", "too_many")],
+                    )
                 if not isinstance(part, BodyPartReader):
                     raise errors.NESTED_MULTIPART.error(
                         errors=[FieldError("photos", "send each file as its own part")]
@@ -117,7 +130,7 @@ class BatchReceiver:
                     batch.category_id = (await part.text()).strip() or None
                     continue
                 if name not in FILE_FIELDS:
-                    await part.release()
+                    await self._drain(part)  # its bytes count towards the batch's cap
                     batch.skipped.append(
                         Skipped(
                             part.filename,
@@ -130,7 +143,7 @@ class BatchReceiver:
                 where = f"photos[{files_seen}]"
                 files_seen += 1
                 if files_seen > self._settings.max_batch_files:
-                    await part.release()
+                    await self._drain(part)
                     batch.skipped.append(
                         Skipped(
                             part.filename,

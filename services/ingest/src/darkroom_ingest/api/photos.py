@@ -17,6 +17,7 @@ from darkroom_ingest.errors import (
     PHOTO_CAP_REACHED,
     PHOTO_CAP_WOULD_BE_EXCEEDED,
     PHOTO_NOT_FOUND,
+    TOO_MANY_PARTS,
     UNKNOWN_CATEGORY,
     UNSUPPORTED_MEDIA_TYPE,
 )
@@ -59,6 +60,7 @@ routes = RouteTable("photos")
         NESTED_MULTIPART,
         UNSUPPORTED_MEDIA_TYPE,
         BODY_TOO_LARGE,
+        TOO_MANY_PARTS,
         UNKNOWN_CATEGORY,
         IDEMPOTENCY_KEY_IN_USE,
     ),
