@@ -132,3 +132,22 @@ async def test_a_batch_of_countless_tiny_parts_is_refused_whole(
     assert [s["code"] for s in answer["skipped"]] == ["unsupported_type"] * 2 + [
         "too_many_files"
     ] * 2
+
+
+async def test_a_big_jpeg_declared_as_a_video_stops_at_its_first_chunk(
+    aiohttp_client: Any, chunk_settings: IngestSettings, make_token: TokenMaker
+) -> None:
+    from darkroom_ingest.app import create_app
+
+    settings = chunk_settings.model_copy(update={"max_chunked_image_bytes": 2_000_000})
+    api = await aiohttp_client(create_app(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    data = jpeg_like(3_000_000)  # over the image limit, under the video one
+    upload = await start_upload(api, token, event["id"], data, mime="video/mp4")
+    problem = await assert_problem(
+        await put_chunk(api, token, upload, data, 0), 413, "file_too_large"
+    )
+    assert "image/jpeg" in problem["detail"]
+    state = await (await api.get(f"/v1/uploads/{upload['upload_id']}", headers=auth(token))).json()
+    assert state["missing"] == list(range(upload["chunk_count"]))

@@ -115,6 +115,7 @@ async def get_upload(call: Call) -> UploadOut:
         errors.CHUNK_ENDED_EARLY,
         errors.UPLOAD_EXPIRED,
         errors.WRONG_PROTOCOL,
+        errors.FILE_TOO_LARGE,
         *errors.UPLOAD_NOT_OPEN,
     ),
 )

@@ -163,6 +163,12 @@ class ChunkedUploads:
             hasher.update(piece)
         got = hasher.digests()
         machine.check_body(index, expected, len(part), digests, got)
+        if index == 0:
+            # The real type's limit as soon as its bytes say what it is, not the declared one's
+            # until completion: a 60 MB JPEG declared as video/mp4 stops at its first chunk.
+            kind = sniff.sniff(head)
+            if kind is not None:
+                self.rules.check_size(kind.content_type, upload.size)
         stored = await self.parts.put(upload, index, part)
         chunk = StoredChunk(
             etag=stored.etag, size=stored.size, crc32c=got.crc32c, sha256=got.sha256, at_ms=now_ms()
