@@ -136,3 +136,16 @@ def test_a_worker_whose_parent_died_before_it_started_exits() -> None:
         [sys.executable, "-c", child], capture_output=True, timeout=60, check=False
     )
     assert (ran.returncode, ran.stdout) == (0, b"lived\n")
+
+
+async def test_a_ctrl_c_to_the_process_group_does_not_kill_a_job() -> None:
+    """SIGINT reaches every process of a terminal's group: the worker leaves it to its parent."""
+    pool = RenderPool(1)
+    try:
+        worker = await pool.run(30, sleep_then_pid, 0)
+        job = asyncio.ensure_future(pool.run(30, sleep_then_pid, 1.0))
+        await asyncio.sleep(0.3)
+        os.kill(worker, signal.SIGINT)
+        assert await job == worker
+    finally:
+        await pool.close()

@@ -99,6 +99,10 @@ _PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
 def _init_worker(memory_limit_bytes: int | None, parent_pid: int) -> None:
+    # A terminal's Ctrl-C goes to the whole process group: the parent stops its workers (on
+    # SIGTERM, as on SIGINT), so a worker that took it itself would only die mid-job with a
+    # KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
     init_worker_process(memory_limit_bytes)
 
