@@ -151,3 +151,29 @@ async def test_a_big_jpeg_declared_as_a_video_stops_at_its_first_chunk(
     assert "image/jpeg" in problem["detail"]
     state = await (await api.get(f"/v1/uploads/{upload['upload_id']}", headers=auth(token))).json()
     assert state["missing"] == list(range(upload["chunk_count"]))
+
+
+async def test_an_event_bound_token_reads_no_repair_of_other_or_all_events(
+    api: Client, make_token: TokenMaker
+) -> None:
+    owner = await make_token("photos.read,photos.write,events.write,admin")
+    event = await make_event(api, owner)
+    other = await make_event(api, owner)
+    started = {}
+    for name, body in (
+        ("other", {"event_id": other["id"]}),
+        ("all", {}),
+        ("own", {"event_id": event["id"]}),
+    ):
+        resp = await api.post("/v1/photos/repair-dimensions", json=body, headers=auth(owner))
+        assert resp.status in (200, 202), await resp.text()
+        started[name] = (await resp.json())["id"]
+    gallery = await make_token("photos.read,photos.write", event=event["id"])
+    for name in ("other", "all"):
+        await assert_problem(
+            await api.get(f"/v1/operations/{started[name]}", headers=auth(gallery)),
+            404,
+            "operation_not_found",
+        )
+    own = await api.get(f"/v1/operations/{started['own']}", headers=auth(gallery))
+    assert own.status in (200, 202), await own.text()

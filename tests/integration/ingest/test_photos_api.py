@@ -138,6 +138,13 @@ async def test_gallery_token_never_sees_hidden_photos(api: Client, make_token: T
     )
     shown = await api.get(f"/photos/{event['slug']}/shown.jpg", headers=auth(guest))
     assert shown.status == 200
+    # Its count is of what it may see; the owner's is of all.
+    seen = await (await api.get(f"/v1/events/{event['id']}", headers=auth(guest))).json()
+    assert seen["photo_count"] == 1
+    listed = await (await api.get("/v1/events", headers=auth(guest))).json()
+    assert [e["photo_count"] for e in listed["items"]] == [1]
+    full = await (await api.get(f"/v1/events/{event['id']}", headers=auth(token))).json()
+    assert full["photo_count"] == 2
     # Another event does not exist for it; writes are not allowed.
     await assert_problem(
         await api.get(f"/v1/events/{other['id']}/photos", headers=auth(guest)),

@@ -8,6 +8,7 @@ from typing import Any
 from darkroom_kit.problems import FieldError
 from darkroom_kit.stored.events import EventRecord
 from darkroom_kit.stored.photos import PhotoRecord
+from darkroom_kit.views import EventView
 
 from darkroom_ingest.errors import PHOTO_NOT_FOUND, UNKNOWN_CATEGORY
 from darkroom_ingest.photos import PhotoService
@@ -36,6 +37,15 @@ class Gallery:
     def __init__(self, photos: PhotoService, events: EventStore) -> None:
         self.photos = photos
         self._events = events
+
+    async def event_view(self, principal: Principal, event: EventRecord) -> EventView:
+        """The event as ``principal`` sees it: a gallery token counts only what it may see."""
+        view = EventView.of(event)
+        if principal.event_id is None:
+            return view
+        return view.model_copy(
+            update={"photo_count": await self.photos.photos.count_shown(event.id)}
+        )
 
     async def page(
         self,

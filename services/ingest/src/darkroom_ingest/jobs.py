@@ -131,10 +131,14 @@ class Jobs:
         return await self._operations.request_stop(op_id) or await self.wait(op_id, 0)
 
     async def _visible(self, principal: Principal, op_id: str) -> OperationRecord:
-        """A token bound to one event sees no Operation on another (not found)."""
+        """A token bound to one event sees no Operation on another, nor one over every event
+        (a repair of all events names photos of each): not found."""
         op = await self.wait(op_id, 0)
         event_id = op.params.get("event_id")
-        if event_id is not None and not principal.sees(str(event_id)):
+        bound = principal.event_id is not None
+        if (event_id is None and bound) or (
+            event_id is not None and not principal.sees(str(event_id))
+        ):
             raise OPERATION_NOT_FOUND.error(f"No operation with id {op_id!r}.")
         return op
 

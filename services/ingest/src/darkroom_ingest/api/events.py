@@ -49,7 +49,10 @@ async def list_events(call: Call, query: EventListQuery) -> EventPage:
         call.principal, query.limit, query.offset, query.slug
     )
     return EventPage(
-        items=[EventView.of(e) for e in events], total=total, limit=query.limit, offset=query.offset
+        items=[await call.deps.gallery.event_view(call.principal, e) for e in events],
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
     )
 
 
@@ -63,7 +66,8 @@ async def list_events(call: Call, query: EventListQuery) -> EventPage:
 )
 async def get_event(call: Call) -> EventView:
     """An event, with its photo count and categories."""
-    return EventView.of(await call.deps.events.get(call.principal, call.path("event_id")))
+    event = await call.deps.events.get(call.principal, call.path("event_id"))
+    return await call.deps.gallery.event_view(call.principal, event)
 
 
 @routes.patch(

@@ -121,6 +121,16 @@ class PhotoStore:
             return_document=ReturnDocument.AFTER,
         )
 
+    async def count_shown(self, event_id: str) -> int:
+        """The event's photos that are not hidden."""
+        return await self.col.count_documents(
+            {
+                "event_id": event_id,
+                "status": {"$ne": PhotoStatus.DELETING},
+                "is_hidden": {"$ne": True},
+            }
+        )
+
     async def count_download(self, photo_id: str) -> None:
         await self.col.update_one({"_id": photo_id}, {"$inc": {"download_count": 1}})
 
