@@ -177,3 +177,69 @@ async def test_an_event_bound_token_reads_no_repair_of_other_or_all_events(
         )
     own = await api.get(f"/v1/operations/{started['own']}", headers=auth(gallery))
     assert own.status in (200, 202), await own.text()
+
+
+async def test_an_event_bound_token_is_confined_to_its_event_on_webhook_routes(
+    api: Client, make_token: TokenMaker
+) -> None:
+    owner = await make_token()
+    event = await make_event(api, owner)
+    other = await make_event(api, owner)
+    theirs = []
+    for body in ({}, {"event_ids": [other["id"]]}):
+        made = await api.post(
+            "/v1/webhooks",
+            json={"url": "https://hooks.example.com/in", "event_types": ["photo.*"], **body},
+            headers=auth(owner),
+        )
+        assert made.status == 201
+        theirs.append((await made.json())["id"])
+    bound = await make_token("webhooks.manage,events.write,photos.read", event=event["id"])
+    listed = await (await api.get("/v1/webhooks", headers=auth(bound))).json()
+    assert listed["items"] == []
+    for wid in theirs:
+        for method, path, body in (
+            ("GET", f"/v1/webhooks/{wid}", None),
+            ("PATCH", f"/v1/webhooks/{wid}", {"url": "https://evil.example.com/"}),
+            ("POST", f"/v1/webhooks/{wid}/rotate-secret", {}),
+            ("GET", f"/v1/webhooks/{wid}/deliveries", None),
+            ("POST", f"/v1/webhooks/{wid}/test", {}),
+            ("DELETE", f"/v1/webhooks/{wid}", None),
+        ):
+            resp = await api.request(method, path, json=body, headers=auth(bound))
+            await assert_problem(resp, 404, "webhook_not_found")
+    # It subscribes to its own event only.
+    wide = await api.post(
+        "/v1/webhooks",
+        json={
+            "url": "https://hooks.example.com/x",
+            "event_types": ["*"],
+            "event_ids": [other["id"]],
+        },
+        headers=auth(bound),
+    )
+    problem = await assert_problem(wide, 422, "validation_failed")
+    assert problem["errors"][0]["field"] == "/event_ids"
+    mine = await api.post(
+        "/v1/webhooks",
+        json={"url": "https://hooks.example.com/mine", "event_types": ["*"]},
+        headers=auth(bound),
+    )
+    body = await mine.json()
+    assert (mine.status, body["event_ids"]) == (201, [event["id"]])
+    for event_ids in (None, [event["id"], other["id"]]):
+        widen = await api.patch(
+            f"/v1/webhooks/{body['id']}", json={"event_ids": event_ids}, headers=auth(bound)
+        )
+        await assert_problem(widen, 422, "validation_failed")
+    listed = await (await api.get("/v1/webhooks", headers=auth(bound))).json()
+    assert [w["id"] for w in listed["items"]] == [body["id"]]
+    # It creates no event either.
+    await assert_problem(
+        await api.post("/v1/events", json={"name": "x", "slug": "escape"}, headers=auth(bound)),
+        403,
+        "event_bound_token",
+    )
+    # The operator still manages all of them.
+    everything = await (await api.get("/v1/webhooks?limit=200", headers=auth(owner))).json()
+    assert {*theirs, body["id"]} <= {w["id"] for w in everything["items"]}

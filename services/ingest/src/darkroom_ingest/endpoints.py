@@ -15,6 +15,7 @@ from darkroom_kit.stored.endpoints import EndpointRecord, StoredSecret
 
 from darkroom_ingest.errors import VALIDATION_FAILED, WEBHOOK_NOT_FOUND
 from darkroom_ingest.stores import WebhookStore
+from darkroom_ingest.tokens import Principal
 
 # Fields a PATCH may not set to null.
 NOT_NULL = ("url", "event_types", "enabled")
@@ -32,8 +33,12 @@ class WebhookEndpoints:
     def __init__(self, db: Database) -> None:
         self.store = WebhookStore(db)
 
-    async def create(self, fields: dict[str, Any]) -> tuple[EndpointRecord, str]:
-        """The new endpoint and its signing secret (shown once)."""
+    async def create(
+        self, principal: Principal, fields: dict[str, Any]
+    ) -> tuple[EndpointRecord, str]:
+        """The new endpoint and its signing secret (shown once). A token bound to one event
+        makes endpoints of that event only."""
+        fields["event_ids"] = _confined(principal, fields.get("event_ids"))
         secret = new_webhook_secret()
         now = now_ms()
         endpoint = EndpointRecord(
@@ -49,24 +54,33 @@ class WebhookEndpoints:
         await self.store.create(doc)
         return endpoint, secret
 
-    async def page(self, limit: int, offset: int) -> tuple[list[EndpointRecord], int]:
-        docs, total = await self.store.page(limit, offset)
+    async def page(
+        self, principal: Principal, limit: int, offset: int
+    ) -> tuple[list[EndpointRecord], int]:
+        docs, total = await self.store.page(limit, offset, only_event=principal.event_id)
         return [EndpointRecord.of(d) for d in docs], total
 
-    async def get(self, endpoint_id: str) -> EndpointRecord:
+    async def get(self, principal: Principal, endpoint_id: str) -> EndpointRecord:
+        """An endpoint ``principal`` may manage: a token bound to one event, only those of
+        that event alone (others do not exist for it)."""
         endpoint = EndpointRecord.maybe(await self.store.get(endpoint_id))
-        if endpoint is None:
+        if endpoint is None or not _manages(principal, endpoint):
             raise webhook_not_found(endpoint_id)
         return endpoint
 
-    async def delete(self, endpoint_id: str) -> None:
-        await self.get(endpoint_id)
+    async def delete(self, principal: Principal, endpoint_id: str) -> None:
+        await self.get(principal, endpoint_id)
         await self.store.delete(endpoint_id)
 
-    async def patch(self, endpoint_id: str, fields: dict[str, Any]) -> EndpointRecord:
+    async def patch(
+        self, principal: Principal, endpoint_id: str, fields: dict[str, Any]
+    ) -> EndpointRecord:
         """Change the fields given. Enabling starts afresh (the auto-disable clock restarts);
         disabling by hand says so."""
-        await self.get(endpoint_id)
+        await self.get(principal, endpoint_id)
+        if "event_ids" in fields:
+            # An explicit null asks for every event: not a default here.
+            fields["event_ids"] = _confined(principal, fields["event_ids"], null_is_all=True)
         for name in NOT_NULL:
             if name in fields and fields[name] is None:
                 raise VALIDATION_FAILED.error(
@@ -85,11 +99,11 @@ class WebhookEndpoints:
         return updated
 
     async def rotate_secret(
-        self, endpoint_id: str, grace_hours: float
+        self, principal: Principal, endpoint_id: str, grace_hours: float
     ) -> tuple[EndpointRecord, str]:
         """A new secret now; the old ones keep signing (a second signature) until the grace
         period ends, never longer than they already would."""
-        endpoint = await self.get(endpoint_id)
+        endpoint = await self.get(principal, endpoint_id)
         now = now_ms()
         grace_ends = now + int(grace_hours * 3600 * 1000)
         kept = [
@@ -105,3 +119,31 @@ class WebhookEndpoints:
         if updated is None:
             raise webhook_not_found(endpoint_id)
         return updated, secret
+
+
+def _manages(principal: Principal, endpoint: EndpointRecord) -> bool:
+    return principal.event_id is None or endpoint.event_ids == [principal.event_id]
+
+
+def _confined(
+    principal: Principal, event_ids: list[str] | None, *, null_is_all: bool = False
+) -> list[str] | None:
+    """The events an endpoint made or changed by ``principal`` hears about: a token bound to
+    one event may not subscribe to any other, nor to every event (``event_ids`` left out of a
+    creation means its own event)."""
+    bound = principal.event_id
+    if bound is None:
+        return event_ids
+    if event_ids is None and not null_is_all:
+        return [bound]
+    if event_ids is None or set(event_ids) != {bound}:
+        raise VALIDATION_FAILED.error(
+            errors=[
+                FieldError(
+                    "/event_ids",
+                    f"a token bound to the event {bound} subscribes to that event only",
+                    "event_not_allowed",
+                )
+            ]
+        )
+    return [bound]

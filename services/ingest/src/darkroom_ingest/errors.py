@@ -122,6 +122,7 @@ DIRECT_ONLY = ErrorKind("wrong_protocol", 409, "The upload's bytes go straight t
 
 VALIDATION_FAILED = ErrorKind("validation_failed", 422, "The request is not valid")
 INSUFFICIENT_SCOPE = ErrorKind("insufficient_scope", 403, "The token lacks a scope")
+EVENT_BOUND_TOKEN = ErrorKind("event_bound_token", 403, "A token bound to one event cannot do this")
 
 # ---- events, photos, serving, webhooks, operations (the API's services) -----------------------
 

@@ -61,7 +61,7 @@ def delivery_out(delivery: DeliveryRecord) -> DeliveryOut:
 )
 async def list_deliveries(call: Call, query: DeliveryQuery) -> DeliveryPage:
     """Newest first, each with every attempt; filtered by status, event type and time range."""
-    endpoint = await call.deps.endpoints.get(call.path("webhook_id"))
+    endpoint = await call.deps.endpoints.get(call.principal, call.path("webhook_id"))
     filters: dict[str, Any] = {}
     if query.status is not None:
         filters["status"] = query.status.value
@@ -96,7 +96,7 @@ async def list_deliveries(call: Call, query: DeliveryQuery) -> DeliveryPage:
 async def get_delivery(call: Call) -> DeliveryOut:
     """One delivery with every attempt: time, duration, status or error, response headers and
     (truncated) body."""
-    endpoint = await call.deps.endpoints.get(call.path("webhook_id"))
+    endpoint = await call.deps.endpoints.get(call.principal, call.path("webhook_id"))
     return delivery_out(await call.deps.deliveries.get(endpoint.id, call.path("delivery_id")))
 
 
@@ -112,7 +112,7 @@ async def get_delivery(call: Call) -> DeliveryOut:
 async def resend_delivery(call: Call) -> Reply[DeliveryOut]:
     """Send a finished delivery again with the same webhook-id (receivers dedupe on it) and a
     fresh retry schedule; its attempts keep counting in the same log."""
-    endpoint = await call.deps.endpoints.get(call.path("webhook_id"))
+    endpoint = await call.deps.endpoints.get(call.principal, call.path("webhook_id"))
     delivery = await call.deps.deliveries.resend(endpoint.id, call.path("delivery_id"))
     return Reply(delivery_out(delivery), status=202)
 
@@ -130,7 +130,7 @@ async def resend_delivery(call: Call) -> Reply[DeliveryOut]:
 async def send_test_message(call: Call) -> Reply[DeliveryOut]:
     """Send a signed ``webhook.test`` message to the endpoint now and answer with the attempt
     (202 and the pending delivery if it takes longer than the wait). A test is tried once."""
-    endpoint = await call.deps.endpoints.get(call.path("webhook_id"))
+    endpoint = await call.deps.endpoints.get(call.principal, call.path("webhook_id"))
     command, delivery_id, delivery = await call.deps.deliveries.send_test(endpoint.id)
     if delivery is None:  # not made yet: the command waits for webhook-dispatch
         pending = DeliveryOut(

@@ -5,7 +5,12 @@ from __future__ import annotations
 from darkroom_kit.views import EventView
 
 from darkroom_ingest.api.declare import Call, Reply, RouteTable
-from darkroom_ingest.errors import EVENT_NOT_FOUND, PHOTO_CAP_BELOW_COUNT, SLUG_TAKEN
+from darkroom_ingest.errors import (
+    EVENT_BOUND_TOKEN,
+    EVENT_NOT_FOUND,
+    PHOTO_CAP_BELOW_COUNT,
+    SLUG_TAKEN,
+)
 from darkroom_ingest.schemas.events import EventCreate, EventListQuery, EventPage, EventPatch
 from darkroom_ingest.tokens import Scope
 
@@ -21,10 +26,16 @@ routes = RouteTable("events")
     response=EventView,
     status=201,
     location=True,
-    errors=(SLUG_TAKEN,),
+    errors=(SLUG_TAKEN, EVENT_BOUND_TOKEN),
 )
 async def create_event(call: Call, body: EventCreate) -> Reply[EventView]:
-    """Create an event with its categories. Its slug is unique: photo URLs carry it."""
+    """Create an event with its categories. Its slug is unique: photo URLs carry it. A token
+    bound to one event cannot create others."""
+    if call.principal.event_id is not None:
+        raise EVENT_BOUND_TOKEN.error(
+            f"This token is bound to the event {call.principal.event_id}; events are created "
+            "with a token bound to none."
+        )
     event = await call.deps.events.create(
         body.name,
         body.slug,

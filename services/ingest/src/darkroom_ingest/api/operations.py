@@ -87,7 +87,7 @@ async def recover_webhook(
 ) -> Reply[OperationOut]:
     """Send every failed delivery of a time range again, as an Operation: each keeps its
     webhook-id (receivers dedupe on it) and gets a fresh retry schedule."""
-    endpoint = await call.deps.endpoints.get(call.path("webhook_id"))
+    endpoint = await call.deps.endpoints.get(call.principal, call.path("webhook_id"))
     op_id = await call.deps.jobs.start_recover(
         endpoint.id,
         datetime_to_ms(body.since),

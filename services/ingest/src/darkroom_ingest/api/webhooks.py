@@ -66,7 +66,7 @@ async def create_webhook(call: Call, body: WebhookCreate) -> Reply[WebhookWithSe
     shown only now (and by rotate-secret)."""
     fields = body.model_dump()
     fields["url"] = str(body.url)
-    endpoint, secret = await call.deps.endpoints.create(fields)
+    endpoint, secret = await call.deps.endpoints.create(call.principal, fields)
     return Reply(with_secret(endpoint, secret), headers={"Location": f"/v1/webhooks/{endpoint.id}"})
 
 
@@ -80,7 +80,7 @@ async def create_webhook(call: Call, body: WebhookCreate) -> Reply[WebhookWithSe
 )
 async def list_webhooks(call: Call, query: PageQuery) -> WebhookPage:
     """Every webhook endpoint, newest first."""
-    endpoints, total = await call.deps.endpoints.page(query.limit, query.offset)
+    endpoints, total = await call.deps.endpoints.page(call.principal, query.limit, query.offset)
     return WebhookPage(
         items=[webhook_out(e) for e in endpoints],
         total=total,
@@ -99,7 +99,7 @@ async def list_webhooks(call: Call, query: PageQuery) -> WebhookPage:
 )
 async def get_webhook(call: Call) -> WebhookOut:
     """An endpoint, with whether it is failing or disabled and why."""
-    return webhook_out(await call.deps.endpoints.get(call.path("webhook_id")))
+    return webhook_out(await call.deps.endpoints.get(call.principal, call.path("webhook_id")))
 
 
 @routes.patch(
@@ -117,7 +117,9 @@ async def patch_webhook(call: Call, body: WebhookPatch) -> WebhookOut:
     fields = {name: getattr(body, name) for name in body.model_fields_set}
     if fields.get("url") is not None:
         fields["url"] = str(fields["url"])
-    return webhook_out(await call.deps.endpoints.patch(call.path("webhook_id"), fields))
+    return webhook_out(
+        await call.deps.endpoints.patch(call.principal, call.path("webhook_id"), fields)
+    )
 
 
 @routes.post(
@@ -134,7 +136,7 @@ async def rotate_webhook_secret(call: Call, body: RotateSecret) -> WebhookWithSe
     """A new secret at once; the old one also signs (a second signature) during the grace
     period (default 24 h), so receivers can switch without losing a message."""
     endpoint, secret = await call.deps.endpoints.rotate_secret(
-        call.path("webhook_id"), body.grace_period_hours
+        call.principal, call.path("webhook_id"), body.grace_period_hours
     )
     return with_secret(endpoint, secret)
 
@@ -149,7 +151,7 @@ async def rotate_webhook_secret(call: Call, body: RotateSecret) -> WebhookWithSe
 )
 async def delete_webhook(call: Call) -> None:
     """Delete it: it receives nothing more."""
-    await call.deps.endpoints.delete(call.path("webhook_id"))
+    await call.deps.endpoints.delete(call.principal, call.path("webhook_id"))
 
 
 @routes.get(

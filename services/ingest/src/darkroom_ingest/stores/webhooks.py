@@ -20,8 +20,13 @@ class WebhookStore:
     async def get(self, endpoint_id: str) -> Document | None:
         return await self._col.find_one({"_id": endpoint_id, "deleted": {"$ne": True}})
 
-    async def page(self, limit: int, offset: int) -> tuple[list[Document], int]:
-        query = {"deleted": {"$ne": True}}
+    async def page(
+        self, limit: int, offset: int, *, only_event: str | None = None
+    ) -> tuple[list[Document], int]:
+        """``only_event``: the endpoints subscribed to that event alone."""
+        query: Document = {"deleted": {"$ne": True}}
+        if only_event is not None:
+            query["event_ids"] = {"$all": [only_event], "$size": 1}
         return await page_of(self._col, query, None, NEWEST_FIRST, limit, offset)
 
     async def patch(
