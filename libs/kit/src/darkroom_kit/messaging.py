@@ -355,6 +355,12 @@ class Consumer:
     # runs, and a message of another type or with invalid data is dead-lettered at once (it
     # can never succeed; retried, it would cycle through every tier). None: not checked.
     payloads: Mapping[str, type[BaseModel]] | None = None
+    # How a delivery's body becomes an envelope, for a queue fed by a foreign producer (a
+    # storage server's bucket notifications): it raises ValueError for a body that can never
+    # be one, which is dead-lettered at once. It must also read back the envelopes it made,
+    # since a retried message returns from its retry queue as one. None: the body is an
+    # envelope.
+    decode: Callable[[AbstractIncomingMessage], Envelope] | None = None
     _channel: AbstractChannel | None = None
     _queue: AbstractQueue | None = None
     _tag: str | None = None
@@ -440,11 +446,14 @@ class Consumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> str:
         try:
-            envelope = Envelope.model_validate_json(message.body)
-        except ValidationError as exc:
+            if self.decode is None:
+                envelope = Envelope.model_validate_json(message.body)
+            else:
+                envelope = self.decode(message)
+        except ValueError as exc:  # a ValidationError is one
             log.error(
                 "not an envelope, dead-lettered: %s",
-                _errors(exc),
+                _errors(exc) if isinstance(exc, ValidationError) else str(exc)[:500],
                 extra={"queue": self.spec.name, "message_id": message.message_id},
             )
             await message.reject(requeue=False)
@@ -602,11 +611,13 @@ def consumer_ctx(
     handler_for: Callable[[web.Application], Handler | Typed],
     metrics: ConsumerMetrics,
     payloads: Mapping[str, type[BaseModel]] | None = None,
+    decode: Callable[[AbstractIncomingMessage], Envelope] | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A consumer as a cleanup context: it starts after its dependencies and stops (cancel, drain,
     close) before them. It takes the message types in ``payloads`` (by default those of its
     queue's routing keys, with their models from :data:`darkroom_kit.payloads.PAYLOADS`) and
-    dead-letters any other message, or one whose data does not validate."""
+    dead-letters any other message, or one whose data does not validate. ``decode``: see
+    :attr:`Consumer.decode`."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         topology = app[TOPOLOGY]
@@ -620,6 +631,7 @@ def consumer_ctx(
             prefetch=settings.prefetch,
             delivery_limit=settings.delivery_limit,
             payloads=payloads if payloads is not None else payloads_for(spec.routing_keys),
+            decode=decode,
         )
         await consumer.start()
         # SIGTERM stops it at once, within the service's one grace period (see httpapp.Drain);

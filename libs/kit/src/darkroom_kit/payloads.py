@@ -273,6 +273,54 @@ class WebhookRecover(Payload):
     operation_id: str = Field(min_length=1, description="The Operation to carry out.")
 
 
+# ---- foreign messages ----------------------------------------------------------------------
+
+
+class NotifiedBucket(Payload):
+    """The bucket of a bucket notification's record."""
+
+    name: str = Field(min_length=1, description="The bucket's name.")
+
+
+class NotifiedObject(Payload):
+    """The object of a bucket notification's record."""
+
+    key: str = Field(
+        min_length=1,
+        description="The object's key, URL-encoded as a query string is (MinIO encodes it "
+        "with Go's url.QueryEscape: a space is '+', a '/' is %2F).",
+    )
+    size: int | None = Field(default=None, ge=0, description="Its size (MinIO omits 0).")
+    eTag: str | None = Field(default=None, description="Its ETag.")
+
+
+class NotifiedS3(Payload):
+    bucket: NotifiedBucket
+    object: NotifiedObject
+
+
+class NotificationRecord(Payload):
+    """One record of a bucket notification, in the layout of S3's event notifications."""
+
+    eventName: str | None = Field(
+        default=None, description="What happened, e.g. s3:ObjectCreated:Put."
+    )
+    s3: NotifiedS3
+
+
+class BucketNotification(Payload):
+    """What MinIO's AMQP notification target publishes for each bucket event (``event.Log``:
+    ``{"EventName", "Key": "bucket/key", "Records": [...]}``, one record per message). It is
+    not an envelope: upload-ingest's notification consumer wraps it in one of type
+    :data:`records.BUCKET_NOTIFICATION` and validates it with this model, so it is not in
+    :data:`PAYLOADS` (the catalogue of darkroom's own envelopes). Only what the consumer reads
+    is required; MinIO's other fields are kept."""
+
+    EventName: str | None = Field(default=None, description="The event's name.")
+    Key: str | None = Field(default=None, description="bucket/key, the key not encoded.")
+    Records: list[NotificationRecord] = Field(min_length=1, description="The event's records.")
+
+
 PAYLOADS: dict[str, type[BaseModel]] = {
     records.PHOTO_UPLOADED: PhotoUploaded,
     records.PHOTO_PROCESSED: PhotoProcessed,

@@ -55,6 +55,9 @@ WEBHOOK_RESEND = "webhook.resend"
 WEBHOOK_SEND_TEST = "webhook.send_test"
 # The event type of a test send's delivery (not a public event: nobody subscribes to it).
 WEBHOOK_TEST = "webhook.test"
+# A storage server's bucket notification (MinIO's AMQP target publishes it; not an envelope
+# and not darkroom's own type): upload-ingest's consumer wraps each in an envelope of this type.
+BUCKET_NOTIFICATION = "s3.bucket_notification"
 
 
 def attempt_data(delivery_id: str, endpoint_id: str) -> dict[str, Any]:

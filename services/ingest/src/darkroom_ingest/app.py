@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import aio_pika
 from aiohttp import web
 from darkroom_kit import records
 from darkroom_kit.background import periodic_ctx
 from darkroom_kit.httpapp import READY_OPTIONAL, REGISTRY, create_base_app
-from darkroom_kit.messaging import PUBLISHER, TOPOLOGY, amqp_ctx
+from darkroom_kit.messaging import (
+    AMQP_CONNECTION,
+    PUBLISHER,
+    TOPOLOGY,
+    Typed,
+    amqp_ctx,
+    consumer_ctx,
+    typed,
+)
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
 from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
@@ -32,6 +41,8 @@ from darkroom_ingest.events import EventService
 from darkroom_ingest.gallery import Gallery
 from darkroom_ingest.guests import GuestLinks
 from darkroom_ingest.idempotency import idempotency_middleware
+from darkroom_ingest.import_notifications import PAYLOADS as NOTIFICATION_PAYLOADS
+from darkroom_ingest.import_notifications import NotificationHandler, decode, queue_spec
 from darkroom_ingest.imports import Importer, ImportMetrics, ImportSources
 from darkroom_ingest.jobs import Jobs
 from darkroom_ingest.orphans import orphan_sweeper_ctx, sweep_pass
@@ -119,6 +130,43 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
             await importer.close()
 
 
+def _notification_ctxs(
+    settings: IngestSettings, metrics: ConsumerMetrics
+) -> list[Callable[[web.Application], AsyncIterator[None]]]:
+    """The consumer of bucket notifications (import_notifications.py), when it is on."""
+    if not settings.import_notifications:
+        return []
+
+    async def exchange_ctx(app: web.Application) -> AsyncIterator[None]:
+        # The storage server declares it too, when it first publishes; the same arguments as
+        # MinIO's (durable, not auto-deleted, not internal), or one of the two declares fails.
+        channel = await app[AMQP_CONNECTION].channel()
+        try:
+            await channel.declare_exchange(
+                settings.import_notify_exchange,
+                aio_pika.ExchangeType(settings.import_notify_exchange_type),
+                durable=True,
+            )
+        finally:
+            await channel.close()
+        yield
+
+    def handler(app: web.Application) -> Typed:
+        return typed(NotificationHandler(app[DEPS].imports, app[IMPORT_METRICS]).handle)
+
+    return [
+        exchange_ctx,
+        consumer_ctx(
+            settings,
+            lambda topology: queue_spec(topology, settings, SERVICE),
+            handler,
+            metrics,
+            payloads=NOTIFICATION_PAYLOADS,
+            decode=decode,
+        ),
+    ]
+
+
 async def _relay_pass(app: web.Application) -> int:
     return await app[RELAY].run_once()
 
@@ -164,6 +212,8 @@ def create_app(settings: IngestSettings) -> web.Application:
             object_store_ctx(settings, create_bucket=True),
             amqp_ctx(settings, metrics),
             _domain_ctx,
+            # Bucket notifications wake watching imports (off unless IMPORT_NOTIFICATIONS).
+            *_notification_ctxs(settings, metrics),
             readiness_ctx,
             periodic_ctx(
                 "outbox relay republished",

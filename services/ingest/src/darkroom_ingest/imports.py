@@ -21,6 +21,16 @@ replica holds its lease: the one that took the request starts it at once, and a 
 every replica claims those whose holder died, which resume from the cursor stored with the
 progress (the last key of the last batch recorded). RabbitMQ is not used to carry the work: its
 consumer timeout would end a long walk, and a watching import never ends by itself.
+
+A watching import lists its prefix again every ``poll_seconds``. A bucket notification (see
+:mod:`darkroom_ingest.import_notifications`) for a key under its prefix wakes it sooner: the
+notification adds one to the Operation's stored ``wake_seq`` (whichever replica consumed it), and
+the holder, which reads its Operation every second while it sleeps (and is signalled at once when
+it runs in the consuming process), starts its next pass when the count went past what its last
+pass had seen when it began. The pass is the same walk as a poll's, so the notified object goes
+through the same checks and the same exactly-once ``import_ref``; a notification that comes
+twice, late or for an object imported already finds the photo and imports nothing. A pass
+records in its cursor (``covered``) the count it began with: every wake up to it is handled.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.errors import ServiceError
 from darkroom_kit.lease import Lease
 from darkroom_kit.mongo import Database
-from darkroom_kit.operations import Operations, new_operation_id
+from darkroom_kit.operations import OPEN, Operations, new_operation_id
 from darkroom_kit.problems import FieldError
 from darkroom_kit.storage import (
     ListedObject,
@@ -75,8 +85,11 @@ NO_OBJECTS = "no objects under the prefix"
 # less this much (clock skew between this process and the S3 server); what they see again is
 # recognised (a photo, a reason kept) and not counted twice.
 WATCH_SLACK_MS = 10 * 60 * 1000
-# How often a sleeping watch import looks whether it was asked to stop.
+# How often a sleeping watch import looks whether it was asked to stop or woken by a
+# notification that another replica consumed.
 STOP_CHECK_SECONDS = 1.0
+# The Operation field a bucket notification increments to wake a watching import.
+WAKE_SEQ = "wake_seq"
 
 Outcome = Literal["imported", "skipped", "failed"]
 
@@ -229,6 +242,8 @@ class Walk:
     pass_no: int = 0
     after: str = ""
     since_ms: int = 0
+    # The wake count (WAKE_SEQ) the last finished pass began with: the notifications it covered.
+    covered: int = 0
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_items: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -241,13 +256,21 @@ class Walk:
             walk.pass_no = int(cursor.get("pass", 0))
             walk.after = str(cursor.get("after", ""))
             walk.since_ms = int(cursor.get("since_ms", 0))
+            walk.covered = int(cursor.get("covered", 0))
         items = op.details.get("items")
         if isinstance(items, dict):
             walk.items = {str(k): v for k, v in items.items() if isinstance(v, dict)}
         return walk
 
     def cursor(self) -> str:
-        return json.dumps({"pass": self.pass_no, "after": self.after, "since_ms": self.since_ms})
+        return json.dumps(
+            {
+                "pass": self.pass_no,
+                "after": self.after,
+                "since_ms": self.since_ms,
+                "covered": self.covered,
+            }
+        )
 
     def seen(self, obj: ListedObject) -> bool:
         return _item_id(obj) in self.items
@@ -263,8 +286,10 @@ class Walk:
         new, self.new_items = self.new_items, {}
         return {f"items.{k}": v for k, v in new.items()}
 
-    def next_pass(self, started_ms: int) -> None:
+    def next_pass(self, started_ms: int, covered: int | None = None) -> None:
         self.pass_no += 1
+        if covered is not None:
+            self.covered = covered
         self.after = ""
         self.since_ms = started_ms - WATCH_SLACK_MS
 
@@ -277,6 +302,7 @@ class Walk:
 class ImportMetrics:
     objects: Counter
     bytes: Counter
+    notifications: Counter
 
     @classmethod
     def registered(cls, registry: CollectorRegistry) -> ImportMetrics:
@@ -291,6 +317,13 @@ class ImportMetrics:
                 "import_bytes_total",
                 "Bytes imported: copied server-side (copy) or streamed between endpoints",
                 ["mode"],
+                registry=registry,
+            ),
+            Counter(
+                "import_notifications_total",
+                "Bucket notifications consumed, by outcome: woke (a watching import), unwatched "
+                "(no watching import's prefix has the key), ignored (not an object created)",
+                ["outcome"],
                 registry=registry,
             ),
         )
@@ -310,6 +343,7 @@ class Importer:
         metrics: ImportMetrics,
     ) -> None:
         self._ops = Operations(db)
+        self._ops_col = db[records.OPERATIONS]
         self._photos_col = db[records.PHOTOS]
         self._store = store
         self._photos = photos
@@ -324,6 +358,8 @@ class Importer:
         self._max_items = settings.import_max_reasons
         self._copies = asyncio.Semaphore(settings.import_concurrency)
         self._running: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        # Set when a notification wakes an import this process carries out (see wake()).
+        self._wakes: dict[str, asyncio.Event] = {}
         # Tests: runs for each object after it was listed, before it is read (to change it).
         self.before_read: Callable[[ListedObject], Awaitable[None]] | None = None
 
@@ -404,10 +440,65 @@ class Importer:
         op = await self._ops.claim(lease, now_ms())
         if op is None:
             return False
+        self._wakes[op_id] = asyncio.Event()
         task = asyncio.create_task(self._run(op, lease), name=f"import {op_id}")
         self._running[op_id] = (task, lease)
-        task.add_done_callback(lambda _: self._running.pop(op_id, None))
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._running.pop(op_id, None)
+            self._wakes.pop(op_id, None)
+
+        task.add_done_callback(done)
         return True
+
+    # ---- notifications --------------------------------------------------------------------
+
+    async def wake(self, objects: Iterable[tuple[str, str]]) -> list[str]:
+        """Wake the watching imports whose source bucket and prefix hold one of ``objects``
+        (bucket, key) now, rather than at their next poll; the ids of those woken (none: nobody
+        watches those keys). The count is stored, so the holder notices it on any replica.
+
+        A source is matched by bucket name and prefix (a notification does not say which
+        endpoint it comes from): a wake of an import that has nothing new costs one listing."""
+        wanted = list(dict.fromkeys(objects))
+        sources = {
+            s.name: s
+            for s in self._sources.names()
+            if any(b == s.config.bucket and k.startswith(s.config.prefix) for b, k in wanted)
+        }
+        if not sources:
+            return []
+        woken: list[str] = []
+        watching = self._ops_col.find(
+            {
+                "kind": IMPORT,
+                "state": {"$in": OPEN},
+                "params.watch": True,
+                "params.source": {"$in": sorted(sources)},
+            },
+            {"_id": 1, "params": 1},
+        )
+        async for doc in watching:
+            try:
+                params = ImportParams.model_validate(doc.get("params") or {})
+            except ValueError:
+                continue
+            source = sources.get(params.source)
+            if source is None or not params.watch:
+                continue
+            prefix = source.prefix(params.prefix)
+            if any(b == source.config.bucket and k.startswith(prefix) for b, k in wanted):
+                woken.append(str(doc["_id"]))
+        if not woken:
+            return []
+        await self._ops_col.update_many(
+            {"_id": {"$in": woken}, "state": {"$in": OPEN}}, {"$inc": {WAKE_SEQ: 1}}
+        )
+        for op_id in woken:
+            event = self._wakes.get(op_id)
+            if event is not None:
+                event.set()
+        return woken
 
     async def close(self) -> None:
         """Stop every import this process carries out; each gives its lease back, so another
@@ -460,6 +551,8 @@ class Importer:
         outage_wait = 1.0
         while True:
             pass_started = now_ms()
+            # Notifications counted so far are for objects already stored: this pass sees them.
+            seen = (await self._sleep_state(op.id))[1] if params.watch else 0
             try:
                 if await self._pass(op, params, source, prefix, walk, lease):
                     return walk.result(stopped=True)
@@ -481,10 +574,10 @@ class Importer:
                 if walk.progress["listed"] == 0:
                     return walk.result(note=NO_OBJECTS)
                 return walk.result()
-            walk.next_pass(pass_started)
+            walk.next_pass(pass_started, covered=seen)
             if not await self._ops.report(op.id, walk.progress, cursor=walk.cursor(), lease=lease):
                 raise LeaseLost(op.id)
-            if await self._sleep(op.id, params.poll_seconds):
+            if await self._sleep(op.id, params.poll_seconds, woken_after=seen):
                 return walk.result(stopped=True)
 
     async def _pass(
@@ -557,15 +650,38 @@ class Importer:
             _, files = await ahead.task
             await self._discard_files(f for _, f in files)
 
-    async def _sleep(self, op_id: str, seconds: float) -> bool:
-        """Wait for the next poll; True if it was asked to stop meanwhile."""
+    async def _sleep(self, op_id: str, seconds: float, *, woken_after: int | None = None) -> bool:
+        """Wait for the next poll; True if it was asked to stop meanwhile. With
+        ``woken_after``: no longer than until a notification takes the Operation's wake count
+        past it (see :meth:`wake`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
+        signal = self._wakes.get(op_id) if woken_after is not None else None
         while (left := deadline - loop.time()) > 0:
-            await asyncio.sleep(min(STOP_CHECK_SECONDS, left))
-            if await self._stop_requested(op_id):
+            if signal is None:
+                await asyncio.sleep(min(STOP_CHECK_SECONDS, left))
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(signal.wait(), min(STOP_CHECK_SECONDS, left))
+                signal.clear()
+            stop, wakes = await self._sleep_state(op_id)
+            if stop:
                 return True
+            if woken_after is not None and wakes > woken_after:
+                log.info("import woken by a bucket notification", extra={"operation_id": op_id})
+                return False
         return False
+
+    async def _sleep_state(self, op_id: str) -> tuple[bool, int]:
+        """Whether the Operation was asked to stop (or ended), and its wake count."""
+        doc = await self._ops_col.find_one(
+            {"_id": op_id}, {"state": 1, "stop_requested_ms": 1, WAKE_SEQ: 1}
+        )
+        if doc is None:
+            return True, 0
+        stop = doc.get("state") not in OPEN or doc.get("stop_requested_ms") is not None
+        wakes = doc.get(WAKE_SEQ)
+        return stop, wakes if isinstance(wakes, int) else 0
 
     async def _stop_requested(self, op_id: str) -> bool:
         op = await self._ops.get(op_id)

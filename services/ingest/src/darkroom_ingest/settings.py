@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from darkroom_kit.settings import CommonSettings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -96,3 +98,17 @@ class IngestSettings(CommonSettings):
     import_batch_files: int = Field(default=50, ge=1, le=500)
     # Skipped and failed keys kept with their reasons on an import's Operation.
     import_max_reasons: int = Field(default=1000, ge=0)
+    # Bucket notifications (import_notifications.py): with this on, upload-ingest consumes the
+    # notifications a storage server publishes to RabbitMQ (MinIO's AMQP target; see
+    # docker-compose.yml) and a new object under a watching import's prefix wakes that import
+    # at once instead of at its next poll (polling stays the fallback). Off by default: nothing
+    # publishes them on the embedded stack.
+    import_notifications: bool = False
+    # The exchange the storage server publishes to (declared here as MinIO declares it: durable,
+    # not auto-deleted; the type must be MinIO's MINIO_NOTIFY_AMQP_EXCHANGE_TYPE), and the
+    # binding key of upload-ingest's queue on it ("#" on a topic exchange: every routing key).
+    import_notify_exchange: str = "darkroom.bucket-events"
+    import_notify_exchange_type: Literal["topic", "direct", "fanout"] = "topic"
+    import_notify_binding_key: str = "#"
+    # The queue's name after the namespace and the service: <namespace>.upload-ingest.<name>.
+    import_notify_queue: str = "bucket-notifications"
