@@ -20,6 +20,7 @@ from darkroom_kit.statuses import IdempotencyState
 
 from darkroom_ingest.stores import IdempotencyStore
 from darkroom_ingest.web_support import (
+    BODY_KIND_ATTR,
     IDEMPOTENCY_LEASE,
     SETTINGS,
     authenticate,
@@ -36,13 +37,14 @@ STALE_MS = 15 * 60 * 1000
 
 async def _fingerprint(request: web.Request) -> str:
     digest = hashlib.sha256(f"{request.method} {request.path}?{request.query_string}\n".encode())
-    ctype = request.content_type
-    if ctype in ("application/json", "") or ctype.endswith("+json"):
+    # By the route's body, not the request's Content-Type: a chunk sent as application/json
+    # must reach its handler whole, not be read (and cut at the JSON size limit) here.
+    if getattr(request.match_info.handler, BODY_KIND_ATTR, "json") in ("json", None):
         # JSON handlers parse with request.read(), which caches the body for them.
         digest.update(await request.read())
     else:
-        # Streamed bodies (batches, chunks) are not read twice: method, path and length.
-        digest.update(f"length={request.content_length}".encode())
+        # Streamed bodies (batches, chunks) are not read twice: method, path, type and length.
+        digest.update(f"type={request.content_type} length={request.content_length}".encode())
     return base64.urlsafe_b64encode(digest.digest()).decode()
 
 

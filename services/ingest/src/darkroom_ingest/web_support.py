@@ -25,6 +25,9 @@ PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 # while the request runs. What the write stores carries that key, so a repeat after a crash finds
 # what the first attempt already stored.
 IDEMPOTENCY_LEASE: web.RequestKey[Lease] = web.RequestKey("idempotency_lease", Lease)
+# Set on each declared route's aiohttp handler: how its body is read ("json" bodies are read
+# whole; the others are streamed by their handler and must not be read before it).
+BODY_KIND_ATTR = "darkroom_body_kind"
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from darkroom_ingest.deps import DEPS, Deps
 from darkroom_ingest.tokens import Principal, Scope
-from darkroom_ingest.web_support import authenticate, parse_json, parse_query
+from darkroom_ingest.web_support import BODY_KIND_ATTR, authenticate, parse_json, parse_query
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -122,6 +122,7 @@ class Route:
             return self._render(result)
 
         handle.__name__ = self.handler.__name__
+        setattr(handle, BODY_KIND_ATTR, self.body_kind)
         return handle
 
     def _check_scope(self, principal: Principal) -> None:
