@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
+import pytest
 from darkroom_ingest.api import all_routes
 from darkroom_ingest.schemas.common import PageQuery
 from darkroom_ingest.settings import IngestSettings
@@ -261,3 +263,35 @@ async def test_a_chunk_sent_as_json_with_an_idempotency_key_is_stored_whole(
     done = await capi.post(f"/v1/uploads/{upload['upload_id']}/complete", headers=auth(token))
     assert done.status == 200, await done.text()
     assert (await done.json())["size"] == len(data)
+
+
+async def test_a_client_gone_mid_chunk_is_not_a_server_error(
+    capi: Client, make_token: TokenMaker, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(600_000)
+    upload = await start_upload(capi, token, event["id"], data)
+    host, port = capi.server.host, capi.server.port
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        (
+            f"PUT /v1/uploads/{upload['upload_id']}/chunks/0 HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        + data[:100_000]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await writer.wait_closed()
+    await asyncio.sleep(0.5)
+    assert not [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    metrics = await (await capi.get("/metrics")).text()
+    assert not [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("http_requests_total") and 'status="500"' in line
+    ], metrics
+    # The upload is as it was: the chunk can be sent again.
+    assert (await put_chunk(capi, token, upload, data, 0)).status == 200

@@ -108,6 +108,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         status = exc.status
         raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        if request.transport is None or request.transport.is_closing():
+            # The client went away (nginx's 499): nothing failed here, and a 500 would page
+            # whoever watches the error ratio.
+            status = CLIENT_CLOSED
+        raise
     finally:
         metrics.in_flight.labels(metrics.service).dec()
         route = _route_label(request)
@@ -116,6 +122,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             time.perf_counter() - started
         )
 
+
+# What a request whose client disconnected counts as (no answer reaches anyone).
+CLIENT_CLOSED = 499
 
 _HTTP_CODES = {
     404: ("not_found", "Not found"),
@@ -191,6 +200,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             ),
             request.path,
         )
+    except ConnectionResetError:
+        if request.transport is not None and not request.transport.is_closing():
+            log.exception(
+                "unhandled error", extra={"path": request.path, "method": request.method}
+            )
+            return problem_response(_INTERNAL_ERROR, request.path)
+        log.info(
+            "client went away mid-request", extra={"path": request.path, "method": request.method}
+        )
+        return web.Response(status=CLIENT_CLOSED)
     except Exception:
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return problem_response(_INTERNAL_ERROR, request.path)
