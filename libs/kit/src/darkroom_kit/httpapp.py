@@ -202,9 +202,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
     except ConnectionResetError:
         if request.transport is not None and not request.transport.is_closing():
-            log.exception(
-                "unhandled error", extra={"path": request.path, "method": request.method}
-            )
+            log.exception("unhandled error", extra={"path": request.path, "method": request.method})
             return problem_response(_INTERNAL_ERROR, request.path)
         log.info(
             "client went away mid-request", extra={"path": request.path, "method": request.method}
