@@ -60,6 +60,7 @@ def servers() -> Iterator[Servers]:
             s3_url=s3_url or started[-1].url,
             amqp_url=amqp_url,
             real_mongo=mongo_url is not None,
+            real_s3=s3_url is not None,
         )
     finally:
         for server in started:

@@ -121,6 +121,8 @@ def main() -> int:
             port = int(env.get("DARKROOM_S3_PORT", "9000"))
             standins.append(start_s3_standin(port, logs))
             env["S3_ENDPOINT_URL"] = standins[-1].url
+            # moto_server ignores x-amz-copy-source-if-match (imports.py compares ETags).
+            env.setdefault("S3_IGNORES_COPY_CONDITIONS", "true")
         env.setdefault("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
         started_rabbit = ensure_rabbitmq(env["AMQP_URL"])
         if "IMPORT_SOURCES" not in env:

@@ -21,6 +21,7 @@ class Servers:
     s3_url: str
     amqp_url: str
     real_mongo: bool
+    real_s3: bool = False
 
 
 def common_env(servers: Servers, run_id: str, namespace: str) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def common_env(servers: Servers, run_id: str, namespace: str) -> dict[str, Any]:
         "s3_access_key": os.environ.get("S3_ACCESS_KEY", "darkroom"),
         "s3_secret_key": os.environ.get("S3_SECRET_KEY", "darkroom-secret"),
         "s3_bucket": f"darkroom-{run_id}",
+        # The embedded moto_server ignores x-amz-copy-source-if-match; a real S3 does not.
+        "s3_ignores_copy_conditions": not servers.real_s3,
         "log_json": False,
     }
 

@@ -147,6 +147,7 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
         "s3_access_key": "darkroom",
         "s3_secret_key": "darkroom-secret",
         "s3_bucket": f"faults-{token_hex}",
+        "s3_ignores_copy_conditions": True,  # the fault suite's own moto_server
         # An import source on the same S3 server (tests of a kill mid-import fill it).
         "import_sources": {"drop": {"bucket": f"faults-{token_hex}-drop"}},
     }

@@ -4,6 +4,7 @@ import, and who may import where."""
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -367,6 +368,15 @@ async def test_event_bound_token_stays_in_its_event(
         f"/v1/events/{theirs['id']}/imports", json={"source": "drop"}, headers=auth(bound)
     )
     await assert_problem(refused, 404, "event_not_found")
+    # A source not configured for its event does not exist for it, not even in its own event.
+    listed = await (await iapi.get("/v1/import-sources", headers=auth(bound))).json()
+    assert listed["items"] == []
+    own = await iapi.post(
+        f"/v1/events/{mine['id']}/imports", json={"source": "drop"}, headers=auth(bound)
+    )
+    problem = await assert_problem(own, 422, "import_source_not_found")
+    assert problem["errors"][0]["field"] == "/source"
+    assert "far" not in problem["detail"]
 
     op = await start_import(iapi, admin, theirs["id"], source="drop", prefix="none/")
     hidden = await iapi.get(f"/v1/operations/{op['id']}", headers=auth(bound))
@@ -375,3 +385,45 @@ async def test_event_bound_token_stays_in_its_event(
     await assert_problem(cancel, 404, "operation_not_found")
     db = iapi.app[MONGO_DB]
     assert await db[records.PHOTOS].count_documents({"event_id": theirs["id"]}) == 0
+
+
+async def test_keys_with_dot_dot_segments_are_never_sent_on(
+    iapi: Client, make_token: TokenMaker, drop: Bucket
+) -> None:
+    token = await make_token()
+    event = await make_event(iapi, token)
+    await drop.put("odd/../x.jpg", jpeg_bytes(64, 64))
+    await drop.put("odd/ok.jpg", jpeg_bytes(64, 64))
+    op = await start_import(iapi, token, event["id"], source="drop", prefix="odd/")
+    assert op["state"] == "done", op
+    assert counts(op) == {"listed": 2, "imported": 1, "skipped": 1, "failed": 0}
+    assert reasons(op)["odd/../x.jpg"][:2] == ("skipped", "unsafe_key")
+
+
+async def test_an_object_s3_never_serves_ends_a_one_time_import_with_the_reason(
+    aiohttp_client: Any,
+    import_settings: IngestSettings,
+    make_token: TokenMaker,
+    drop: Bucket,
+    watch_events: QueueSpec,
+) -> None:
+    """It used to be tried again for ever, holding a run slot: now, after a few outages at the
+    same point of the walk, the Operation fails with a reason (a rerun goes on from there)."""
+    from darkroom_kit.storage import StorageUnavailable
+
+    api = await aiohttp_client(
+        create_app(import_settings.model_copy(update={"import_outage_tries": 2}))
+    )
+    token = await make_token()
+    event = await make_event(api, token)
+    await drop.put("sick/bad.jpg", jpeg_bytes(64, 64))
+
+    async def unavailable(obj: ListedObject) -> None:
+        raise StorageUnavailable("InternalError: We encountered an internal error")
+
+    api.app[DEPS].imports.before_read = unavailable
+    op = await start_import(api, token, event["id"], source="drop", prefix="sick/")
+    assert op["state"] == "failed", op
+    assert op["result"]["code"] == "storage_unavailable"
+    assert "internal error" not in json.dumps(op)  # the server's words are logged only
+    assert await stored_keys(api, event["id"]) == []

@@ -54,3 +54,15 @@ def test_a_walk_resumes_from_what_its_operation_stored() -> None:
     assert resumed.seen(obj("a/2.jpg"))
     assert not resumed.seen(obj("a/2.jpg", etag="changed"))
     assert walk.take_new_items() == {}
+
+
+def test_a_source_prefix_is_a_whole_folder() -> None:
+    """A base prefix "incoming" would let a caller's "-private/" reach "incoming-private/"."""
+    import pytest
+    from darkroom_ingest.settings import ImportSource
+    from pydantic import ValidationError
+
+    assert ImportSource(bucket="b", prefix="incoming/").prefix == "incoming/"
+    assert ImportSource(bucket="b").prefix == ""
+    with pytest.raises(ValidationError):
+        ImportSource(bucket="b", prefix="incoming")

@@ -99,6 +99,7 @@ DUPLICATE = "duplicate"
 CHANGED = "changed_while_imported"
 GONE = "deleted_while_imported"
 EMPTY = "empty_file"
+UNSAFE_KEY = "unsafe_key"
 UNSUPPORTED = "unsupported_type"
 TOO_LARGE = "file_too_large"
 TRUNCATED = "truncated_file"
@@ -154,19 +155,31 @@ class ImportSources:
             finally:
                 self._open.clear()
 
-    def names(self) -> list[Source]:
-        return [self._open[name] for name in sorted(self._open)]
+    def names(self, principal: Principal | None = None) -> list[Source]:
+        """The sources (those ``principal`` may import from)."""
+        return [
+            source
+            for _, source in sorted(self._open.items())
+            if principal is None or _may_use(principal, source)
+        ]
 
-    def get(self, name: str) -> Source:
+    def get(self, name: str, principal: Principal | None = None) -> Source:
+        """A source by name; with ``principal``, only one it may use (others are not found:
+        a token bound to an event does not learn of the sources of other events)."""
         source = self._open.get(name)
-        if source is None:
-            known = ", ".join(sorted(self._open)) or "none is configured"
+        if source is None or (principal is not None and not _may_use(principal, source)):
+            known = ", ".join(s.name for s in self.names(principal)) or "none is configured"
             raise errors.IMPORT_SOURCE_NOT_FOUND.error(
                 f"No import source named {name!r} (known: {known}); GET /v1/import-sources "
                 "lists them.",
                 errors=[FieldError("/source", "not a configured import source", "not_found")],
             )
         return source
+
+
+def _may_use(principal: Principal, source: Source) -> bool:
+    bound = principal.event_id
+    return bound is None or bound in source.config.event_ids
 
 
 # ---- identities ---------------------------------------------------------------------------------
@@ -356,6 +369,8 @@ class Importer:
         self._batch = settings.import_batch_files
         self._part_bytes = settings.upload_part_bytes
         self._max_items = settings.import_max_reasons
+        self._verify_copy_etag = settings.s3_ignores_copy_conditions
+        self._outage_tries = settings.import_outage_tries
         self._copies = asyncio.Semaphore(settings.import_concurrency)
         self._running: dict[str, tuple[asyncio.Task[None], Lease]] = {}
         # Set when a notification wakes an import this process carries out (see wake()).
@@ -387,7 +402,7 @@ class Importer:
     ) -> str:
         """A new import of ``prefix`` of the source ``source_name`` into ``event``, started at
         once by this process (any replica takes it over if this one dies)."""
-        source = self._sources.get(source_name)
+        source = self._sources.get(source_name, principal)
         ensure_accepts_uploads(event)
         params = ImportParams(
             event_id=event.id,
@@ -549,6 +564,8 @@ class Importer:
             ) from None
         prefix = source.prefix(params.prefix)
         outage_wait = 1.0
+        outages_here = 0
+        outage_at: str | None = None
         while True:
             pass_started = now_ms()
             # Notifications counted so far are for objects already stored: this pass sees them.
@@ -558,7 +575,17 @@ class Importer:
                     return walk.result(stopped=True)
             except StorageUnavailable as exc:
                 # S3 is away (either side): the walk goes on from its cursor once it is back,
-                # rather than ending an import (or a watch) that nothing is wrong with.
+                # rather than ending an import (or a watch) that nothing is wrong with. One that
+                # fails at the same point again and again (an object S3 cannot serve) ends a
+                # one-time import with the reason; a watch keeps trying.
+                outages_here = outages_here + 1 if walk.after == outage_at else 1
+                outage_at = walk.after
+                if not params.watch and outages_here >= self._outage_tries:
+                    raise Stop(
+                        "storage_unavailable",
+                        f"S3 failed {outages_here} times in a row after the key "
+                        f"{walk.after or '(start)'!r}: {type(exc).__name__}",
+                    ) from None
                 log.warning(
                     "import: S3 unavailable, trying again in %.0f s: %s",
                     outage_wait,
@@ -610,9 +637,14 @@ class Importer:
                 last, ahead = ahead, None
                 await self._record_batch(op, params, last, walk, lease)
             return False
-        finally:
+        except (LeaseLost, asyncio.CancelledError):
+            # Another holder may be copying to the same keys (they are derived from the
+            # objects): what this one prepared is left to it, or to the orphan sweep.
+            raise
+        except BaseException:
             if ahead is not None:
                 await self._drop_ahead(ahead)
+            raise
 
     async def _record_batch(
         self, op: OperationRecord, params: ImportParams, ahead: _Ahead, walk: Walk, lease: Lease
@@ -750,6 +782,10 @@ class Importer:
         self, source: Source, event_id: str, obj: ListedObject, ref: str
     ) -> StoredFile | Result:
         """The object validated and copied to its photo's key, or why not."""
+        if ".." in obj.key.split("/") or obj.key.startswith("/"):
+            # S3 takes such keys literally, but a path-minded proxy or server in between may
+            # not: never sent on (defence in depth).
+            return _skipped(obj, UNSAFE_KEY, "the key has a '..' segment or starts with '/'")
         if obj.size == 0:
             return _skipped(obj, EMPTY, "the object is empty")
         if obj.size > self._rules.max_size:
@@ -795,7 +831,8 @@ class Importer:
                     exc,
                     extra={"key": obj.key, "photo_id": photo_id},
                 )
-                return _failed(obj, STORAGE, str(exc)[:300])
+                # The server's words may name accounts, ARNs or hosts: logged, not answered.
+                return _failed(obj, STORAGE, f"S3 refused it ({type(exc).__name__})")
         name = obj.key.rpartition("/")[2]
         try:
             name = filenames.validate_filename(name)
@@ -824,8 +861,9 @@ class Importer:
             )
             self._metrics.bytes.labels("copy").inc(obj.size)
             # Servers that ignore x-amz-copy-source-if-match (moto_server does) copy whatever is
-            # there: a single-part object's ETag is its MD5, so the copy's must be the listed one.
-            if etag and "-" not in etag and copied and copied != etag:
+            # there: a single-part object's ETag is its MD5 there, so the copy's must be the
+            # listed one. Only where said so: elsewhere an encrypted object's ETag is no MD5.
+            if self._verify_copy_etag and etag and "-" not in etag and copied and copied != etag:
                 raise _Changed(obj.key)
             return None
         # Another endpoint: S3 cannot copy across servers, so the bytes are streamed through in

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Literal
 
 from darkroom_kit.settings import CommonSettings
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 MB = 1000 * 1000
 MIB = 1024 * 1024
@@ -18,12 +18,23 @@ class ImportSource(BaseModel):
     # None: darkroom's own S3 endpoint (S3_ENDPOINT_URL).
     endpoint_url: str | None = None
     bucket: str
-    # Callers' prefixes are under this one: they never reach outside it.
+    # Callers' prefixes are under this one: they never reach outside it. Empty or ending in
+    # "/": "incoming" would let a caller's "-private/" reach "incoming-private/".
     prefix: str = ""
     # None: darkroom's own credentials and region.
     access_key: SecretStr | None = None
     secret_key: SecretStr | None = None
     region: str | None = None
+    # The events whose event-bound tokens may import from it (an unbound token may always):
+    # a drop bucket shared by photographers is not every event's to read.
+    event_ids: list[str] = []
+
+    @field_validator("prefix")
+    @classmethod
+    def _whole_folder(cls, value: str) -> str:
+        if value and not value.endswith("/"):
+            raise ValueError("a source's prefix is empty or ends with '/'")
+        return value
 
 
 class IngestSettings(CommonSettings):
@@ -98,6 +109,14 @@ class IngestSettings(CommonSettings):
     import_batch_files: int = Field(default=50, ge=1, le=500)
     # Skipped and failed keys kept with their reasons on an import's Operation.
     import_max_reasons: int = Field(default=1000, ge=0)
+    # An S3 server that ignores x-amz-copy-source-if-match (the moto_server stand-in): a
+    # single-part copy's ETag (its MD5 there) is compared with the listed one instead. Off for
+    # real S3 and MinIO, which honour the condition, and where an encrypted object's ETag is
+    # not its MD5 (the comparison would call every object changed).
+    s3_ignores_copy_conditions: bool = False
+    # S3 outages in a row, at one point of a (not watching) import's walk, after which it ends
+    # failed with the reason (a rerun goes on where it stopped: nothing is imported twice).
+    import_outage_tries: int = Field(default=10, ge=1)
     # Bucket notifications (import_notifications.py): with this on, upload-ingest consumes the
     # notifications a storage server publishes to RabbitMQ (MinIO's AMQP target; see
     # docker-compose.yml) and a new object under a watching import's prefix wakes that import

@@ -33,7 +33,7 @@ async def list_import_sources(call: Call) -> ImportSourcesOut:
     return ImportSourcesOut(
         items=[
             ImportSourceOut(name=s.name, bucket=s.config.bucket, prefix=s.config.prefix)
-            for s in call.deps.imports.sources.names()
+            for s in call.deps.imports.sources.names(call.principal)
         ]
     )
 
