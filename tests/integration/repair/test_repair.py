@@ -7,7 +7,7 @@ from typing import Any
 import aio_pika
 from darkroom_kit import outbox, records
 from darkroom_kit.clock import now_ms
-from darkroom_kit.messaging import Envelope, Publisher, Topology
+from darkroom_kit.messaging import Envelope, Publisher, QueueSpec, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import OBJECT_STORE
 from darkroom_repair.app import REPAIRER, SERVICE, queue_spec
@@ -405,3 +405,48 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
     photos = api.app[MONGO_DB][records.PHOTOS]
     assert await photos.count_documents({"event_id": event["id"], "width": 300}) == 600
     assert await photos.count_documents({"repair_by": {"$exists": True}}) == 0
+
+
+async def test_a_file_without_a_capture_date_is_not_repaired_again_and_again(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+    watch_events: QueueSpec,
+) -> None:
+    """A PNG has no date in it: it used to count as repaired on every run, with a photo.repaired
+    each time naming the record's captured_at_ms."""
+    settings = RepairSettings(**settings_kwargs)
+    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    worker = await aiohttp_client(create_repair(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    uploaded = await upload_with_lost_dimensions(
+        api,
+        token,
+        event["id"],
+        ("flat.png", png_bytes(300, 100)),
+        ("dated.jpg", jpeg_bytes(64, 48, captured="2026:06:20 14:03:11")),
+    )
+    photos = api.app[MONGO_DB][records.PHOTOS]
+    await photos.update_many({"event_id": event["id"]}, {"$set": {"captured_at_ms": None}})
+    repairer = worker.app[REPAIRER]
+    first = await repairer.run(event["id"], include_capture_date=True, owner="first")
+    assert (first.scanned, first.repaired, first.failed) == (2, 2, {})
+    png = await photos.find_one({"_id": uploaded["flat.png"]})
+    assert png is not None
+    assert (png["width"], png["captured_at_ms"], png["capture_date_absent"]) == (300, None, True)
+    # Only what was restored is named, with the photo's own names.
+    messages = await drain(settings.amqp_url, watch_events.name, 5, timeout=3)
+    repaired = {
+        m["data"]["photo"]["filename"]: m["data"]["repaired_fields"]
+        for m in messages
+        if m["type"] == records.PHOTO_REPAIRED
+    }
+    assert repaired == {
+        "flat.png": ["height", "width"],
+        "dated.jpg": ["captured_at", "height", "width"],
+    }
+    again = await repairer.run(event["id"], include_capture_date=True, owner="second")
+    assert (again.scanned, again.repaired) == (0, 0)

@@ -166,7 +166,8 @@ class PhotoRepaired(Payload):
     photo: Photo = Field(description="The photo with the restored fields.")
     repaired_fields: list[str] = Field(
         min_length=1,
-        description="The record fields restored: width, height, duration_ms, captured_at_ms.",
+        description="The fields restored, as the photo names them: width, height, duration_ms, "
+        "captured_at.",
     )
 
 

@@ -80,7 +80,11 @@ def missing_fields(doc: PhotoRecord, include_capture_date: bool) -> bool:
     """What the scan's query selects, for one photo in hand."""
     if doc.width is None or doc.height is None:
         return True
-    return include_capture_date and doc.captured_at_ms is None
+    return include_capture_date and doc.captured_at_ms is None and not doc.capture_date_absent
+
+
+# The record's fields as a photo's public view names them (photo.repaired's repaired_fields).
+PUBLIC_NAMES = {"captured_at_ms": "captured_at"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +193,10 @@ class Repairer:
         # nx-27017 stand-in matches nothing for a bare None inside $or.
         missing: list[Document] = [{"width": {"$eq": None}}, {"height": {"$eq": None}}]
         if include_capture_date:
-            missing.append({"captured_at_ms": {"$eq": None}})
+            # A file found without a date is not read again for one, run after run.
+            missing.append(
+                {"captured_at_ms": {"$eq": None}, "capture_date_absent": {"$ne": True}}
+            )
         # "uploaded" photos are still with thumbnailing, which records the same fields.
         query: Document = {
             "kind": {"$in": [PhotoKind.IMAGE, PhotoKind.VIDEO]},
@@ -293,21 +300,33 @@ class Repairer:
         writes: list[UpdateOne] = []
         pending: dict[str, outbox.Pending] = {}
         failures: dict[str, str] = {}
+        unfound: list[str] = []  # asked for a capture date its file does not have
+        nothing: list[str] = []  # nothing to restore: released, not counted as repaired
         for doc, found in outcomes:
             photo = PhotoRecord.of(doc)
             if isinstance(found, str):
                 failures[photo.id] = found
                 continue
-            fields: Document = {"width": found.width, "height": found.height}
+            # Only what was missing and is found: a photo whose file has no capture date is
+            # not "repaired" (nor announced) on every run.
+            fields: Document = {}
+            if photo.width is None or photo.height is None:
+                fields.update(width=found.width, height=found.height)
             if found.duration_ms is not None and photo.duration_ms is None:
                 fields["duration_ms"] = found.duration_ms
             if include_capture_date and photo.captured_at_ms is None:
-                fields["captured_at_ms"] = found.captured_at_ms
+                if found.captured_at_ms is not None:
+                    fields["captured_at_ms"] = found.captured_at_ms
+                else:
+                    unfound.append(photo.id)
+            if not fields:
+                nothing.append(photo.id)
+                continue
             message = Envelope.new(
                 records.PHOTO_REPAIRED,
                 {
                     "photo": records.photo_public({**doc, **fields}, self._base_url),
-                    "repaired_fields": sorted(fields),
+                    "repaired_fields": sorted(PUBLIC_NAMES.get(f, f) for f in fields),
                 },
             )
             ops = self._outbox.push(self._topology.events, [message], self._grace_ms)
@@ -324,6 +343,11 @@ class Repairer:
                 )
             )
             pending[photo.id] = self._outbox.entries(self._topology.events, [message])
+        if unfound:
+            await self._photos.update_many(
+                {"_id": {"$in": unfound}, "repair_by": owner, "captured_at_ms": {"$eq": None}},
+                {"$set": {"capture_date_absent": True}},
+            )
         if writes:
             written = await self._photos.bulk_write(writes, ordered=False)
             if written.modified_count < len(writes):
@@ -337,8 +361,8 @@ class Repairer:
                 for gone in set(pending) - kept:
                     failures[gone] = "deleted"
                     del pending[gone]
-        if failures:
-            await self._release(list(failures), owner)
+        if failures or nothing:
+            await self._release([*failures, *nothing], owner)
         await self._outbox.flush_many(self._photos, pending)
         self._repaired.labels("repaired").inc(len(pending))
         for reason in failures.values():

@@ -62,6 +62,8 @@ class PhotoRecord(Record):
     content_key: str | None = None
     # An imported object's identity (source, key, ETag, size); unique per event.
     import_ref: str | None = None
+    # metadata-repair read its file and found no capture date in it: not looked for again.
+    capture_date_absent: bool = False
 
     def object_keys(self) -> list[str]:
         """The original's key and every stored variant's."""
