@@ -427,3 +427,31 @@ async def test_an_object_s3_never_serves_ends_a_one_time_import_with_the_reason(
     assert op["result"]["code"] == "storage_unavailable"
     assert "internal error" not in json.dumps(op)  # the server's words are logged only
     assert await stored_keys(api, event["id"]) == []
+
+
+async def test_watching_imports_never_keep_a_new_import_queued(
+    aiohttp_client: Any,
+    import_settings: IngestSettings,
+    make_token: TokenMaker,
+    drop: Bucket,
+    watch_events: QueueSpec,
+) -> None:
+    """Watches held the run slots for ever: with one slot, two watches kept every later import
+    queued."""
+    api = await aiohttp_client(
+        create_app(import_settings.model_copy(update={"import_max_running": 1}))
+    )
+    token = await make_token()
+    event = await make_event(api, token)
+    await drop.put("slots/a.jpg", jpeg_bytes(64, 64))
+    watches = [
+        await start_import(
+            api, token, event["id"], 0, source="drop", prefix=f"w{n}/", watch=True, poll_seconds=300
+        )
+        for n in range(2)
+    ]
+    op = await start_import(api, token, event["id"], source="drop", prefix="slots/")
+    assert (op["state"], counts(op)["imported"]) == ("done", 1), op
+    for watch in watches:
+        stopped = await api.post(f"/v1/operations/{watch['id']}/cancel", headers=auth(token))
+        assert stopped.status in (200, 202)

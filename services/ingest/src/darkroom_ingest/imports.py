@@ -85,6 +85,8 @@ NO_OBJECTS = "no objects under the prefix"
 # less this much (clock skew between this process and the S3 server); what they see again is
 # recognised (a photo, a reason kept) and not counted twice.
 WATCH_SLACK_MS = 10 * 60 * 1000
+# Open imports a claim pass looks at (each claimed, or given back when no run slot is free).
+CLAIMS_PER_PASS = 50
 # How often a sleeping watch import looks whether it was asked to stop or woken by a
 # notification that another replica consumed.
 STOP_CHECK_SECONDS = 1.0
@@ -373,6 +375,9 @@ class Importer:
         self._outage_tries = settings.import_outage_tries
         self._copies = asyncio.Semaphore(settings.import_concurrency)
         self._running: dict[str, tuple[asyncio.Task[None], Lease]] = {}
+        # Those of self._running that walk once (a watch sleeps most of its life: it holds no
+        # run slot, or a few watches would keep every new import queued for ever).
+        self._one_time: set[str] = set()
         # Set when a notification wakes an import this process carries out (see wake()).
         self._wakes: dict[str, asyncio.Event] = {}
         # Tests: runs for each object after it was listed, before it is read (to change it).
@@ -440,27 +445,31 @@ class Importer:
     async def claim_pass(self) -> int:
         """Take over open imports nobody holds (new ones another replica could not start, and
         those whose process died); how many were taken."""
-        room = self._max_running - len(self._running)
-        if room <= 0:
-            return 0
         taken = 0
-        for op_id in await self._ops.claimable([IMPORT], now_ms(), room):
+        for op_id in await self._ops.claimable([IMPORT], now_ms(), CLAIMS_PER_PASS):
             taken += await self.take(op_id)
         return taken
 
     async def take(self, op_id: str) -> bool:
-        if op_id in self._running or len(self._running) >= self._max_running:
+        """Carry out the import, if its lease is free and, walking once, a run slot is."""
+        if op_id in self._running:
             return False
         lease = self._ops.lease(op_id, self._lease_ms)
         op = await self._ops.claim(lease, now_ms())
         if op is None:
             return False
+        if not op.params.get("watch"):
+            if len(self._one_time) >= self._max_running:
+                await self._ops.release(lease)  # a later pass, or another replica, takes it
+                return False
+            self._one_time.add(op_id)
         self._wakes[op_id] = asyncio.Event()
         task = asyncio.create_task(self._run(op, lease), name=f"import {op_id}")
         self._running[op_id] = (task, lease)
 
         def done(_: asyncio.Task[None]) -> None:
             self._running.pop(op_id, None)
+            self._one_time.discard(op_id)
             self._wakes.pop(op_id, None)
 
         task.add_done_callback(done)
