@@ -194,9 +194,7 @@ class Repairer:
         missing: list[Document] = [{"width": {"$eq": None}}, {"height": {"$eq": None}}]
         if include_capture_date:
             # A file found without a date is not read again for one, run after run.
-            missing.append(
-                {"captured_at_ms": {"$eq": None}, "capture_date_absent": {"$ne": True}}
-            )
+            missing.append({"captured_at_ms": {"$eq": None}, "capture_date_absent": {"$ne": True}})
         # "uploaded" photos are still with thumbnailing, which records the same fields.
         query: Document = {
             "kind": {"$in": [PhotoKind.IMAGE, PhotoKind.VIDEO]},
