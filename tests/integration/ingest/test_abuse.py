@@ -295,3 +295,50 @@ async def test_a_client_gone_mid_chunk_is_not_a_server_error(
     ], metrics
     # The upload is as it was: the chunk can be sent again.
     assert (await put_chunk(capi, token, upload, data, 0)).status == 200
+
+
+async def test_stalled_chunk_bodies_are_given_up_and_hold_no_memory_for_ever(
+    aiohttp_client: Any, chunk_settings: IngestSettings, make_token: TokenMaker
+) -> None:
+    """A connection that sends part of a chunk and stalls used to hold its buffer for ever: now
+    it is answered 408 after BODY_IDLE_TIMEOUT_SECONDS, and while it waits it holds one of at
+    most MAX_BUFFERED_CHUNKS buffers (others get 503 with Retry-After, not memory)."""
+    from darkroom_ingest.app import create_app
+
+    settings = chunk_settings.model_copy(
+        update={"body_idle_timeout_seconds": 1.0, "max_buffered_chunks": 1}
+    )
+    api = await aiohttp_client(create_app(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    data = jpeg_like(600_000)
+    upload = await start_upload(api, token, event["id"], data)
+    reader, writer = await asyncio.open_connection(api.server.host, api.server.port)
+    writer.write(
+        (
+            f"PUT /v1/uploads/{upload['upload_id']}/chunks/0 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n\r\n"
+        ).encode()
+        + data[:1000]
+    )
+    await writer.drain()
+
+    async def trickle() -> None:  # a byte now and then: slow, never idle for long
+        for i in range(6):
+            await asyncio.sleep(0.4)
+            writer.write(data[1000 + i : 1001 + i])
+            await writer.drain()
+
+    trickling = asyncio.ensure_future(trickle())
+    await asyncio.sleep(0.2)
+    # The one buffer is held: another chunk waits its turn, then is told to come back.
+    busy = await put_chunk(api, token, upload, data, 0)
+    problem = await assert_problem(busy, 503, "server_busy")
+    assert busy.headers["Retry-After"] == "2", problem
+    await trickling
+    answer = await asyncio.wait_for(reader.read(4096), 10)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body_timeout" in answer
+    writer.close()
+    # The buffer is free again.
+    assert (await put_chunk(api, token, upload, data, 0)).status == 200

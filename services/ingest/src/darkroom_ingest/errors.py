@@ -134,6 +134,8 @@ PHOTO_CAP_BELOW_COUNT = ErrorKind("photo_cap_below_count", 409, "The cap is belo
 UNKNOWN_CATEGORY = ErrorKind("unknown_category", 422, "Unknown category")
 NO_VALID_FILES = ErrorKind("no_valid_files", 400, "No file of the batch could be stored")
 TOO_MANY_PARTS = ErrorKind("too_many_parts", 413, "The batch has too many parts")
+TOO_MANY_BODIES = ErrorKind("server_busy", 503, "Too many uploads arrive at once")
+BODY_TIMEOUT = ErrorKind("body_timeout", 408, "The body stopped arriving")
 UNSUPPORTED_MEDIA_TYPE = ErrorKind("unsupported_media_type", 415, "Unsupported media type")
 IDEMPOTENCY_KEY_IN_USE = ErrorKind(
     "idempotency_key_in_use", 409, "Another request with this key took over"

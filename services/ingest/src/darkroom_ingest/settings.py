@@ -50,6 +50,13 @@ class IngestSettings(CommonSettings):
     upload_part_bytes: int = Field(default=8 * MIB, ge=5 * MIB)
     # Multipart read size: larger means fewer Python-level loop turns per GiB.
     read_chunk_bytes: int = Field(default=256 * 1024, ge=4096)
+    # A chunk or tus body that sends nothing for this long is given up (408): a stalled
+    # connection must not hold its buffer for ever.
+    body_idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Chunk bodies held in memory at once (each up to UPLOAD_CHUNK_BYTES, as S3 needs a part's
+    # length before its first byte); more wait for a turn, and are answered 503 after
+    # BODY_IDLE_TIMEOUT_SECONDS without one.
+    max_buffered_chunks: int = Field(default=32, ge=1)
     # A writer that has not published its outbox within this time is presumed dead; the relay
     # publishes for it.
     outbox_grace_ms: int = 10_000

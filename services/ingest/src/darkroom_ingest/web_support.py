@@ -3,7 +3,9 @@ middleware use them): bad input becomes problem+json."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -13,6 +15,7 @@ from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.problems import FieldError, Problem
 from pydantic import BaseModel, ValidationError
 
+from darkroom_ingest.errors import BODY_TIMEOUT
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import TokenStore
 from darkroom_ingest.tokens import Principal, hash_token
@@ -28,6 +31,24 @@ IDEMPOTENCY_LEASE: web.RequestKey[Lease] = web.RequestKey("idempotency_lease", L
 # Set on each declared route's aiohttp handler: how its body is read ("json" bodies are read
 # whole; the others are streamed by their handler and must not be read before it).
 BODY_KIND_ATTR = "darkroom_body_kind"
+
+
+async def body_pieces(request: web.Request) -> AsyncIterator[bytes]:
+    """The request's body as it arrives, given up (408) once nothing came for
+    ``body_idle_timeout_seconds``: aiohttp has no read timeout of its own."""
+    idle = request.app[SETTINGS].body_idle_timeout_seconds
+    pieces = request.content.iter_any().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                piece = await anext(pieces)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BODY_TIMEOUT.error(
+                f"Nothing arrived for {idle:g} s; nothing of it was kept. Send it again."
+            ) from None
+        yield piece
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:

@@ -24,6 +24,7 @@ from darkroom_ingest.guests import arrives_hidden
 from darkroom_ingest.tokens import Scope
 from darkroom_ingest.tus import protocol
 from darkroom_ingest.tus.service import NO_EVENT, Written
+from darkroom_ingest.web_support import body_pieces
 
 routes = RouteTable("tus")
 
@@ -72,6 +73,7 @@ _PATCH_ERRORS = (
     errors.COMPLETE_IN_PROGRESS,
     errors.PHOTO_CAP_WOULD_BE_EXCEEDED,
     errors.EVENT_ARCHIVED,
+    errors.BODY_TIMEOUT,
 )
 
 
@@ -127,7 +129,7 @@ async def _load(call: Call) -> UploadRecord:
 
 
 def _body(request: web.Request) -> AsyncIterator[bytes]:
-    return request.content.iter_any()
+    return body_pieces(request)
 
 
 def _has_body(request: web.Request) -> bool:

@@ -18,6 +18,7 @@ from darkroom_ingest.guests import arrives_hidden
 from darkroom_ingest.schemas.photos import UploadedPhoto
 from darkroom_ingest.schemas.uploads import ChunkOut, UploadCreate, UploadOut
 from darkroom_ingest.tokens import Principal, Scope
+from darkroom_ingest.web_support import body_pieces
 
 routes = RouteTable("uploads")
 
@@ -116,6 +117,8 @@ async def get_upload(call: Call) -> UploadOut:
         errors.UPLOAD_EXPIRED,
         errors.WRONG_PROTOCOL,
         errors.FILE_TOO_LARGE,
+        errors.BODY_TIMEOUT,
+        errors.TOO_MANY_BODIES,
         *errors.UPLOAD_NOT_OPEN,
     ),
 )
@@ -134,7 +137,7 @@ async def put_chunk(call: Call) -> ChunkOut:
         request.headers.get("Content-Digest"), request.headers.get("X-Checksum-CRC32C")
     )
     part = await deps.chunked.put_chunk(
-        upload, index, request.content_length, digests, request.content.iter_any()
+        upload, index, request.content_length, digests, body_pieces(request)
     )
     chunk = ChunkOut.model_validate(part)
     deps.upload_bytes.inc(chunk.size)

@@ -50,6 +50,8 @@ class ChunkedUploads:
         self.rules = machine.Rules.of(settings)
         self._photos = photos
         self._complete_wait_s = settings.complete_wait_seconds
+        self._buffers = asyncio.Semaphore(settings.max_buffered_chunks)
+        self._buffer_wait_s = settings.body_idle_timeout_seconds
         self._lease_ms = int(settings.lock_lease_seconds * 1000)
 
     async def ensure_indexes(self) -> None:
@@ -144,6 +146,30 @@ class ChunkedUploads:
     # ---- chunks ----------------------------------------------------------------------------
 
     async def put_chunk(
+        self,
+        doc: Document | UploadRecord,
+        index: int,
+        content_length: int | None,
+        digests: Digests,
+        body: AsyncIterator[bytes],
+    ) -> dict[str, Any]:
+        """Keep chunk ``index``. A chunk is held whole in memory until S3 takes it (a part's
+        length must be known before its first byte), so only so many are held at once: a
+        hundred stalled connections cannot take the process's memory."""
+        try:
+            async with asyncio.timeout(self._buffer_wait_s):
+                await self._buffers.acquire()
+        except TimeoutError:
+            raise errors.TOO_MANY_BODIES.error(
+                "Too many chunks are arriving at once; send this one again shortly.",
+                retry_after=2,
+            ) from None
+        try:
+            return await self._put_chunk(doc, index, content_length, digests, body)
+        finally:
+            self._buffers.release()
+
+    async def _put_chunk(
         self,
         doc: Document | UploadRecord,
         index: int,
