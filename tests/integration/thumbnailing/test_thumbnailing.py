@@ -8,6 +8,7 @@ import zlib
 from typing import Any
 
 import aio_pika
+import pytest
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.messaging import QueueSpec, Topology
 from darkroom_thumbnailing.app import create_app as create_thumbnailing
@@ -64,7 +65,11 @@ async def settled(
     return result
 
 
+# Originals read into memory, and (0) every original written to a temporary file that libvips
+# reads: big originals are never held whole, and either way renders and refuses the same.
+@pytest.mark.parametrize("in_memory_bytes", [8 * 1024 * 1024, 0], ids=["in_memory", "from_file"])
 async def test_variants_dimensions_and_refusals(
+    in_memory_bytes: int,
     api: Client,
     aiohttp_client: Any,
     settings_kwargs: dict[str, Any],
@@ -73,7 +78,12 @@ async def test_variants_dimensions_and_refusals(
     janitor: QueueJanitor,
     watch_events: QueueSpec,
 ) -> None:
-    settings = ThumbnailSettings(**settings_kwargs, render_processes=1, retry_delays_ms=(200, 400))
+    settings = ThumbnailSettings(
+        **settings_kwargs,
+        render_processes=1,
+        retry_delays_ms=(200, 400),
+        in_memory_original_bytes=in_memory_bytes,
+    )
     spec = queue_spec(Topology(settings.amqp_namespace), settings)
     janitor.add(spec)
     worker = await aiohttp_client(create_thumbnailing(settings))

@@ -12,6 +12,7 @@ import os
 import re
 import resource
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Only these libvips loaders may touch user files: every other loader is attack surface.
@@ -79,15 +80,22 @@ def _field(img: Any, name: str) -> Any:
     return img.get(name) if img.get_typeof(name) else None
 
 
-def read_header(data: bytes, max_pixels: int) -> tuple[Any, HeaderFacts]:
-    """Open an image lazily (header only) and check it before anything is decoded."""
+def read_header(data: bytes | Path, max_pixels: int) -> tuple[Any, HeaderFacts]:
+    """Open an image lazily (header only) and check it before anything is decoded. ``data``:
+    the file's bytes, or a path to it (a big original, never held whole in memory)."""
     import pyvips  # noqa: PLC0415 - loaded in worker processes only, after their initializer
 
     try:
-        img = pyvips.Image.new_from_buffer(data, "", access="sequential", fail_on="error")
+        if isinstance(data, Path):
+            img = pyvips.Image.new_from_file(str(data), access="sequential", fail_on="error")
+        else:
+            img = pyvips.Image.new_from_buffer(data, "", access="sequential", fail_on="error")
     except pyvips.Error as exc:
         raise ImageRefused("corrupt_image", first_line(exc)) from None
+    # A file opened from disk names the loader without "_buffer": the same decoder.
     loader = str(_field(img, "vips-loader") or "")
+    if loader and not loader.endswith("_buffer"):
+        loader += "_buffer"
     if loader not in ALLOWED_LOADERS:
         raise ImageRefused("unsupported_format", f"loader {loader or 'unknown'} is not allowed")
     pages = int(_field(img, "n-pages") or 1)

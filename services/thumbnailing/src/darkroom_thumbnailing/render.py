@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from darkroom_kit.imaging import HeaderFacts, ImageRefused, first_line, read_header
@@ -37,7 +38,7 @@ class RenderSpec:
     fail_on: str = "error"
 
 
-def render_variants(data: bytes, spec: RenderSpec) -> Rendered:
+def render_variants(data: bytes | Path, spec: RenderSpec) -> Rendered:
     """Hero and thumbnail from ONE decode: the hero is shrunk on load, the thumbnail from the hero.
 
     EXIF orientation is applied, colour is converted to sRGB before metadata is dropped (so a
@@ -52,13 +53,15 @@ def render_variants(data: bytes, spec: RenderSpec) -> Rendered:
         if header.interpretation == "cmyk" and not header.get_typeof("icc-profile-data"):
             colour["import_profile"] = "cmyk"
     try:
-        hero = pyvips.Image.thumbnail_buffer(
-            data,
-            spec.hero_px,
-            height=spec.hero_px,
-            size="down",
-            option_string=f"fail_on={spec.fail_on}",
-            **colour,
+        shrink: dict[str, Any] = {"height": spec.hero_px, "size": "down", **colour}
+        load_options = f"fail_on={spec.fail_on}"
+        hero = (
+            # From a file, the loader's options ride in the file name.
+            pyvips.Image.thumbnail(f"{data}[{load_options}]", spec.hero_px, **shrink)
+            if isinstance(data, Path)
+            else pyvips.Image.thumbnail_buffer(
+                data, spec.hero_px, option_string=load_options, **shrink
+            )
         )
         hero = hero.copy_memory()  # decode once; the thumbnail reuses these pixels
         thumb = hero.thumbnail_image(spec.thumbnail_px, height=spec.thumbnail_px, size="down")

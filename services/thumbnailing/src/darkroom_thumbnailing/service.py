@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from darkroom_kit import records
 from darkroom_kit.imaging import ImageRefused
@@ -41,6 +46,7 @@ class Thumbnailer:
         self._spec = deps.render_spec
         self._base_url = settings.public_base_url
         self._timeout = settings.render_timeout_seconds
+        self._in_memory_max = settings.in_memory_original_bytes
 
     async def handle(self, message: Message[PhotoUploaded]) -> None:
         found = await self._photos.find_one({"_id": message.payload.photo.id}, WITHOUT_OUTBOXES)
@@ -50,8 +56,8 @@ class Thumbnailer:
         if doc.status is not PhotoStatus.UPLOADED:
             return  # being deleted, or a duplicate delivery of work already done
         try:
-            data, duration_ms = await self._source(doc)
-            rendered = await self._render(data, message.attempt)
+            async with self._source(doc) as (data, duration_ms):
+                rendered = await self._render(data, message.attempt)
         except ImageRefused as exc:
             # Everything that can never succeed for this file ends here, once: marked on the
             # photo, dead-lettered, not retried.
@@ -59,20 +65,38 @@ class Thumbnailer:
             raise Reject(str(exc)) from None
         await self._store_variants(found, doc, rendered, duration_ms)
 
-    async def _source(self, doc: PhotoRecord) -> tuple[bytes, int | None]:
-        """The bytes to render: the original, or a video's poster frame (and its duration)."""
+    @contextlib.asynccontextmanager
+    async def _source(self, doc: PhotoRecord) -> AsyncIterator[tuple[bytes | Path, int | None]]:
+        """What to render: the original (its bytes, or past ``in_memory_original_bytes`` a
+        temporary file, so a big original is never held whole here nor copied whole to a
+        rendering process), or a video's poster frame (and its duration)."""
         try:
             if doc.kind is PhotoKind.VIDEO:
                 url = await self._store.presigned_get(doc.original_key)
                 poster = await poster_frame(url, POSTER_AT_SECONDS, self._timeout)
-                return poster.png, poster.duration_ms
-            return await self._store.get_bytes(doc.original_key), None
+                source: tuple[bytes | Path, int | None] = (poster.png, poster.duration_ms)
+            elif doc.size <= self._in_memory_max:
+                source = (await self._store.get_bytes(doc.original_key), None)
+            else:
+                with tempfile.TemporaryDirectory(prefix="darkroom-original-") as folder:
+                    path = Path(folder) / "original"
+                    await self._download(doc.original_key, path)
+                    yield path, None
+                return
         except ObjectNotFound:
             raise ImageRefused("original_missing", "the stored original is gone") from None
         except StorageUnavailable as exc:
             raise Retry(f"storage: {exc}") from exc
+        yield source
 
-    async def _render(self, data: bytes, attempt: int) -> Rendered:
+    async def _download(self, key: str, path: Path) -> None:
+        """``key`` into ``path``, a chunk at a time (writes off the event loop)."""
+        with path.open("wb") as out:
+            async with self._store.open_stream(key) as (_, chunks):
+                async for chunk in chunks:
+                    await asyncio.to_thread(out.write, chunk)
+
+    async def _render(self, data: bytes | Path, attempt: int) -> Rendered:
         try:
             return await self._pool.run(self._timeout, render_variants, data, self._spec)
         except JobTimedOut:

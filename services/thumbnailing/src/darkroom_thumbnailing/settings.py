@@ -25,5 +25,8 @@ class ThumbnailSettings(CommonSettings):
     # this long is published by the relay, which looks every interval.
     outbox_grace_ms: int = Field(default=10_000, ge=0)
     outbox_relay_interval_seconds: float = Field(default=2.0, ge=0)
+    # Originals larger than this are written to a temporary file (read from there by libvips)
+    # rather than held in this process and sent whole to a rendering process.
+    in_memory_original_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
     # Enough messages in hand to keep every rendering process busy while the next file downloads.
     prefetch: int = 8
