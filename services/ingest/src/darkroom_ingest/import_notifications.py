@@ -25,6 +25,7 @@ what is published while no queue is bound, or lost, is found by the next poll.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -62,10 +63,8 @@ def decode(message: AbstractIncomingMessage) -> Envelope:
     consumer then validates its data as a :class:`BucketNotification`), or an envelope this
     service made of one before (a retry coming back). ValueError: not a JSON object at all."""
     body = message.body
-    try:
+    with contextlib.suppress(ValidationError):  # not one of ours: a notification as sent
         return Envelope.model_validate_json(body)
-    except ValidationError:
-        pass
     data = json.loads(body)  # ValueError (JSONDecodeError, UnicodeDecodeError): never valid
     if not isinstance(data, dict):
         raise ValueError(f"a bucket notification is a JSON object, not {type(data).__name__}")

@@ -156,6 +156,9 @@ class ChunkedUploads:
         """Keep chunk ``index``. A chunk is held whole in memory until S3 takes it (a part's
         length must be known before its first byte), so only so many are held at once: a
         hundred stalled connections cannot take the process's memory."""
+        upload = _record(doc)
+        # Refusals that need no byte come before the wait for a buffer.
+        expected = machine.check_chunk(upload, index, content_length, now_ms())
         try:
             async with asyncio.timeout(self._buffer_wait_s):
                 await self._buffers.acquire()
@@ -165,44 +168,36 @@ class ChunkedUploads:
                 retry_after=2,
             ) from None
         try:
-            return await self._put_chunk(doc, index, content_length, digests, body)
+            part = PartBody()
+            hasher = ChunkHasher(sha256=digests.sha256 is not None)
+            head = b""
+            async for piece in body:
+                if index == 0 and len(head) < sniff.SNIFF_BYTES:
+                    head += bytes(piece[: sniff.SNIFF_BYTES])
+                part.append(piece)
+                hasher.update(piece)
+            got = hasher.digests()
+            machine.check_body(index, expected, len(part), digests, got)
+            if index == 0:
+                # The real type's limit as soon as its bytes say what it is, not the declared
+                # one's until completion: a 60 MB JPEG declared as video/mp4 stops at chunk 0.
+                kind = sniff.sniff(head)
+                if kind is not None:
+                    self.rules.check_size(kind.content_type, upload.size)
+            stored = await self.parts.put(upload, index, part)
+            chunk = StoredChunk(
+                etag=stored.etag,
+                size=stored.size,
+                crc32c=got.crc32c,
+                sha256=got.sha256,
+                at_ms=now_ms(),
+            )
+            head_kept = head[: sniff.SNIFF_BYTES] if index == 0 else None
+            if not await self.records.record_chunk(upload.id, index, chunk, head_kept):
+                raise machine.closed_while_sending()
+            return {"index": index, **chunk_out(chunk)}
         finally:
             self._buffers.release()
-
-    async def _put_chunk(
-        self,
-        doc: Document | UploadRecord,
-        index: int,
-        content_length: int | None,
-        digests: Digests,
-        body: AsyncIterator[bytes],
-    ) -> dict[str, Any]:
-        upload = _record(doc)
-        expected = machine.check_chunk(upload, index, content_length, now_ms())
-        part = PartBody()
-        hasher = ChunkHasher(sha256=digests.sha256 is not None)
-        head = b""
-        async for piece in body:
-            if index == 0 and len(head) < sniff.SNIFF_BYTES:
-                head += bytes(piece[: sniff.SNIFF_BYTES])
-            part.append(piece)
-            hasher.update(piece)
-        got = hasher.digests()
-        machine.check_body(index, expected, len(part), digests, got)
-        if index == 0:
-            # The real type's limit as soon as its bytes say what it is, not the declared one's
-            # until completion: a 60 MB JPEG declared as video/mp4 stops at its first chunk.
-            kind = sniff.sniff(head)
-            if kind is not None:
-                self.rules.check_size(kind.content_type, upload.size)
-        stored = await self.parts.put(upload, index, part)
-        chunk = StoredChunk(
-            etag=stored.etag, size=stored.size, crc32c=got.crc32c, sha256=got.sha256, at_ms=now_ms()
-        )
-        head_kept = head[: sniff.SNIFF_BYTES] if index == 0 else None
-        if not await self.records.record_chunk(upload.id, index, chunk, head_kept):
-            raise machine.closed_while_sending()
-        return {"index": index, **chunk_out(chunk)}
 
     # ---- complete --------------------------------------------------------------------------
 
