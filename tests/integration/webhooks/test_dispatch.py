@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.messaging import Envelope, Topology
+from darkroom_kit.messaging import Envelope, Message, Topology
+from darkroom_kit.payloads import PhotoUploaded
+from darkroom_webhooks.app import DISPATCHER
 from standardwebhooks import Webhook
 
 from tests.factories.api import Client, TokenMaker, auth, form, make_event
@@ -102,6 +104,24 @@ async def test_same_message_twice_is_delivered_once(
     await publish(ingest_settings.amqp_url, events, message, message)
     await eventually(lambda: _succeeded(api, token, endpoint["id"]))
     await asyncio.sleep(1.5)
+    assert len(hook.requests) == 1
+    assert len(await deliveries(api, token, endpoint["id"])) == 1
+
+
+async def test_two_copies_in_one_write_are_attempted_once(
+    api: Client, dispatch: Client, receiver: MakeReceiver, make_token: TokenMaker
+) -> None:
+    """Two copies consumed at the same moment share one bulk insert of their deliveries; only
+    the copy whose document went in may attempt it (the race the test above meets by chance)."""
+    token = await make_token()
+    hook, url = await receiver([200])
+    endpoint = await register(api, token, url, ["photo.uploaded"])
+    envelope = Envelope.new("photo.uploaded", {"photo": {"id": "ph_twin"}})
+    copy = Message(envelope, PhotoUploaded.model_validate(envelope.data), 1)
+    dispatcher = dispatch.app[DISPATCHER]
+    await asyncio.gather(dispatcher.fan_out(copy), dispatcher.fan_out(copy))
+    await eventually(lambda: _succeeded(api, token, endpoint["id"]))
+    await asyncio.sleep(1.5)  # a second attempt, through the command path, would arrive now
     assert len(hook.requests) == 1
     assert len(await deliveries(api, token, endpoint["id"])) == 1
 

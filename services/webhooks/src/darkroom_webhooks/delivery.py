@@ -410,11 +410,17 @@ class Dispatcher:
 
     async def _insert_deliveries(self, batches: list[list[Document]]) -> list[set[str]]:
         # Inserted, or there already (this event came again): the ones this write inserted are
-        # the ones this replica may attempt at once (it holds their lease).
+        # the ones this replica may attempt at once (it holds their lease). Each caller learns
+        # only of its own inserts: two copies of one message in one write hold one document,
+        # and only the copy whose document went in may attempt it.
         flat = [doc for docs in batches for doc in docs]
         refused = await insert_new(self._deliveries, flat)
-        inserted = {d["_id"] for i, d in enumerate(flat) if i not in refused}
-        return [inserted] * len(batches)
+        answers: list[set[str]] = []
+        start = 0
+        for docs in batches:
+            answers.append({d["_id"] for i, d in enumerate(docs, start) if i not in refused})
+            start += len(docs)
+        return answers
 
     # ---- commands ------------------------------------------------------------------------------
 
