@@ -47,7 +47,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(CHROMIUM):
 	$(SUDO) apt-get install -y --no-install-recommends chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
 
-test: install $(CHROMIUM) ## Run the whole test suite (unit, integration, end to end, the fault suite bounded)
+# Debian's prometheus has promtool: the alert rules are unit-tested with it (tests/deploy).
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	$(SUDO) apt-get install -y --no-install-recommends prometheus || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends prometheus)
+
+test: install $(CHROMIUM) $(PROMTOOL) ## Run the whole test suite (unit, integration, end to end, faults and abuse bounded, alert rules, the Helm chart)
 	.venv/bin/pytest $(PYTEST_ARGS)
 
 test-faults: install ## The fault suite with more load (hundreds of uploads); table in .data/faults-report.json
@@ -99,7 +104,8 @@ asyncapi: install ## Write docs/asyncapi.json (the messaging contract) from the 
 	.venv/bin/python -m darkroom_kit.asyncapi --out docs/asyncapi.json
 
 compose-config: ## Validate docker-compose.yml offline (docker compose, or Debian's docker-compose)
-	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \
+	@export RABBITMQ_PASSWORD=x MINIO_ROOT_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x; \
+	if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \
 	else docker-compose -f docker-compose.yml config -q; fi && echo "docker-compose.yml is valid"
 
 clean: ## Remove .venv and .data

@@ -71,6 +71,12 @@ def start_services(
                 env=service_env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # A process group of its own: a terminal's Ctrl-C goes to the whole foreground
+                # group, and reached each service (and its rendering processes) at any point of
+                # its start or its shutdown, as a KeyboardInterrupt in whatever code ran then
+                # (tracebacks in the logs, a cleanup context interrupted half-way). Whoever
+                # started the service stops it, with SIGTERM: a graceful drain.
+                process_group=0,
             )
         started.append(Server(name, f"http://127.0.0.1:{port}", proc))
     try:
@@ -141,6 +147,9 @@ def main() -> int:
         print("a service exited; stopping everything (see .data/logs)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        # A second Ctrl-C while the services drain must not abandon the rest half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nstopping...", flush=True)
         return 0
     except RuntimeError as exc:
@@ -169,7 +178,33 @@ def _create_bucket(env: dict[str, str], bucket: str) -> None:
         ) as store:
             await store.ensure_bucket()
 
-    asyncio.run(create())
+    async def unless_stopped() -> bool:
+        # main()'s handlers raise KeyboardInterrupt wherever the code is: inside the S3 client's
+        # context (an async generator) that left it "running", and asyncio's closing of it then
+        # printed "athrow(): asynchronous generator is already running". Here a signal cancels
+        # the work instead, which unwinds the client's context in order.
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(create())
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            return False
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+        return True
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        done = asyncio.run(unless_stopped())
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+    if not done:
+        raise KeyboardInterrupt
 
 
 def _banner(env: dict[str, str], standins: list[Server], rabbit: bool, logs: Path) -> str:

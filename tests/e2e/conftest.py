@@ -11,15 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from darkroom_kit.messaging import Topology
-from darkroom_repair.app import queue_spec as repair_spec
-from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
-from darkroom_thumbnailing.settings import ThumbnailSettings
-from darkroom_webhooks.app import queue_specs
-from darkroom_webhooks.settings import WebhookSettings
 
 from darkroom_dev.servers import Server, free_port
 from darkroom_dev.stack import SERVICES, start_services
+from tests.factories.e2e import stack_queues
 from tests.factories.servers import QueueJanitor, to_env
 
 
@@ -53,12 +48,7 @@ async def system(
         "LOG_JSON": "true",
         **extra_env,
     }
-    topology = Topology(settings_kwargs["amqp_namespace"])
-    janitor.add(
-        thumbnail_spec(topology, ThumbnailSettings(retry_delays_ms=(2000, 3000))),
-        repair_spec(topology),
-        *queue_specs(topology, WebhookSettings(retry_delays_ms=(2000, 3000))),
-    )
+    janitor.add(*stack_queues(settings_kwargs["amqp_namespace"], (2000, 3000)))
     logs = Path(tempfile.mkdtemp(prefix="darkroom-e2e-"))
     services = await asyncio.to_thread(start_services, env, logs, base)
     try:

@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from darkroom_kit.messaging import QueueSpec, Topology
+from darkroom_repair.app import queue_spec as repair_spec
+from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
+from darkroom_thumbnailing.settings import ThumbnailSettings
+from darkroom_webhooks.app import queue_specs
+from darkroom_webhooks.settings import WebhookSettings
 from standardwebhooks import Webhook
 
 
@@ -35,3 +41,16 @@ async def wait_for(check: Any, timeout: float = 30) -> None:
             return
         await asyncio.sleep(0.2)
     raise AssertionError("timed out")
+
+
+def stack_queues(namespace: str, retry_delays_ms: tuple[int, ...] | None = None) -> list[QueueSpec]:
+    """The queues the four services declare in ``namespace`` (with their own retry delays, or
+    ``retry_delays_ms``), for the janitor: quorum queues outlive the processes, and a broker
+    that collects hundreds of them slows to a halt."""
+    topology = Topology(namespace)
+    delays = {} if retry_delays_ms is None else {"retry_delays_ms": retry_delays_ms}
+    return [
+        thumbnail_spec(topology, ThumbnailSettings(**delays)),
+        repair_spec(topology),
+        *queue_specs(topology, WebhookSettings(**delays)),
+    ]

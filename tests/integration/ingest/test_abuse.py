@@ -25,6 +25,9 @@ from tests.factories.api import (
 )
 from tests.factories.media import jpeg_bytes, jpeg_like
 
+# Selectable on their own (`pytest -m abuse`); `make test` runs the whole tree, these included.
+pytestmark = pytest.mark.abuse
+
 
 async def test_an_offset_past_what_mongodb_takes_is_a_422_on_every_list(
     api: Client, make_token: TokenMaker
@@ -342,3 +345,81 @@ async def test_stalled_chunk_bodies_are_given_up_and_hold_no_memory_for_ever(
     writer.close()
     # The buffer is free again.
     assert (await put_chunk(api, token, upload, data, 0)).status == 200
+
+
+def multipart_by_hand(*parts: tuple[bytes, bytes]) -> tuple[bytes, dict[str, str]]:
+    """A multipart body from raw Content-Disposition values and contents, byte for byte (a
+    client library would escape what these tests send raw)."""
+    boundary = b"darkroomrawboundary"
+    body = b""
+    for disposition, content in parts:
+        body += b"--" + boundary + b"\r\nContent-Disposition: " + disposition + b"\r\n"
+        body += b"Content-Type: image/jpeg\r\n\r\n" + content + b"\r\n"
+    body += b"--" + boundary + b"--\r\n"
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}
+
+
+async def test_a_control_character_in_a_file_name_skips_that_file_not_the_batch(
+    api: Client, make_token: TokenMaker
+) -> None:
+    """aiohttp refuses a part header with a raw control character by failing the whole body
+    ("400, message:."): the README promises a per-file ``invalid_filename`` instead."""
+    token = await make_token()
+    event = await make_event(api, token)
+    jpeg = jpeg_bytes(320, 240)
+
+    def photo(filename: bytes) -> tuple[bytes, bytes]:
+        return b'form-data; name="photos"; filename="' + filename + b'"', jpeg
+
+    body, headers = multipart_by_hand(
+        photo(b"first.jpg"),
+        photo(b"bad\x01name.jpg"),
+        photo(b"del\x7fname.jpg"),
+        photo(b"bare\rreturn.jpg"),
+        (b'form-data; name="photos"; filename=unquoted\x01.jpg', jpeg),
+        (b'form-data; name="photos"; filename="last.jpg"', jpeg_bytes(330, 240)),
+    )
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos", data=body, headers={**auth(token), **headers}
+    )
+    answer = await resp.json()
+    assert resp.status == 201, answer
+    assert [p["filename"] for p in answer["uploaded"]] == ["first.jpg", "last.jpg"]
+    assert [(s["filename"], s["field"], s["code"]) for s in answer["skipped"]] == [
+        ("bad\x01name.jpg", "photos[1]", "invalid_filename"),
+        ("del\x7fname.jpg", "photos[2]", "invalid_filename"),
+        ("bare\rreturn.jpg", "photos[3]", "invalid_filename"),
+        (None, "(unnamed)", "invalid_filename"),
+    ]
+    assert len(await stored_keys(api, event["id"])) == 2
+
+
+async def test_a_part_header_that_is_no_header_is_a_clear_400_with_its_field(
+    api: Client, make_token: TokenMaker
+) -> None:
+    """A raw line break inside a file name leaves a header line without a colon: the body's
+    framing is not to be trusted past it, so the request is refused whole, saying where."""
+    token = await make_token()
+    event = await make_event(api, token)
+    jpeg = jpeg_bytes(320, 240)
+    body, headers = multipart_by_hand(
+        (b'form-data; name="photos"; filename="fine.jpg"', jpeg),
+        (b'form-data; name="photos"; filename="broken\nline.jpg"', jpeg),
+    )
+    problem = await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/photos", data=body, headers={**auth(token), **headers}
+        ),
+        400,
+        "malformed_multipart",
+    )
+    assert "400, message" not in problem["detail"]
+    assert problem["errors"] == [
+        {
+            "field": "photos[1]",
+            "detail": problem["errors"][0]["detail"],
+            "code": "invalid_part_header",
+        }
+    ]
+    assert "Invalid HTTP header" in problem["errors"][0]["detail"]
+    assert await stored_keys(api, event["id"]) == []

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from darkroom_ingest.app import create_app
+from darkroom_ingest.cli import create_token
 from darkroom_ingest.deps import DEPS
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import records
@@ -21,6 +22,7 @@ from darkroom_kit.storage import ListedObject, S3ObjectStore, open_bucket
 from tests.factories.api import Client, TokenMaker, assert_problem, auth, make_event, stored_keys
 from tests.factories.media import jpeg_bytes, jpeg_like, png_bytes
 from tests.factories.messaging import drain, eventually
+from tests.factories.metrics import labels, moved, scrape
 
 # Images above this are refused (the chunked limit applies to imports): a small one for tests.
 MAX_IMAGE = 200_000
@@ -455,3 +457,49 @@ async def test_watching_imports_never_keep_a_new_import_queued(
     for watch in watches:
         stopped = await api.post(f"/v1/operations/{watch['id']}/cancel", headers=auth(token))
         assert stopped.status in (200, 202)
+
+
+async def test_imports_count_their_objects_and_their_end(
+    aiohttp_client: Any, import_settings: IngestSettings, watch_events: QueueSpec, drop: Bucket
+) -> None:
+    """``uploads_total{protocol="import"}`` for each object (a photo of it, new or there already,
+    is accepted) and ``operations_finished_total`` once for each import that ends."""
+    # A database of its own: the imports other tests left open are taken over by any app on
+    # theirs (as they should be), and would move this one's counts.
+    settings = import_settings.model_copy(
+        update={"mongo_db": f"{import_settings.mongo_db}_{secrets.token_hex(3)}"}
+    )
+    iapi: Client = await aiohttp_client(create_app(settings))
+    token = await create_token(
+        settings, "test", ["photos.read", "photos.write", "events.write"], None
+    )
+    event = await make_event(iapi, token)
+    twin = jpeg_bytes()
+    await drop.put("counted/a.jpg", twin)
+    await drop.put("counted/b-twin.jpg", twin)
+    await drop.put("counted/c-notes.txt", b"not a photo\n")
+    capped = await make_event(iapi, token, photo_cap=1)
+    for name in ("a", "b"):
+        await drop.put(f"capped-count/{name}.jpg", jpeg_bytes())
+    before = await scrape(iapi)
+
+    done = await start_import(iapi, token, event["id"], source="drop", prefix="counted/")
+    assert done["state"] == "done", done
+    rerun = await start_import(iapi, token, event["id"], source="drop", prefix="counted/")
+    assert rerun["state"] == "done", rerun
+    failed = await start_import(iapi, token, capped["id"], source="drop", prefix="capped-count/")
+    assert failed["state"] == "failed", failed
+
+    after = await scrape(iapi)
+    service = {"service": "upload-ingest"}
+    assert moved(before, after, "uploads_total") == {
+        # a.jpg and its twin, twice (imported or duplicate, then already imported), and the
+        # one the cap let in.
+        labels(**service, protocol="import", outcome="accepted", code=""): 5,
+        labels(**service, protocol="import", outcome="refused", code="unsupported_type"): 2,
+        labels(**service, protocol="import", outcome="refused", code="photo_cap_exceeded"): 1,
+    }
+    assert moved(before, after, "operations_finished_total") == {
+        labels(**service, kind="s3_import", state="done"): 2,
+        labels(**service, kind="s3_import", state="failed"): 1,
+    }

@@ -15,6 +15,8 @@ from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.httpapp import READY_TIMEOUT, create_base_app
 from darkroom_kit.messaging import Topology
+from darkroom_kit.readiness import readiness_ctx
+from darkroom_kit.storage import object_store_ctx
 from darkroom_webhooks.app import create_app as create_webhooks_app
 from darkroom_webhooks.app import queue_specs
 from darkroom_webhooks.settings import WebhookSettings
@@ -173,6 +175,38 @@ async def test_readyz_names_the_broker_down_while_it_is_frozen_or_gone(
         await proxy.start()  # the same port: the connection comes back on its own
         await eventually(lambda: _amqp_ok(client), timeout=30)
         assert await _status_is(client, 200)
+    finally:
+        await proxy.close()
+
+
+async def test_readyz_answers_not_ready_while_s3_is_frozen(
+    aiohttp_client: Any, settings_kwargs: dict[str, Any]
+) -> None:
+    """An S3 server that accepts connections and answers nothing (frozen, or a black hole on the
+    network) must not hang /readyz: the check has its own timeout and says so."""
+    proxy = Proxy(*_host_port(settings_kwargs["s3_endpoint_url"]))
+    await proxy.start()
+    try:
+        settings = IngestSettings(
+            **{**settings_kwargs, "s3_endpoint_url": proxy.url(settings_kwargs["s3_endpoint_url"])}
+        )
+        app = create_base_app("readyz-s3")
+        app.cleanup_ctx.extend([object_store_ctx(settings, create_bucket=True), readiness_ctx])
+        app[READY_TIMEOUT] = 1.0
+        client = await aiohttp_client(app)
+        assert await asyncio.wait_for(_ready(client), 15) == (
+            200,
+            {"ready": True, "checks": {"s3": "ok"}},
+        )
+        proxy.freeze()
+        for _ in range(2):  # a second time: a check still stuck from the first is no excuse
+            status, body = await asyncio.wait_for(_ready(client), 15)
+            assert (status, body) == (
+                503,
+                {"ready": False, "checks": {"s3": "down: no answer within 1s"}},
+            )
+        proxy.thaw()
+        await eventually(lambda: _status_is(client, 200), timeout=30)
     finally:
         await proxy.close()
 

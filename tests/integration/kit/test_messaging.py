@@ -275,3 +275,49 @@ async def test_a_typed_handler_needs_its_payload_models(
     with pytest.raises(ValueError, match="payload models"):
         async with consuming(servers.amqp_url, topology, spec, typed(handle), metrics):
             pass
+
+
+async def test_queue_gauges_show_what_waits_and_how_old_the_oldest_is(
+    servers: Servers, namespace: str, janitor: QueueJanitor
+) -> None:
+    topology = Topology(namespace)
+    spec = QueueSpec(topology.queue("test", "gauged"), topology.events, ("gauged.*",), (300,))
+    janitor.add(spec)
+    release = asyncio.Event()
+    taken = asyncio.Event()
+
+    async def handler(envelope: Envelope, attempt: int) -> None:
+        taken.set()
+        await release.wait()
+
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry, "test")
+
+    def gauge(name: str) -> float | None:
+        return registry.get_sample_value(name, {"service": "test", "queue": spec.name})
+
+    running = consuming(servers.amqp_url, topology, spec, handler, metrics, prefetch=1)
+    async with running as (consumer, channel):
+        await declare_exchanges(channel, topology)
+        publisher = Publisher(channel)
+        for n in range(4):
+            await publisher.publish(topology.events, Envelope.new("gauged.thing", {"n": n}))
+        await asyncio.wait_for(taken.wait(), 10)
+        await asyncio.sleep(1.2)
+        await consumer.measure()
+        # One held (prefetch 1), three waiting; the one held has been in the queue a while.
+        assert gauge("queue_messages") == 3
+        age = gauge("queue_oldest_message_age_seconds")
+        assert age is not None
+        assert age >= 1.0
+        release.set()
+
+        async def all_handled() -> bool:
+            await consumer.measure()
+            return gauge("queue_messages") == 0 and not consumer._in_flight
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await all_handled():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        assert gauge("queue_oldest_message_age_seconds") == 0

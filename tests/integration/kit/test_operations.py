@@ -9,10 +9,12 @@ import aio_pika
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import outbox, records
 from darkroom_kit.messaging import PUBLISHER, Envelope, QueueSpec, Topology, declare_consumer_queue
+from darkroom_kit.metrics import OperationMetrics
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.operations import Operations, new_operation_id
 from darkroom_kit.outbox import Outbox
 from darkroom_kit.statuses import OperationState
+from prometheus_client import CollectorRegistry
 
 from tests.factories.api import Client
 from tests.factories.messaging import drain
@@ -107,3 +109,32 @@ async def test_a_failed_operation_keeps_what_it_did_and_why(api: Client) -> None
     still = await operations.get(op_id)
     assert still is not None
     assert still.state is OperationState.FAILED
+
+
+async def test_each_operation_that_ends_is_counted_once_by_kind_and_state(api: Client) -> None:
+    registry = CollectorRegistry()
+    operations = Operations(api.app[MONGO_DB], OperationMetrics(registry, "test"))
+    col = api.app[MONGO_DB][records.OPERATIONS]
+    done_id, failed_id = new_operation_id(), new_operation_id()
+    await col.insert_one({"_id": done_id, "kind": "s3_import", "state": "queued", "created_ms": 1})
+    await col.insert_one(
+        {"_id": failed_id, "kind": "repair_dimensions", "state": "queued", "created_ms": 1}
+    )
+
+    def finished(kind: str, state: str) -> float | None:
+        return registry.get_sample_value(
+            "operations_finished_total", {"service": "test", "kind": kind, "state": state}
+        )
+
+    assert await operations.start(done_id) is not None
+    await operations.finish(done_id, {"imported": 1})
+    await operations.fail(failed_id, "it broke")  # ended before it ran: counted too
+    # Ending again changes nothing, and counts nothing.
+    await operations.fail(done_id, "too late")
+    await operations.finish(failed_id, {})
+    await operations.finish("op_nope", {})
+
+    assert finished("s3_import", "done") == 1
+    assert finished("repair_dimensions", "failed") == 1
+    assert finished("s3_import", "failed") is None
+    assert finished("repair_dimensions", "done") is None

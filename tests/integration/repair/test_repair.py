@@ -25,6 +25,7 @@ from tests.factories.api import (
 )
 from tests.factories.media import jpeg_bytes, make_clip, png_bytes
 from tests.factories.messaging import drain, eventually, publish
+from tests.factories.metrics import labels, scrape
 from tests.factories.servers import QueueJanitor, to_env
 
 
@@ -101,7 +102,7 @@ async def test_repair_as_an_operation(
 ) -> None:
     settings = RepairSettings(**settings_kwargs)
     janitor.add(queue_spec(Topology(settings.amqp_namespace)))
-    await aiohttp_client(create_repair(settings))
+    worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
     uploaded = await upload_with_lost_dimensions(
@@ -135,6 +136,17 @@ async def test_repair_as_an_operation(
     later = await (await api.get(f"{resp.headers['Location']}?wait=30", headers=auth(token))).json()
     assert later["state"] == "done"
     assert later["progress"] == {"scanned": 1, "repaired": 0, "failed": 1}
+    # metadata-repair counted both as they ended (its own registry, beside its process's).
+    done = (
+        "operations_finished_total",
+        labels(service=SERVICE, kind="repair_dimensions", state="done"),
+    )
+
+    async def both_counted() -> bool:
+        return (await scrape(worker)).get(done) == 2
+
+    await eventually(both_counted, timeout=5)
+    assert ("process_resident_memory_bytes", frozenset()) in await scrape(worker)
     # Bad requests name what is wrong.
     resp = await api.post(
         "/v1/photos/repair-dimensions", json={"event_id": "ev_nope"}, headers=auth(token)

@@ -52,19 +52,49 @@ async def test_a_job_past_its_time_limit_is_killed_and_the_pool_carries_on() -> 
         await pool.close()
 
 
-async def test_jobs_sharing_a_killed_pool_are_told_to_retry() -> None:
+async def test_a_job_past_its_time_limit_does_not_fail_the_others_in_flight() -> None:
+    """Only the stuck worker is killed: a render running next to it finishes normally."""
     pool = RenderPool(2)
     try:
-        slow = asyncio.ensure_future(pool.run(30, sleep_then_pid, 3))
-        await asyncio.sleep(0.5)
+        await asyncio.gather(*(pool.run(30, sleep_then_pid, 0) for _ in range(2)))
+        other = asyncio.ensure_future(pool.run(30, sleep_then_pid, 2))
+        await asyncio.sleep(0.3)
         with pytest.raises(JobTimedOut):
             await pool.run(0.3, sleep_then_pid, 60)
-        with pytest.raises(PoolRestarted):
-            await slow
-        assert pool.restarts == 1  # one rebuild, not one per failed job
+        assert await other > 0  # not PoolRestarted
+        assert pool.restarts == 1
         assert await pool.run(30, sleep_then_pid, 0) > 0
     finally:
         await pool.close()
+
+
+def die_mid_job() -> None:
+    os._exit(3)
+
+
+async def test_a_worker_that_dies_mid_job_fails_only_that_job_as_transient() -> None:
+    pool = RenderPool(2)
+    try:
+        other = asyncio.ensure_future(pool.run(30, sleep_then_pid, 1))
+        await asyncio.sleep(0.3)
+        with pytest.raises(PoolRestarted):
+            await pool.run(30, die_mid_job)
+        assert await other > 0
+        assert pool.restarts == 1
+        assert await pool.run(30, sleep_then_pid, 0) > 0
+    finally:
+        await pool.close()
+
+
+async def test_closing_the_pool_fails_the_jobs_still_running_as_transient() -> None:
+    pool = RenderPool(1)
+    job = asyncio.ensure_future(pool.run(30, sleep_then_pid, 60))
+    await asyncio.sleep(1.0)
+    started = time.monotonic()
+    await pool.close()
+    with pytest.raises(PoolRestarted):
+        await asyncio.wait_for(job, 10)
+    assert time.monotonic() - started < 10
 
 
 async def test_the_memory_bound_holds_in_the_worker_only() -> None:

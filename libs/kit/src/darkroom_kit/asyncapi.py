@@ -23,7 +23,13 @@ from pydantic.json_schema import models_json_schema
 
 from darkroom_kit import records
 from darkroom_kit.catalogue import describe
-from darkroom_kit.messaging import ATTEMPT_HEADER, DEFERRED_HEADER, Envelope, Topology
+from darkroom_kit.messaging import (
+    ATTEMPT_HEADER,
+    DEFERRED_HEADER,
+    PUBLISHED_HEADER,
+    Envelope,
+    Topology,
+)
 from darkroom_kit.payloads import PAYLOADS
 from darkroom_kit.settings import CommonSettings
 
@@ -112,8 +118,20 @@ def _amqp_exchange(name: str, kind: str) -> dict[str, Any]:
 
 HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "AMQP headers set when a message is parked and comes back.",
+    "description": "AMQP headers: the trace a message belongs to, when it entered its queue, "
+    "and what is set when a message is parked and comes back.",
     "properties": {
+        "traceparent": {
+            "type": "string",
+            "description": "W3C Trace Context of the trace the message belongs to (the request "
+            "or message that caused it); absent when tracing is off.",
+        },
+        "tracestate": {"type": "string", "description": "W3C Trace Context vendor state."},
+        PUBLISHED_HEADER: {
+            "type": "integer",
+            "description": "When the message was published to the queue it is in (ms since "
+            "the epoch); its consumer reports the age of the oldest message it holds from it.",
+        },
         ATTEMPT_HEADER: {
             "type": "integer",
             "minimum": 1,

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from aiohttp import web
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
 from darkroom_kit.errors import ServiceError
-from darkroom_kit.logs import configure_logging
-from darkroom_kit.metrics import HttpMetrics
+from darkroom_kit.ids import new_id
+from darkroom_kit.logs import ID_FIELDS, bound, configure_logging
+from darkroom_kit.metrics import HttpMetrics, register_runtime_collectors
 from darkroom_kit.problems import Problem, problem_response
 from darkroom_kit.settings import CommonSettings
 from darkroom_kit.storage import StorageError
+from darkroom_kit.tracing import configure_tracing, context_of, tracer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,7 @@ READY_TIMEOUT: web.AppKey[float] = web.AppKey("ready_timeout", float)
 # Checks that are reported but do not make the service unready: a dependency it can do its work
 # without for a while (upload-ingest writes every message to its outbox first).
 READY_OPTIONAL: web.AppKey[frozenset[str]] = web.AppKey("ready_optional", frozenset)
+TRACER: web.AppKey[Tracer] = web.AppKey("tracer", Tracer)
 
 
 class Drain:
@@ -95,8 +100,94 @@ async def _close_when_draining(request: web.Request, response: web.StreamRespons
         response.headers["Connection"] = "close"
 
 
+# Health and metrics probes: no access log line, no request metrics, no span (a probe every few
+# seconds from each of several watchers would drown what the operator looks for).
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+REQUEST_ID_HEADER = "X-Request-Id"
+# A client's own request id is kept when it looks like one (no room for log injection).
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+# Route parameters whose log field has another name.
+_ROUTE_ID_FIELDS = {"op_id": "operation_id", "webhook_id": "endpoint_id"}
+
+
+def _route_ids(request: web.Request) -> dict[str, str]:
+    named = {_ROUTE_ID_FIELDS.get(k, k): v for k, v in request.match_info.items()}
+    return {k: v for k, v in named.items() if k in ID_FIELDS}
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's id (the client's ``X-Request-Id`` or a new one, echoed), the ids its route
+    names, its server span and its access log line; every line logged while it is handled
+    carries the ids, and the span's trace id."""
+    route = _route_label(request)
+    if route in PROBES:
+        return await handler(request)
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else new_id("req")
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    response: web.StreamResponse | None = None
+    with (
+        bound(request_id=request_id, **_route_ids(request)),
+        request.app[TRACER].start_as_current_span(
+            f"{request.method} {route}",
+            context=context_of(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route,
+                "url.path": request.path,
+                "darkroom.request_id": request_id,
+            },
+        ) as span,
+    ):
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            if request.transport is None or request.transport.is_closing():
+                status = CLIENT_CLOSED
+            raise
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500 and status != CLIENT_CLOSED:
+                span.set_status(StatusCode.ERROR)
+            sent = 0
+            if response is not None:
+                sent = response.body_length if response.prepared else response.content_length or 0
+            log.info(
+                "%s %s %d",
+                request.method,
+                route,
+                status,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "bytes_in": request.content_length or 0,
+                    "bytes_out": sent,
+                },
+            )
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if _route_label(request) in PROBES:
+        return await handler(request)
     metrics = request.app[HTTP_METRICS]
     started = time.perf_counter()
     status = 500
@@ -258,18 +349,28 @@ def create_base_app(
     middlewares: tuple[Callable[..., Awaitable[web.StreamResponse]], ...] = (),
 ) -> web.Application:
     app = web.Application(
-        middlewares=[drain_middleware, metrics_middleware, problem_middleware, *middlewares],
+        middlewares=[
+            context_middleware,
+            drain_middleware,
+            metrics_middleware,
+            problem_middleware,
+            *middlewares,
+        ],
         client_max_size=client_max_size,
     )
     registry = CollectorRegistry()
+    # The process's own metrics (memory, CPU, GC) on the registry every service serves.
+    register_runtime_collectors(registry)
     app[REGISTRY] = registry
     app[HTTP_METRICS] = HttpMetrics(registry, service)
+    app[TRACER] = tracer(service)
     # Not ready until a cleanup context adds its checks: /readyz is false while starting.
     app[READY_CHECKS] = {}
     app[READY_TIMEOUT] = CommonSettings.model_fields["ready_check_timeout_seconds"].default
     app[READY_OPTIONAL] = frozenset()
     app[DRAIN] = Drain()
     app.on_response_prepare.append(_close_when_draining)
+    app.on_response_prepare.append(_echo_request_id)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -284,9 +385,14 @@ def serve(
 ) -> None:
     """A service's whole ``main()``: logging, the app from its settings, serve until SIGTERM."""
     configure_logging(service, settings.log_level, settings.log_json)
+    stop_tracing = configure_tracing(service, settings.otel_exporter_otlp_endpoint)
     app = create_app(settings)
     app[READY_TIMEOUT] = settings.ready_check_timeout_seconds
-    run(app, settings.http_host, settings.http_port, settings.shutdown_grace_seconds)
+    try:
+        run(app, settings.http_host, settings.http_port, settings.shutdown_grace_seconds)
+    finally:
+        # The spans of the last moments are exported before the process goes.
+        stop_tracing()
 
 
 def run(app: web.Application, host: str, port: int, grace_seconds: float) -> None:

@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import aio_pika
@@ -35,19 +36,26 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from darkroom_kit.clock import ms_to_iso, now_ms
 from darkroom_kit.httpapp import DRAIN
 from darkroom_kit.ids import new_id
+from darkroom_kit.logs import bound, ids_in
 from darkroom_kit.metrics import ConsumerMetrics
 from darkroom_kit.payloads import payloads_for
 from darkroom_kit.settings import CommonSettings
+from darkroom_kit.tracing import carrier, context_of, tracer
 
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-darkroom-attempt"
 DEFERRED_HEADER = "x-darkroom-deferred"
+# When the message entered the queue it is in (ms since the epoch): its consumer measures the
+# age of the oldest message it holds from it. A message back from a retry tier or a defer queue
+# entered its queue when the broker moved it back (its ``x-death`` time).
+PUBLISHED_HEADER = "x-darkroom-published-ms"
 
 
 class Envelope(BaseModel):
@@ -227,10 +235,17 @@ async def delete_queues(connection: aio_pika.abc.AbstractConnection, names: list
 class Publisher:
     """Publishes persistent, mandatory messages and waits for the broker's confirm."""
 
-    def __init__(self, channel: AbstractChannel, metrics: ConsumerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        metrics: ConsumerMetrics | None = None,
+        *,
+        service: str | None = None,
+    ) -> None:
         self._channel = channel
         self._exchanges: dict[str, AbstractExchange] = {}
         self._metrics = metrics
+        self._tracer = tracer(service or (metrics.service if metrics else "darkroom"))
 
     @property
     def is_open(self) -> bool:
@@ -252,18 +267,33 @@ class Publisher:
         envelope: Envelope,
         routing_key: str | None = None,
         headers: dict[str, Any] | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> None:
-        message = aio_pika.Message(
-            body=envelope.model_dump_json().encode(),
-            message_id=envelope.id,
-            type=envelope.type,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            headers=headers or {},
-        )
-        target = await self._exchange(exchange)
-        # mandatory + on_return_raises: an unroutable message is an error, never silently dropped.
-        await target.publish(message, routing_key or envelope.type, mandatory=True)
+        """``trace_context``: the trace the message belongs to, when not the current one (a
+        message the outbox kept since the request that wrote it)."""
+        with self._tracer.start_as_current_span(
+            f"publish {envelope.type}",
+            context=context_of(trace_context) if trace_context else None,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": exchange or routing_key or "",
+                "messaging.message.id": envelope.id,
+            },
+        ):
+            message = aio_pika.Message(
+                body=envelope.model_dump_json().encode(),
+                message_id=envelope.id,
+                type=envelope.type,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={**(headers or {}), **carrier(), PUBLISHED_HEADER: now_ms()},
+            )
+            target = await self._exchange(exchange)
+            # mandatory + on_return_raises: an unroutable message is an error, never silently
+            # dropped.
+            await target.publish(message, routing_key or envelope.type, mandatory=True)
         if self._metrics is not None:
             self._metrics.published.labels(self._metrics.service, exchange or "default").inc()
 
@@ -366,6 +396,8 @@ class Consumer:
     _tag: str | None = None
     _publisher: Publisher | None = None
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    # When each message in hand entered the queue (seconds since the epoch), by its task.
+    _entered: dict[asyncio.Task[None], float] = field(default_factory=dict)
     _counted: dict[str, Any] = field(default_factory=dict)
     _timed: Any = None
     _stopped: bool = False
@@ -380,8 +412,31 @@ class Consumer:
         self._queue = await declare_consumer_queue(
             self._channel, self.topology, self.spec, self.delivery_limit
         )
-        self._publisher = Publisher(self._channel)
+        self._publisher = Publisher(self._channel, service=self.metrics.service)
+        self._tracer = tracer(self.metrics.service)
+        m = self.metrics
+        m.queue_oldest_age.labels(m.service, self.spec.name).set_function(self.oldest_age_seconds)
         self._tag = await self._queue.consume(self._on_message)
+
+    def oldest_age_seconds(self) -> float:
+        """How long the oldest message this consumer holds has been in its queue; 0 when it
+        holds none. The queue is first in, first out and the consumer takes up to its prefetch
+        at once, so while it runs the oldest message of the queue is one it holds."""
+        if not self._entered:
+            return 0.0
+        return max(0.0, time.time() - min(self._entered.values()))
+
+    async def measure(self) -> None:
+        """The messages waiting in the queue (ready, not yet delivered), for its gauge."""
+        channel = await self.connection.channel()
+        try:
+            queue = await channel.declare_queue(self.spec.name, passive=True)
+            waiting = queue.declaration_result.message_count or 0
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        m = self.metrics
+        m.queue_messages.labels(m.service, self.spec.name).set(waiting)
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop taking messages, let those in hand finish within ``grace_seconds`` (all of it
@@ -426,6 +481,7 @@ class Consumer:
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
+            self._entered[task] = _entered_queue_s(message)
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -433,6 +489,7 @@ class Consumer:
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+                self._entered.pop(task, None)
             # Labelled children looked up once per outcome: this runs for every message.
             counted = self._counted.get(outcome)
             if counted is None:
@@ -471,6 +528,46 @@ class Consumer:
             return "invalid"
         raw_attempt = (message.headers or {}).get(ATTEMPT_HEADER, 1)
         attempt = raw_attempt if isinstance(raw_attempt, int) and raw_attempt > 0 else 1
+        # Every line logged while it is handled names the message and what it is about, and
+        # belongs to the trace of whatever sent it.
+        with (
+            bound(
+                message_id=envelope.id,
+                message_type=envelope.type,
+                queue=self.spec.name,
+                **ids_in(envelope.data),
+            ),
+            self._tracer.start_as_current_span(
+                f"process {envelope.type}",
+                context=context_of(message.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "rabbitmq",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": self.spec.name,
+                    "messaging.message.id": envelope.id,
+                    "darkroom.attempt": attempt,
+                },
+            ) as span,
+        ):
+            started = time.perf_counter()
+            outcome = await self._handle_valid(message, envelope, payload, attempt)
+            span.set_attribute("darkroom.outcome", outcome)
+            if outcome in ("acked", "deferred"):
+                log.info(
+                    "message %s",
+                    outcome,
+                    extra={"attempt": attempt, "handling_ms": _ms_since(started)},
+                )
+            return outcome
+
+    async def _handle_valid(
+        self,
+        message: AbstractIncomingMessage,
+        envelope: Envelope,
+        payload: BaseModel | None,
+        attempt: int,
+    ) -> str:
         try:
             if isinstance(self.handler, Typed):
                 assert payload is not None  # start() makes sure the models are known
@@ -560,10 +657,43 @@ class Consumer:
             )
             await message.reject(requeue=False)
             return "dead_lettered"
-        queue, headers = self.spec.retry_route(
+        delay_ms = self.spec.retry_delay(
             attempt, exc.at_least_ms if isinstance(exc, Retry) else None
         )
-        return await self._park(message, envelope, queue, headers, "retried")
+        outcome = await self._park(
+            message,
+            envelope,
+            self.spec.retry_queue(delay_ms),
+            {ATTEMPT_HEADER: attempt + 1},
+            "retried",
+        )
+        if outcome == "retried":
+            log.warning(
+                "message retried in %gs: %s",
+                delay_ms / 1000,
+                str(exc)[:300] or type(exc).__name__,
+                extra={"attempt": attempt, "delay_ms": delay_ms},
+            )
+        return outcome
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _entered_queue_s(message: AbstractIncomingMessage) -> float:
+    """When a delivered message entered its queue: the latest time the broker dead-lettered it
+    back (from a retry tier or a defer queue), or its publish time; now when neither is known."""
+    headers = message.headers or {}
+    entered = headers.get(PUBLISHED_HEADER)
+    at = entered / 1000 if isinstance(entered, int) else time.time()
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list):
+        for death in deaths:
+            when = death.get("time") if isinstance(death, dict) else None
+            if isinstance(when, datetime):
+                at = max(at, when.timestamp())
+    return at
 
 
 def _errors(exc: ValidationError, limit: int = 500) -> str:
@@ -637,9 +767,27 @@ def consumer_ctx(
         # SIGTERM stops it at once, within the service's one grace period (see httpapp.Drain);
         # the stop below is then a no-op, and is the stop of a shutdown without a drain.
         app[DRAIN].stoppers.append(consumer.stop)
+        gauge = asyncio.create_task(_measure_queue(consumer, settings.queue_gauge_interval_seconds))
         try:
             yield
         finally:
+            gauge.cancel()
             await consumer.stop(settings.shutdown_grace_seconds)
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauge
 
     return ctx
+
+
+async def _measure_queue(consumer: Consumer, interval_seconds: float) -> None:
+    if interval_seconds <= 0:
+        return
+    while True:
+        try:
+            # Bounded: while the broker is away a passive declare would wait for the reconnect.
+            await asyncio.wait_for(consumer.measure(), max(1.0, interval_seconds))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.debug("queue not measured: %s", exc, extra={"queue": consumer.spec.name})
+        await asyncio.sleep(interval_seconds)

@@ -20,6 +20,7 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.lease import HOLDER, RELEASED, UNTIL, Lease
 from darkroom_kit.messaging import Envelope
+from darkroom_kit.metrics import OperationMetrics
 from darkroom_kit.mongo import Database, Document
 from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
 from darkroom_kit.statuses import OperationState
@@ -36,8 +37,11 @@ def new_operation_id() -> str:
 
 
 class Operations:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, metrics: OperationMetrics | None = None) -> None:
+        """``metrics``: the app's, counting each Operation that ends here (a service that ends
+        Operations passes its own; one that only creates and reads them need not)."""
         self._col = db[records.OPERATIONS]
+        self._metrics = metrics
 
     # ---- the API's side -------------------------------------------------------------------------
 
@@ -225,4 +229,7 @@ class Operations:
         if lease is not None:
             query[HOLDER] = lease.holder
             update["$unset"] = RELEASED
-        await self._col.update_one(query, update)
+        # Its kind comes back with the write: counted only by the call that ended it.
+        ended = await self._col.find_one_and_update(query, update, {"kind": 1})
+        if ended is not None and self._metrics is not None:
+            self._metrics.ended(str(ended.get("kind")), str(fields["state"]))

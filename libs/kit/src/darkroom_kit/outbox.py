@@ -29,6 +29,7 @@ from pymongo import ASCENDING, UpdateOne
 from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Publisher
 from darkroom_kit.mongo import Collection
+from darkroom_kit.tracing import carrier
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,12 @@ def entries(exchange: str, envelopes: Sequence[Envelope], owner: str | None = No
     """Pending messages keyed by message id. A map, not an array: adding one is a ``$set`` of its
     own field and clearing one an ``$unset``, so concurrent writers never overwrite each other
     (and no server has to get ``$push`` of sub-documents right)."""
-    extra = {} if owner is None else {"owner": owner}
+    extra: dict[str, Any] = {} if owner is None else {"owner": owner}
+    # The trace of the write that made them: a message the relay publishes later still
+    # belongs to the request that wrote it.
+    trace_context = carrier()
+    if trace_context:
+        extra["trace"] = trace_context
     return {e.id: {**e.model_dump(), "exchange": exchange, **extra} for e in envelopes}
 
 
@@ -125,9 +131,12 @@ def pending_of(doc: dict[str, Any], owner: str | None = None) -> Pending:
 WITHOUT_OUTBOXES: dict[str, Any] = {OUTBOXES: 0, OUTBOX: 0}
 
 
-def _envelope(entry: dict[str, Any]) -> tuple[str, Envelope]:
-    return entry["exchange"], Envelope(
-        id=entry["id"], type=entry["type"], time=entry["time"], data=entry["data"]
+def _envelope(entry: dict[str, Any]) -> tuple[str, Envelope, dict[str, str] | None]:
+    trace_context = entry.get("trace")
+    return (
+        entry["exchange"],
+        Envelope(id=entry["id"], type=entry["type"], time=entry["time"], data=entry["data"]),
+        trace_context if isinstance(trace_context, dict) else None,
     )
 
 
@@ -172,7 +181,10 @@ class Outbox:
         )
         try:
             await asyncio.gather(
-                *(self._publisher.publish(ex, env) for ex, env in map(_envelope, ordered))
+                *(
+                    self._publisher.publish(ex, env, trace_context=trace_context)
+                    for ex, env, trace_context in map(_envelope, ordered)
+                )
             )
         except Exception:
             log.warning(

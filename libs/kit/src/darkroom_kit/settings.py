@@ -35,6 +35,11 @@ class CommonSettings(BaseSettings):
     http_port: int = 8080
     log_level: str = "INFO"
     log_json: bool = True
+    # Traces go over OTLP (HTTP) to this collector when set (the OpenTelemetry SDK's own variable,
+    # which also reads OTEL_EXPORTER_OTLP_HEADERS and the like); unset, tracing costs nothing.
+    otel_exporter_otlp_endpoint: str | None = None
+    # How often each consumer measures its queue (messages waiting, age of the oldest).
+    queue_gauge_interval_seconds: float = Field(default=5.0, ge=0)
     # Consumers: how many unacknowledged messages one replica holds at once.
     prefetch: int = Field(default=64, ge=1, le=5000)
     # The broker dead-letters a message redelivered this many times (a poison message that keeps

@@ -19,7 +19,7 @@ from darkroom_kit.messaging import (
     consumer_ctx,
     typed,
 )
-from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.metrics import ConsumerMetrics, OperationMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
 from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
 from darkroom_kit.readiness import readiness_ctx
@@ -50,6 +50,7 @@ from darkroom_ingest.photos import PhotoService
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import ensure_indexes
 from darkroom_ingest.tus import TusUploads
+from darkroom_ingest.upload_metrics import UploadMetrics
 from darkroom_ingest.web_support import SETTINGS
 
 SERVICE = "upload-ingest"
@@ -57,6 +58,8 @@ SERVICE = "upload-ingest"
 RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
 UPLOAD_BYTES: web.AppKey[Counter] = web.AppKey("upload_bytes_counter", Counter)
 IMPORT_METRICS: web.AppKey[ImportMetrics] = web.AppKey("import_metrics", ImportMetrics)
+UPLOAD_METRICS: web.AppKey[UploadMetrics] = web.AppKey("upload_metrics", UploadMetrics)
+OPERATION_METRICS: web.AppKey[OperationMetrics] = web.AppKey("operation_metrics", OperationMetrics)
 
 
 async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -81,12 +84,21 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
             corrections=app[COUNT_CORRECTIONS],
         ),
     )
-    chunked = ChunkedUploads(db, app[OBJECT_STORE], photos, settings)
+    chunked = ChunkedUploads(db, app[OBJECT_STORE], photos, settings, app[UPLOAD_METRICS])
     await chunked.ensure_indexes()
     events = EventService(db, publisher_outbox, topology, settings.outbox_grace_ms)
     exits = contextlib.AsyncExitStack()
     sources = await exits.enter_async_context(ImportSources(settings).opened())
-    importer = Importer(db, app[OBJECT_STORE], photos, sources, settings, app[IMPORT_METRICS])
+    importer = Importer(
+        db,
+        app[OBJECT_STORE],
+        photos,
+        sources,
+        settings,
+        app[IMPORT_METRICS],
+        uploads=app[UPLOAD_METRICS],
+        operations=app[OPERATION_METRICS],
+    )
     await importer.ensure_indexes()
     app[DEPS] = Deps(
         settings=settings,
@@ -111,6 +123,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         ),
         jobs=Jobs(db, publisher_outbox, topology, events, settings.outbox_grace_ms),
         upload_bytes=app[UPLOAD_BYTES],
+        uploads=app[UPLOAD_METRICS],
         imports=importer,
     )
     relay = OutboxRelay(
@@ -205,6 +218,8 @@ def create_app(settings: IngestSettings) -> web.Application:
         registry=registry,
     )
     app[IMPORT_METRICS] = ImportMetrics.registered(registry)
+    app[UPLOAD_METRICS] = UploadMetrics(registry, SERVICE)
+    app[OPERATION_METRICS] = OperationMetrics(registry, SERVICE)
     metrics = ConsumerMetrics(registry, SERVICE)
     app.cleanup_ctx.extend(
         [

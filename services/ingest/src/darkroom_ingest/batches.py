@@ -4,6 +4,7 @@ count its photos in, exactly once per request key."""
 from __future__ import annotations
 
 from aiohttp import MultipartReader
+from darkroom_kit.errors import ServiceError
 from darkroom_kit.lease import Lease
 from darkroom_kit.problems import FieldError
 from darkroom_kit.stored.events import EventRecord
@@ -12,7 +13,7 @@ from darkroom_ingest.deps import Deps
 from darkroom_ingest.errors import IDEMPOTENCY_KEY_IN_USE, NO_VALID_FILES
 from darkroom_ingest.gallery import unknown_category
 from darkroom_ingest.photos import Committed, ensure_accepts_uploads
-from darkroom_ingest.uploads import BatchReceiver, Skipped
+from darkroom_ingest.uploads import BatchReceiver, ReceivedBatch, Skipped
 
 
 async def upload_batch(
@@ -27,6 +28,27 @@ async def upload_batch(
     ensure_accepts_uploads(event)
     receiver = BatchReceiver(deps.store, deps.settings, event.id, deps.upload_bytes)
     batch = await receiver.receive(reader)
+    # Each file that arrived, counted once (a request broken before its end counts none).
+    for skipped in batch.skipped:
+        deps.uploads.refused("batch", skipped.code)
+    try:
+        photos = await _commit(deps, event, receiver, batch, lease, keep_duplicates)
+    except ServiceError as error:
+        deps.uploads.refused("batch", error.code, len(batch.stored))
+        raise
+    # Duplicates too: the file was taken (and answered with the photo it repeats).
+    deps.uploads.accepted("batch", len(photos))
+    return photos, batch.skipped
+
+
+async def _commit(
+    deps: Deps,
+    event: EventRecord,
+    receiver: BatchReceiver,
+    batch: ReceivedBatch,
+    lease: Lease | None,
+    keep_duplicates: bool | None,
+) -> list[Committed]:
     if batch.category_id is not None and batch.category_id not in event.category_ids():
         await receiver.discard(batch.stored)
         raise unknown_category("category_id")
@@ -49,11 +71,10 @@ async def upload_batch(
             "with the same key for the answer of the one that took over.",
             retry_after=1,
         )
-    photos = await deps.photos.commit_batch(
+    return await deps.photos.commit_batch(
         event,
         batch.stored,
         batch.category_id,
         request_key=str(lease.doc_id) if lease is not None else None,
         keep_duplicates=keep_duplicates,
     )
-    return photos, batch.skipped

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from darkroom_ingest.jobs import Jobs
     from darkroom_ingest.photos import PhotoService
     from darkroom_ingest.tus import TusUploads
+    from darkroom_ingest.upload_metrics import UploadMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class Deps:
     deliveries: Deliveries
     jobs: Jobs
     upload_bytes: Counter
+    uploads: UploadMetrics  # uploads_total: each file accepted or refused
     imports: Importer
 
     @property

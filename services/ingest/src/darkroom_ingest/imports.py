@@ -51,6 +51,7 @@ from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.errors import ServiceError
 from darkroom_kit.lease import Lease
+from darkroom_kit.metrics import OperationMetrics
 from darkroom_kit.mongo import Database
 from darkroom_kit.operations import OPEN, Operations, new_operation_id
 from darkroom_kit.problems import FieldError
@@ -76,6 +77,7 @@ from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
 from darkroom_ingest.settings import ImportSource, IngestSettings
 from darkroom_ingest.stores import Conflict
 from darkroom_ingest.tokens import Principal
+from darkroom_ingest.upload_metrics import UploadMetrics
 from darkroom_ingest.uploads import StoredFile, object_sha256
 
 log = logging.getLogger(__name__)
@@ -356,8 +358,11 @@ class Importer:
         sources: ImportSources,
         settings: IngestSettings,
         metrics: ImportMetrics,
+        *,
+        uploads: UploadMetrics,
+        operations: OperationMetrics,
     ) -> None:
-        self._ops = Operations(db)
+        self._ops = Operations(db, operations)
         self._ops_col = db[records.OPERATIONS]
         self._photos_col = db[records.PHOTOS]
         self._store = store
@@ -365,6 +370,7 @@ class Importer:
         self._sources = sources
         self._rules = Rules.of(settings)
         self._metrics = metrics
+        self._uploads = uploads
         self._lease_ms = int(settings.lock_lease_seconds * 1000)
         self._poll_seconds = settings.import_poll_seconds
         self._max_running = settings.import_max_running
@@ -670,6 +676,7 @@ class Importer:
         for result in results:
             walk.add(result, self._max_items)
             self._metrics.objects.labels(result.outcome).inc()
+            self._count_upload(result)
         walk.after = ahead.batch[-1].key
         reported = await self._ops.report(
             op.id,
@@ -682,6 +689,14 @@ class Importer:
             raise LeaseLost(op.id)
         if stop is not None:
             raise Stop(stop.code, stop.detail)
+
+    def _count_upload(self, result: Result) -> None:
+        """``uploads_total`` of one object: a photo of it, now or already (imported before, or
+        a duplicate of a photo there), is accepted; any other skip or failure is refused."""
+        if result.outcome == "imported" or result.code in (DUPLICATE, ALREADY_IMPORTED):
+            self._uploads.accepted("import")
+        else:
+            self._uploads.refused("import", result.code or result.outcome)
 
     async def _drop_ahead(self, ahead: _Ahead) -> None:
         """A batch prepared but never recorded (the walk stopped): its copies are nobody's. A

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader
+from aiohttp import BodyPartReader, MultipartReader, hdrs
 from aiohttp.http_exceptions import BadHttpMessage
 from darkroom_kit import records
 from darkroom_kit.errors import ServiceError
@@ -25,6 +25,7 @@ from darkroom_kit.storage import ObjectInfo, S3ObjectStore, StorageError, Stream
 from prometheus_client import Counter
 
 from darkroom_ingest import errors, filenames, sniff
+from darkroom_ingest.multipart import PartTolerantReader, holds_control_characters
 from darkroom_ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ class BatchReceiver:
         self._finishing: list[tuple[StreamingWriter, asyncio.Task[ObjectInfo]]] = []
 
     async def receive(self, reader: MultipartReader) -> ReceivedBatch:
+        # A control character in one part's headers fails that part (``invalid_filename``), not
+        # the whole request as aiohttp's own reader does.
+        reader = PartTolerantReader.adopt(reader)
         batch = ReceivedBatch()
         files_seen = 0
         parts_seen = 0
@@ -111,7 +115,7 @@ class BatchReceiver:
         max_parts = self._settings.max_batch_files + EXTRA_PARTS
         try:
             while True:
-                part = await self._next_part(reader)
+                part = await self._next_part(reader, f"photos[{files_seen}]")
                 if part is None:
                     break
                 parts_seen += 1
@@ -131,14 +135,22 @@ class BatchReceiver:
                     continue
                 if name not in FILE_FIELDS:
                     await self._drain(part)  # its bytes count towards the batch's cap
-                    batch.skipped.append(
-                        Skipped(
+                    if holds_control_characters(part.headers.get(hdrs.CONTENT_DISPOSITION)):
+                        # Not even parsed (a control character outside quotes): no name at all.
+                        skipped = Skipped(
+                            part.filename,
+                            name or "(unnamed)",
+                            "invalid_filename",
+                            "The part's Content-Disposition holds control characters.",
+                        )
+                    else:
+                        skipped = Skipped(
                             part.filename,
                             name or "(unnamed)",
                             "unknown_field",
                             "Send files in the 'photos' field.",
                         )
-                    )
+                    batch.skipped.append(skipped)
                     continue
                 where = f"photos[{files_seen}]"
                 files_seen += 1
@@ -166,12 +178,20 @@ class BatchReceiver:
         return batch
 
     @staticmethod
-    async def _next_part(reader: MultipartReader) -> Any:
+    async def _next_part(reader: MultipartReader, where: str) -> Any:
         try:
             return await reader.next()
-        except (BadHttpMessage, ValueError, AssertionError) as exc:
-            # aiohttp refuses part headers with control characters (header injection) and
-            # broken framing; either way the request is malformed, not the server.
+        except BadHttpMessage as exc:
+            # A part's header that is not a header at all (no colon, a bad name, a raw line
+            # break inside a value): past it the body's framing cannot be trusted.
+            detail = exc.message or type(exc).__name__
+            raise errors.MALFORMED_MULTIPART.error(
+                f"The headers of the part after the last one read are broken ({detail[:200]}). "
+                "Nothing of this request was kept.",
+                errors=[FieldError(where, detail[:200], "invalid_part_header")],
+            ) from None
+        except (ValueError, AssertionError) as exc:
+            # Broken framing: the request is malformed, not the server.
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise errors.MALFORMED_MULTIPART.error(
                 f"{detail[:200]}. Nothing of this request was kept."

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from darkroom_kit.clock import now_ms
 from darkroom_kit.lease import Lease
+from darkroom_kit.logs import bind
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.problems import FieldError, Problem
 from pydantic import BaseModel, ValidationError
@@ -168,4 +169,6 @@ async def authenticate(request: web.Request) -> Principal:
         max_bytes=stored.max_bytes,
     )
     request[PRINCIPAL] = principal
+    # The token's id (never the token) on every line logged for the rest of the request.
+    bind(token_id=stored.id)
     return principal

@@ -19,7 +19,7 @@ from darkroom_kit.messaging import (
     consumer_ctx,
     typed,
 )
-from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.metrics import ConsumerMetrics, OperationMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
 from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
 from darkroom_kit.pool import RENDER_POOL, pool_ctx
@@ -50,6 +50,7 @@ def queue_spec(
 def create_app(settings: RepairSettings) -> web.Application:
     app = create_base_app(SERVICE)
     metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
+    operation_metrics = OperationMetrics(app[REGISTRY], SERVICE)
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox = Outbox(app[PUBLISHER], owner=SERVICE)
@@ -67,6 +68,7 @@ def create_app(settings: RepairSettings) -> web.Application:
             topology=app[TOPOLOGY],
             outbox=outbox,
             registry=app[REGISTRY],
+            operation_metrics=operation_metrics,
         )
         app[DEPS] = deps
         app[REPAIRER] = Repairer(deps)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from darkroom_kit.messaging import Topology
+from darkroom_kit.metrics import OperationMetrics
 from darkroom_kit.mongo import Database
 from darkroom_kit.outbox import Outbox
 from darkroom_kit.pool import RenderPool
@@ -28,6 +29,8 @@ class Deps:
     # metadata-repair's own outbox (photo.repaired, written with the photo).
     outbox: Outbox
     registry: CollectorRegistry
+    # Counts the repair Operations that end here (on ``registry``).
+    operation_metrics: OperationMetrics
 
 
 DEPS: web.AppKey[Deps] = web.AppKey("deps", Deps)

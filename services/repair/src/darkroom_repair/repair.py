@@ -118,7 +118,7 @@ class Repairer:
     def __init__(self, deps: Deps) -> None:
         settings = deps.settings
         self._photos = deps.db[records.PHOTOS]
-        self._operations = Operations(deps.db)
+        self._operations = Operations(deps.db, deps.operation_metrics)
         self._grace_ms = settings.outbox_grace_ms
         # The attempt after the last retry fails the operation.
         self._retries = len(settings.repair_retry_delays_ms)

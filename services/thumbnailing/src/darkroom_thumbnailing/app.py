@@ -26,6 +26,7 @@ from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 
 from darkroom_thumbnailing.deps import DEPS, Deps
+from darkroom_thumbnailing.metrics import ThumbnailMetrics
 from darkroom_thumbnailing.service import Thumbnailer
 from darkroom_thumbnailing.settings import ThumbnailSettings
 
@@ -46,6 +47,7 @@ def queue_spec(topology: Topology, settings: ThumbnailSettings) -> QueueSpec:
 def create_app(settings: ThumbnailSettings) -> web.Application:
     app = create_base_app(SERVICE)
     metrics = ConsumerMetrics(app[REGISTRY], SERVICE)
+    thumbnail_metrics = ThumbnailMetrics(app[REGISTRY], SERVICE)
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         outbox = Outbox(app[PUBLISHER], owner=SERVICE)
@@ -62,6 +64,7 @@ def create_app(settings: ThumbnailSettings) -> web.Application:
             pool=app[RENDER_POOL],
             topology=app[TOPOLOGY],
             outbox=outbox,
+            metrics=thumbnail_metrics,
         )
         yield
 

@@ -14,6 +14,7 @@ from darkroom_kit.outbox import Outbox
 from darkroom_kit.pool import RenderPool
 from darkroom_kit.storage import S3ObjectStore
 
+from darkroom_thumbnailing.metrics import ThumbnailMetrics
 from darkroom_thumbnailing.render import RenderSpec
 from darkroom_thumbnailing.settings import ThumbnailSettings
 
@@ -28,6 +29,8 @@ class Deps:
     topology: Topology
     # thumbnailing's own outbox (photo.processed, written with the photo).
     outbox: Outbox
+    # Photos rendered and refused (thumbnails_total).
+    metrics: ThumbnailMetrics
 
     @property
     def render_spec(self) -> RenderSpec:

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 # Where a video's poster frame is taken (a shorter clip gives its first frame).
 POSTER_AT_SECONDS = 1.0
 
+# Refusals still dead-lettered: a render that crashed on every attempt may be this file (an
+# allocation over the memory bound) or a broken rendering setup, which an operator must see.
+# Every other refusal is the file's own (too many pixels, corrupt, unsupported format, too slow
+# to render, the original gone): a counted outcome, acknowledged, not an alert.
+DEAD_LETTERED_REFUSALS = frozenset({"render_crashed"})
+
 
 class Thumbnailer:
     def __init__(self, deps: Deps) -> None:
@@ -42,6 +48,7 @@ class Thumbnailer:
         self._store = deps.store
         self._pool = deps.pool
         self._outbox = deps.outbox
+        self._metrics = deps.metrics
         self._topology = deps.topology
         self._spec = deps.render_spec
         self._base_url = settings.public_base_url
@@ -60,10 +67,14 @@ class Thumbnailer:
                 rendered = await self._render(data, message.attempt)
         except ImageRefused as exc:
             # Everything that can never succeed for this file ends here, once: marked on the
-            # photo, dead-lettered, not retried.
+            # photo with its reason, counted, acknowledged, not retried.
             await self._fail(doc, exc.code, exc.detail)
-            raise Reject(str(exc)) from None
+            self._metrics.refused(exc.code)
+            if exc.code in DEAD_LETTERED_REFUSALS:
+                raise Reject(str(exc)) from None
+            return
         await self._store_variants(found, doc, rendered, duration_ms)
+        self._metrics.rendered()
 
     @contextlib.asynccontextmanager
     async def _source(self, doc: PhotoRecord) -> AsyncIterator[tuple[bytes | Path, int | None]]:

@@ -20,10 +20,12 @@ from darkroom_kit.messaging import (
     consumer_ctx,
     typed,
 )
-from darkroom_kit.metrics import ConsumerMetrics
+from darkroom_kit.metrics import ConsumerMetrics, OperationMetrics
 from darkroom_kit.mongo import MONGO_DB, mongo_ctx
 from darkroom_kit.outbox import RELAY_IDLE_FACTOR, Outbox, OutboxRelay
 from darkroom_kit.readiness import readiness_ctx
+from darkroom_kit.tracing import url_without_secrets
+from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 
 from darkroom_webhooks import housekeeping
 from darkroom_webhooks.delivery import Dispatcher, Sender, WebhookMetrics, close_quietly
@@ -92,6 +94,7 @@ def create_app(settings: WebhookSettings) -> web.Application:
     registry = app[REGISTRY]
     metrics = ConsumerMetrics(registry, SERVICE)
     webhook_metrics = WebhookMetrics(registry)
+    operation_metrics = OperationMetrics(registry, SERVICE)
 
     async def domain_ctx(app: web.Application) -> AsyncIterator[None]:
         db = app[MONGO_DB]
@@ -116,7 +119,12 @@ def create_app(settings: WebhookSettings) -> web.Application:
             limit_per_host=0,
             ttl_dns_cache=30,
         )
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # Each attempt is a client span of its delivery's trace, and carries ``traceparent``.
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            trace_configs=[create_trace_config(url_filter=url_without_secrets)],
+        )
         timeout = aiohttp.ClientTimeout(
             total=settings.timeout_seconds, connect=settings.connect_timeout_seconds
         )
@@ -129,6 +137,7 @@ def create_app(settings: WebhookSettings) -> web.Application:
             sender=Sender(session, allowed, settings.response_body_limit, timeout),
             gate=gate,
             metrics=webhook_metrics,
+            operation_metrics=operation_metrics,
             lease_ms=lease_ms,
         )
         app[DEPS] = deps

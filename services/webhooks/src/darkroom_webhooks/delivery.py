@@ -18,6 +18,7 @@ import aiohttp
 from darkroom_kit import records
 from darkroom_kit.batching import Batcher
 from darkroom_kit.clock import iso_to_ms, ms_to_iso, now_ms
+from darkroom_kit.logs import bound
 from darkroom_kit.messaging import (
     Defer,
     Envelope,
@@ -618,6 +619,10 @@ class Dispatcher:
     async def _run(self, job: Job, ticket: Ticket, *, retry_by_command: bool = True) -> int | None:
         """Send, log, judge. Returns None when the delivery is final or its retry is scheduled
         here, otherwise the wait the receiver asked for (0 for none) for the caller to retry."""
+        with bound(delivery_id=job.delivery.id, endpoint_id=job.endpoint.id):
+            return await self._attempt(job, ticket, retry_by_command=retry_by_command)
+
+    async def _attempt(self, job: Job, ticket: Ticket, *, retry_by_command: bool) -> int | None:
         delivery, endpoint = job.delivery, job.endpoint
         did = delivery.id
         number = delivery.attempt_count + 1  # counts every attempt of the delivery, resends too
@@ -652,6 +657,16 @@ class Dispatcher:
             if not job.single:
                 await self._health(endpoint, succeeded=True)
             return None
+        log.warning(
+            "webhook attempt failed: %s",
+            result.status_code if result.status_code is not None else result.error,
+            extra={
+                "attempt": number,
+                "status_code": result.status_code,
+                "error": result.error,
+                "duration_ms": result.duration_ms,
+            },
+        )
         if result.status_code == 410:
             # 410 Gone: the receiver says the endpoint is gone for good (Standard Webhooks).
             self._metrics.attempts.labels("gone").inc()

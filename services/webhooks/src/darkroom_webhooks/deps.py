@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from darkroom_kit.messaging import Publisher, Topology
+from darkroom_kit.metrics import OperationMetrics
 from darkroom_kit.mongo import Database
 from darkroom_kit.outbox import Outbox
 
@@ -28,6 +29,7 @@ class Deps:
     sender: Sender
     gate: EndpointGate
     metrics: WebhookMetrics
+    operation_metrics: OperationMetrics
     # The lease of a delivery and of an endpoint slot (the gate's and the dispatcher's).
     lease_ms: int
 

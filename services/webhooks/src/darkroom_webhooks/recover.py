@@ -23,7 +23,7 @@ BATCH = 200
 
 class Recoverer:
     def __init__(self, deps: Deps) -> None:
-        self._operations = Operations(deps.db)
+        self._operations = Operations(deps.db, metrics=deps.operation_metrics)
         self._deliveries = deps.db[records.WEBHOOK_DELIVERIES]
         self._publisher = deps.publisher
         self._topology = deps.topology

@@ -30,6 +30,7 @@ from darkroom_ingest.direct.objects import ClaimedParts, DirectObjects
 from darkroom_ingest.photos import PhotoService, ensure_accepts_uploads
 from darkroom_ingest.settings import IngestSettings
 from darkroom_ingest.stores import Conflict
+from darkroom_ingest.upload_metrics import UploadMetrics
 from darkroom_ingest.uploads import StoredFile
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,12 @@ def _record(doc: Document | UploadRecord) -> UploadRecord:
 
 class ChunkedUploads:
     def __init__(
-        self, db: Database, store: S3ObjectStore, photos: PhotoService, settings: IngestSettings
+        self,
+        db: Database,
+        store: S3ObjectStore,
+        photos: PhotoService,
+        settings: IngestSettings,
+        metrics: UploadMetrics,
     ) -> None:
         self.records = UploadRecords(db)
         self.col = self.records.col
@@ -49,6 +55,8 @@ class ChunkedUploads:
         self.direct = DirectObjects(store, self.parts)  # a direct upload's bytes (direct/)
         self.rules = machine.Rules.of(settings)
         self._photos = photos
+        # Each completion that ends, chunked, tus and direct alike (by the upload's protocol).
+        self._metrics = metrics
         self._complete_wait_s = settings.complete_wait_seconds
         self._buffers = asyncio.Semaphore(settings.max_buffered_chunks)
         self._buffer_wait_s = settings.body_idle_timeout_seconds
@@ -239,13 +247,15 @@ class ChunkedUploads:
             if await self.records.fail(lease, machine.failure_of(error)):
                 # The refused file, wherever the refusal came (before or after its parts were
                 # assembled, or from the event's cap): nobody owns its bytes now.
+                self._metrics.refused(upload.protocol, error.code)
                 await self._drop(upload)
             raise
         except StorageError:
             await self.records.reopen(lease)
             raise
         copy_of = photo["_id"] if photo["_id"] != upload.photo_id else None
-        await self.records.mark_completed(upload.id, now_ms(), duplicate_of=copy_of)
+        if await self.records.mark_completed(upload.id, now_ms(), duplicate_of=copy_of):
+            self._metrics.accepted(upload.protocol)  # a duplicate too: its photo is the answer
         if copy_of is not None:
             # Recorded first: a completer killed before this would find the object to compare
             # again; one killed after it leaves an orphan for the sweep.

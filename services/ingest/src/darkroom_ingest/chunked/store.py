@@ -106,14 +106,16 @@ class UploadRecords:
 
     async def mark_completed(
         self, upload_id: str, now: int, *, duplicate_of: str | None = None
-    ) -> None:
+    ) -> bool:
+        """Whether this call completed it (False: another completer had, or it is gone)."""
         # Unconditional: the photo exists, whichever completer made it.
         done: Document = {"state": S.COMPLETED.value, "completed_ms": now}
         if duplicate_of is not None:
             done["duplicate_of"] = duplicate_of
-        await self.col.update_one(
-            {"_id": upload_id}, {"$set": done, "$unset": {"head": "", **RELEASED}}
+        before = await self.col.find_one_and_update(
+            {"_id": upload_id}, {"$set": done, "$unset": {"head": "", **RELEASED}}, {"state": 1}
         )
+        return before is not None and before.get("state") != S.COMPLETED.value
 
     async def abandoned(self, now: int, limit: int) -> AsyncIterator[str]:
         """Uploads left completing whose lease ran out long ago: their completer died and their
