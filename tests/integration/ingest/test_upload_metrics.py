@@ -4,6 +4,12 @@ are counted in test_imports.py; the process's own metrics are checked here on up
 
 from __future__ import annotations
 
+import secrets
+from typing import Any
+
+import pytest
+from darkroom_ingest.settings import IngestSettings
+
 from tests.factories.api import (
     Client,
     TokenMaker,
@@ -21,6 +27,19 @@ from tests.factories.metrics import labels, moved, scrape
 from tests.factories.tus import create, patch
 
 SERVICE = "upload-ingest"
+
+
+@pytest.fixture
+def ingest_settings(settings_kwargs: dict[str, Any]) -> IngestSettings:
+    """A database of this test's own: on the shared one, this app's sweeps would also end (and
+    count) uploads other tests left open."""
+    return IngestSettings(
+        **{**settings_kwargs, "mongo_db": f"{settings_kwargs['mongo_db']}_{secrets.token_hex(3)}"},
+        outbox_grace_ms=1000,
+        outbox_relay_interval_seconds=0.2,
+    )
+
+
 NOT_AN_IMAGE = b"call the bride's mother at 5pm\n" * 100
 
 

@@ -113,11 +113,21 @@ class Operations:
     def lease(self, operation_id: str, lease_ms: int) -> Lease:
         return Lease(self._col, operation_id, lease_ms)
 
-    async def claimable(self, kinds: list[str], now: int, limit: int) -> list[str]:
+    async def claimable(
+        self, kinds: list[str], now: int, limit: int, creator_grace_ms: int = 0
+    ) -> list[str]:
         """Open Operations of ``kinds`` (carried out by their creator, see :meth:`create`)
-        whose lease is free: never claimed, or their holder died."""
+        whose lease is free: never claimed, or their holder died. One created less than
+        ``creator_grace_ms`` ago is left to its creator, which claims it right after creating
+        it: another replica would otherwise take it in between."""
         cursor = self._col.find(
-            {"$and": [{"kind": {"$in": kinds}, "state": {"$in": OPEN}}, Lease.free(now)]},
+            {
+                "$and": [
+                    {"kind": {"$in": kinds}, "state": {"$in": OPEN}},
+                    {"created_ms": {"$lt": now - creator_grace_ms}},
+                    Lease.free(now),
+                ]
+            },
             {"_id": 1},
         ).limit(limit)
         return [str(doc["_id"]) async for doc in cursor]

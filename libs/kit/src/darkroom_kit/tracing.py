@@ -4,7 +4,7 @@ causes to each webhook delivery attempt.
 The trace context crosses the broker in each message's AMQP headers (W3C ``traceparent``), and
 the outbox keeps it beside the message it stores, so a relayed message joins the trace of the
 request that wrote it. Spans are exported over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set;
-otherwise the API's default no-op provider makes every span free.
+either way they are recorded, and their trace id is on every log line written inside them.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ TRACER_PREFIX = "darkroom."
 
 
 def configure_tracing(service: str, otlp_endpoint: str | None) -> Callable[[], None]:
-    """Installs the process's tracer provider when an OTLP endpoint is set; answers what flushes
-    and stops it at exit."""
-    if not otlp_endpoint:
-        return lambda: None
+    """Installs the process's tracer provider; answers what flushes and stops it at exit.
+    Spans are recorded whether or not they are exported, so every log line carries the trace
+    id that ties one upload's lines together across the services; they leave the process only
+    when an OTLP endpoint is set."""
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
-    # The exporter reads the endpoint (and headers, timeout) from the environment itself, and
-    # adds /v1/traces to it as the specification says.
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if otlp_endpoint:
+        # The exporter reads the endpoint (and headers, timeout) from the environment itself,
+        # and adds /v1/traces to it as the specification says.
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider.shutdown
 

@@ -89,6 +89,9 @@ NO_OBJECTS = "no objects under the prefix"
 WATCH_SLACK_MS = 10 * 60 * 1000
 # Open imports a claim pass looks at (each claimed, or given back when no run slot is free).
 CLAIMS_PER_PASS = 50
+# A new import is its creator's for this long (it claims it right after creating it): a claim
+# pass of another replica in between would take it, a race seen under load.
+CREATOR_GRACE_MS = 2_000
 # How often a sleeping watch import looks whether it was asked to stop or woken by a
 # notification that another replica consumed.
 STOP_CHECK_SECONDS = 1.0
@@ -452,7 +455,8 @@ class Importer:
         """Take over open imports nobody holds (new ones another replica could not start, and
         those whose process died); how many were taken."""
         taken = 0
-        for op_id in await self._ops.claimable([IMPORT], now_ms(), CLAIMS_PER_PASS):
+        found = await self._ops.claimable([IMPORT], now_ms(), CLAIMS_PER_PASS, CREATOR_GRACE_MS)
+        for op_id in found:
             taken += await self.take(op_id)
         return taken
 

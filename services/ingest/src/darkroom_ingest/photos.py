@@ -250,6 +250,21 @@ class PhotoService:
             Committed(copies[i], duplicate=True) if i in copies else Committed(PhotoRecord.of(d))
             for i, d in enumerate(docs)
         ]
+        # One line per photo stored: where a photo's trail through the logs begins (the
+        # request's ids, and the message that announces it, are on the line).
+        for i, (doc, file) in enumerate(zip(docs, files, strict=True)):
+            if i in copies:
+                continue
+            log.info(
+                "photo stored",
+                extra={
+                    "photo_id": file.photo_id,
+                    "event_id": event.id,
+                    "size": file.size,
+                    "content_type": file.kind.content_type,
+                    "message_id": next(iter(self._outbox.pending_of(doc)), None),
+                },
+            )
         # Confirms pipelined across the batch: one broker round trip, not one per file.
         await asyncio.gather(
             *(

@@ -304,6 +304,11 @@ class Repairer:
             photo = PhotoRecord.of(doc)
             if isinstance(found, str):
                 failures[photo.id] = found
+                log.info(
+                    "photo not repaired: %s",
+                    found,
+                    extra={"photo_id": photo.id, "event_id": photo.event_id},
+                )
                 continue
             # Only what was missing and is found: a photo whose file has no capture date is
             # not "repaired" (nor announced) on every run.
@@ -320,6 +325,10 @@ class Repairer:
             if not fields:
                 nothing.append(photo.id)
                 continue
+            log.info(
+                "repairing photo",
+                extra={"photo_id": photo.id, "event_id": photo.event_id, "fields": sorted(fields)},
+            )
             message = Envelope.new(
                 records.PHOTO_REPAIRED,
                 {
