@@ -4,14 +4,11 @@ in-memory exporter) and its log lines (ids in scope), over the real servers."""
 from __future__ import annotations
 
 import io
-import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit.logs import configure_logging
 from darkroom_kit.messaging import QueueSpec, Topology
 from darkroom_kit.tracing import TRACER_PREFIX
 from darkroom_thumbnailing.app import create_app as create_thumbnailing
@@ -24,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tests.factories.api import Client, TokenMaker, auth, form, make_event
+from tests.factories.logs import captured_log_lines, parsed
 from tests.factories.media import jpeg_bytes
 from tests.factories.messaging import eventually
 from tests.factories.servers import QueueJanitor
@@ -47,12 +45,8 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def log_lines() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
-    configure_logging("in-process", "INFO", as_json=True, stream=stream)
-    yield stream
-    root.handlers[:], root.level = saved
+    with captured_log_lines("in-process") as stream:
+        yield stream
 
 
 async def _finished(spans: InMemorySpanExporter) -> tuple[ReadableSpan, ...] | None:
@@ -136,7 +130,7 @@ async def test_one_upload_is_one_trace_across_three_services_and_its_ids_are_log
     _, headers, _ = receiver.requests[0]
     assert headers["traceparent"].split("-")[1] == format(trace_id, "032x")
 
-    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    lines = parsed(log_lines)
     access = [
         line
         for line in lines
@@ -156,7 +150,7 @@ async def test_one_upload_is_one_trace_across_three_services_and_its_ids_are_log
     text = await (await api.get("/metrics")).text()
     assert 'route="/v1/events/{event_id}/photos"' in text
     assert not any(f'route="{probe}"' in text for probe in ("/healthz", "/readyz", "/metrics"))
-    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    lines = parsed(log_lines)
     assert not any(line.get("route") in ("/healthz", "/readyz", "/metrics") for line in lines)
     # Each consumer's outcome line names the message and the photo, in the upload's trace.
     outcomes = [

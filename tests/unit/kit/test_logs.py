@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from darkroom_kit.logs import bind, bound, configure_logging, ids_in
+from darkroom_kit.logs import bind, bound, ids_in
 from opentelemetry.sdk.trace import TracerProvider
+
+from tests.factories.logs import captured_log_lines, parsed
 
 
 @pytest.fixture
 def lines() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    stream = io.StringIO()
-    configure_logging("thumbnailing", "INFO", as_json=True, stream=stream)
-    yield stream
-    root.handlers[:], root.level = saved
-
-
-def parsed(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
+    with captured_log_lines("thumbnailing") as stream:
+        yield stream
 
 
 def test_ids_in_scope_are_on_every_line_and_gone_after_it(lines: io.StringIO) -> None:

@@ -117,19 +117,21 @@ def _route_ids(request: web.Request) -> dict[str, str]:
 
 
 @web.middleware
-async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request's id (the client's ``X-Request-Id`` or a new one, echoed), the ids its route
-    names, its server span and its access log line; every line logged while it is handled
-    carries the ids, and the span's trace id."""
+    names, its server span, its metrics and its access log line, all from the one status it
+    ended with; every line logged while it is handled carries the ids and the trace id."""
     route = _route_label(request)
     if route in PROBES:
         return await handler(request)
     given = request.headers.get(REQUEST_ID_HEADER, "")
     request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else new_id("req")
     request[REQUEST_ID] = request_id
+    metrics = request.app[HTTP_METRICS]
     started = time.perf_counter()
     status = 500
     response: web.StreamResponse | None = None
+    metrics.in_flight.labels(metrics.service).inc()
     with (
         bound(request_id=request_id, **_route_ids(request)),
         request.app[TRACER].start_as_current_span(
@@ -153,9 +155,15 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             if request.transport is None or request.transport.is_closing():
+                # The client went away (nginx's 499): nothing failed here, and a 500 would page
+                # whoever watches the error ratio.
                 status = CLIENT_CLOSED
             raise
         finally:
+            elapsed = time.perf_counter() - started
+            metrics.in_flight.labels(metrics.service).dec()
+            metrics.requests.labels(metrics.service, route, request.method, str(status)).inc()
+            metrics.latency.labels(metrics.service, route, request.method).observe(elapsed)
             span.set_attribute("http.response.status_code", status)
             if status >= 500 and status != CLIENT_CLOSED:
                 span.set_status(StatusCode.ERROR)
@@ -171,7 +179,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
                     "method": request.method,
                     "route": route,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                     "bytes_in": request.content_length or 0,
                     "bytes_out": sent,
                 },
@@ -182,36 +190,6 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if _route_label(request) in PROBES:
-        return await handler(request)
-    metrics = request.app[HTTP_METRICS]
-    started = time.perf_counter()
-    status = 500
-    metrics.in_flight.labels(metrics.service).inc()
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
-        if request.transport is None or request.transport.is_closing():
-            # The client went away (nginx's 499): nothing failed here, and a 500 would page
-            # whoever watches the error ratio.
-            status = CLIENT_CLOSED
-        raise
-    finally:
-        metrics.in_flight.labels(metrics.service).dec()
-        route = _route_label(request)
-        metrics.requests.labels(metrics.service, route, request.method, str(status)).inc()
-        metrics.latency.labels(metrics.service, route, request.method).observe(
-            time.perf_counter() - started
-        )
 
 
 # What a request whose client disconnected counts as (no answer reaches anyone).
@@ -350,9 +328,8 @@ def create_base_app(
 ) -> web.Application:
     app = web.Application(
         middlewares=[
-            context_middleware,
+            observe_middleware,
             drain_middleware,
-            metrics_middleware,
             problem_middleware,
             *middlewares,
         ],
