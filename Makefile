@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 SCOPES ?= photos.read,photos.write,events.read,events.write,webhooks.manage
 NAME ?= cli
 
-.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-direct bench-import bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 compose-config asyncapi clean
+.PHONY: help install run test test-faults lint fmt token bench-upload bench-chunked bench-tus bench-direct bench-import bench-floor bench-thumbnailing bench-repair bench-webhooks bench-s3 bench-archive compose-config asyncapi clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}'
@@ -94,6 +94,11 @@ bench-repair: install ## Benchmark metadata repair over 10,000 photos with clear
 bench-webhooks: install ## Benchmark webhook delivery: backlog drain, 200 events/s, one endpoint of ten hanging
 	.venv/bin/python -m benchmarks.webhooks
 
+BENCH_ARCHIVE_GIB ?= 2
+
+bench-archive: install ## Benchmark ZIP archives: 100 files, 2 GiB (BENCH_ARCHIVE_GIB=0.5), vs a bare read+multipart loop: MB/s, CPU-s/GiB, peak RSS
+	.venv/bin/python -m benchmarks.archive --gib $(BENCH_ARCHIVE_GIB)
+
 bench-s3: install ## S3 data path vs aiobotocore: client (and moto_server) CPU-ms per call, side by side
 	.venv/bin/python -m benchmarks.s3_data_path
 
@@ -104,7 +109,7 @@ asyncapi: install ## Write docs/asyncapi.json (the messaging contract) from the 
 	.venv/bin/python -m darkroom_kit.asyncapi --out docs/asyncapi.json
 
 compose-config: ## Validate docker-compose.yml offline (docker compose, or Debian's docker-compose)
-	@export RABBITMQ_PASSWORD=x MINIO_ROOT_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x; \
+	@export RABBITMQ_PASSWORD=x MINIO_ROOT_PASSWORD=x GRAFANA_ADMIN_PASSWORD=x MEDIA_SIGNING_KEYS=x; \
 	if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config --quiet; \
 	else docker-compose -f docker-compose.yml config -q; fi && echo "docker-compose.yml is valid"
 

@@ -18,7 +18,7 @@ import aiohttp
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.messaging import QueueSpec, Topology, declare_consumer_queue, delete_queues
-from darkroom_repair.app import queue_spec as repair_queue
+from darkroom_repair.app import queue_specs as repair_queues
 from darkroom_thumbnailing.app import queue_spec as thumbnailing_queue
 from darkroom_thumbnailing.settings import ThumbnailSettings
 
@@ -170,7 +170,7 @@ async def stack_under_test(extra_env: dict[str, str] | None = None) -> AsyncIter
         # benchmarks/webhooks.py removes webhook-dispatch's own.
         services = [
             thumbnailing_queue(topology, ThumbnailSettings(amqp_namespace=topology.namespace)),
-            repair_queue(topology),
+            *repair_queues(topology),
         ]
         for spec in [*services, sink]:
             await delete_queues(connection, list(reversed(spec.all_queue_names())))

@@ -30,10 +30,11 @@ async def test_upload_thumbnail_and_webhooks_exactly_once(
     settings_kwargs: dict[str, Any],
 ) -> None:
     api_url, env, services, logs = system
-    plain, flaky = Receiver(), Receiver(fail_first=1)
+    plain, flaky, processed_hook = Receiver(), Receiver(fail_first=1), Receiver()
     app = web.Application()
     app.router.add_post("/plain", plain.handle)
     app.router.add_post("/flaky", flaky.handle)
+    app.router.add_post("/processed", processed_hook.handle)
     hooks = await aiohttp_server(app)
     token = await create_token(
         IngestSettings(**settings_kwargs),
@@ -52,6 +53,14 @@ async def test_upload_thumbnail_and_webhooks_exactly_once(
                 },
             )
             receiver.secret = (await resp.json())["secret"]
+        resp = await http.post(
+            "/v1/webhooks",
+            json={
+                "url": f"http://127.0.0.1:{hooks.port}/processed",
+                "event_types": ["photo.processed"],
+            },
+        )
+        processed_hook.secret = (await resp.json())["secret"]
         created = await http.post("/v1/events", json={"name": "E2E", "slug": "e2e"})
         assert created.status == 201
         # Uploaded the way a photographer's tool does: with the client library.
@@ -99,7 +108,11 @@ async def test_upload_thumbnail_and_webhooks_exactly_once(
         assert (await http.delete(f"/v1/photos/{uploaded['shot.png']['id']}")).status == 204
 
         async def all_delivered() -> bool:
-            return len(plain.requests) >= 3 and len(flaky.requests) >= 4
+            return (
+                len(plain.requests) >= 3
+                and len(flaky.requests) >= 4
+                and len(processed_hook.requests) >= 2
+            )
 
         await wait_for(all_delivered, timeout=40)
         await asyncio.sleep(3)  # a duplicate would arrive in this window
@@ -124,3 +137,32 @@ async def test_upload_thumbnail_and_webhooks_exactly_once(
     # Exactly once each; the flaky receiver saw one more: the 503 retried after the restart.
     assert len(plain.requests) == 3
     assert len(flaky.requests) == 4
+
+    # A receiver told of a processed photo fetches its thumbnail through the link in the payload
+    # it verified: no token, and no internal storage key anywhere in what it was sent.
+    processed_payloads = processed_hook.verified()
+    assert sorted(p["data"]["photo"]["filename"] for p in processed_payloads) == [
+        "shot.png",
+        "wide.jpg",
+    ]
+    wide_message = next(
+        p for p in processed_payloads if p["data"]["photo"]["filename"] == "wide.jpg"
+    )
+    assert wide_message["schema_version"] == 2
+    assert "key" not in wide_message["data"]["variants"]["thumbnail"]
+    assert "original_key" not in str(wide_message)
+    urls = wide_message["data"]["photo"]["urls"]
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.get(urls["thumbnail"]) as thumb_response:
+            assert thumb_response.status == 200, await thumb_response.text()
+            assert thumb_response.headers["Content-Type"] == "image/jpeg"
+            assert thumb_response.headers["X-Content-Type-Options"] == "nosniff"
+            thumbnail = await thumb_response.read()
+        assert Image.open(io.BytesIO(thumbnail)).size == (400, 267)
+        async with anonymous.get(urls["original"]) as original_response:
+            assert original_response.status == 200
+            assert (await original_response.read())[:2] == b"\xff\xd8"
+        # The deleted photo's links stopped working at once.
+        shot = next(p for p in processed_payloads if p["data"]["photo"]["filename"] == "shot.png")
+        async with anonymous.get(shot["data"]["photo"]["urls"]["thumbnail"]) as gone:
+            assert gone.status == 404

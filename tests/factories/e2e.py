@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 from darkroom_kit.messaging import QueueSpec, Topology
-from darkroom_repair.app import queue_spec as repair_spec
+from darkroom_repair.app import queue_specs as repair_specs
 from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
 from darkroom_thumbnailing.settings import ThumbnailSettings
 from darkroom_webhooks.app import queue_specs
@@ -51,6 +51,6 @@ def stack_queues(namespace: str, retry_delays_ms: tuple[int, ...] | None = None)
     delays = {} if retry_delays_ms is None else {"retry_delays_ms": retry_delays_ms}
     return [
         thumbnail_spec(topology, ThumbnailSettings(**delays)),
-        repair_spec(topology),
+        *repair_specs(topology),
         *queue_specs(topology, WebhookSettings(**delays)),
     ]

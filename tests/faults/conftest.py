@@ -22,7 +22,7 @@ import pytest
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.messaging import Topology
-from darkroom_repair.app import queue_spec as repair_spec
+from darkroom_repair.app import queue_specs as repair_specs
 from darkroom_thumbnailing.app import queue_spec as thumbnail_spec
 from darkroom_thumbnailing.settings import ThumbnailSettings
 from darkroom_webhooks.app import queue_specs
@@ -182,7 +182,7 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
     janitor.namespaces.add(namespace)
     janitor.add(
         thumbnail_spec(topology, ThumbnailSettings(retry_delays_ms=tuple(THUMB_RETRY_MS))),
-        repair_spec(topology),
+        *repair_specs(topology),
         *queue_specs(topology, WebhookSettings(retry_delays_ms=tuple(WEBHOOK_RETRY_MS))),
     )
     receiver = Receiver(ENDPOINTS)

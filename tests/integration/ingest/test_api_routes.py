@@ -53,7 +53,8 @@ def test_only_the_tokens_own_facts_and_the_event_catalogue_need_no_scope() -> No
     # And open to anybody: tus discovery (clients and browsers ask it without a token) and the
     # guest upload page (its token is in the URL's fragment, for its script).
     public = {r.operation_id for r in ROUTES if r.public}
-    assert public == {"tusOptions", "guestPage", "guestPageAsset"}
+    # And signed media links (the link is the credential).
+    assert public == {"tusOptions", "guestPage", "guestPageAsset", "downloadMedia"}
 
 
 def _protocol_headers(route: Route) -> dict[str, str]:
@@ -281,7 +282,15 @@ async def test_every_answer_validates_against_its_declaration(
     form = FormData()
     form.add_field("photos", jpeg_bytes(64, 48), filename="c.jpg", content_type="image/jpeg")
     status, batch = await call("POST", f"/v1/events/{ev}/photos", data=form)
-    assert (await call("DELETE", f"/v1/photos/{batch['uploaded'][0]['id']}"))[0] == 204
+    linked = batch["uploaded"][0]
+    status, link = await call("POST", f"/v1/photos/{linked['id']}/download-link", json={})
+    assert status == 200
+    assert (await call("GET", URL(link["url"]).path_qs))[0] == 200
+    assert (await call("GET", URL(linked["urls"]["thumbnail"]).path_qs))[0] == 404  # processing
+    status, _ = await call("POST", f"/v1/events/{ev}/archives", json={})
+    assert status == 202  # no worker runs here: it stays queued
+    assert (await call("POST", f"/v1/events/{ev}/archives", json={"photo_ids": []}))[0] == 422
+    assert (await call("DELETE", f"/v1/photos/{linked['id']}"))[0] == 204
 
     status, hook = await call(
         "POST",

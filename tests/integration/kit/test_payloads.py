@@ -24,6 +24,7 @@ from darkroom_kit.views import EventView, PhotoView
 from darkroom_repair.app import REPAIRER
 from darkroom_repair.app import create_app as create_repair
 from darkroom_repair.app import queue_spec as repair_spec
+from darkroom_repair.app import queue_specs as repair_specs
 from darkroom_repair.settings import RepairSettings
 from darkroom_thumbnailing.app import create_app as create_thumbnailing
 from darkroom_thumbnailing.app import queue_spec as thumbnailing_spec
@@ -95,7 +96,7 @@ def test_every_message_type_has_a_model_and_every_consumer_its_models() -> None:
     webhook_settings = WebhookSettings()
     specs = [
         thumbnailing_spec(topology, ThumbnailSettings()),
-        repair_spec(topology),
+        *repair_specs(topology),
         *queue_specs(topology, webhook_settings),
     ]
     for spec in specs:  # what consumer_ctx does at start: a type without a model fails there
@@ -286,7 +287,7 @@ async def test_real_producer_output_validates(
     broker, is valid for its model."""
     thumbnail_settings = ThumbnailSettings(**settings_kwargs, render_processes=1)
     topology = Topology(thumbnail_settings.amqp_namespace)
-    janitor.add(thumbnailing_spec(topology, thumbnail_settings), repair_spec(topology))
+    janitor.add(thumbnailing_spec(topology, thumbnail_settings), *repair_specs(topology))
     janitor.stop_first(await aiohttp_client(create_thumbnailing(thumbnail_settings)))
     repair = await aiohttp_client(create_repair(RepairSettings(**settings_kwargs)))
     janitor.stop_first(repair)

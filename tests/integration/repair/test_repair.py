@@ -10,7 +10,7 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Publisher, QueueSpec, Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import OBJECT_STORE
-from darkroom_repair.app import REPAIRER, SERVICE, queue_spec
+from darkroom_repair.app import REPAIRER, SERVICE, queue_specs
 from darkroom_repair.app import create_app as create_repair
 from darkroom_repair.settings import RepairSettings
 from PIL import Image
@@ -49,7 +49,7 @@ async def test_repair_restores_cleared_dimensions(
 ) -> None:
     # A small first read, so the big-header JPEG needs the second, whole-file read.
     settings = RepairSettings(**settings_kwargs, head_bytes=16 * 1024)
-    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace)))
     worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
@@ -101,7 +101,7 @@ async def test_repair_as_an_operation(
     janitor: QueueJanitor,
 ) -> None:
     settings = RepairSettings(**settings_kwargs)
-    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace)))
     worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
@@ -201,7 +201,7 @@ async def test_repair_reads_only_what_each_format_needs(
     """Default 256 KiB head: a frame header at 100 KiB is found in it, one at 300 KiB needs the
     second read; a WebP's orientation comes from the EXIF at its end."""
     settings = RepairSettings(**settings_kwargs)
-    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace)))
     worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
@@ -250,7 +250,7 @@ async def test_repair_of_a_video_reads_its_header_over_a_presigned_url(
 ) -> None:
 
     settings = RepairSettings(**settings_kwargs)
-    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace)))
     worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(capi, token)
@@ -298,7 +298,7 @@ async def test_two_repairs_at_once_split_the_work(
     import asyncio
 
     settings = RepairSettings(**settings_kwargs, batch_size=10, concurrency=2)
-    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace)))
     worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)
@@ -358,7 +358,7 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
     from darkroom_dev.servers import free_port
     from darkroom_dev.stack import SERVICES, start_services
 
-    janitor.add(queue_spec(Topology(settings_kwargs["amqp_namespace"])))
+    janitor.add(*queue_specs(Topology(settings_kwargs["amqp_namespace"])))
     env = {
         **os.environ,
         **to_env(settings_kwargs),
@@ -430,7 +430,7 @@ async def test_a_file_without_a_capture_date_is_not_repaired_again_and_again(
     """A PNG has no date in it: it used to count as repaired on every run, with a photo.repaired
     each time naming the record's captured_at_ms."""
     settings = RepairSettings(**settings_kwargs)
-    janitor.add(queue_spec(Topology(settings.amqp_namespace)))
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace)))
     worker = await aiohttp_client(create_repair(settings))
     token = await make_token()
     event = await make_event(api, token)

@@ -97,8 +97,8 @@ def _sample_data(type_: str) -> dict[str, Any]:
     photo = {"id": "pho_1", "event_id": "evt_1", "size": 10, "status": "processed"}
     endpoint = {"endpoint": {"id": "whe_1", "url": "https://example.com/h", "enabled": True}}
     samples: dict[str, dict[str, Any]] = {
-        records.PHOTO_UPLOADED: {"photo": photo, "original_key": "events/evt_1/originals/pho_1"},
-        records.PHOTO_PROCESSED: {"photo": photo, "variants": {"hero": {"key": "k", "size": 1}}},
+        records.PHOTO_UPLOADED: {"photo": photo},
+        records.PHOTO_PROCESSED: {"photo": photo, "variants": {"hero": {"size": 1}}},
         records.PHOTO_DELETED: {"photo": photo},
         records.PHOTO_REPAIRED: {"photo": photo, "repaired_fields": ["width", "height"]},
         records.EVENT_ARCHIVED: {"event": {"id": "evt_1", "status": "archived"}},
@@ -106,6 +106,7 @@ def _sample_data(type_: str) -> dict[str, Any]:
         records.ENDPOINT_DISABLED: endpoint,
         records.ENDPOINT_RECOVERED: endpoint,
         records.REPAIR_REQUESTED: {"sweep": True},
+        records.ARCHIVE_REQUESTED: {"operation_id": "op_1"},
         records.WEBHOOK_ATTEMPT: records.attempt_data("msg_1", "whe_1"),
         records.WEBHOOK_RECOVER: {"operation_id": "op_1"},
         records.WEBHOOK_RESEND: {"delivery_id": "msg_1", "endpoint_id": "whe_1"},
@@ -168,6 +169,7 @@ def test_every_type_is_sent_by_someone_and_received_by_someone(doc: dict[str, An
 
 def test_the_consumer_table_is_what_the_services_declare() -> None:
     from darkroom_repair.app import SERVICE as REPAIR
+    from darkroom_repair.app import archive_queue_spec
     from darkroom_repair.app import queue_spec as repair_spec
     from darkroom_thumbnailing.app import SERVICE as THUMBNAILING
     from darkroom_thumbnailing.app import queue_spec as thumbnailing_spec
@@ -180,6 +182,7 @@ def test_the_consumer_table_is_what_the_services_declare() -> None:
     declared = {
         (THUMBNAILING, thumbnailing_spec(topology, ThumbnailSettings())),
         (REPAIR, repair_spec(topology)),
+        (REPAIR, archive_queue_spec(topology)),
         *((WEBHOOKS, s) for s in queue_specs(topology, WebhookSettings())),
     }
     assert {(s.name, s.exchange, s.routing_keys) for _, s in declared} == {

@@ -11,13 +11,18 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from darkroom_kit import catalogue, records
 from darkroom_kit.clock import ms_to_iso, now_ms
+from darkroom_kit.links import MediaLinks, SigningKey
 from darkroom_kit.messaging import Envelope
 from darkroom_kit.payloads import PAYLOADS
+from darkroom_kit.stored.deliveries import delivery_body
+from darkroom_webhooks.delivery import public_body
 from jsonschema.validators import validator_for  # type: ignore[import-untyped]
+from pydantic import SecretStr
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 BASE_URL = "https://photos.example.com"
+LINKS = MediaLinks(BASE_URL, [SigningKey(id="k1", secret=SecretStr("s" * 32))], 3600)
 
 
 def stored_photo(**changes: Any) -> dict[str, Any]:
@@ -73,14 +78,13 @@ def producer_data() -> dict[str, dict[str, Any]]:
     }
     return {
         # PhotoService.store
-        records.PHOTO_UPLOADED: {
-            "photo": records.photo_public(uploaded, BASE_URL),
-            "original_key": uploaded["original_key"],
-        },
+        records.PHOTO_UPLOADED: {"photo": records.photo_public(uploaded, BASE_URL)},
         # Thumbnailer.handle
         records.PHOTO_PROCESSED: {
             "photo": records.photo_public(processed, BASE_URL),
-            "variants": {k: {"key": v["key"], "size": v["size"]} for k, v in variants.items()},
+            "variants": {
+                k: {n: v[n] for n in ("size", "width", "height")} for k, v in variants.items()
+            },
         },
         # PhotoService.delete
         records.PHOTO_DELETED: {"photo": records.photo_public(processed, BASE_URL)},
@@ -135,12 +139,10 @@ def producer_data() -> dict[str, dict[str, Any]]:
 def as_posted(type_: str, data: dict[str, Any]) -> Any:
     """The body webhook-dispatch POSTs for an envelope (Dispatcher.fan_out), parsed back."""
     envelope = Envelope.new(type_, data)
-    body = json.dumps(
-        {"type": envelope.type, "timestamp": envelope.time, "data": envelope.data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return json.loads(body)
+    if type_ == records.WEBHOOK_TEST:  # Dispatcher.send_test
+        return json.loads(delivery_body(envelope.id, type_, envelope.time, data))
+    payload = PAYLOADS[type_].model_validate(data)
+    return json.loads(public_body(envelope, payload, LINKS, 3600))
 
 
 def validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
@@ -160,7 +162,7 @@ def test_every_type_an_endpoint_receives_has_an_entry() -> None:
             assert entry.payload is PAYLOADS[entry.type]
         schema = entry.schema
         assert schema["properties"]["type"]["const"] == entry.type
-        assert set(schema["required"]) == {"type", "timestamp", "data"}
+        assert set(schema["required"]) == {"id", "type", "timestamp", "schema_version", "data"}
 
 
 def test_descriptions_come_from_the_payload_models() -> None:
@@ -262,3 +264,45 @@ def test_openapi_webhook_bodies_accept_the_producers_messages() -> None:
         assert [e.message for e in check.iter_errors(message)] == [], name
         wrong = {**message, "type": "not." + name}
         assert list(check.iter_errors(wrong)), name
+
+
+def test_what_is_posted_holds_no_storage_key_even_from_an_older_producer() -> None:
+    """A message written by an earlier version (still in an outbox) carried storage keys: the
+    receiver gets only what the catalogue documents, with links to the photo."""
+    data = producer_data()
+    older = {
+        records.PHOTO_UPLOADED: {
+            **data[records.PHOTO_UPLOADED],
+            "original_key": "events/e/originals/p",
+        },
+        records.PHOTO_PROCESSED: {
+            **data[records.PHOTO_PROCESSED],
+            "variants": {"thumbnail": {"key": "events/e/thumbnail/p.jpg", "size": 9_000}},
+        },
+    }
+    for type_, message_data in older.items():
+        posted = as_posted(type_, message_data)
+        text = json.dumps(posted)
+        assert "events/e/" not in text, text
+        assert '"key"' not in text, text
+        assert "original_key" not in text
+        urls = posted["data"]["photo"]["urls"]
+        assert urls["thumbnail"].startswith(f"{BASE_URL}/media/pho_01hzzzzzzzzzzzzzzzzzzzzzzz/")
+        assert "/thumbnail/IMG%200001.jpg?" in urls["thumbnail"]
+        assert posted["schema_version"] == 2
+        assert posted["id"].startswith("msg_")
+
+
+def test_a_video_is_posted_with_a_poster_and_jpeg_variant_names() -> None:
+    video = stored_photo(filename="clip.mp4", content_type="video/mp4", kind="video")
+    posted = as_posted(records.PHOTO_UPLOADED, {"photo": records.photo_public(video, BASE_URL)})
+    urls = posted["data"]["photo"]["urls"]
+    assert "/original/clip.mp4?" in urls["original"]
+    for name in ("thumbnail", "hero", "poster"):
+        assert f"/{name}/clip.jpg?" in urls[name], urls
+    assert posted["data"]["photo"]["thumbnail_url"].endswith("/clip.mp4.jpg")
+
+
+def test_a_deleted_photo_is_posted_without_links() -> None:
+    posted = as_posted(records.PHOTO_DELETED, producer_data()[records.PHOTO_DELETED])
+    assert posted["data"]["photo"]["urls"] is None

@@ -54,6 +54,7 @@ class Consumes:
 CONSUMERS: tuple[Consumes, ...] = (
     Consumes("thumbnailing", "photos", (records.PHOTO_UPLOADED,)),
     Consumes("metadata-repair", "requests", (records.REPAIR_REQUESTED,)),
+    Consumes("metadata-repair", "archives", (records.ARCHIVE_REQUESTED,)),
     Consumes("webhook-dispatch", "events", records.PUBLIC_EVENT_TYPES),
     Consumes(
         "webhook-dispatch",
@@ -68,6 +69,7 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
         records.PHOTO_DELETED,
         records.EVENT_ARCHIVED,
         records.REPAIR_REQUESTED,
+        records.ARCHIVE_REQUESTED,
         records.WEBHOOK_RECOVER,
         records.WEBHOOK_RESEND,
         records.WEBHOOK_SEND_TEST,

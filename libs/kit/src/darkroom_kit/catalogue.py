@@ -3,8 +3,10 @@ payload models (:data:`darkroom_kit.payloads.PAYLOADS`), so the catalogue the AP
 ``webhooks`` section of its OpenAPI document and what consumers validate cannot disagree.
 
 A webhook message is what webhook-dispatch POSTs (``Dispatcher.fan_out``, and the API's test
-send): ``{"type": ..., "timestamp": ..., "data": ...}``, where ``timestamp`` is the time of the
-event (the envelope's ``time``, the same in every attempt) and ``data`` the envelope's data.
+send): ``{"id": ..., "type": ..., "timestamp": ..., "schema_version": ..., "data": ...}``,
+where ``id`` is the event's id (the envelope's), ``timestamp`` the time of the event (the
+envelope's ``time``, the same in every attempt) and ``data`` the envelope's data with only the
+fields its models declare (:func:`darkroom_kit.payloads.declared`) and signed media ``urls``.
 Its description is the payload model's docstring (or a ``description`` it declares in
 ``json_schema_extra``): one text, in the code, for developers and for the public.
 """
@@ -23,6 +25,7 @@ from pydantic.json_schema import models_json_schema
 
 from darkroom_kit import records
 from darkroom_kit.payloads import PAYLOADS, Endpoint, Payload
+from darkroom_kit.stored.deliveries import SCHEMA_VERSION
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -81,16 +84,31 @@ def describe(model: type[BaseModel]) -> str:
 def _message_model(event_type: str, payload: type[BaseModel], description: str) -> type[BaseModel]:
     name = payload.__name__.removesuffix("Payload") + "Message"
     kind: Any = Literal[event_type]
+    version: Any = Literal[SCHEMA_VERSION]
     model: type[BaseModel] = create_model(
         name,
         __doc__=f"The ``{event_type}`` webhook message as POSTed: {description}",
         __module__=__name__,
+        id=(
+            str,
+            Field(
+                description="The event's id: the same for every endpoint and attempt (the "
+                "webhook-id header is the delivery's)."
+            ),
+        ),
         type=(kind, Field(description="The message type.")),
         timestamp=(
             datetime,
             Field(
                 description="When the event happened (ISO 8601, UTC); the same in every "
                 "attempt, so a receiver can order and age messages by it."
+            ),
+        ),
+        schema_version=(
+            version,
+            Field(
+                description="The version of this message's shape. 2: id and schema_version "
+                "added, storage keys removed, signed media urls added."
             ),
         ),
         data=(payload, Field(description="The event's data.")),

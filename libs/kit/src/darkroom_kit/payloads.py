@@ -128,10 +128,12 @@ class Endpoint(Payload):
 
 
 class VariantObject(Payload):
-    """A stored variant in ``photo.processed``."""
+    """A rendered variant in ``photo.processed`` (its file: the photo's ``urls``)."""
 
-    key: str = Field(min_length=1, description="Its storage key.")
     size: int = Field(ge=0, description="Its size in bytes.")
+    width: int | None = Field(default=None, description="Width in pixels.")
+    height: int | None = Field(default=None, description="Height in pixels.")
+    content_type: str | None = Field(default=None, description="What it is (image/jpeg).")
 
 
 # ---- public events -------------------------------------------------------------------------
@@ -142,16 +144,13 @@ class PhotoUploaded(Payload):
     webhook endpoints hear about it."""
 
     photo: Photo = Field(description="The photo, status uploaded.")
-    original_key: str | None = Field(
-        default=None, description="The original's storage key (internal; do not rely on it)."
-    )
 
 
 class PhotoProcessed(Payload):
     """``photo.processed``: thumbnail and hero are ready; the photo has its dimensions."""
 
     photo: Photo = Field(description="The photo, status processed.")
-    variants: dict[str, VariantObject] = Field(description="The stored variants by name.")
+    variants: dict[str, VariantObject] = Field(description="The rendered variants by name.")
 
 
 class PhotoDeleted(Payload):
@@ -233,6 +232,13 @@ class RepairRequested(Payload):
         elif self.event_id is None:
             raise ValueError("no scope: give event_id, an operation_id with event_id, or sweep")
         return self
+
+
+class ArchiveRequested(Payload):
+    """``archive.requested``: write the ZIP archive an Operation describes. The Operation holds
+    the selection; unknown fields are allowed (a hint added later can be ignored safely)."""
+
+    operation_id: str = Field(min_length=1, description="The archive Operation to carry out.")
 
 
 class WebhookAttempt(Payload):
@@ -332,6 +338,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     records.ENDPOINT_DISABLED: EndpointDisabled,
     records.ENDPOINT_RECOVERED: EndpointRecovered,
     records.REPAIR_REQUESTED: RepairRequested,
+    records.ARCHIVE_REQUESTED: ArchiveRequested,
     records.WEBHOOK_ATTEMPT: WebhookAttempt,
     records.WEBHOOK_RECOVER: WebhookRecover,
     records.WEBHOOK_RESEND: WebhookResend,
@@ -339,6 +346,22 @@ PAYLOADS: dict[str, type[BaseModel]] = {
 }
 """Every message type and the model of its ``data``: the public events (the webhook event
 catalogue, :data:`records.PUBLIC_EVENT_TYPES`) and the commands."""
+
+
+def declared(value: Any) -> Any:
+    """``value`` (a payload) as JSON with only the fields its models declare, at every level:
+    what a webhook receiver gets. Fields a producer added that the models do not know (storage
+    keys of messages written by earlier versions, fields of a newer producer) are dropped, so a
+    receiver gets exactly what the catalogue documents."""
+    if isinstance(value, BaseModel):
+        return {name: declared(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {k: declared(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [declared(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
 
 
 def payloads_for(types: Iterable[str]) -> dict[str, type[BaseModel]]:

@@ -48,6 +48,8 @@ EVENT_TYPE_DESCRIPTIONS = {
 
 # Commands.
 REPAIR_REQUESTED = "repair.requested"
+# Sent by upload-ingest, carried out by metadata-repair (it reads stored files already).
+ARCHIVE_REQUESTED = "archive.requested"
 WEBHOOK_ATTEMPT = "webhook.attempt"
 WEBHOOK_RECOVER = "webhook.recover"
 # Sent by upload-ingest, carried out by webhook-dispatch (the one writer of deliveries).
@@ -80,6 +82,12 @@ OPERATIONS = "operations"  # upload-ingest creates; metadata-repair, webhook-dis
 
 def original_key(event_id: str, photo_id: str) -> str:
     return f"events/{event_id}/originals/{photo_id}"
+
+
+def archive_key(event_id: str, operation_id: str) -> str:
+    """Where an event's ZIP archive is written: outside ``events/``, so the orphan sweep of
+    photo objects never takes it for one."""
+    return f"archives/{event_id}/{operation_id}.zip"
 
 
 def variant_key(event_id: str, photo_id: str, variant: str, ext: str = "jpg") -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from typing import Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from darkroom_kit.links import MediaLinks, SigningKey
 
 
 class CommonSettings(BaseSettings):
@@ -50,3 +55,53 @@ class CommonSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Each /readyz dependency check must answer within this, or that dependency is "down".
     ready_check_timeout_seconds: float = Field(default=2.0, gt=0)
+
+
+DEVELOPMENT_KEY_ID = "dev"
+# Loopback hosts: where the development key is accepted (nobody else can reach such a stack).
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def _development_keys() -> list[SigningKey]:
+    return [SigningKey(id=DEVELOPMENT_KEY_ID, secret=SecretStr("darkroom-development-media-key"))]
+
+
+class MediaLinkSettings(BaseSettings):
+    """Signed media links (:mod:`darkroom_kit.links`): upload-ingest signs them in API answers,
+    webhook-dispatch in webhook payloads, so both must hold the same keys."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_nested_delimiter="__")
+
+    # JSON: [{"id": "2026-12", "secret": "..."}, {"id": "2026-06", "secret": "..."}]. New links
+    # are signed with the first; a link signed with any listed key is accepted. Rotate by putting
+    # a new key first and removing the old one once its longest-lived links have expired
+    # (WEBHOOK_MEDIA_LINK_SECONDS). The default is for development only: set your own.
+    media_signing_keys: list[SigningKey] = Field(default_factory=_development_keys, min_length=1)
+    # How long the links in API answers work (at least; see the window).
+    media_link_seconds: int = Field(default=4 * 3600, ge=60, le=30 * 24 * 3600)
+    # Expiries are rounded up to a multiple of this, so a photo asked for again within it has
+    # the same URLs and caches can hit.
+    media_link_window_seconds: int = Field(default=3600, ge=1, le=24 * 3600)
+    # How long the links in webhook payloads work: a receiver may fetch later, and a delivery
+    # may be retried for days.
+    webhook_media_link_seconds: int = Field(default=7 * 24 * 3600, ge=60, le=30 * 24 * 3600)
+    # The longest a cache (browser, CDN) may keep a file served through a link before asking
+    # again: how long a hidden or deleted photo may still be seen from a cache.
+    media_cache_seconds: int = Field(default=300, ge=0)
+
+    @model_validator(mode="after")
+    def _no_development_key_in_public(self) -> Self:
+        # The development key is in the source: anyone could sign links with it. It is only
+        # accepted where the API is reachable from this machine alone.
+        base_url = getattr(self, "public_base_url", "")
+        host = (urlsplit(base_url).hostname or "") if base_url else ""
+        development = any(k.id == DEVELOPMENT_KEY_ID for k in self.media_signing_keys)
+        if development and host not in _LOOPBACK and not host.startswith("127."):
+            raise ValueError(
+                f"MEDIA_SIGNING_KEYS must be set for a public PUBLIC_BASE_URL ({base_url}): "
+                'e.g. [{"id": "2026-12", "secret": "<32+ random characters>"}]'
+            )
+        return self
+
+    def media_links(self, base_url: str) -> MediaLinks:
+        return MediaLinks(base_url, self.media_signing_keys, self.media_link_window_seconds)

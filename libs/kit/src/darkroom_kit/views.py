@@ -9,6 +9,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom_kit.clock import ms_to_iso
+from darkroom_kit.links import LinkedPhoto, MediaUrlsView
 from darkroom_kit.statuses import EventStatus, PhotoKind, PhotoStatus
 from darkroom_kit.stored.events import EventRecord
 from darkroom_kit.stored.photos import PhotoRecord
@@ -24,6 +25,9 @@ class VariantView(View):
     width: int | None = Field(description="Width in pixels.")
     height: int | None = Field(description="Height in pixels.")
     size: int | None = Field(description="Size in bytes.")
+    content_type: str | None = Field(
+        default=None, description="What it is (image/jpeg unless thumbnailing is set otherwise)."
+    )
 
 
 class FeedbackView(View):
@@ -67,10 +71,27 @@ class PhotoView(View):
                     "is_hidden": False,
                     "feedback": {"likes": 0, "average_rating": None, "comment_count": 0},
                     "download_count": 0,
+                    "urls": {
+                        "original": "https://photos.example.com/media/ph_01JD9Z6W3ZQ8M4X2V7K5N1B0C9"
+                        "/original/IMG_0042.jpg?exp=1782000000&kid=2026-12&sig=Zm9v",
+                        "thumbnail": "https://photos.example.com/media/ph_01JD9Z6W3ZQ8M4X2V7K5N1B0C9"
+                        "/thumbnail/IMG_0042.jpg?exp=1782000000&kid=2026-12&sig=YmFy",
+                        "hero": "https://photos.example.com/media/ph_01JD9Z6W3ZQ8M4X2V7K5N1B0C9"
+                        "/hero/IMG_0042.jpg?exp=1782000000&kid=2026-12&sig=YmF6",
+                        "poster": None,
+                        "expires_at": "2026-06-20T22:40:00Z",
+                    },
                     "url": "https://photos.example.com/photos/anna-and-ben/IMG_0042.jpg",
                     "thumbnail_url": "https://photos.example.com/thumbnails/anna-and-ben/IMG_0042.jpg",
                     "hero_url": "https://photos.example.com/heroes/anna-and-ben/IMG_0042.jpg",
-                    "variants": {"thumbnail": {"width": 400, "height": 267, "size": 31250}},
+                    "variants": {
+                        "thumbnail": {
+                            "width": 400,
+                            "height": 267,
+                            "size": 31250,
+                            "content_type": "image/jpeg",
+                        }
+                    },
                 }
             ]
         }
@@ -104,15 +125,23 @@ class PhotoView(View):
     is_hidden: bool = Field(description="Hidden from gallery tokens.")
     feedback: FeedbackView = Field(description="Guest feedback aggregates.")
     download_count: int = Field(description="How often the original was served.")
-    url: str = Field(description="The original.")
-    thumbnail_url: str = Field(description="The thumbnail variant.")
-    hero_url: str = Field(description="The hero (large preview) variant.")
+    urls: MediaUrlsView | None = Field(
+        default=None,
+        description="Signed links that work without a token (in every API answer and webhook "
+        "payload).",
+    )
+    url: str = Field(description="The original, for a token holder (send the token).")
+    thumbnail_url: str = Field(
+        description="The thumbnail, for a token holder; the name ends in .jpg (what it is)."
+    )
+    hero_url: str = Field(description="The hero (large preview), for a token holder.")
     variants: dict[str, VariantView] = Field(description="Rendered variants by name.")
 
     @classmethod
-    def of(cls, photo: PhotoRecord, base_url: str) -> PhotoView:
+    def of(cls, photo: PhotoRecord, base_url: str, urls: MediaUrlsView | None = None) -> PhotoView:
         slug = photo.event_slug
         name = quote(photo.filename, safe="")
+        variant = quote(token_variant_name(photo.filename), safe="")
         return cls(
             id=photo.id,
             event_id=photo.event_id,
@@ -137,11 +166,14 @@ class PhotoView(View):
             is_hidden=photo.is_hidden,
             feedback=NO_FEEDBACK,
             download_count=photo.download_count,
+            urls=urls,
             url=f"{base_url}/photos/{slug}/{name}",
-            thumbnail_url=f"{base_url}/thumbnails/{slug}/{name}",
-            hero_url=f"{base_url}/heroes/{slug}/{name}",
+            thumbnail_url=f"{base_url}/thumbnails/{slug}/{variant}",
+            hero_url=f"{base_url}/heroes/{slug}/{variant}",
             variants={
-                k: VariantView(width=v.width, height=v.height, size=v.size)
+                k: VariantView(
+                    width=v.width, height=v.height, size=v.size, content_type=v.content_type
+                )
                 for k, v in photo.variants.items()
             },
         )
@@ -149,6 +181,35 @@ class PhotoView(View):
     @classmethod
     def of_document(cls, doc: dict[str, Any], base_url: str) -> PhotoView:
         return cls.of(PhotoRecord.of(doc), base_url)
+
+
+def token_variant_name(filename: str) -> str:
+    """The name a variant is served under to token holders: the photo's file name, with .jpg
+    added when it does not end so (a video's thumbnail is a JPEG, not an .mp4)."""
+    return filename if filename.lower().endswith((".jpg", ".jpeg")) else f"{filename}.jpg"
+
+
+def linked(photo: PhotoRecord) -> LinkedPhoto:
+    """What a media link needs of a stored photo."""
+    return LinkedPhoto(
+        id=photo.id,
+        filename=photo.filename,
+        is_video=photo.kind is PhotoKind.VIDEO,
+        is_hidden=photo.is_hidden,
+        variant_types={k: v.content_type for k, v in photo.variants.items()},
+    )
+
+
+def linked_view(view: Any) -> LinkedPhoto:
+    """What a media link needs of a photo as a message carries it (any field may be missing)."""
+    variants = getattr(view, "variants", None) or {}
+    return LinkedPhoto(
+        id=view.id,
+        filename=getattr(view, "filename", None) or view.id,
+        is_video=getattr(view, "kind", None) == PhotoKind.VIDEO.value,
+        is_hidden=bool(getattr(view, "is_hidden", False)),
+        variant_types={k: getattr(v, "content_type", None) for k, v in variants.items()},
+    )
 
 
 class CategoryView(View):

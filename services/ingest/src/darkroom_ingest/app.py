@@ -26,7 +26,7 @@ from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 from prometheus_client import Counter
 
-from darkroom_ingest.api import all_routes
+from darkroom_ingest.api import all_routes, llms
 from darkroom_ingest.api.cors import enable_cors
 from darkroom_ingest.api.declare import register
 from darkroom_ingest.api.openapi import openapi_document
@@ -125,6 +125,7 @@ async def _domain_ctx(app: web.Application) -> AsyncIterator[None]:
         upload_bytes=app[UPLOAD_BYTES],
         uploads=app[UPLOAD_METRICS],
         imports=importer,
+        links=settings.media_links(settings.public_base_url),
     )
     relay = OutboxRelay(
         publisher_outbox,
@@ -266,4 +267,5 @@ def create_app(settings: IngestSettings) -> web.Application:
         return web.json_response(document)
 
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_routes(llms.routes)
     return app

@@ -145,6 +145,10 @@ IDEMPOTENCY_KEY_IN_USE = ErrorKind(
 VARIANT_UNAVAILABLE = ErrorKind("variant_unavailable", 404, "No variant for this photo")
 THUMBNAIL_PROCESSING = ErrorKind("thumbnail_processing", 404, "The thumbnail is not ready yet")
 HERO_PROCESSING = ErrorKind("hero_processing", 404, "The hero is not ready yet")
+# Signed media links: one answer for every way a link can be wrong (altered, cut, another
+# variant's or photo's signature, a retired key), so it tells nothing about the photo.
+LINK_INVALID = ErrorKind("link_invalid", 403, "The link is not valid")
+LINK_EXPIRED = ErrorKind("link_expired", 403, "The link has expired")
 
 # uploads
 INVALID_CHUNK_INDEX = ErrorKind("invalid_chunk_index", 400, "The chunk index is not a number")
@@ -164,6 +168,14 @@ COMMAND_NOT_SENT = ErrorKind(
 OPERATION_NOT_FOUND = not_found_kind("operation")
 OPERATION_NOT_CANCELLABLE = ErrorKind(
     "operation_not_cancellable", 409, "This kind of Operation cannot be stopped"
+)
+
+# archives (jobs.py)
+ARCHIVE_NOT_FOUND = not_found_kind("archive")
+EMPTY_SELECTION = ErrorKind("empty_selection", 422, "The archive would hold no photo")
+PHOTO_NOT_IN_EVENT = ErrorKind("photo_not_in_event", 422, "A photo is not one of the event's")
+ARCHIVE_IN_PROGRESS = ErrorKind(
+    "archive_in_progress", 409, "Another archive of the event is being made"
 )
 
 # S3 prefix imports (imports.py)

@@ -3,6 +3,8 @@ who may read which."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from darkroom_kit import records
@@ -12,12 +14,22 @@ from darkroom_kit.mongo import Database
 from darkroom_kit.operations import Operations, new_operation_id
 from darkroom_kit.outbox import Outbox
 from darkroom_kit.problems import FieldError
-from darkroom_kit.stored.operations import OperationRecord, RecoverParams, RepairParams
+from darkroom_kit.statuses import OperationState, PhotoStatus
+from darkroom_kit.stored.events import EventRecord
+from darkroom_kit.stored.operations import (
+    ArchiveParams,
+    OperationRecord,
+    RecoverParams,
+    RepairParams,
+)
 
 from darkroom_ingest.errors import (
+    ARCHIVE_IN_PROGRESS,
+    EMPTY_SELECTION,
     INSUFFICIENT_SCOPE,
     OPERATION_NOT_CANCELLABLE,
     OPERATION_NOT_FOUND,
+    PHOTO_NOT_IN_EVENT,
     VALIDATION_FAILED,
 )
 from darkroom_ingest.events import EventService
@@ -26,12 +38,14 @@ from darkroom_ingest.tokens import Principal, Scope
 REPAIR = "repair_dimensions"
 RECOVER = "webhook_recover"
 IMPORT = "s3_import"  # darkroom_ingest.imports
+ARCHIVE = "archive"  # carried out by metadata-repair (darkroom_repair.archives)
 
 # Who may read an Operation: whoever may start one of its kind (read side).
 READ_SCOPES = {
     REPAIR: Scope.PHOTOS_READ,
     RECOVER: Scope.WEBHOOKS_MANAGE,
     IMPORT: Scope.PHOTOS_READ,
+    ARCHIVE: Scope.PHOTOS_READ,
 }
 # Who may stop one, by kind: the kinds that can be stopped.
 STOP_SCOPES = {IMPORT: Scope.PHOTOS_WRITE}
@@ -47,6 +61,8 @@ class Jobs:
         grace_ms: int,
     ) -> None:
         self._operations = Operations(db)
+        self._operation_docs = db[records.OPERATIONS]
+        self._photos = db[records.PHOTOS]
         self._outbox = publisher_outbox
         self._topology = topology
         self._events = events
@@ -101,6 +117,124 @@ class Jobs:
         command = Envelope.new(records.WEBHOOK_RECOVER, {"operation_id": op_id})
         # The total is counted when the recovery starts (the range may still be filling up).
         return await self._start(op_id, RECOVER, params.model_dump(), {"resent": 0}, command)
+
+    async def start_archive(
+        self,
+        principal: Principal,
+        event: EventRecord,
+        photo_ids: list[str] | None,
+        include_hidden: bool,
+        variant: str,
+    ) -> tuple[OperationRecord, bool]:
+        """An archive Operation for this selection, and whether it was started now (False: one
+        for the same selection is being made, or is made and has not expired: it is the
+        answer). Another archive of the event in the making is 409: one at a time per event
+        bounds what a caller can make the workers do."""
+        if include_hidden and principal.event_id is not None:
+            raise VALIDATION_FAILED.error(
+                errors=[
+                    FieldError(
+                        "/include_hidden",
+                        "a token bound to an event never sees hidden photos",
+                        "not_allowed",
+                    )
+                ]
+            )
+        shown: dict[str, Any] = {} if include_hidden else {"is_hidden": {"$ne": True}}
+        query: dict[str, Any] = {
+            "event_id": event.id,
+            "status": {"$ne": PhotoStatus.DELETING},
+            **shown,
+        }
+        if photo_ids is not None:
+            await self._check_selection(query, photo_ids)
+            generation: Any = None
+        else:
+            # "Every photo" is the same selection only while no photo came or went.
+            count = await self._photos.count_documents(query)
+            if count == 0:
+                raise EMPTY_SELECTION.error(
+                    "The event has no photo to archive.", errors=[FieldError("/photo_ids", "")]
+                )
+            newest = await self._photos.find_one(
+                query, {"created_ms": 1}, sort=[("created_ms", -1)]
+            )
+            generation = [count, (newest or {}).get("created_ms")]
+        digest = hashlib.sha256(
+            json.dumps(
+                [event.id, photo_ids, include_hidden, variant, generation], separators=(",", ":")
+            ).encode()
+        ).hexdigest()
+        now = now_ms()
+        fresh = await self._operation_docs.find_one(
+            {
+                "kind": ARCHIVE,
+                "params.selection": digest,
+                "$or": [
+                    {"state": {"$in": [OperationState.QUEUED, OperationState.RUNNING]}},
+                    {"state": OperationState.DONE, "result.expires_ms": {"$gt": now}},
+                ],
+            },
+            sort=[("created_ms", -1)],
+        )
+        if fresh is not None:
+            return OperationRecord.from_document(fresh), False
+        busy = await self._operation_docs.find_one(
+            {
+                "kind": ARCHIVE,
+                "params.event_id": event.id,
+                "state": {"$in": [OperationState.QUEUED, OperationState.RUNNING]},
+            },
+            {"_id": 1},
+        )
+        if busy is not None:
+            raise ARCHIVE_IN_PROGRESS.error(
+                f"Operation {busy['_id']} is making one; ask again when it ends.",
+                extra={"operation_id": busy["_id"]},
+                retry_after=5,
+            )
+        params = ArchiveParams(
+            event_id=event.id,
+            photo_ids=photo_ids,
+            include_hidden=include_hidden,
+            variant=variant,
+            selection=digest,
+        )
+        op_id = new_operation_id()
+        command = Envelope.new(records.ARCHIVE_REQUESTED, {"operation_id": op_id})
+        progress = {"files": 0, "files_total": 0, "bytes": 0, "bytes_total": 0, "skipped": 0}
+        await self._start(op_id, ARCHIVE, params.model_dump(), progress, command)
+        return await self.wait(op_id, 0), True
+
+    async def _check_selection(self, query: dict[str, Any], photo_ids: list[str]) -> None:
+        if not photo_ids:
+            raise EMPTY_SELECTION.error(
+                "Name at least one photo, or leave photo_ids out for every photo.",
+                errors=[FieldError("/photo_ids", "empty", "empty_selection")],
+            )
+        seen: dict[str, int] = {}
+        for i, photo_id in enumerate(photo_ids):
+            if photo_id in seen:
+                raise VALIDATION_FAILED.error(
+                    errors=[FieldError(f"/photo_ids/{i}", "named twice", "duplicate")]
+                )
+            seen[photo_id] = i
+        found = {
+            str(doc["_id"])
+            async for doc in self._photos.find({**query, "_id": {"$in": photo_ids}}, {"_id": 1})
+        }
+        # Not found, deleted, hidden (unless asked for) or another event's: one answer for all,
+        # so a caller learns nothing of photos outside what it may archive.
+        missing = [i for photo_id, i in seen.items() if photo_id not in found]
+        if missing:
+            raise PHOTO_NOT_IN_EVENT.error(
+                f"{len(missing)} of the photos named are not photos of this event that the "
+                "archive may hold.",
+                errors=[
+                    FieldError(f"/photo_ids/{i}", "not a photo of this event", "not_in_event")
+                    for i in missing[:100]
+                ],
+            )
 
     async def wait(self, op_id: str, seconds: float) -> OperationRecord:
         """The Operation once it ends, or as it is after ``seconds``."""

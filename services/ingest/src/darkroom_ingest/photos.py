@@ -224,10 +224,7 @@ class PhotoService:
             photo = PhotoRecord.of(doc)
             message = Envelope.new(
                 records.PHOTO_UPLOADED,
-                {
-                    "photo": PhotoView.of(photo, self._base_url).model_dump(mode="json"),
-                    "original_key": photo.original_key,
-                },
+                {"photo": PhotoView.of(photo, self._base_url).model_dump(mode="json")},
             )
             doc.update(self._outbox.fields(events_exchange, [message], self._grace_ms))
 

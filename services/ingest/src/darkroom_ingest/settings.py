@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from darkroom_kit.settings import CommonSettings
+from darkroom_kit.settings import CommonSettings, MediaLinkSettings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 MB = 1000 * 1000
@@ -37,7 +37,7 @@ class ImportSource(BaseModel):
         return value
 
 
-class IngestSettings(CommonSettings):
+class IngestSettings(CommonSettings, MediaLinkSettings):
     allowed_types: list[str] = ["jpeg", "png", "gif", "webp"]
     max_file_bytes: int = Field(default=50 * MB, ge=1)
     max_batch_files: int = Field(default=500, ge=1)

@@ -26,6 +26,7 @@ from darkroom_kit.pool import RENDER_POOL, pool_ctx
 from darkroom_kit.readiness import readiness_ctx
 from darkroom_kit.storage import OBJECT_STORE, object_store_ctx
 
+from darkroom_repair.archives import Archiver
 from darkroom_repair.deps import DEPS, Deps
 from darkroom_repair.repair import Repairer
 from darkroom_repair.settings import DEFAULT_RETRY_DELAYS_MS, RepairSettings
@@ -34,6 +35,7 @@ SERVICE = "metadata-repair"
 
 REPAIRER: web.AppKey[Repairer] = web.AppKey("repairer", Repairer)
 RELAY: web.AppKey[OutboxRelay] = web.AppKey("outbox_relay", OutboxRelay)
+ARCHIVER: web.AppKey[Archiver] = web.AppKey("archiver", Archiver)
 
 
 def queue_spec(
@@ -45,6 +47,26 @@ def queue_spec(
         (records.REPAIR_REQUESTED,),
         retry_delays_ms,
     )
+
+
+def archive_queue_spec(
+    topology: Topology, retry_delays_ms: tuple[int, ...] = DEFAULT_RETRY_DELAYS_MS
+) -> QueueSpec:
+    return QueueSpec(
+        topology.queue(SERVICE, "archives"),
+        topology.commands,
+        (records.ARCHIVE_REQUESTED,),
+        retry_delays_ms,
+    )
+
+
+def queue_specs(topology: Topology, settings: RepairSettings | None = None) -> list[QueueSpec]:
+    """Every queue metadata-repair consumes (for tools that clean up after it)."""
+    settings = settings or RepairSettings()
+    return [
+        queue_spec(topology, settings.repair_retry_delays_ms),
+        archive_queue_spec(topology, settings.archive_retry_delays_ms),
+    ]
 
 
 def create_app(settings: RepairSettings) -> web.Application:
@@ -72,10 +94,17 @@ def create_app(settings: RepairSettings) -> web.Application:
         )
         app[DEPS] = deps
         app[REPAIRER] = Repairer(deps)
+        app[ARCHIVER] = Archiver(deps)
         yield
 
     def handler(app: web.Application) -> Typed:
         return typed(app[REPAIRER].handle)
+
+    def archive_handler(app: web.Application) -> Typed:
+        return typed(app[ARCHIVER].handle)
+
+    async def expire_archives(app: web.Application) -> int:
+        return await app[ARCHIVER].expire()
 
     async def relay_pass(app: web.Application) -> int:
         return await app[RELAY].run_once()
@@ -96,6 +125,17 @@ def create_app(settings: RepairSettings) -> web.Application:
             domain_ctx,
             consumer_ctx(
                 settings, lambda t: queue_spec(t, settings.repair_retry_delays_ms), handler, metrics
+            ),
+            consumer_ctx(
+                settings,
+                lambda t: archive_queue_spec(t, settings.archive_retry_delays_ms),
+                archive_handler,
+                metrics,
+            ),
+            periodic_ctx(
+                "expired archives deleted",
+                expire_archives,
+                settings.archive_expiry_interval_seconds,
             ),
             periodic_ctx(
                 "outbox relay republished",

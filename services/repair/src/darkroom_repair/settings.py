@@ -27,3 +27,10 @@ class RepairSettings(CommonSettings):
     # this long is published by the relay, which looks every interval.
     outbox_grace_ms: int = Field(default=10_000, ge=0)
     outbox_relay_interval_seconds: float = Field(default=2.0, ge=0)
+    # Event archives (archives.py): how long a made archive is kept (and its link works), the
+    # size of the parts it goes up in, the retries of a failed one (then its Operation is
+    # failed), how often expired ones are deleted.
+    archive_ttl_seconds: float = Field(default=24 * 3600, gt=0)
+    archive_part_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
+    archive_retry_delays_ms: tuple[int, ...] = DEFAULT_RETRY_DELAYS_MS
+    archive_expiry_interval_seconds: float = Field(default=300.0, ge=0)  # 0: off

@@ -162,7 +162,10 @@ class Thumbnailer:
             records.PHOTO_PROCESSED,
             {
                 "photo": records.photo_public(processed, self._base_url),
-                "variants": {k: {"key": v["key"], "size": v["size"]} for k, v in variants.items()},
+                "variants": {
+                    k: {n: v[n] for n in ("size", "width", "height", "content_type")}
+                    for k, v in variants.items()
+                },
             },
         )
         ops = self._outbox.push(self._topology.events, [message], self._grace_ms)

@@ -139,6 +139,7 @@ def create_app(settings: WebhookSettings) -> web.Application:
             metrics=webhook_metrics,
             operation_metrics=operation_metrics,
             lease_ms=lease_ms,
+            links=settings.media_links(settings.public_base_url),
         )
         app[DEPS] = deps
         app[GATE] = gate

@@ -18,6 +18,7 @@ import aiohttp
 from darkroom_kit import records
 from darkroom_kit.batching import Batcher
 from darkroom_kit.clock import iso_to_ms, ms_to_iso, now_ms
+from darkroom_kit.links import MediaLinks
 from darkroom_kit.logs import bound
 from darkroom_kit.messaging import (
     Defer,
@@ -34,9 +35,11 @@ from darkroom_kit.payloads import (
     EndpointNotice,
     EventArchived,
     Photo,
+    PhotoDeleted,
     WebhookAttempt,
     WebhookResend,
     WebhookSendTest,
+    declared,
 )
 from darkroom_kit.statuses import DELIVERY_FINAL, DeliveryStatus
 from darkroom_kit.stored.deliveries import (
@@ -47,6 +50,7 @@ from darkroom_kit.stored.deliveries import (
     delivery_body,
 )
 from darkroom_kit.stored.endpoints import EndpointRecord
+from darkroom_kit.views import linked_view
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 from pymongo import UpdateOne
@@ -247,6 +251,18 @@ def about(payload: BaseModel) -> tuple[str | None, str | None]:
     return None, None
 
 
+def public_body(envelope: Envelope, payload: BaseModel, links: MediaLinks, ttl_s: int) -> str:
+    """The body every endpoint gets for ``envelope``: the fields the catalogue documents, and
+    signed links to the photo it is about (for the owner's systems, so they work while the photo
+    is hidden; not for a deleted photo, whose links could never work)."""
+    data = declared(payload)
+    photo = getattr(payload, "photo", None)
+    if isinstance(photo, Photo) and not isinstance(payload, PhotoDeleted):
+        urls = links.urls(linked_view(photo), ttl_s, hidden_ok=True)
+        data["photo"]["urls"] = urls.model_dump(mode="json")
+    return delivery_body(envelope.id, envelope.type, envelope.time, data)
+
+
 def wants(
     endpoint: EndpointRecord, event_type: str, about_endpoint: str | None, event_id: str | None
 ) -> bool:
@@ -334,6 +350,8 @@ class Dispatcher:
         self._outbox = deps.outbox
         self._outbox_grace_ms = settings.outbox_grace_ms
         self._local_wait_s = settings.local_wait_seconds
+        self._links = deps.links
+        self._webhook_link_seconds = settings.webhook_media_link_seconds
         # Many messages at once share one read of the endpoints and one bulk write each.
         self._endpoint_reads: Batcher[None, list[EndpointRecord]] = Batcher(self._load_endpoints)
         self._inserts: Batcher[list[Document], set[str]] = Batcher(self._insert_deliveries)
@@ -350,7 +368,7 @@ class Dispatcher:
         targets = [e for e in endpoints if wants(e, envelope.type, about_endpoint, event_id)]
         if not targets:
             return
-        body = delivery_body(envelope.type, envelope.time, envelope.data)
+        body = public_body(envelope, message.payload, self._links, self._webhook_link_seconds)
         now = now_ms()
         event_ms = iso_to_ms(envelope.time) or now
         # Places under the replica cap are taken before the write, so the deliveries this
@@ -496,6 +514,7 @@ class Dispatcher:
                 message_id=envelope.id,
                 event_type=records.WEBHOOK_TEST,
                 body=delivery_body(
+                    envelope.id,
                     records.WEBHOOK_TEST,
                     envelope.time,
                     {"endpoint": {"id": endpoint.id, "url": endpoint.shown_url}},

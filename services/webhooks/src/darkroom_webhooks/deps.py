@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
+from darkroom_kit.links import MediaLinks
 from darkroom_kit.messaging import Publisher, Topology
 from darkroom_kit.metrics import OperationMetrics
 from darkroom_kit.mongo import Database
@@ -32,6 +33,8 @@ class Deps:
     operation_metrics: OperationMetrics
     # The lease of a delivery and of an endpoint slot (the gate's and the dispatcher's).
     lease_ms: int
+    # Signs the media links of webhook payloads.
+    links: MediaLinks
 
 
 DEPS: web.AppKey[Deps] = web.AppKey("deps", Deps)

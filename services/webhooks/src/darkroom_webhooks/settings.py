@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from darkroom_kit.settings import CommonSettings
+from darkroom_kit.settings import CommonSettings, MediaLinkSettings
 from pydantic import Field
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 
 
-class WebhookSettings(CommonSettings):
+class WebhookSettings(CommonSettings, MediaLinkSettings):
     http_port: int = 8083
     # Delay before each retry (the first attempt is immediate): 5 s, 5 min, 30 min, 2 h, 5 h,
     # 10 h, 10 h. Each delay is one RabbitMQ retry-tier queue.

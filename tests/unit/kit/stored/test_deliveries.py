@@ -10,13 +10,15 @@ from darkroom_kit.stored.endpoints import EndpointRecord
 
 
 def test_a_delivery_is_built_stored_and_read_back() -> None:
-    body = delivery_body("photo.uploaded", "2026-01-01T00:00:00.000Z", {"name": "Zoë ✓"})
+    body = delivery_body("msg_0", "photo.uploaded", "2026-01-01T00:00:00.000Z", {"name": "Zoë ✓"})
     # Compact and UTF-8, whoever builds it (a test send used to be \\u-escaped).
     assert "Zoë ✓" in body
     assert ", " not in body
     assert json.loads(body) == {
+        "id": "msg_0",
         "type": "photo.uploaded",
         "timestamp": "2026-01-01T00:00:00.000Z",
+        "schema_version": 2,
         "data": {"name": "Zoë ✓"},
     }
     new = DeliveryRecord.new(

@@ -15,11 +15,24 @@ from darkroom_kit.stored._base import Record
 ATTEMPTS = "attempts"  # the field that holds a delivery's attempts, a map by attempt number
 
 
-def delivery_body(event_type: str, timestamp: str, data: dict[str, Any]) -> str:
-    """The JSON body a receiver gets (``{"type", "timestamp", "data"}``), compact and in UTF-8
-    (not \\u-escaped): the bytes signed and sent are these, on every attempt."""
+# The shape of the bodies below and of their ``data`` (GET /v1/webhook-event-types says what
+# each holds). 2: ``id`` and ``schema_version`` added, storage keys gone, signed ``urls`` added.
+SCHEMA_VERSION = 2
+
+
+def delivery_body(event_id: str, event_type: str, timestamp: str, data: dict[str, Any]) -> str:
+    """The JSON body a receiver gets (``{"id", "type", "timestamp", "schema_version",
+    "data"}``), compact and in UTF-8 (not \\u-escaped): the bytes signed and sent are these, on
+    every attempt. ``id`` is the event's (the same for every endpoint; the ``webhook-id``
+    header is the delivery's)."""
     return json.dumps(
-        {"type": event_type, "timestamp": timestamp, "data": data},
+        {
+            "id": event_id,
+            "type": event_type,
+            "timestamp": timestamp,
+            "schema_version": SCHEMA_VERSION,
+            "data": data,
+        },
         separators=(",", ":"),
         ensure_ascii=False,
     )

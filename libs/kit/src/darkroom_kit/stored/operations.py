@@ -59,6 +59,22 @@ class RepairParams(BaseModel):
     include_capture_date: bool = False
 
 
+class ArchiveParams(BaseModel):
+    """The params of an ``archive`` Operation: photos of one event as one ZIP."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: str
+    # In this order; None: every photo of the event, in upload order.
+    photo_ids: list[str] | None = None
+    include_hidden: bool = False
+    # original, thumbnail or hero.
+    variant: str = "original"
+    # A digest of the above: a request for the same selection while this one is fresh is
+    # answered with this Operation.
+    selection: str
+
+
 class ImportParams(BaseModel):
     """The params of an ``s3_import`` Operation: objects under ``prefix`` of the import source
     ``source`` (named in upload-ingest's settings), into the event ``event_id``."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from darkroom_ingest.api import (
+    archives,
     deliveries,
     direct,
     events,
@@ -32,6 +33,7 @@ RESOURCES = (
     webhooks,
     deliveries,
     operations,
+    archives,
 )
 
 

@@ -211,7 +211,9 @@ async def complete_direct_upload(call: Call, body: DirectComplete) -> UploadedPh
     upload = await _load(call)
     parts = None if body.parts is None else [(p.part_number, p.etag) for p in body.parts]
     photo = await call.deps.direct.complete(upload, parts)
-    return UploadedPhoto.of_completion(photo, upload.photo_id, call.deps.base_url)
+    return UploadedPhoto.of_completion(
+        photo, upload.photo_id, lambda p: call.deps.photo_view(p, call.principal)
+    )
 
 
 @routes.delete(

@@ -3,7 +3,12 @@ read until it ends."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from darkroom_kit.clock import datetime_to_ms, ms_to_iso
+from darkroom_kit.links import MediaLinks, Variant
+from darkroom_kit.statuses import OperationState
 from darkroom_kit.stored.operations import OperationRecord
 
 from darkroom_ingest.api.declare import Call, Reply, RouteTable
@@ -14,6 +19,7 @@ from darkroom_ingest.errors import (
     OPERATION_NOT_FOUND,
     WEBHOOK_NOT_FOUND,
 )
+from darkroom_ingest.jobs import ARCHIVE
 from darkroom_ingest.schemas.common import WaitQuery
 from darkroom_ingest.schemas.operations import OperationOut, RepairRequest
 from darkroom_ingest.schemas.webhooks import RecoverRequest
@@ -24,7 +30,28 @@ routes = RouteTable("operations")
 ENDED = "The Operation ended within ?wait: its result"
 
 
-def operation_out(op: OperationRecord) -> OperationOut:
+def _public_result(op: OperationRecord, links: MediaLinks) -> dict[str, Any] | None:
+    """The result as callers see it: an archive's with a signed link to its ZIP (made at each
+    read, so it is never older than the answer), never its storage key."""
+    if op.result is None or op.kind != ARCHIVE:
+        return op.result
+    result = {k: v for k, v in op.result.items() if k not in ("key", "expires_ms", "deleted_ms")}
+    expires_ms = op.result.get("expires_ms")
+    if isinstance(expires_ms, int):
+        result["expires_at"] = ms_to_iso(expires_ms)
+        remaining_s = expires_ms // 1000 - int(time.time())
+        if op.state is OperationState.DONE and remaining_s > 0 and "deleted_ms" not in op.result:
+            result["download_url"] = links.sign(
+                op.id,
+                Variant.ARCHIVE,
+                str(op.result.get("filename") or f"{op.id}.zip"),
+                max(60, min(remaining_s, 7 * 24 * 3600)),
+                attachment=True,
+            )[0]
+    return result
+
+
+def operation_out(op: OperationRecord, links: MediaLinks) -> OperationOut:
     return OperationOut(
         id=op.id,
         kind=op.kind,
@@ -32,7 +59,7 @@ def operation_out(op: OperationRecord) -> OperationOut:
         created_at=ms_to_iso(op.created_ms) or "",
         updated_at=ms_to_iso(op.updated_ms),
         progress=op.progress,
-        result=op.result,
+        result=_public_result(op, links),
         details=op.details or None,
         stop_requested_at=ms_to_iso(op.stop_requested_ms),
     )
@@ -42,7 +69,11 @@ async def answer(call: Call, op_id: str, wait: float) -> Reply[OperationOut]:
     """202 with the Operation, or 200 with its result when it ends within ``wait``."""
     op = await call.deps.jobs.wait(op_id, wait)
     status = 200 if op.final else 202
-    return Reply(operation_out(op), status=status, headers={"Location": f"/v1/operations/{op_id}"})
+    return Reply(
+        operation_out(op, call.deps.links),
+        status=status,
+        headers={"Location": f"/v1/operations/{op_id}"},
+    )
 
 
 @routes.post(
@@ -109,7 +140,7 @@ async def get_operation(call: Call, query: WaitQuery) -> OperationOut:
     """Its state, progress and, when done, its result. Readable with the scope that reads what
     it works on: photos.read for a repair, webhooks.manage for a webhook recovery."""
     op = await call.deps.jobs.read(call.principal, call.path("operation_id"), query.wait)
-    return operation_out(op)
+    return operation_out(op, call.deps.links)
 
 
 @routes.post(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from darkroom_kit.clock import ms_to_iso
+from darkroom_kit.links import Variant
 from darkroom_kit.views import PhotoView
 
 from darkroom_ingest import batches
@@ -21,6 +23,7 @@ from darkroom_ingest.errors import (
     UNKNOWN_CATEGORY,
     UNSUPPORTED_MEDIA_TYPE,
 )
+from darkroom_ingest.schemas.media import DownloadLinkIn, DownloadLinkOut
 from darkroom_ingest.schemas.photos import (
     BatchOut,
     BulkDelete,
@@ -90,7 +93,8 @@ async def upload_batch(call: Call, query: DuplicatesQuery) -> Reply[BatchOut]:
     return Reply(
         BatchOut(
             uploaded=[
-                UploadedPhoto.of_outcome(c.photo, c.duplicate, deps.base_url) for c in committed
+                UploadedPhoto.of_outcome(deps.photo_view(c.photo, call.principal), c.duplicate)
+                for c in committed
             ],
             skipped=[Skipped(**s.as_dict()) for s in skipped],
         ),
@@ -122,7 +126,7 @@ async def list_photos(call: Call, query: PhotoListQuery) -> PhotoPage:
         sort=query.sort,
     )
     return PhotoPage(
-        items=[PhotoView.of(p, deps.base_url) for p in photos],
+        items=[deps.photo_view(p, call.principal) for p in photos],
         total=total,
         limit=query.limit,
         offset=query.offset,
@@ -140,7 +144,7 @@ async def list_photos(call: Call, query: PhotoListQuery) -> PhotoPage:
 async def get_photo(call: Call) -> PhotoView:
     """A photo with its URLs, dimensions and processing status."""
     photo = await call.deps.gallery.get(call.principal, call.path("photo_id"))
-    return PhotoView.of(photo, call.deps.base_url)
+    return call.deps.photo_view(photo, call.principal)
 
 
 @routes.patch(
@@ -158,7 +162,7 @@ async def patch_photo(call: Call, body: PhotoPatch) -> PhotoView:
     gallery = call.deps.gallery
     photo = await gallery.get(call.principal, call.path("photo_id"))
     fields = {name: getattr(body, name) for name in body.model_fields_set}
-    return PhotoView.of(await gallery.patch(photo, fields), call.deps.base_url)
+    return call.deps.photo_view(await gallery.patch(photo, fields), call.principal)
 
 
 @routes.delete(
@@ -189,4 +193,36 @@ async def bulk_delete_photos(call: Call, body: BulkDelete) -> BulkDeleteOut:
     deleted, missing = await call.deps.gallery.bulk_delete(call.principal, body.photo_ids)
     return BulkDeleteOut(
         deleted=deleted, failed=[BulkFailure(id=m, code="photo_not_found") for m in missing]
+    )
+
+
+@routes.post(
+    "/v1/photos/{photo_id}/download-link",
+    operation_id="createDownloadLink",
+    summary="Make an expiring download link",
+    scope=Scope.PHOTOS_READ,
+    body=DownloadLinkIn,
+    body_optional=True,
+    response=DownloadLinkOut,
+    errors=(PHOTO_NOT_FOUND,),
+)
+async def create_download_link(call: Call, body: DownloadLinkIn) -> DownloadLinkOut:
+    """A link anyone may use, without a token, to download the original (Content-Disposition:
+    attachment, with the name it was uploaded as) until it expires. Each full download through
+    it counts in ``download_count``. It stops working at once if the photo is deleted, or
+    hidden (unless the caller may see hidden photos)."""
+    deps = call.deps
+    photo = await deps.gallery.get(call.principal, call.path("photo_id"))
+    url, expires_s = deps.links.sign(
+        photo.id,
+        Variant.ORIGINAL,
+        photo.filename,
+        body.expires_in_seconds,
+        attachment=True,
+        hidden_ok=call.principal.event_id is None,
+    )
+    return DownloadLinkOut(
+        url=url,
+        filename=photo.original_filename or photo.filename,
+        expires_at=ms_to_iso(expires_s * 1000) or "",
     )

@@ -180,7 +180,7 @@ async def complete_upload(call: Call) -> UploadedPhoto:
     return UploadedPhoto.of_completion(
         photo,
         upload.photo_id,
-        call.deps.base_url,
+        lambda p: call.deps.photo_view(p, call.principal),
         reader=call.principal.may(Scope.PHOTOS_READ),
     )
 

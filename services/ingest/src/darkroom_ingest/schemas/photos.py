@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from darkroom_kit.mongo import Document
@@ -108,23 +109,27 @@ class UploadedPhoto(PhotoView):
     )
 
     @classmethod
-    def of_outcome(cls, photo: PhotoRecord, duplicate: bool, base_url: str) -> UploadedPhoto:
-        view = PhotoView.of(photo, base_url)
-        return cls(**dict(view), duplicate_of=photo.id if duplicate else None)
+    def of_outcome(cls, view: PhotoView, duplicate: bool) -> UploadedPhoto:
+        return cls(**dict(view), duplicate_of=view.id if duplicate else None)
 
     @classmethod
     def of_completion(
-        cls, photo: Document, upload_photo_id: str, base_url: str, *, reader: bool = True
+        cls,
+        photo: Document,
+        upload_photo_id: str,
+        view: Callable[[PhotoRecord], PhotoView],
+        *,
+        reader: bool = True,
     ) -> UploadedPhoto:
         """An upload's photo: a copy of another when it is not the one chosen at its creation.
 
         ``reader``: whether the caller may read the event's photos. One who may not (a guest
         link) learns that its file is there, not what the owner wrote about that photo."""
         record = PhotoRecord.of(photo)
-        view = cls.of_outcome(record, record.id != upload_photo_id, base_url)
-        if view.duplicate_of is None or reader:
-            return view
-        return view.model_copy(
+        uploaded = cls.of_outcome(view(record), record.id != upload_photo_id)
+        if uploaded.duplicate_of is None or reader:
+            return uploaded
+        return uploaded.model_copy(
             update={
                 "title": None,
                 "description": None,

@@ -1,0 +1,315 @@
+"""Event archives end to end: the request (upload-ingest), the ZIP written by streaming
+(metadata-repair), its signed download link used without a token, expiry, refusals, and a
+kill -9 of the archiving service mid-way."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import signal
+import zipfile
+from typing import Any
+
+from darkroom_kit import records
+from darkroom_kit.ids import new_id
+from darkroom_kit.messaging import Topology
+from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.storage import OBJECT_STORE
+from darkroom_repair.app import ARCHIVER, queue_specs
+from darkroom_repair.app import create_app as create_repair
+from darkroom_repair.settings import RepairSettings
+from yarl import URL
+
+from tests.factories.api import (
+    Client,
+    TokenMaker,
+    assert_problem,
+    auth,
+    form,
+    make_event,
+)
+from tests.factories.media import jpeg_bytes, jpeg_like
+from tests.factories.messaging import eventually
+from tests.factories.servers import QueueJanitor, to_env
+
+
+async def seed_photos(api: Client, token: str, event_id: str, seed: bytes, count: int) -> list[str]:
+    """``count`` photos of one stored original (uploading each would test uploads, not
+    archives), all named alike, so the archive must make the names unique."""
+    resp = await api.post(
+        f"/v1/events/{event_id}/photos", data=form(("seed.jpg", seed)), headers=auth(token)
+    )
+    assert resp.status == 201, await resp.text()
+    photos = api.app[MONGO_DB][records.PHOTOS]
+    first = await photos.find_one({"event_id": event_id}, {"outbox": 0, "outbox_due_ms": 0})
+    assert first is not None
+    first.pop("content_key", None)
+    clones = [
+        {
+            **first,
+            "_id": new_id("ph"),
+            "filename": f"copy-{i}.jpg",
+            "original_filename": "IMG.jpg",
+            "created_ms": first["created_ms"] + i + 1,
+        }
+        for i in range(count - 1)
+    ]
+    if clones:
+        await photos.insert_many(clones)
+    return [first["_id"], *(c["_id"] for c in clones)]
+
+
+async def archive(api: Client, token: str, event_id: str, **body: Any) -> tuple[int, Any]:
+    resp = await api.post(f"/v1/events/{event_id}/archives", json=body, headers=auth(token))
+    return resp.status, await resp.json()
+
+
+async def finished(api: Client, token: str, op_id: str, timeout: float = 120) -> dict[str, Any]:
+    async def ended() -> dict[str, Any] | None:
+        resp = await api.get(f"/v1/operations/{op_id}?wait=5", headers=auth(token))
+        op: dict[str, Any] = await resp.json()
+        return op if op["state"] in ("done", "failed") else None
+
+    result: dict[str, Any] = await eventually(ended, timeout=timeout)
+    return result
+
+
+async def download(api: Client, url: str) -> bytes:
+    resp = await api.get(URL(url, encoded=True).raw_path_qs)  # no token
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"] == "application/zip"
+    assert resp.headers["Content-Disposition"].startswith("attachment;")
+    return await resp.read()
+
+
+async def test_an_archive_of_300_photos_opens_and_holds_every_byte(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+) -> None:
+    settings = RepairSettings(**settings_kwargs)
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
+    await aiohttp_client(create_repair(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    seed = jpeg_bytes(320, 240)
+    ids = await seed_photos(api, token, event["id"], seed, 300)
+
+    status, op = await archive(api, token, event["id"])
+    assert status == 202, op
+    assert op["kind"] == "archive"
+    done = await finished(api, token, op["id"])
+    assert done["state"] == "done", done
+    result = done["result"]
+    assert result["files"] == 300
+    assert done["progress"]["files"] == done["progress"]["files_total"] == 300
+    assert done["progress"]["bytes"] == 300 * len(seed)
+    assert "key" not in result  # never a storage key
+    data = await download(api, result["download_url"])
+    assert len(data) == result["size"]
+    assert hashlib.sha256(data).hexdigest() == result["sha256"]
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = zf.infolist()
+        assert len(infos) == 300
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        names = [i.filename for i in infos]
+        assert names[0] == "seed.jpg"
+        assert names[1] == "IMG.jpg"
+        assert names[2] == "IMG (2).jpg"  # the same name made unique
+        assert len({n.lower() for n in names}) == 300
+        assert all(zf.read(i) == seed for i in infos)
+
+    # The same selection again while the archive is fresh: the same archive.
+    status, again = await archive(api, token, event["id"])
+    assert status == 200
+    assert again["id"] == op["id"]
+    # A chosen selection is another archive, in that order.
+    status, chosen = await archive(
+        api, token, event["id"], photo_ids=[ids[5], ids[0]], variant="original"
+    )
+    assert status == 202
+    chosen_done = await finished(api, token, chosen["id"])
+    with zipfile.ZipFile(
+        io.BytesIO(await download(api, chosen_done["result"]["download_url"]))
+    ) as zf:
+        assert zf.namelist() == ["IMG.jpg", "seed.jpg"]
+
+
+async def test_archives_expire_and_their_links_stop(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+) -> None:
+    settings = RepairSettings(
+        **settings_kwargs, archive_ttl_seconds=2, archive_expiry_interval_seconds=0
+    )
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
+    worker = await aiohttp_client(create_repair(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    await seed_photos(api, token, event["id"], jpeg_bytes(64, 48), 3)
+    status, op = await archive(api, token, event["id"])
+    done = await finished(api, token, op["id"])
+    url = done["result"]["download_url"]
+    assert (await api.get(URL(url, encoded=True).raw_path_qs)).status == 200
+    await asyncio.sleep(2.5)
+    await assert_problem(
+        await api.get(URL(url, encoded=True).raw_path_qs), 404, "archive_not_found"
+    )
+    assert await worker.app[ARCHIVER].expire() == 1
+    store = api.app[OBJECT_STORE]
+    assert await store.list_keys(f"archives/{event['id']}/") == []
+    after = await (await api.get(f"/v1/operations/{op['id']}", headers=auth(token))).json()
+    assert "download_url" not in after["result"]
+    # Expired: the same selection makes a new archive.
+    status, fresh = await archive(api, token, event["id"])
+    assert status == 202
+    assert fresh["id"] != op["id"]
+
+
+async def test_bad_archive_requests_are_refused_clearly(
+    api: Client, make_token: TokenMaker, janitor: QueueJanitor
+) -> None:
+    """No worker runs here: an archive asked for stays queued."""
+    token = await make_token()
+    event = await make_event(api, token)
+    other = await make_event(api, token)
+    empty = await make_event(api, token)
+    mine = await seed_photos(api, token, event["id"], jpeg_bytes(64, 48), 2)
+    theirs = await seed_photos(api, token, other["id"], jpeg_bytes(64, 48), 1)
+
+    problem = await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/archives",
+            json={"photo_ids": [mine[0], theirs[0]]},
+            headers=auth(token),
+        ),
+        422,
+        "photo_not_in_event",
+    )
+    assert problem["errors"][0]["field"] == "/photo_ids/1"
+    for body in ({"photo_ids": []}, {}):
+        target = event["id"] if body else empty["id"]
+        await assert_problem(
+            await api.post(f"/v1/events/{target}/archives", json=body, headers=auth(token)),
+            422,
+            "empty_selection",
+        )
+    await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/archives",
+            json={"photo_ids": [mine[0], mine[0]]},
+            headers=auth(token),
+        ),
+        422,
+        "validation_failed",
+    )
+    await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/archives", json={"variant": "raw"}, headers=auth(token)
+        ),
+        422,
+        "validation_failed",
+    )
+    gallery = await make_token("photos.read", event=event["id"])
+    await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/archives",
+            json={"include_hidden": True},
+            headers=auth(gallery),
+        ),
+        422,
+        "validation_failed",
+    )
+    await assert_problem(
+        await api.post(f"/v1/events/{other['id']}/archives", json={}, headers=auth(gallery)),
+        404,
+        "event_not_found",
+    )
+    # One archive at a time per event; the same selection is that one.
+    status, first = await archive(api, token, event["id"])
+    assert status == 202
+    assert first["state"] == "queued"
+    status, same = await archive(api, token, event["id"])
+    assert (status, same["id"]) == (202, first["id"])
+    problem = await assert_problem(
+        await api.post(
+            f"/v1/events/{event['id']}/archives",
+            json={"photo_ids": [mine[1]]},
+            headers=auth(token),
+        ),
+        409,
+        "archive_in_progress",
+    )
+    assert problem["operation_id"] == first["id"]
+
+
+async def test_an_archive_killed_mid_way_finishes_after_a_restart(
+    api: Client,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+    tmp_path: Any,
+) -> None:
+    """metadata-repair as a real process, SIGKILLed while it writes the ZIP: the Operation is
+    not left running, the restarted service writes the archive whole, and no multipart upload
+    of the killed one is left open."""
+    from darkroom_dev.servers import free_port
+    from darkroom_dev.stack import SERVICES, start_services
+
+    janitor.add(*queue_specs(Topology(settings_kwargs["amqp_namespace"])))
+    env = {
+        **os.environ,
+        **to_env(settings_kwargs),
+        "ARCHIVE_PART_BYTES": str(5 * 1024 * 1024),
+        "ARCHIVE_RETRY_DELAYS_MS": "[200, 500]",
+    }
+    token = await make_token()
+    event = await make_event(api, token)
+    seed = jpeg_like(6 * 1024 * 1024)
+    await seed_photos(api, token, event["id"], seed, 40)
+
+    def start() -> Any:
+        [service] = start_services(
+            env, tmp_path, free_port(len(SERVICES)), names=["metadata-repair"]
+        )
+        return service
+
+    service = await asyncio.to_thread(start)
+    try:
+        status, op = await archive(api, token, event["id"])
+        assert status == 202
+
+        async def under_way() -> Any:
+            got = await (await api.get(f"/v1/operations/{op['id']}", headers=auth(token))).json()
+            return got if got["progress"]["files"] >= 2 else None
+
+        await eventually(under_way, timeout=60, interval=0.02)
+        service.process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(service.process.wait, 10)
+        stopped = await (await api.get(f"/v1/operations/{op['id']}", headers=auth(token))).json()
+        assert stopped["state"] == "running"
+        assert stopped["progress"]["files"] < 40
+        # The killed process left its upload open (the restart must not leave it behind).
+        store = api.app[OBJECT_STORE]
+        key = records.archive_key(event["id"], op["id"])
+        assert await store.open_multipart_uploads(key) != []
+        service = await asyncio.to_thread(start)
+        done = await finished(api, token, op["id"])
+        assert done["state"] == "done", done
+    finally:
+        if service.process.poll() is None:
+            service.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(service.process.wait, 30)
+    assert await store.open_multipart_uploads(key) == []
+    data = await download(api, done["result"]["download_url"])
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert len(zf.infolist()) == 40
+        assert zf.testzip() is None  # every entry's CRC holds
+        assert zf.read(zf.infolist()[-1]) == seed
