@@ -50,6 +50,7 @@ from tests.factories.webhooks import Serve, StartDispatch, consumed, register, u
 BASE = "https://photos.example"
 COMMANDS = (
     records.REPAIR_REQUESTED,
+    records.ARCHIVE_REQUESTED,
     records.WEBHOOK_ATTEMPT,
     records.WEBHOOK_RECOVER,
     records.WEBHOOK_RESEND,

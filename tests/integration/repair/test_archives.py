@@ -233,11 +233,23 @@ async def test_bad_archive_requests_are_refused_clearly(
         "event_not_found",
     )
     # One archive at a time per event; the same selection is that one.
-    status, first = await archive(api, token, event["id"])
+    status, first = await archive(api, token, event["id"], include_hidden=True)
     assert status == 202
     assert first["state"] == "queued"
-    status, same = await archive(api, token, event["id"])
+    status, same = await archive(api, token, event["id"], include_hidden=True)
     assert (status, same["id"]) == (202, first["id"])
+    # An archive with hidden photos is not a gallery token's: not named, not readable.
+    problem = await assert_problem(
+        await api.post(f"/v1/events/{event['id']}/archives", json={}, headers=auth(gallery)),
+        409,
+        "archive_in_progress",
+    )
+    assert "operation_id" not in problem
+    await assert_problem(
+        await api.get(f"/v1/operations/{first['id']}", headers=auth(gallery)),
+        404,
+        "operation_not_found",
+    )
     problem = await assert_problem(
         await api.post(
             f"/v1/events/{event['id']}/archives",
@@ -269,6 +281,8 @@ async def test_an_archive_killed_mid_way_finishes_after_a_restart(
         **to_env(settings_kwargs),
         "ARCHIVE_PART_BYTES": str(5 * 1024 * 1024),
         "ARCHIVE_RETRY_DELAYS_MS": "[200, 500]",
+        # The killed worker's lease lapses soon, so the restarted one takes the archive over.
+        "ARCHIVE_LEASE_SECONDS": "2",
     }
     token = await make_token()
     event = await make_event(api, token)

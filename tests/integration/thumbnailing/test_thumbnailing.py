@@ -111,6 +111,7 @@ async def test_variants_dimensions_and_refusals(
         "width": 267,
         "height": 400,
         "size": portrait["variants"]["thumbnail"]["size"],
+        "content_type": "image/jpeg",
     }
     thumb = await api.get(f"/thumbnails/{event['slug']}/portrait.jpg", headers=auth(token))
     assert thumb.status == 200

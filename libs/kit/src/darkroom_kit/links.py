@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,8 +98,19 @@ def variant_name(filename: str, content_type: str | None) -> str:
     return f"{stem}{extension}"
 
 
+# What a link's query values can be (checked before any other work, as ASCII only: a
+# non-ASCII signature would make the constant-time comparison raise).
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]{43}", re.ASCII)
+_EXPIRY = re.compile(r"[0-9]{1,12}", re.ASCII)
+_FLAGS = re.compile(r"d?h?", re.ASCII)
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _path(photo_id: str, variant: Variant, name: str) -> str:
+    return f"/media/{quote(photo_id, safe='')}/{variant.value}/{quote(name, safe='')}"
 
 
 def _flags(attachment: bool, hidden_ok: bool) -> str:
@@ -144,20 +156,22 @@ class MediaLinks:
         *,
         attachment: bool = False,
         hidden_ok: bool = False,
+        expires: int | None = None,
     ) -> tuple[str, int]:
-        """(URL, expiry in Unix seconds) of a link."""
-        expires = self.expiry(ttl_s)
+        """(URL, expiry in Unix seconds) of a link: ``ttl_s`` from now, rounded (or at
+        ``expires``, so that links made together expire together)."""
+        expires = self.expiry(ttl_s) if expires is None else expires
         flags = _flags(attachment, hidden_ok)
         secret = self._keys[self._current.id]
         query: dict[str, Any] = {"exp": expires, "kid": self._current.id}
         if flags:
             query["f"] = flags
         query["sig"] = self._signature(secret, photo_id, variant.value, name, expires, flags)
-        path = f"/media/{quote(photo_id, safe='')}/{variant.value}/{quote(name, safe='')}"
-        return f"{self._base_url}{path}?{urlencode(query)}", expires
+        return f"{self._base_url}{_path(photo_id, variant, name)}?{urlencode(query)}", expires
 
     def urls(self, photo: LinkedPhoto, ttl_s: int, *, hidden_ok: bool) -> MediaUrlsView:
-        """The links of a photo's original and variants."""
+        """The links of a photo's original and variants, all expiring together."""
+        expires = self.expiry(ttl_s)
 
         def link(variant: Variant) -> str:
             if variant is Variant.ORIGINAL:
@@ -166,21 +180,30 @@ class MediaLinks:
                 name = variant_name(
                     photo.filename, photo.variant_types.get(STORED_VARIANT[variant])
                 )
-            return self.sign(photo.id, variant, name, ttl_s, hidden_ok=hidden_ok)[0]
+            return self.sign(photo.id, variant, name, ttl_s, hidden_ok=hidden_ok, expires=expires)[
+                0
+            ]
 
         return MediaUrlsView(
             original=link(Variant.ORIGINAL),
             thumbnail=link(Variant.THUMBNAIL),
             hero=link(Variant.HERO),
             poster=link(Variant.POSTER) if photo.is_video else None,
-            expires_at=ms_to_iso(self.expiry(ttl_s) * 1000) or "",
+            expires_at=ms_to_iso(expires * 1000) or "",
         )
 
     def check(self, photo_id: str, variant: str, name: str, query: Mapping[str, str]) -> SignedLink:
         """What the link grants; :class:`LinkRefused` when it grants nothing."""
         kid, sig, exp, flags = (query.get(k) for k in ("kid", "sig", "exp", "f"))
         flags = flags or ""
-        if not kid or not sig or not exp or not exp.isdigit() or len(exp) > 12:
+        if (
+            not kid
+            or sig is None
+            or not _SIGNATURE.fullmatch(sig)
+            or exp is None
+            or not _EXPIRY.fullmatch(exp)
+            or not _FLAGS.fullmatch(flags)
+        ):
             raise LinkRefused("link_invalid", "The link is incomplete or altered.")
         secret = self._keys.get(kid)
         if secret is None:

@@ -75,7 +75,12 @@ class Operations:
             return record
         if outbox is None:
             raise ValueError("a command is published through the writer's outbox")
-        doc: Document = {**record.document(), **outbox.fields(exchange, [command], grace_ms)}
+        # With a free lease too: a worker that carries it out may hold it by one (archives).
+        doc: Document = {
+            **record.document(),
+            UNTIL: 0,
+            **outbox.fields(exchange, [command], grace_ms),
+        }
         await self._col.insert_one(doc)
         await outbox.flush(self._col, operation_id, outbox.pending_of(doc))
         return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Self
 from urllib.parse import urlsplit
 
@@ -58,12 +59,21 @@ class CommonSettings(BaseSettings):
 
 
 DEVELOPMENT_KEY_ID = "dev"
-# Loopback hosts: where the development key is accepted (nobody else can reach such a stack).
-_LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+DEVELOPMENT_SECRET = "darkroom-development-media-key"
 
 
 def _development_keys() -> list[SigningKey]:
-    return [SigningKey(id=DEVELOPMENT_KEY_ID, secret=SecretStr("darkroom-development-media-key"))]
+    return [SigningKey(id=DEVELOPMENT_KEY_ID, secret=SecretStr(DEVELOPMENT_SECRET))]
+
+
+def _loopback(host: str) -> bool:
+    """Whether only this machine reaches ``host`` (where the development key is accepted)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class MediaLinkSettings(BaseSettings):
@@ -95,8 +105,12 @@ class MediaLinkSettings(BaseSettings):
         # accepted where the API is reachable from this machine alone.
         base_url = getattr(self, "public_base_url", "")
         host = (urlsplit(base_url).hostname or "") if base_url else ""
-        development = any(k.id == DEVELOPMENT_KEY_ID for k in self.media_signing_keys)
-        if development and host not in _LOOPBACK and not host.startswith("127."):
+        development = any(
+            k.id == DEVELOPMENT_KEY_ID or k.secret.get_secret_value() == DEVELOPMENT_SECRET
+            for k in self.media_signing_keys
+        )
+        # No base URL at all: nothing is handed out (a command-line tool's settings).
+        if development and base_url and not _loopback(host):
             raise ValueError(
                 f"MEDIA_SIGNING_KEYS must be set for a public PUBLIC_BASE_URL ({base_url}): "
                 'e.g. [{"id": "2026-12", "secret": "<32+ random characters>"}]'

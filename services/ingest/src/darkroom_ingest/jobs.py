@@ -12,7 +12,7 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import Database
 from darkroom_kit.operations import Operations, new_operation_id
-from darkroom_kit.outbox import Outbox
+from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
 from darkroom_kit.problems import FieldError
 from darkroom_kit.statuses import OperationState, PhotoStatus
 from darkroom_kit.stored.events import EventRecord
@@ -150,16 +150,15 @@ class Jobs:
             await self._check_selection(query, photo_ids)
             generation: Any = None
         else:
-            # "Every photo" is the same selection only while no photo came or went.
-            count = await self._photos.count_documents(query)
-            if count == 0:
+            # "Every photo" is the same selection only while it is the same photos (none came,
+            # went, or was hidden or shown since).
+            ids = sorted([str(d["_id"]) async for d in self._photos.find(query, {"_id": 1})])
+            if not ids:
                 raise EMPTY_SELECTION.error(
-                    "The event has no photo to archive.", errors=[FieldError("/photo_ids", "")]
+                    "The event has no photo to archive.",
+                    errors=[FieldError("/photo_ids", "the event has no photo", "empty_selection")],
                 )
-            newest = await self._photos.find_one(
-                query, {"created_ms": 1}, sort=[("created_ms", -1)]
-            )
-            generation = [count, (newest or {}).get("created_ms")]
+            generation = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         digest = hashlib.sha256(
             json.dumps(
                 [event.id, photo_ids, include_hidden, variant, generation], separators=(",", ":")
@@ -185,12 +184,16 @@ class Jobs:
                 "params.event_id": event.id,
                 "state": {"$in": [OperationState.QUEUED, OperationState.RUNNING]},
             },
-            {"_id": 1},
+            WITHOUT_OUTBOXES,
         )
         if busy is not None:
+            busy_op = OperationRecord.from_document(busy)
+            # Its id only to a caller who may read it (one with hidden photos is not a
+            # gallery token's to see).
+            shown = {"operation_id": busy_op.id} if _may_see(principal, busy_op) else {}
             raise ARCHIVE_IN_PROGRESS.error(
-                f"Operation {busy['_id']} is making one; ask again when it ends.",
-                extra={"operation_id": busy["_id"]},
+                "Another archive of the event is being made; ask again when it ends.",
+                extra=shown,
                 retry_after=5,
             )
         params = ArchiveParams(
@@ -268,13 +271,21 @@ class Jobs:
         """A token bound to one event sees no Operation on another, nor one over every event
         (a repair of all events names photos of each): not found."""
         op = await self.wait(op_id, 0)
-        event_id = op.params.get("event_id")
-        bound = principal.event_id is not None
-        if (event_id is None and bound) or (
-            event_id is not None and not principal.sees(str(event_id))
-        ):
+        if not _may_see(principal, op):
             raise OPERATION_NOT_FOUND.error(f"No operation with id {op_id!r}.")
         return op
+
+
+def _may_see(principal: Principal, op: OperationRecord) -> bool:
+    """A token bound to one event sees no Operation on another, nor one over every event (a
+    repair of all events names photos of each), nor an archive with hidden photos."""
+    event_id = op.params.get("event_id")
+    bound = principal.event_id is not None
+    if event_id is None:
+        return not bound
+    if bound and op.params.get("include_hidden"):
+        return False
+    return principal.sees(str(event_id))
 
 
 def _require(principal: Principal, scope: Scope) -> None:

@@ -4,19 +4,33 @@
 metadata-repair carries them out because it is the worker that reads stored files already;
 upload-ingest creates the Operation and serves the ZIP through a signed link.
 
-A restart (kill -9 included) leaves the command unacknowledged: the broker hands it to a
-replica again, which starts the archive over (the upload of the one that died is aborted first).
-A failure is retried on the repair schedule; the last one ends the Operation failed with its
-reason, so it is never left running."""
+A worker holds the Operation by a lease it renews while it writes, so a duplicate command never
+makes two workers write one archive: the second waits for the lease to lapse, and if it is held
+all that time its holder is alive and renewing, and this command is done. A restart (kill -9
+included) leaves the command unacknowledged: the broker hands it to a replica again, which takes
+the lease once it has run out and starts the archive over (the upload of the one that died is
+aborted first). A failure is retried on the repair schedule; the last one, or a start past
+MAX_STARTS (a worker that dies on it each time), ends the Operation failed with its reason, so it
+is never left running. Reasons name files, never storage keys (the API shows them)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 
 from darkroom_kit import records
-from darkroom_kit.archive import ArchiveEntry, ArchiveError, write_archive
+from darkroom_kit.archive import (
+    ArchiveEntry,
+    ArchiveError,
+    ArchiveSourceChanged,
+    ArchiveSourceMissing,
+    write_archive,
+)
 from darkroom_kit.clock import now_ms
+from darkroom_kit.lease import Lease
 from darkroom_kit.links import variant_name
 from darkroom_kit.messaging import Message, Reject, Retry
 from darkroom_kit.mongo import Document
@@ -27,12 +41,28 @@ from darkroom_kit.storage import StorageUnavailable
 from darkroom_kit.stored.operations import ArchiveParams, OperationRecord
 from darkroom_kit.stored.photos import PhotoRecord
 from prometheus_client import Counter
+from pymongo import ReturnDocument
 
 from darkroom_repair.deps import Deps
 
 log = logging.getLogger(__name__)
 
 ARCHIVE = "archive"  # the Operation kind (darkroom_ingest.jobs.ARCHIVE)
+# Starts of one archive after which it is failed: each start past the first followed a worker
+# that died (or lost its lease) while writing it.
+MAX_STARTS = 5
+STARTS = "details.starts"
+
+
+def public_reason(exc: BaseException) -> str:
+    """Why an archive failed, as the API may show it (no storage key, no server address)."""
+    if isinstance(exc, ArchiveSourceMissing):
+        return f"the file of {exc.name!r} is gone (its photo was deleted while being read)"
+    if isinstance(exc, ArchiveSourceChanged):
+        return f"the file of {exc.name!r} changed while being read"
+    if isinstance(exc, StorageUnavailable):
+        return "storage unavailable"
+    return type(exc).__name__
 
 
 class Archiver:
@@ -45,6 +75,7 @@ class Archiver:
         self._retries = len(settings.archive_retry_delays_ms)
         self._ttl_ms = int(settings.archive_ttl_seconds * 1000)
         self._part_bytes = settings.archive_part_bytes
+        self._lease_ms = int(settings.archive_lease_seconds * 1000)
         self._bytes = Counter(
             "archive_bytes_total",
             "Bytes of photos written into archives",
@@ -53,26 +84,68 @@ class Archiver:
 
     async def handle(self, message: Message[ArchiveRequested]) -> None:
         op_id = message.payload.operation_id
-        op = await self._operations.start(op_id)
-        if op is None:
+        found = await self._operations.get(op_id)
+        if found is None or found.final:
             return  # unknown, or a duplicate of finished work
-        if op.kind != ARCHIVE:
-            raise Reject(f"operation {op_id} is a {op.kind}, not an archive")
+        if found.kind != ARCHIVE:
+            raise Reject(f"operation {op_id} is a {found.kind}, not an archive")
+        lease = self._operations.lease(op_id, self._lease_ms)
+        op = await self._claim(lease)
+        if op is None:
+            log.info("archive left to the worker that holds it", extra={"operation_id": op_id})
+            return
+        key = records.archive_key(str(op.params.get("event_id")), op_id)
+        starts = await self._count_start(op_id)
+        if starts > MAX_STARTS:
+            await self._operations.fail(
+                op_id, f"started {starts - 1} times without ending", lease=lease
+            )
+            return
         try:
-            await self._make(op)
-        except ArchiveError as exc:
-            # A photo deleted (or changed) while it was read: the next try selects again.
-            await self._give_up_if_last(message.attempt, op_id, str(exc))
-            raise Retry(str(exc)) from exc
+            async with lease:
+                await self._make(op, lease)
         except Exception as exc:
-            await self._give_up_if_last(message.attempt, op_id, f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "archive not written",
+                extra={"operation_id": op_id, "attempt": message.attempt},
+                exc_info=True,
+            )
+            if message.attempt > self._retries:
+                await self._operations.fail(op_id, public_reason(exc), lease=lease)
+                # Written but not recorded (the last write failed): nothing would expire it.
+                with contextlib.suppress(Exception):
+                    await self._store.delete_many([key])
+                return
+            await self._operations.release(lease)
+            if isinstance(exc, ArchiveError | StorageUnavailable):
+                # A photo deleted (or changed) while it was read: the next try selects again.
+                raise Retry(public_reason(exc)) from exc
             raise
 
-    async def _give_up_if_last(self, attempt: int, op_id: str, reason: str) -> None:
-        if attempt > self._retries:
-            await self._operations.fail(op_id, reason)
+    async def _claim(self, lease: Lease) -> OperationRecord | None:
+        """The Operation, held by ``lease``; None when it ended, or when another holder kept it
+        for a whole lease (that holder is alive: it renews, and its own command is still
+        unacknowledged). A holder that died frees it within a lease."""
+        deadline = time.monotonic() + lease.lease_ms / 1000 + 1
+        while True:
+            op = await self._operations.claim(lease, now_ms())
+            if op is not None:
+                return op
+            current = await self._operations.get(str(lease.doc_id))
+            if current is None or current.final or time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(min(0.5, lease.lease_ms / 3000))
 
-    async def _make(self, op: OperationRecord) -> None:
+    async def _count_start(self, op_id: str) -> int:
+        doc = await self._operation_docs.find_one_and_update(
+            {"_id": op_id},
+            {"$inc": {STARTS: 1}},
+            {"details": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        return int(((doc or {}).get("details") or {}).get("starts", 1))
+
+    async def _make(self, op: OperationRecord, lease: Lease) -> None:
         params = ArchiveParams.model_validate(op.params)
         key = records.archive_key(params.event_id, op.id)
         # What a replica that died mid-way left open: its parts would be kept (and billed) until
@@ -85,7 +158,9 @@ class Archiver:
         entries, skipped = await self._select(params)
         if not entries:
             await self._operations.fail(
-                op.id, "empty_selection: none of the photos is there any more (or has the variant)"
+                op.id,
+                "empty_selection: none of the photos is there any more (or has the variant)",
+                lease=lease,
             )
             return
         files_total, bytes_total = len(entries), sum(e.size for e in entries)
@@ -100,15 +175,13 @@ class Archiver:
                     "bytes_total": bytes_total,
                     "skipped": skipped,
                 },
+                lease=lease,
             )
 
         await progress(0, 0)
-        try:
-            made = await write_archive(
-                self._store, entries, key, part_size=self._part_bytes, progress=progress
-            )
-        except StorageUnavailable as exc:
-            raise Retry(f"storage: {exc}") from exc
+        made = await write_archive(
+            self._store, entries, key, part_size=self._part_bytes, progress=progress
+        )
         self._bytes.inc(bytes_total)
         await self._operations.finish(
             op.id,
@@ -128,6 +201,7 @@ class Archiver:
                 "bytes_total": bytes_total,
                 "skipped": skipped,
             },
+            lease=lease,
         )
         log.info(
             "archive written",

@@ -34,3 +34,6 @@ class RepairSettings(CommonSettings):
     archive_part_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
     archive_retry_delays_ms: tuple[int, ...] = DEFAULT_RETRY_DELAYS_MS
     archive_expiry_interval_seconds: float = Field(default=300.0, ge=0)  # 0: off
+    # The lease a worker holds on an archive while it writes it (renewed every third): a dead
+    # worker's archive is taken over this long after, at the latest.
+    archive_lease_seconds: float = Field(default=10.0, ge=0.3)

@@ -47,6 +47,9 @@ MAIN_FLOWS = (
     "listWebhookEventTypes",
     "getOperation",
     "cancelOperation",
+    "createDownloadLink",
+    "createArchive",
+    "downloadMedia",
 )
 
 

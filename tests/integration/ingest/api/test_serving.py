@@ -116,6 +116,8 @@ async def test_altered_links_are_refused_without_a_hint_about_the_photo(
         with_query(original, sig=None),
         with_query(original, exp=str(int(query_of(original)["exp"]) + 3600)),
         with_query(original, kid="unknown"),
+        with_query(original, sig="é" * 43),  # not even ASCII: refused, not a 500
+        with_query(original, exp="²"),
         with_query(original, f="dh"),  # a download link made of a view link
         # Another variant, or another photo, with this link's signature.
         original.replace("/original/", "/hero/"),
@@ -213,6 +215,8 @@ async def test_a_download_link_is_an_attachment_and_counts(
         assert await resp.read() == data
     disposition = resp.headers["Content-Disposition"]
     assert disposition.startswith('attachment; filename="Zo_ am Strand.jpg"')
+    # Downloads are counted: no shared cache may answer them.
+    assert resp.headers["Cache-Control"].startswith("private, max-age=")
     assert "filename*=UTF-8''Zo%C3%AB%20am%20Strand.jpg" in disposition
     read = await (await api.get(f"/v1/photos/{photo['id']}", headers=auth(token))).json()
     assert read["download_count"] == 2

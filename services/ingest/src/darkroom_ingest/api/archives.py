@@ -26,7 +26,10 @@ routes = RouteTable("archives")
     body_optional=True,
     response=OperationOut,
     status=202,
-    also={200: "The same selection is being archived, or was and has not expired: that archive"},
+    also={
+        200: "The same selection was archived and has not expired: that archive (while it "
+        "is being made, 202 with it)"
+    },
     location=True,
     errors=(EVENT_NOT_FOUND, EMPTY_SELECTION, PHOTO_NOT_IN_EVENT, ARCHIVE_IN_PROGRESS),
 )
@@ -36,8 +39,9 @@ async def create_archive(call: Call, body: ArchiveRequest) -> Reply[OperationOut
     ZIP64 when needed. Its ``progress`` counts files and bytes; when it is done its ``result``
     has ``download_url`` (a signed link, no token needed), ``size``, ``sha256``, ``files`` and
     ``expires_at`` (archives are deleted after ARCHIVE_TTL_SECONDS). Asking again for the same
-    selection while that archive is fresh answers it (200); another archive of the event while
-    one is being made is 409 archive_in_progress."""
+    selection while that archive is being made answers it (202), once made and fresh too (200);
+    another archive of the event while one is being made is 409 archive_in_progress. An archive
+    is a snapshot: a photo hidden or deleted after it was made stays in it until it expires."""
     deps = call.deps
     event = await deps.events.get(call.principal, call.path("event_id"))
     op, started = await deps.jobs.start_archive(

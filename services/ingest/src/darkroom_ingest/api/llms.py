@@ -574,6 +574,8 @@ def render_guide(document: Doc) -> str:
     test_message, deliveries = ops["sendTestMessage"], ops["listDeliveries"]
     get_operation, cancel_operation = ops["getOperation"], ops["cancelOperation"]
     guest_page, guest_link = ops["guestPage"], ops["createGuestLink"]
+    download_link, create_archive = ops["createDownloadLink"], ops["createArchive"]
+    signed_media = ops["downloadMedia"]
     reading = {get_operation.id, cancel_operation.id}
     starting = [op for op in ops.answering("202", "OperationOut") if op.id not in reading]
     states = ops.schema("OperationState").get("enum", [])
@@ -681,6 +683,16 @@ def render_guide(document: Doc) -> str:
         "",
         *_curl(ops, list_photos, query="?limit=50&offset=0"),
         "",
+        "## Share media without a token",
+        "",
+        f"- Each photo's `urls` are signed links ({_request(signed_media)}) that work without a "
+        "token until `urls.expires_at`: put them in `<img src>` or hand them on. They stop at "
+        "once when the photo is deleted or hidden; read the photo again for fresh ones.",
+        f"- {_request(download_link)} answers a link that downloads the original as an "
+        "attachment, valid as long as you ask (`expires_in_seconds`).",
+        f"- {_request(create_archive)} starts an Operation that writes a ZIP of the event's "
+        "photos (or of `photo_ids`); when it is done, its `result.download_url` downloads it.",
+        "",
         "## Webhooks",
         "",
         f"1. {_request(event_types)}: the message types with their JSON Schemas. The types: "
@@ -693,7 +705,8 @@ def render_guide(document: Doc) -> str:
         "",
         *_curl(ops, create_webhook),
         "",
-        f"Each message is a POST of `{{type, timestamp, data}}` with the headers `{header_id}`, "
+        "Each message is a POST of `{id, type, timestamp, schema_version, data}` (a photo in "
+        f"`data.photo`, with signed `urls`) with the headers `{header_id}`, "
         f"`{header_time}` and `{header_sig}` (Standard Webhooks). Verify it on the raw body "
         "before parsing it, answer 2xx fast, and dedupe on "
         f"`{header_id}` (a message may come more than once; failures are retried with backoff):",

@@ -270,7 +270,8 @@ async def serve_link(call: Call, query: LinkQuery) -> web.StreamResponse:
         call,
         photo,
         stored,
-        cache_control=f"public, max-age={max_age}",
+        # A download is counted: a shared cache would answer repeats without us.
+        cache_control=f"{'private' if link.attachment else 'public'}, max-age={max_age}",
         disposition=disposition,
         not_found=link.photo_id,
     )
