@@ -8,11 +8,15 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit.messaging import QueueSpec, Topology, delete_queues
+
+if TYPE_CHECKING:
+    from darkroom_dev.servers import Server
 
 
 @dataclass
@@ -102,3 +106,13 @@ def run_cli(settings: IngestSettings, *args: str) -> subprocess.CompletedProcess
         timeout=60,
         check=False,
     )
+
+
+def start_service(env: dict[str, str], logs: Path, name: str) -> Server:
+    """One darkroom service (``metadata-repair`` ...) as a real process with ``env``, its log in
+    ``logs``: for the tests that kill it. Blocking: call it through ``asyncio.to_thread``."""
+    from darkroom_dev.servers import free_port
+    from darkroom_dev.stack import SERVICES, start_services
+
+    [service] = start_services(env, logs, free_port(len(SERVICES)), names=[name])
+    return service

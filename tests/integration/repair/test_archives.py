@@ -32,7 +32,7 @@ from tests.factories.api import (
 )
 from tests.factories.media import jpeg_bytes, jpeg_like
 from tests.factories.messaging import eventually
-from tests.factories.servers import QueueJanitor, to_env
+from tests.factories.servers import QueueJanitor, start_service, to_env
 
 
 async def seed_photos(api: Client, token: str, event_id: str, seed: bytes, count: int) -> list[str]:
@@ -272,9 +272,6 @@ async def test_an_archive_killed_mid_way_finishes_after_a_restart(
     """metadata-repair as a real process, SIGKILLed while it writes the ZIP: the Operation is
     not left running, the restarted service writes the archive whole, and no multipart upload
     of the killed one is left open."""
-    from darkroom_dev.servers import free_port
-    from darkroom_dev.stack import SERVICES, start_services
-
     janitor.add(*queue_specs(Topology(settings_kwargs["amqp_namespace"])))
     env = {
         **os.environ,
@@ -290,10 +287,7 @@ async def test_an_archive_killed_mid_way_finishes_after_a_restart(
     await seed_photos(api, token, event["id"], seed, 40)
 
     def start() -> Any:
-        [service] = start_services(
-            env, tmp_path, free_port(len(SERVICES)), names=["metadata-repair"]
-        )
-        return service
+        return start_service(env, tmp_path, "metadata-repair")
 
     service = await asyncio.to_thread(start)
     try:

@@ -26,7 +26,7 @@ from tests.factories.api import (
 from tests.factories.media import jpeg_bytes, make_clip, png_bytes
 from tests.factories.messaging import drain, eventually, publish
 from tests.factories.metrics import labels, scrape
-from tests.factories.servers import QueueJanitor, to_env
+from tests.factories.servers import QueueJanitor, start_service, to_env
 
 
 def jpeg_with_big_header(width: int, height: int) -> bytes:
@@ -355,9 +355,6 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
     import os
     import signal
 
-    from darkroom_dev.servers import free_port
-    from darkroom_dev.stack import SERVICES, start_services
-
     janitor.add(*queue_specs(Topology(settings_kwargs["amqp_namespace"])))
     env = {
         **os.environ,
@@ -375,10 +372,7 @@ async def test_a_repair_killed_mid_scan_carries_on_after_a_restart(
     await clone_photos(api, token, event["id"], 600)
 
     def start() -> Any:
-        [service] = start_services(
-            env, tmp_path, free_port(len(SERVICES)), names=["metadata-repair"]
-        )
-        return service
+        return start_service(env, tmp_path, "metadata-repair")
 
     service = await asyncio.to_thread(start)
     try:

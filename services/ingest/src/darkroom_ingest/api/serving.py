@@ -44,6 +44,28 @@ def content_disposition(kind: str, filename: str) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+async def _stream(
+    call: Call, key: str, content_type: str, headers: dict[str, str], missing: Exception
+) -> web.StreamResponse:
+    """The object at ``key``, streamed; 304 when ``If-None-Match`` names its ETag (in
+    ``headers``); ``missing`` raised when the object is not there."""
+    request = call.request
+    if headers["ETag"] in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    try:
+        async with call.deps.store.open_stream(key) as (obj, chunks):
+            response = web.StreamResponse(headers=headers)
+            response.content_type = content_type
+            response.content_length = obj.size
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+            await response.write_eof()
+    except ObjectNotFound:
+        raise missing from None
+    return response
+
+
 async def _send(
     call: Call,
     photo: PhotoRecord,
@@ -55,7 +77,7 @@ async def _send(
 ) -> web.StreamResponse:
     """The original (``stored_variant`` None) or a stored variant of ``photo``, streamed, with
     validators; a full 200 of an original counts a download."""
-    request, deps = call.request, call.deps
+    deps = call.deps
     if stored_variant is None:
         # An original never changes under its photo id, so the id is a valid ETag without a hash.
         key, content_type = photo.original_key, photo.content_type
@@ -76,20 +98,8 @@ async def _send(
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": disposition,
     }
-    if quoted in request.headers.get("If-None-Match", ""):
-        return web.Response(status=304, headers=headers)
-    try:
-        async with deps.store.open_stream(key) as (obj, chunks):
-            response = web.StreamResponse(headers=headers)
-            response.content_type = content_type
-            response.content_length = obj.size
-            await response.prepare(request)
-            async for chunk in chunks:
-                await response.write(chunk)
-            await response.write_eof()
-    except ObjectNotFound:
-        raise photo_not_found(not_found) from None
-    if stored_variant is None:
+    response = await _stream(call, key, content_type, headers, photo_not_found(not_found))
+    if response.status == 200 and stored_variant is None:
         await deps.photos.photos.count_download(photo.id)
     return response
 
@@ -196,20 +206,13 @@ async def _send_archive(call: Call, link: SignedLink) -> web.StreamResponse:
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": content_disposition("attachment", link.name),
     }
-    if quoted in call.request.headers.get("If-None-Match", ""):
-        return web.Response(status=304, headers=headers)
-    try:
-        async with deps.store.open_stream(str(result["key"])) as (obj, chunks):
-            response = web.StreamResponse(headers=headers)
-            response.content_type = "application/zip"
-            response.content_length = obj.size
-            await response.prepare(call.request)
-            async for chunk in chunks:
-                await response.write(chunk)
-            await response.write_eof()
-    except ObjectNotFound:
-        raise ARCHIVE_NOT_FOUND.error(f"No archive {link.photo_id!r}.") from None
-    return response
+    return await _stream(
+        call,
+        str(result["key"]),
+        "application/zip",
+        headers,
+        ARCHIVE_NOT_FOUND.error(f"No archive {link.photo_id!r}."),
+    )
 
 
 def _check(call: Call, query: LinkQuery) -> SignedLink:
