@@ -111,6 +111,12 @@ async def test_an_archive_of_300_photos_opens_and_holds_every_byte(
     assert "key" not in result  # never a storage key
     data = await download(api, result["download_url"])
     assert len(data) == result["size"]
+    # A download cut short resumes where it stopped.
+    rest = await api.get(
+        URL(result["download_url"], encoded=True).raw_path_qs, headers={"Range": "bytes=100-"}
+    )
+    assert rest.status == 206
+    assert await rest.read() == data[100:]
     assert hashlib.sha256(data).hexdigest() == result["sha256"]
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         infos = zf.infolist()

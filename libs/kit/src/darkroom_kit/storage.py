@@ -479,10 +479,18 @@ class S3ObjectStore:
 
     @contextlib.asynccontextmanager
     async def open_stream(
-        self, key: str, *, if_match: str | None = None
+        self,
+        key: str,
+        *,
+        if_match: str | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> AsyncIterator[tuple[ObjectInfo, AsyncIterator[bytes]]]:
-        headers = {"If-Match": f'"{if_match}"'} if if_match else None
-        async with self._http.request("GET", key, headers=headers) as response:
+        """The object's bytes as they come (``byte_range``: bytes first..last inclusive; the
+        info's size is then the range's)."""
+        headers = {"If-Match": f'"{if_match}"'} if if_match else {}
+        if byte_range is not None:
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+        async with self._http.request("GET", key, headers=headers or None) as response:
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:

@@ -277,3 +277,48 @@ async def test_a_videos_variants_are_named_as_jpegs_and_it_has_a_poster(
         "thumbnail_processing",
     )
     await assert_problem(await fetch(api, urls["poster"]), 404, "hero_processing")
+
+
+async def test_a_range_is_answered_with_its_part_and_not_counted(
+    api: Client, make_token: TokenMaker
+) -> None:
+    """Browsers seek in a video and resume a download with Range: one range is a 206 of those
+    bytes; what a server may ignore is answered whole."""
+    token = await make_token()
+    data = jpeg_bytes(320, 240)
+    size = len(data)
+    photo = await upload_one(api, token, data=data)
+    original = photo["urls"]["original"]
+    full = await fetch(api, original)
+    assert full.headers["Accept-Ranges"] == "bytes"
+    etag = full.headers["ETag"]
+    for asked, first, last in (
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, size - 1),
+        ("bytes=-50", size - 50, size - 1),
+        (f"bytes=10-{size + 1000}", 10, size - 1),
+    ):
+        part = await fetch(api, original, Range=asked)
+        assert part.status == 206, asked
+        assert part.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+        assert await part.read() == data[first : last + 1]
+    unsatisfiable = await fetch(api, original, Range=f"bytes={size}-")
+    assert unsatisfiable.status == 416
+    assert unsatisfiable.headers["Content-Range"] == f"bytes */{size}"
+    # Several ranges, another unit, a malformed one, or a stale If-Range: the whole file.
+    for headers in (
+        {"Range": "bytes=0-1,5-6"},
+        {"Range": "items=0-1"},
+        {"Range": "bytes=9-3"},
+        {"Range": "bytes=0-9", "If-Range": '"another"'},
+    ):
+        whole = await fetch(api, original, **headers)
+        assert whole.status == 200, headers
+        assert await whole.read() == data
+    assert (await fetch(api, original, Range="bytes=0-9", **{"If-Range": etag})).status == 206
+    # The same on the token route. Only the full 200s counted: the first and the four above.
+    by_name = await api.get(local(photo["url"]), headers={**auth(token), "Range": "bytes=0-9"})
+    assert by_name.status == 206
+    assert await by_name.read() == data[:10]
+    read = await (await api.get(f"/v1/photos/{photo['id']}", headers=auth(token))).json()
+    assert read["download_count"] == 5

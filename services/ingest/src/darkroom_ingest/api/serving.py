@@ -44,17 +44,62 @@ def content_disposition(kind: str, filename: str) -> str:
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    """The one range of bytes (first, last; inclusive) a request asks for, or None for the
+    whole object: no Range, one this server ignores (several ranges, another unit, malformed:
+    RFC 9110 lets a server answer those with the whole), or an If-Range that is not the
+    current ETag. :class:`RangeNotSatisfiable` for a range that starts past the end."""
+    if "Range" not in request.headers:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range != etag:
+        return None
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return None
+    start, stop = wanted.start, wanted.stop
+    if start is None:
+        return None
+    if start < 0:  # the last -start bytes
+        start = max(0, size + start)
+    if start >= size:
+        raise RangeNotSatisfiable
+    last = size - 1 if stop is None else min(stop, size) - 1
+    return start, last
+
+
+class RangeNotSatisfiable(Exception):
+    pass
+
+
 async def _stream(
-    call: Call, key: str, content_type: str, headers: dict[str, str], missing: Exception
+    call: Call,
+    key: str,
+    content_type: str,
+    headers: dict[str, str],
+    missing: Exception,
+    size: int | None,
 ) -> web.StreamResponse:
     """The object at ``key``, streamed; 304 when ``If-None-Match`` names its ETag (in
-    ``headers``); ``missing`` raised when the object is not there."""
+    ``headers``), 206 with the part a single Range asks for (when ``size`` is known), 416 for
+    a range past its end; ``missing`` raised when the object is not there."""
     request = call.request
+    headers = {**headers, "Accept-Ranges": "bytes"}
     if headers["ETag"] in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers=headers)
+    wanted = None
+    if size is not None:
+        try:
+            wanted = byte_range(request, size, headers["ETag"])
+        except RangeNotSatisfiable:
+            return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
     try:
-        async with call.deps.store.open_stream(key) as (obj, chunks):
+        async with call.deps.store.open_stream(key, byte_range=wanted) as (obj, chunks):
             response = web.StreamResponse(headers=headers)
+            if wanted is not None:
+                response.set_status(206)
+                response.headers["Content-Range"] = f"bytes {wanted[0]}-{wanted[1]}/{size}"
             response.content_type = content_type
             response.content_length = obj.size
             await response.prepare(request)
@@ -81,6 +126,7 @@ async def _send(
     if stored_variant is None:
         # An original never changes under its photo id, so the id is a valid ETag without a hash.
         key, content_type = photo.original_key, photo.content_type
+        size: int | None = photo.size
         etag = photo.sha256 or photo.id
     else:
         info = photo.variants.get(stored_variant)
@@ -91,6 +137,7 @@ async def _send(
                 "It is being made; try again in a moment.", retry_after=1
             )
         key, etag, content_type = info.key, info.etag or photo.id, info.content_type
+        size = info.size
     quoted = f'"{etag}"'
     headers = {
         "ETag": quoted,
@@ -98,7 +145,7 @@ async def _send(
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": disposition,
     }
-    response = await _stream(call, key, content_type, headers, photo_not_found(not_found))
+    response = await _stream(call, key, content_type, headers, photo_not_found(not_found), size)
     if response.status == 200 and stored_variant is None:
         await deps.photos.photos.count_download(photo.id)
     return response
@@ -135,11 +182,14 @@ async def _by_name(call: Call, variant: str | None) -> web.StreamResponse:
     )
 
 
-_SERVING = {
-    "scope": Scope.PHOTOS_READ,
-    "binary": True,
-    "also": {304: "Not modified (If-None-Match matched the ETag)"},
+# What every media answer may be besides 200 (the whole file).
+MEDIA_STATUSES = {
+    206: "The part a single Range asked for (Content-Range says which); not counted as a download",
+    304: "Not modified (If-None-Match matched the ETag)",
+    416: "The Range starts past the end (Content-Range: bytes */size)",
 }
+
+_SERVING = {"scope": Scope.PHOTOS_READ, "binary": True, "also": MEDIA_STATUSES}
 
 
 @routes.get(
@@ -212,6 +262,7 @@ async def _send_archive(call: Call, link: SignedLink) -> web.StreamResponse:
         "application/zip",
         headers,
         ARCHIVE_NOT_FOUND.error(f"No archive {link.photo_id!r}."),
+        result.get("size") if isinstance(result.get("size"), int) else None,
     )
 
 
@@ -231,7 +282,7 @@ def _check(call: Call, query: LinkQuery) -> SignedLink:
     scope=None,
     public=True,
     binary=True,
-    also={304: "Not modified (If-None-Match matched the ETag)"},
+    also=MEDIA_STATUSES,
     query=LinkQuery,
     errors=(
         LINK_INVALID,
