@@ -301,10 +301,10 @@ class _Spool:
         return len(data)
 
     def flush(self) -> None:
-        pass
+        """Nothing to flush: what was written is already in ``pieces``, for the caller."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the caller sends ``pieces`` on and owns the upload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +315,7 @@ class _Opened:
 
 
 class _Done:
-    pass
+    """The marker after an object's last chunk on the read-ahead queue."""
 
 
 _DONE = _Done()

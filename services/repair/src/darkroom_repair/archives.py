@@ -35,6 +35,7 @@ from darkroom_kit.links import variant_name
 from darkroom_kit.messaging import Message, Reject, Retry
 from darkroom_kit.mongo import Document
 from darkroom_kit.operations import Operations
+from darkroom_kit.outbox import WITHOUT_OUTBOXES
 from darkroom_kit.payloads import ArchiveRequested
 from darkroom_kit.statuses import OperationState, PhotoStatus
 from darkroom_kit.storage import StorageUnavailable
@@ -216,7 +217,12 @@ class Archiver:
             query["is_hidden"] = {"$ne": True}
         if params.photo_ids is not None:
             query["_id"] = {"$in": params.photo_ids}
-        docs = [d async for d in self._photos.find(query, sort=[("created_ms", 1), ("_id", 1)])]
+        docs = [
+            d
+            async for d in self._photos.find(
+                query, WITHOUT_OUTBOXES, sort=[("created_ms", 1), ("_id", 1)]
+            )
+        ]
         if params.photo_ids is not None:
             order = {photo_id: i for i, photo_id in enumerate(params.photo_ids)}
             docs.sort(key=lambda d: order[str(d["_id"])])

@@ -235,18 +235,21 @@ def field_lines(schema: Doc) -> list[str]:
     """An object schema's fields, one list item each: name, type, required, default, limits and
     description."""
     required = set(schema.get("required", []))
-    lines = []
-    for name, prop in schema.get("properties", {}).items():
-        facts = [type_of(prop), "required" if name in required else "optional"]
-        if "default" in prop:
-            facts.append(f"default `{_json(prop['default'])}`")
-        if limits := _limits(prop):
-            facts.append(limits)
-        description = _line(prop.get("description"))
-        lines.append(
-            f"- `{name}` ({'; '.join(facts)})" + (f": {description}" if description else "")
-        )
-    return lines
+    return [
+        _field_line(name, prop, name in required, prop.get("description"))
+        for name, prop in schema.get("properties", {}).items()
+    ]
+
+
+def _field_line(name: str, schema: Doc, required: bool, description: Any) -> str:
+    """One field or parameter: name, type, required, default, limits and description."""
+    facts = [type_of(schema), "required" if required else "optional"]
+    if "default" in schema:
+        facts.append(f"default `{_json(schema['default'])}`")
+    if limits := _limits(schema):
+        facts.append(limits)
+    text = _line(description)
+    return f"- `{name}` ({'; '.join(facts)})" + (f": {text}" if text else "")
 
 
 def schema_block(name: str, schema: Doc) -> list[str]:
@@ -280,19 +283,10 @@ def auth_phrase(op: Operation) -> str:
 
 
 def _param_lines(params: Iterable[Doc]) -> list[str]:
-    lines = []
-    for p in params:
-        schema = p.get("schema", {})
-        facts = [type_of(schema), "required" if p.get("required") else "optional"]
-        if "default" in schema:
-            facts.append(f"default `{_json(schema['default'])}`")
-        if limits := _limits(schema):
-            facts.append(limits)
-        description = _line(p.get("description"))
-        lines.append(
-            f"- `{p['name']}` ({'; '.join(facts)})" + (f": {description}" if description else "")
-        )
-    return lines
+    return [
+        _field_line(p["name"], p.get("schema", {}), bool(p.get("required")), p.get("description"))
+        for p in params
+    ]
 
 
 def _content_lines(ops: Operations, content: Doc) -> list[str]:

@@ -21,6 +21,7 @@ from darkroom_ingest.errors import (
 )
 from darkroom_ingest.jobs import ARCHIVE
 from darkroom_ingest.schemas.common import WaitQuery
+from darkroom_ingest.schemas.media import MAX_LINK_SECONDS
 from darkroom_ingest.schemas.operations import OperationOut, RepairRequest
 from darkroom_ingest.schemas.webhooks import RecoverRequest
 from darkroom_ingest.tokens import Scope
@@ -45,7 +46,7 @@ def _public_result(op: OperationRecord, links: MediaLinks) -> dict[str, Any] | N
                 op.id,
                 Variant.ARCHIVE,
                 str(op.result.get("filename") or f"{op.id}.zip"),
-                max(60, min(remaining_s, 7 * 24 * 3600)),
+                max(60, min(remaining_s, MAX_LINK_SECONDS)),
                 attachment=True,
             )[0]
     return result

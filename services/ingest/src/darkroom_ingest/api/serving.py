@@ -70,7 +70,7 @@ def byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | 
 
 
 class RangeNotSatisfiable(Exception):
-    pass
+    """A Range that starts past the end of the object: answered 416."""
 
 
 async def _stream(
