@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,11 @@ from PIL import Image
 from playwright.async_api import Page, async_playwright
 
 from darkroom_dev.servers import Server, free_port
-from tests.factories.e2e import Receiver, wait_for
+from tests.factories.e2e import CHROMIUM, Receiver, wait_for
 from tests.factories.media import jpeg_bytes
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BIG = 30 * 1000 * 1000
 
 

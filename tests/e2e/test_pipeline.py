@@ -15,10 +15,11 @@ from darkroom_client import DarkroomClient
 from darkroom_ingest.cli import create_token
 from darkroom_ingest.settings import IngestSettings
 from PIL import Image
+from playwright.async_api import async_playwright
 
 from darkroom_dev.servers import Server
 from darkroom_dev.stack import start_services
-from tests.factories.e2e import Receiver, wait_for
+from tests.factories.e2e import CHROMIUM, Receiver, wait_for
 from tests.factories.media import jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.e2e
@@ -162,6 +163,22 @@ async def test_upload_thumbnail_and_webhooks_exactly_once(
         async with anonymous.get(urls["original"]) as original_response:
             assert original_response.status == 200
             assert (await original_response.read())[:2] == b"\xff\xd8"
+        # And in a browser: a gallery page puts the link in an <img> (another origin, no token).
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                page = await browser.new_page()
+                await page.set_content(f'<img id="thumb" src="{urls["thumbnail"]}">')
+                await page.wait_for_function(
+                    "document.getElementById('thumb').complete", timeout=15_000
+                )
+                shown = await page.evaluate(
+                    "[document.getElementById('thumb').naturalWidth,"
+                    " document.getElementById('thumb').naturalHeight]"
+                )
+            finally:
+                await browser.close()
+        assert shown == [400, 267]
         # The deleted photo's links stopped working at once.
         shot = next(p for p in processed_payloads if p["data"]["photo"]["filename"] == "shot.png")
         async with anonymous.get(shot["data"]["photo"]["urls"]["thumbnail"]) as gone:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,9 @@ from darkroom_thumbnailing.settings import ThumbnailSettings
 from darkroom_webhooks.app import queue_specs
 from darkroom_webhooks.settings import WebhookSettings
 from standardwebhooks import Webhook
+
+# Debian's chromium, which Playwright drives (make test installs it when missing).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @dataclass
