@@ -11,11 +11,15 @@ teardown no process is left behind. Bounded by default; ``FAULTS_FULL=1`` for mo
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import signal
 import time
+import zipfile
 from typing import Any
 
 import aio_pika
+import aiohttp
 import pytest
 from darkroom_kit import records
 from darkroom_kit.messaging import Envelope
@@ -333,6 +337,69 @@ async def test_kill9_repair_mid_work(case: Case) -> None:
         case.notes.append(f"operation {await state()} after the restart")
     except AssertionError:
         case.problems.append(f"repair not finished after the restart (operation {await state()})")
+    await case.check(fault_end)
+
+
+async def test_kill9_repair_mid_archive(case: Case) -> None:
+    """metadata-repair killed while it writes ZIP archives: each archive Operation ends done after
+    the restart, and each ZIP holds every photo whole (or the Operation ends failed with a
+    reason, which is a problem here: nothing was deleted)."""
+    per_event, size = scaled(6, 12), 4 * 1000 * 1000
+    up = case.uploader
+    for event_id in case.events:
+        files = [(f"big-{i}.jpg", unique_jpeg(size)) for i in range(per_event)]
+        assert await up.batch(event_id, files)
+    operations: dict[str, str] = {}
+    for event_id in case.events:
+        async with case.http.post(f"/v1/events/{event_id}/archives", json={}) as resp:
+            assert resp.status == 202, await resp.text()
+            operations[event_id] = (await resp.json())["id"]
+    case.injected = (
+        f"kill -9 of metadata-repair while it writes {len(operations)} ZIP archives of "
+        f"{per_event} photos of 4 MB each, restarted after 1 s"
+    )
+
+    async def read(op_id: str) -> dict[str, Any]:
+        async with case.http.get(f"/v1/operations/{op_id}") as r:
+            op: dict[str, Any] = await r.json()
+            return op
+
+    async def under_way() -> bool:
+        ops = [await read(op_id) for op_id in operations.values()]
+        return any(o["state"] == "running" and o["progress"]["files"] >= 1 for o in ops)
+
+    await poll(under_way, 30, interval=0.02)
+    states = [(await read(op_id))["state"] for op_id in operations.values()]
+    case.notes.append(f"archives {states} when killed")
+    kids = await case.stack.kill("metadata-repair")
+    await _pool_gone(case, "metadata-repair", kids)
+    await asyncio.sleep(1)
+    await case.stack.restart("metadata-repair")
+    fault_end = time.monotonic()
+
+    async def all_ended() -> bool:
+        ops = [await read(op_id) for op_id in operations.values()]
+        return all(o["state"] in ("done", "failed") for o in ops)
+
+    try:
+        await poll(all_ended, RECOVERY_BOUND_S)
+    except AssertionError:
+        case.problems.append("an archive was not finished after the restart")
+    async with aiohttp.ClientSession() as anonymous:
+        for event_id, op_id in operations.items():
+            op = await read(op_id)
+            if op["state"] != "done":
+                case.problems.append(f"archive of {event_id}: {op['state']} {op.get('result')}")
+                continue
+            async with anonymous.get(op["result"]["download_url"]) as resp:
+                data = await resp.read()
+            if hashlib.sha256(data).hexdigest() != op["result"]["sha256"]:
+                case.problems.append(f"archive of {event_id}: not the sha256 it announced")
+                continue
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                if len(archive.infolist()) != per_event or archive.testzip() is not None:
+                    case.problems.append(f"archive of {event_id}: entries missing or damaged")
+    case.notes.append(f"archives {[(await read(o))['state'] for o in operations.values()]}")
     await case.check(fault_end)
 
 
