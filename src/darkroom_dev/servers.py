@@ -201,7 +201,10 @@ def pid_alive(pid: int) -> bool:
 class TcpProxy:
     """A TCP forwarder that can be cut: every connection through it is closed at once and new
     ones are refused until it is restored. For clients this is what a broker (or any server)
-    going away looks like, without stopping the server that others share."""
+    going away looks like, without stopping the server that others share. ``bytes_per_second``,
+    when set (at any time), caps each connection's speed in each direction: on a fast machine,
+    work that must still be under way when a case strikes lasts as long as it does on a slow
+    one."""
 
     def __init__(self, target_host: str, target_port: int, listen_port: int) -> None:
         self.target = (target_host, target_port)
@@ -209,6 +212,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.bytes_per_second: float | None = None
 
     @property
     def url_netloc(self) -> str:
@@ -252,11 +256,12 @@ class TcpProxy:
                 w.transport.abort()
             self._writers -= pair
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
+                if self.bytes_per_second:
+                    await asyncio.sleep(len(data) / self.bytes_per_second)
         finally:
             writer.transport.abort()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -152,6 +153,8 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
         "import_sources": {"drop": {"bucket": f"faults-{token_hex}-drop"}},
     }
     cli_env = {**os.environ, **tuned(settings)}
+    # Small batches: a repair of tens of photos lasts long enough to be killed mid-way.
+    repair_env = {"BATCH_SIZE": "5", "CONCURRENCY": "2"}
     proxy: TcpProxy | None = None
     if request.node.get_closest_marker("amqp_proxy"):
         # The services reach the broker through a proxy the case can cut; the test's own
@@ -161,6 +164,14 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
         proxy = TcpProxy(host, int(port), free_port())
         await proxy.start()
         settings["amqp_url"] = fault_servers.amqp_url.replace(host_port, proxy.url_netloc)
+    s3_proxy: TcpProxy | None = None
+    if request.node.get_closest_marker("s3_proxy"):
+        # metadata-repair reaches S3 through a proxy the case can slow down; the others and the
+        # test go direct.
+        s3_parts = urlsplit(fault_servers.s3.url)
+        s3_proxy = TcpProxy(s3_parts.hostname or "127.0.0.1", s3_parts.port or 80, free_port())
+        await s3_proxy.start()
+        repair_env["S3_ENDPOINT_URL"] = f"http://{s3_proxy.url_netloc}"
     base = free_port(len(SERVICES) + 1)
     env = {**os.environ, **tuned(settings)}
     env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{base}"
@@ -173,8 +184,7 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
         base,
         {
             "thumbnailing": {"RETRY_DELAYS_MS": json.dumps(THUMB_RETRY_MS)},
-            # Small batches: a repair of tens of photos lasts long enough to be killed mid-way.
-            "metadata-repair": {"BATCH_SIZE": "5", "CONCURRENCY": "2"},
+            "metadata-repair": repair_env,
         },
     )
     topology = Topology(namespace)
@@ -231,6 +241,7 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
             mongo_process=fault_servers.mongo.process,
             s3_process=fault_servers.s3.process,
             proxy=proxy,
+            s3_proxy=s3_proxy,
             s3_url=fault_servers.s3.url,
             import_bucket=settings["import_sources"]["drop"]["bucket"],
         )
@@ -245,8 +256,9 @@ async def case(request: pytest.FixtureRequest, fault_servers: FaultServers) -> A
             await http.close()
         await receiver.stop()
         await janitor.clean(fault_servers.amqp_url)
-        if proxy is not None:
-            await proxy.close()
+        for opened in (proxy, s3_proxy):
+            if opened is not None:
+                await opened.close()
         await mongo.drop_database(settings["mongo_db"])
         await mongo.close()
         if result is not None:

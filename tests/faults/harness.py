@@ -716,6 +716,7 @@ class Case:
     mongo_process: Any  # the stand-ins' processes, to freeze
     s3_process: Any
     proxy: TcpProxy | None = None  # in front of the broker, for the services only
+    s3_proxy: TcpProxy | None = None  # in front of S3, for metadata-repair only
     s3_url: str = ""
     # The bucket of upload-ingest's import source "drop" (IMPORT_SOURCES), not created.
     import_bucket: str = ""

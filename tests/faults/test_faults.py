@@ -46,6 +46,8 @@ from tests.faults.harness import (
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900 if FULL else 420)]
 
 INGEST = "upload-ingest"
+# metadata-repair's S3 speed (per connection, each way) while a case needs an archive under way.
+ARCHIVE_S3_BYTES_PER_SECOND = 8 * 1000 * 1000
 
 
 async def _pool_gone(case: Case, name: str, kids: set[int]) -> None:
@@ -340,6 +342,7 @@ async def test_kill9_repair_mid_work(case: Case) -> None:
     await case.check(fault_end)
 
 
+@pytest.mark.s3_proxy
 async def test_kill9_repair_mid_archive(case: Case) -> None:
     """metadata-repair killed while it writes ZIP archives: each archive Operation ends done after
     the restart, and each ZIP holds every photo whole (or the Operation ends failed with a
@@ -349,6 +352,10 @@ async def test_kill9_repair_mid_archive(case: Case) -> None:
     for event_id in case.events:
         files = [(f"big-{i}.jpg", unique_jpeg(size)) for i in range(per_event)]
         assert await up.batch(event_id, files)
+    # An archive here is written in well under a second on a fast machine: it has to reach S3
+    # slowly to be seen under way (progress is written about once a second) and killed there.
+    assert case.s3_proxy is not None
+    case.s3_proxy.bytes_per_second = ARCHIVE_S3_BYTES_PER_SECOND
     operations: dict[str, str] = {}
     for event_id in case.events:
         async with case.http.post(f"/v1/events/{event_id}/archives", json={}) as resp:
@@ -369,9 +376,19 @@ async def test_kill9_repair_mid_archive(case: Case) -> None:
         return any(o["state"] == "running" and o["progress"]["files"] >= 1 for o in ops)
 
     await poll(under_way, 30, interval=0.02)
-    states = [(await read(op_id))["state"] for op_id in operations.values()]
-    case.notes.append(f"archives {states} when killed")
+    ops = [await read(op_id) for op_id in operations.values()]
+    case.notes.append(
+        "archives "
+        + str(
+            [
+                f"{o['state']} {o['progress'].get('files')}/{o['progress'].get('files_total')}"
+                for o in ops
+            ]
+        )
+        + f" when killed; {case.s3_proxy.connections} S3 connection(s) through the slow proxy"
+    )
     kids = await case.stack.kill("metadata-repair")
+    case.s3_proxy.bytes_per_second = None
     await _pool_gone(case, "metadata-repair", kids)
     await asyncio.sleep(1)
     await case.stack.restart("metadata-repair")
