@@ -16,6 +16,7 @@ from darkroom_kit import records
 from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Topology
 from darkroom_kit.mongo import MONGO_DB
+from darkroom_kit.operations import Operations
 from darkroom_kit.storage import OBJECT_STORE
 from darkroom_repair.app import ARCHIVER, queue_specs
 from darkroom_repair.app import create_app as create_repair
@@ -266,6 +267,38 @@ async def test_bad_archive_requests_are_refused_clearly(
         "archive_in_progress",
     )
     assert problem["operation_id"] == first["id"]
+
+
+async def test_requests_at_once_start_one_archive_per_event(
+    api: Client, make_token: TokenMaker, janitor: QueueJanitor
+) -> None:
+    """No worker runs here. Requests that arrive together (a double click, a retrying client)
+    still find one archive: the same selection answers it, another is 409, and the event is
+    free again once it ends."""
+    token = await make_token()
+    event = await make_event(api, token)
+    ids = await seed_photos(api, token, event["id"], jpeg_bytes(64, 48), 8)
+    ops = api.app[MONGO_DB][records.OPERATIONS]
+
+    same = await asyncio.gather(*(archive(api, token, event["id"]) for _ in range(8)))
+    assert {status for status, _ in same} == {202}
+    assert len({op["id"] for _, op in same}) == 1
+    assert await ops.count_documents({"kind": "archive", "params.event_id": event["id"]}) == 1
+    await ops.delete_many({"kind": "archive"})
+
+    others = await asyncio.gather(
+        *(archive(api, token, event["id"], photo_ids=[photo_id]) for photo_id in ids)
+    )
+    started = [op for status, op in others if status == 202]
+    refused = [op for status, op in others if status != 202]
+    assert len(started) == 1, others
+    assert {(p["status"], p["code"]) for p in refused} == {(409, "archive_in_progress")}
+    assert await ops.count_documents({"kind": "archive", "params.event_id": event["id"]}) == 1
+
+    await Operations(api.app[MONGO_DB]).fail(started[0]["id"], "stopped by the test")
+    status, after = await archive(api, token, event["id"], photo_ids=[ids[0]])
+    assert status == 202, after
+    assert after["id"] != started[0]["id"]
 
 
 async def test_an_archive_killed_mid_way_finishes_after_a_restart(

@@ -30,6 +30,9 @@ from darkroom_kit.stored.operations import OperationRecord
 OPEN = [OperationState.QUEUED, OperationState.RUNNING]
 # Where a long result is cut (a failure's reason; a list of failed items).
 REASON_CHARS = 500
+# A key that at most one open Operation holds (a unique, sparse index, made by the creator's
+# service): taken in the write that creates it, given up in the write that ends it.
+EXCLUSIVE = "exclusive"
 
 
 def new_operation_id() -> str:
@@ -56,9 +59,13 @@ class Operations:
         grace_ms: int = 0,
         params: Mapping[str, Any],
         progress: Mapping[str, int],
+        exclusive: str | None = None,
     ) -> OperationRecord:
         """A queued Operation and the command that starts it, stored in one write and then
         published (if the publish fails, the writer's outbox relay publishes it).
+
+        With ``exclusive``, while another open Operation holds that key nothing is stored and
+        pymongo's DuplicateKeyError is raised: two requests at once cannot both start one.
 
         Without a command, the Operation is carried out by the service that created it, which
         claims it with a lease (:meth:`claim`): it is stored with a lease that is free."""
@@ -70,8 +77,9 @@ class Operations:
             params=dict(params),
             progress=dict(progress),
         )
+        held: Document = {} if exclusive is None else {EXCLUSIVE: exclusive}
         if command is None:
-            await self._col.insert_one({**record.document(), UNTIL: 0})
+            await self._col.insert_one({**record.document(), UNTIL: 0, **held})
             return record
         if outbox is None:
             raise ValueError("a command is published through the writer's outbox")
@@ -79,6 +87,7 @@ class Operations:
         doc: Document = {
             **record.document(),
             UNTIL: 0,
+            **held,
             **outbox.fields(exchange, [command], grace_ms),
         }
         await self._col.insert_one(doc)
@@ -240,10 +249,10 @@ class Operations:
         # Only once: an Operation that has ended stays as it ended. A leased one ends only by
         # its holder, and holds no lease after.
         query: Document = {"_id": operation_id, "state": {"$in": OPEN}}
-        update: Document = {"$set": fields}
+        update: Document = {"$set": fields, "$unset": {EXCLUSIVE: ""}}
         if lease is not None:
             query[HOLDER] = lease.holder
-            update["$unset"] = RELEASED
+            update["$unset"] |= RELEASED
         # Its kind comes back with the write: counted only by the call that ended it.
         ended = await self._col.find_one_and_update(query, update, {"kind": 1})
         if ended is not None and self._metrics is not None:

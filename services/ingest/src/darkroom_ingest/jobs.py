@@ -9,6 +9,7 @@ from typing import Any
 
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
+from darkroom_kit.errors import ServiceError
 from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import Database
 from darkroom_kit.operations import Operations, new_operation_id
@@ -22,6 +23,7 @@ from darkroom_kit.stored.operations import (
     RecoverParams,
     RepairParams,
 )
+from pymongo.errors import DuplicateKeyError
 
 from darkroom_ingest.errors import (
     ARCHIVE_IN_PROGRESS,
@@ -75,6 +77,7 @@ class Jobs:
         params: dict[str, Any],
         progress: dict[str, int],
         command: Envelope,
+        exclusive: str | None = None,
     ) -> str:
         await self._operations.create(
             op_id,
@@ -85,6 +88,7 @@ class Jobs:
             grace_ms=self._grace_ms,
             params=params,
             progress=progress,
+            exclusive=exclusive,
         )
         return op_id
 
@@ -164,20 +168,49 @@ class Jobs:
                 [event.id, photo_ids, include_hidden, variant, generation], separators=(",", ":")
             ).encode()
         ).hexdigest()
-        now = now_ms()
+        in_hand = await self._archive_in_hand(principal, event, digest)
+        if in_hand is not None:
+            return in_hand, False
+        params = ArchiveParams(
+            event_id=event.id,
+            photo_ids=photo_ids,
+            include_hidden=include_hidden,
+            variant=variant,
+            selection=digest,
+        )
+        op_id = new_operation_id()
+        command = Envelope.new(records.ARCHIVE_REQUESTED, {"operation_id": op_id})
+        progress = {"files": 0, "files_total": 0, "bytes": 0, "bytes_total": 0, "skipped": 0}
+        try:
+            await self._start(
+                op_id, ARCHIVE, params.model_dump(), progress, command, f"archive:{event.id}"
+            )
+        except DuplicateKeyError:
+            # Another request for the event stored its archive since the lookup above.
+            in_hand = await self._archive_in_hand(principal, event, digest)
+            if in_hand is not None:
+                return in_hand, False
+            raise _archive_busy(None) from None
+        return await self.wait(op_id, 0), True
+
+    async def _archive_in_hand(
+        self, principal: Principal, event: EventRecord, digest: str
+    ) -> OperationRecord | None:
+        """The archive of this selection being made or made (not expired), if any; 409 when
+        another archive of the event is being made."""
         fresh = await self._operation_docs.find_one(
             {
                 "kind": ARCHIVE,
                 "params.selection": digest,
                 "$or": [
                     {"state": {"$in": [OperationState.QUEUED, OperationState.RUNNING]}},
-                    {"state": OperationState.DONE, "result.expires_ms": {"$gt": now}},
+                    {"state": OperationState.DONE, "result.expires_ms": {"$gt": now_ms()}},
                 ],
             },
             sort=[("created_ms", -1)],
         )
         if fresh is not None:
-            return OperationRecord.from_document(fresh), False
+            return OperationRecord.from_document(fresh)
         busy = await self._operation_docs.find_one(
             {
                 "kind": ARCHIVE,
@@ -190,24 +223,8 @@ class Jobs:
             busy_op = OperationRecord.from_document(busy)
             # Its id only to a caller who may read it (one with hidden photos is not a
             # gallery token's to see).
-            shown = {"operation_id": busy_op.id} if _may_see(principal, busy_op) else {}
-            raise ARCHIVE_IN_PROGRESS.error(
-                "Another archive of the event is being made; ask again when it ends.",
-                extra=shown,
-                retry_after=5,
-            )
-        params = ArchiveParams(
-            event_id=event.id,
-            photo_ids=photo_ids,
-            include_hidden=include_hidden,
-            variant=variant,
-            selection=digest,
-        )
-        op_id = new_operation_id()
-        command = Envelope.new(records.ARCHIVE_REQUESTED, {"operation_id": op_id})
-        progress = {"files": 0, "files_total": 0, "bytes": 0, "bytes_total": 0, "skipped": 0}
-        await self._start(op_id, ARCHIVE, params.model_dump(), progress, command)
-        return await self.wait(op_id, 0), True
+            raise _archive_busy(busy_op.id if _may_see(principal, busy_op) else None)
+        return None
 
     async def _check_selection(self, query: dict[str, Any], photo_ids: list[str]) -> None:
         if not photo_ids:
@@ -274,6 +291,14 @@ class Jobs:
         if not _may_see(principal, op):
             raise OPERATION_NOT_FOUND.error(f"No operation with id {op_id!r}.")
         return op
+
+
+def _archive_busy(operation_id: str | None) -> ServiceError:
+    return ARCHIVE_IN_PROGRESS.error(
+        "Another archive of the event is being made; ask again when it ends.",
+        extra={} if operation_id is None else {"operation_id": operation_id},
+        retry_after=5,
+    )
 
 
 def _may_see(principal: Principal, op: OperationRecord) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from darkroom_kit import records
 from darkroom_kit.messaging import Envelope
 from darkroom_kit.mongo import Collection, Database, Document
+from darkroom_kit.operations import EXCLUSIVE
 from pymongo import ASCENDING, DESCENDING
 
 NEWEST_FIRST = [("created_ms", DESCENDING), ("_id", DESCENDING)]
@@ -68,3 +69,5 @@ async def ensure_indexes(db: Database) -> None:
         [("endpoint_id", ASCENDING), ("created_ms", DESCENDING)]
     )
     await db[records.IDEMPOTENCY].create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+    # One open archive per event, whatever requests arrive at once (Operations.create).
+    await db[records.OPERATIONS].create_index([(EXCLUSIVE, ASCENDING)], unique=True, sparse=True)
