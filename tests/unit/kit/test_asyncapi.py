@@ -1,6 +1,7 @@
 """The AsyncAPI document: every message type with its payload schema, references that resolve,
 the shape AsyncAPI 3.0 requires of channels and operations, a sender/receiver table that agrees
-with what the services declare and publish, and docs/asyncapi.json as generated now.
+with what the services declare and publish, the bucket notifications upload-ingest takes from the
+storage server (MinIO's JSON, not an envelope), and docs/asyncapi.json as generated now.
 
 Validation against the official AsyncAPI 3.0 JSON schema is not done here: no package in the
 lock file ships that schema (it is in the npm package @asyncapi/specs), so these checks are
@@ -17,11 +18,57 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from darkroom_kit import asyncapi, records
 from darkroom_kit.messaging import Envelope, Topology
-from darkroom_kit.payloads import PAYLOADS
+from darkroom_kit.payloads import PAYLOADS, BucketNotification
+from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 ROOT = Path(__file__).resolve().parents[3]
+# The event the import_notifications.py docstring shows, with the fields it elides as MinIO sends
+# them (its event.Log for a PUT of "photos/a b.jpg" into the bucket "drop").
+MINIO_EVENT: dict[str, Any] = {
+    "EventName": "s3:ObjectCreated:Put",
+    "Key": "drop/photos/a b.jpg",
+    "Records": [
+        {
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": "2024-05-01T12:00:00.123Z",
+            "eventName": "s3:ObjectCreated:Put",
+            "userIdentity": {"principalId": "darkroom"},
+            "requestParameters": {
+                "principalId": "darkroom",
+                "region": "",
+                "sourceIPAddress": "172.18.0.1",
+            },
+            "responseElements": {
+                "x-amz-id-2": "dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af9251148b658df7ac2e3e8",
+                "x-amz-request-id": "17CB0A4A5C8D1E2F",
+                "x-minio-deployment-id": "6a0f1d9e-3c2b-4f5a-8e7d-1b2c3d4e5f60",
+                "x-minio-origin-endpoint": "http://172.18.0.3:9000",
+            },
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "configurationId": "Config",
+                "bucket": {
+                    "name": "drop",
+                    "ownerIdentity": {"principalId": "darkroom"},
+                    "arn": "arn:aws:s3:::drop",
+                },
+                "object": {
+                    "key": "photos%2Fa+b.jpg",
+                    "size": 123,
+                    "eTag": "0cc175b9c0f1b6a831c399e269772661",
+                    "contentType": "image/jpeg",
+                    "userMetadata": {"content-type": "image/jpeg"},
+                    "sequencer": "17CB0A4A5D0E9F10",
+                },
+            },
+            "source": {"host": "172.18.0.1", "port": "", "userAgent": "MinIO (linux; amd64)"},
+        }
+    ],
+}
 SERVICE_PACKAGES = {
     "ingest": "darkroom_ingest",
     "thumbnailing": "darkroom_thumbnailing",
@@ -69,9 +116,17 @@ def test_every_message_type_is_there_with_its_payload_schema(doc: dict[str, Any]
     registry: Registry[Any] = Registry().with_resource(
         "urn:asyncapi", Resource.from_contents(doc, default_specification=DRAFT202012)
     )
-    by_type = {m["name"]: m for m in doc["components"]["messages"].values()}
-    assert set(by_type) == set(PAYLOADS)
-    for type_, model in PAYLOADS.items():
+    # Envelopes are the messages with a type; a bucket notification's is only ever parked (a
+    # retry) or dead-lettered by upload-ingest, and MinIO's own body is no envelope.
+    enveloped: dict[str, type[BaseModel]] = {
+        **PAYLOADS,
+        records.BUCKET_NOTIFICATION: BucketNotification,
+    }
+    messages = doc["components"]["messages"]
+    by_type = {m["name"]: m for m in messages.values() if "amqp" in m.get("bindings", {})}
+    assert set(by_type) == set(enveloped)
+    assert set(messages) == {*map(asyncapi._message_id, enveloped), asyncapi.NOTIFICATION_MESSAGE}
+    for type_, model in enveloped.items():
         message = by_type[type_]
         envelope = pointer(doc, message["payload"]["$ref"])
         assert set(envelope["required"]) >= {"id", "type", "time", "data"}, type_
@@ -111,6 +166,7 @@ def _sample_data(type_: str) -> dict[str, Any]:
         records.WEBHOOK_RECOVER: {"operation_id": "op_1"},
         records.WEBHOOK_RESEND: {"delivery_id": "msg_1", "endpoint_id": "whe_1"},
         records.WEBHOOK_SEND_TEST: {"delivery_id": "msg_2", "endpoint_id": "whe_1"},
+        records.BUCKET_NOTIFICATION: MINIO_EVENT,
     }
     return samples[type_]
 
@@ -144,6 +200,64 @@ def test_channels_and_operations_have_the_shape_asyncapi_3_requires(doc: dict[st
     assert all(k.replace(".", "").replace("-", "").replace("_", "").isalnum() for k in keys)
 
 
+def test_the_bucket_notification_is_minio_s_own_json_not_an_envelope(
+    doc: dict[str, Any],
+) -> None:
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:asyncapi", Resource.from_contents(doc, default_specification=DRAFT202012)
+    )
+    message = doc["components"]["messages"][asyncapi.NOTIFICATION_MESSAGE]
+    schema = pointer(doc, message["payload"]["$ref"])
+    own = BucketNotification.model_json_schema(ref_template=asyncapi.SCHEMAS)
+    own.pop("$defs", None)
+    assert schema == own
+    assert not {"id", "type", "time", "data"} & set(schema["properties"])
+    check = jsonschema.Draft202012Validator(
+        {"$ref": "urn:asyncapi" + message["payload"]["$ref"]}, registry=registry
+    )
+    # What MinIO publishes validates, as the consumer's model reads it; wrapped, it would not.
+    BucketNotification.model_validate(MINIO_EVENT)
+    assert [e.message for e in check.iter_errors(MINIO_EVENT)] == []
+    wrapped = Envelope.new(records.BUCKET_NOTIFICATION, MINIO_EVENT).model_dump(mode="json")
+    assert list(check.iter_errors(wrapped))
+    with pytest.raises(ValueError, match="validation error"):
+        Envelope.model_validate(MINIO_EVENT)
+    assert list(check.iter_errors({**MINIO_EVENT, "Records": []}))
+    # MinIO sets these headers and no message id, so nothing correlates it.
+    assert set(message["headers"]["properties"]) == {"minio-bucket", "minio-event"}
+    assert "correlationId" not in message
+    assert "MinIO" in message["description"]
+
+    notified = asyncapi.NOTIFICATIONS
+    channel_ref = f"#/channels/{asyncapi.NOTIFICATION_CHANNEL}"
+    channel = pointer(doc, channel_ref)
+    assert channel["address"] == notified.binding_key
+    exchange = channel["bindings"]["amqp"]["exchange"]
+    assert (exchange["name"], exchange["type"]) == (notified.exchange, notified.kind)
+    assert list(channel["messages"]) == [asyncapi.NOTIFICATION_MESSAGE]
+    # MinIO sends, so darkroom only receives: one operation, upload-ingest's, on its queue.
+    on_it = [o for o in doc["operations"].values() if o["channel"]["$ref"] == channel_ref]
+    assert len(on_it) == 1
+    (receive,) = on_it
+    topology = Topology(asyncapi.NAMESPACE)
+    queue = topology.queue(notified.service, notified.name)
+    assert receive["action"] == "receive"
+    assert receive["tags"] == [{"name": notified.service}]
+    assert receive["x-queue"] == queue
+    assert "1 s, 5 s and 30 s" in receive["description"]
+    # Rejected at once it is dead-lettered as MinIO sent it; retried, as the envelope parked.
+    dead = doc["channels"][f"dead-letter.{queue}"]
+    assert dead["address"] == queue
+    assert dead["bindings"]["amqp"]["exchange"]["name"] == topology.dead_letter
+    assert set(dead["messages"]) == {
+        asyncapi.NOTIFICATION_MESSAGE,
+        asyncapi._message_id(records.BUCKET_NOTIFICATION),
+    }
+    assert doc["operations"][f"{notified.service}.dead-letter.{notified.name}"]["action"] == (
+        "send"
+    )
+
+
 def test_every_type_is_sent_by_someone_and_received_by_someone(doc: dict[str, Any]) -> None:
     sent = {t for types in asyncapi.PRODUCERS.values() for t in types}
     received = {t for c in asyncapi.CONSUMERS for t in c.types}
@@ -167,7 +281,10 @@ def test_every_type_is_sent_by_someone_and_received_by_someone(doc: dict[str, An
         assert dead["bindings"]["amqp"]["exchange"]["name"] == topology.dead_letter
 
 
-def test_the_consumer_table_is_what_the_services_declare() -> None:
+def test_the_consumer_tables_are_what_the_services_declare() -> None:
+    from darkroom_ingest.app import SERVICE as INGEST
+    from darkroom_ingest.import_notifications import queue_spec as notifications_spec
+    from darkroom_ingest.settings import IngestSettings
     from darkroom_repair.app import SERVICE as REPAIR
     from darkroom_repair.app import archive_queue_spec
     from darkroom_repair.app import queue_spec as repair_spec
@@ -185,15 +302,34 @@ def test_the_consumer_table_is_what_the_services_declare() -> None:
         (REPAIR, archive_queue_spec(topology)),
         *((WEBHOOKS, s) for s in queue_specs(topology, WebhookSettings())),
     }
+    # The declared defaults, as the document has them: model_construct reads no environment.
+    ingest = IngestSettings.model_construct()
+    notify = notifications_spec(topology, ingest, INGEST)
+    declared.add((INGEST, notify))
+    notified = asyncapi.NOTIFICATIONS
     assert {(s.name, s.exchange, s.routing_keys) for _, s in declared} == {
+        *(
+            (
+                topology.queue(c.service, c.name),
+                topology.events
+                if asyncapi.exchange_of(c.types[0]) == "events"
+                else topology.commands,
+                c.types,
+            )
+            for c in asyncapi.CONSUMERS
+        ),
         (
-            topology.queue(c.service, c.name),
-            topology.events if asyncapi.exchange_of(c.types[0]) == "events" else topology.commands,
-            c.types,
-        )
-        for c in asyncapi.CONSUMERS
+            topology.queue(notified.service, notified.name),
+            notified.exchange,
+            (notified.binding_key,),
+        ),
     }
-    assert {service for service, _ in declared} == {c.service for c in asyncapi.CONSUMERS}
+    assert {service for service, _ in declared} == {
+        *(c.service for c in asyncapi.CONSUMERS),
+        notified.service,
+    }
+    assert notify.retry_delays_ms == notified.retry_delays_ms
+    assert ingest.import_notify_exchange_type == notified.kind
 
 
 def _service_sources() -> Iterator[tuple[str, list[ast.Module]]]:
