@@ -180,6 +180,65 @@ async def test_archives_expire_and_their_links_stop(
     assert fresh["id"] != op["id"]
 
 
+async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+) -> None:
+    """A deleted (or hidden) photo is not downloadable through an archive made before: its link
+    answers 410 archive_outdated, and asking again makes an archive without it. A removal of a
+    photo an archive does not hold leaves that archive alone."""
+    settings = RepairSettings(**settings_kwargs)
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
+    await aiohttp_client(create_repair(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    # Photos of their own (seed_photos' copies share one original, which a deletion removes).
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(*((f"p{i}.jpg", jpeg_bytes(64 + i, 48)) for i in range(4))),
+        headers=auth(token),
+    )
+    assert resp.status == 201, await resp.text()
+    photos = api.app[MONGO_DB][records.PHOTOS]
+    by_name = {d["filename"]: d["_id"] async for d in photos.find({"event_id": event["id"]})}
+    ids = [by_name[f"p{i}.jpg"] for i in range(4)]
+
+    async def made(**body: Any) -> dict[str, Any]:
+        status, op = await archive(api, token, event["id"], **body)
+        assert status in (200, 202), op
+        done = await finished(api, token, op["id"])
+        assert done["state"] == "done", done
+        assert "photo_ids" not in done["result"]  # the services' own
+        return done
+
+    async def fetch(done: dict[str, Any]) -> int:
+        url = URL(done["result"]["download_url"], encoded=True).raw_path_qs
+        return (await api.get(url)).status
+
+    everything = await made()
+    first_two = await made(photo_ids=ids[:2])
+    with_hidden = await made(include_hidden=True)
+    hide = await api.patch(f"/v1/photos/{ids[3]}", json={"is_hidden": True}, headers=auth(token))
+    assert hide.status == 200, await hide.text()
+    resp = await api.get(URL(everything["result"]["download_url"], encoded=True).raw_path_qs)
+    await assert_problem(resp, 410, "archive_outdated")
+    assert await fetch(first_two) == 200  # it never held the hidden photo
+    assert await fetch(with_hidden) == 200  # made with hidden photos
+
+    gone = await api.delete(f"/v1/photos/{ids[1]}", headers=auth(token))
+    assert gone.status == 204, await gone.text()
+    assert await fetch(first_two) == 410
+    assert await fetch(with_hidden) == 410
+
+    again = await made()
+    assert again["id"] != everything["id"]
+    assert again["result"]["files"] == 2
+    assert await fetch(again) == 200
+
+
 async def test_bad_archive_requests_are_refused_clearly(
     api: Client, make_token: TokenMaker, janitor: QueueJanitor
 ) -> None:

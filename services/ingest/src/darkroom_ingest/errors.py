@@ -172,6 +172,9 @@ OPERATION_NOT_CANCELLABLE = ErrorKind(
 
 # archives (jobs.py)
 ARCHIVE_NOT_FOUND = not_found_kind("archive")
+ARCHIVE_OUTDATED = ErrorKind(
+    "archive_outdated", 410, "A photo in the archive was deleted or hidden since it was made"
+)
 EMPTY_SELECTION = ErrorKind("empty_selection", 422, "The archive would hold no photo")
 PHOTO_NOT_IN_EVENT = ErrorKind("photo_not_in_event", 422, "A photo is not one of the event's")
 ARCHIVE_IN_PROGRESS = ErrorKind(

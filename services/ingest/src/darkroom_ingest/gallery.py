@@ -95,6 +95,9 @@ class Gallery:
         updated = PhotoRecord.maybe(await self.photos.photos.patch(photo.id, fields))
         if updated is None:
             raise photo_not_found(photo.id)
+        if updated.is_hidden and not photo.is_hidden:
+            # After the photo's write, so an archive read before it is one that may hold it.
+            await self._events.photo_hidden(photo.event_id)
         return updated
 
     async def delete(self, photo: PhotoRecord) -> None:

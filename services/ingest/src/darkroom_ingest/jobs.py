@@ -35,6 +35,7 @@ from darkroom_ingest.errors import (
     VALIDATION_FAILED,
 )
 from darkroom_ingest.events import EventService
+from darkroom_ingest.stores.events import PHOTOS_REMOVED
 from darkroom_ingest.tokens import Principal, Scope
 
 REPAIR = "repair_dimensions"
@@ -53,6 +54,10 @@ READ_SCOPES = {
 STOP_SCOPES = {IMPORT: Scope.PHOTOS_WRITE}
 
 
+# Longer than the clock skew between replicas (their writes' times are compared).
+CLOCK_SKEW_MS = 60_000
+
+
 class Jobs:
     def __init__(
         self,
@@ -65,6 +70,7 @@ class Jobs:
         self._operations = Operations(db)
         self._operation_docs = db[records.OPERATIONS]
         self._photos = db[records.PHOTOS]
+        self._event_docs = db[records.EVENTS]
         self._outbox = publisher_outbox
         self._topology = topology
         self._events = events
@@ -193,6 +199,31 @@ class Jobs:
             raise _archive_busy(None) from None
         return await self.wait(op_id, 0), True
 
+    async def archive_whole(self, op: OperationRecord) -> bool:
+        """Whether every photo a made archive holds is still there (and shown, unless it was
+        made with hidden ones): a deleted or hidden photo must not stay downloadable through
+        it. Each photo is looked up only when one of the event's went away after the archive's
+        photos were read (less a clock skew: the services write these times)."""
+        result = op.result or {}
+        photo_ids, selected_ms = result.get("photo_ids"), result.get("selected_ms")
+        if not isinstance(photo_ids, list) or not isinstance(selected_ms, int):
+            return True  # made before archives recorded their photos
+        event_id = op.params.get("event_id")
+        event = await self._event_docs.find_one({"_id": event_id}, {PHOTOS_REMOVED: 1})
+        if event is None:
+            return False
+        removed_ms = event.get(PHOTOS_REMOVED)
+        if not isinstance(removed_ms, int) or removed_ms < selected_ms - CLOCK_SKEW_MS:
+            return True
+        query: dict[str, Any] = {
+            "_id": {"$in": photo_ids},
+            "event_id": event_id,
+            "status": {"$ne": PhotoStatus.DELETING},
+        }
+        if not op.params.get("include_hidden"):
+            query["is_hidden"] = {"$ne": True}
+        return await self._photos.count_documents(query) == len(photo_ids)
+
     async def _archive_in_hand(
         self, principal: Principal, event: EventRecord, digest: str
     ) -> OperationRecord | None:
@@ -221,6 +252,8 @@ class Jobs:
         )
         if busy is not None:
             busy_op = OperationRecord.from_document(busy)
+            if busy_op.params.get("selection") == digest:
+                return busy_op  # stored by a request at once, since the lookup above
             # Its id only to a caller who may read it (one with hidden photos is not a
             # gallery token's to see).
             raise _archive_busy(busy_op.id if _may_see(principal, busy_op) else None)

@@ -156,7 +156,8 @@ class Archiver:
                 await self._store.abort_multipart(key, upload_id)
         except StorageUnavailable as exc:
             raise Retry(f"storage: {exc}") from exc
-        entries, skipped = await self._select(params)
+        selected_ms = now_ms()
+        entries, photo_ids, skipped = await self._select(params)
         if not entries:
             await self._operations.fail(
                 op.id,
@@ -194,6 +195,10 @@ class Archiver:
                 "files": made.files,
                 "skipped": skipped,
                 "expires_ms": now_ms() + self._ttl_ms,
+                # Serving checks these are all still there once a photo of the event went away
+                # after they were read.
+                "photo_ids": photo_ids,
+                "selected_ms": selected_ms,
             },
             {
                 "files": made.files,
@@ -209,9 +214,9 @@ class Archiver:
             extra={"operation_id": op.id, "event_id": params.event_id, "size": made.size},
         )
 
-    async def _select(self, params: ArchiveParams) -> tuple[list[ArchiveEntry], int]:
-        """The entries of the archive, in order, and how many photos were left out (no such
-        variant yet, or gone since the request)."""
+    async def _select(self, params: ArchiveParams) -> tuple[list[ArchiveEntry], list[str], int]:
+        """The entries of the archive, in order, their photos' ids, and how many photos were
+        left out (no such variant yet, or gone since the request)."""
         query: Document = {"event_id": params.event_id, "status": {"$ne": PhotoStatus.DELETING}}
         if not params.include_hidden:
             query["is_hidden"] = {"$ne": True}
@@ -230,6 +235,7 @@ class Archiver:
         else:
             missing = 0
         entries: list[ArchiveEntry] = []
+        photo_ids: list[str] = []
         skipped = missing
         for doc in docs:
             entry = _entry(PhotoRecord.of(doc), params.variant)
@@ -237,7 +243,8 @@ class Archiver:
                 skipped += 1
             else:
                 entries.append(entry)
-        return entries, skipped
+                photo_ids.append(str(doc["_id"]))
+        return entries, photo_ids, skipped
 
     async def expire(self) -> int:
         """Delete the archives past their expiry; how many."""

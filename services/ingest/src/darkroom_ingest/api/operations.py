@@ -31,12 +31,16 @@ routes = RouteTable("operations")
 ENDED = "The Operation ended within ?wait: its result"
 
 
+# What an archive's result holds for the services only.
+INTERNAL_RESULT = frozenset({"key", "expires_ms", "deleted_ms", "photo_ids", "selected_ms"})
+
+
 def _public_result(op: OperationRecord, links: MediaLinks) -> dict[str, Any] | None:
     """The result as callers see it: an archive's with a signed link to its ZIP (made at each
     read, so it is never older than the answer), never its storage key."""
     if op.result is None or op.kind != ARCHIVE:
         return op.result
-    result = {k: v for k, v in op.result.items() if k not in ("key", "expires_ms", "deleted_ms")}
+    result = {k: v for k, v in op.result.items() if k not in INTERNAL_RESULT}
     expires_ms = op.result.get("expires_ms")
     if isinstance(expires_ms, int):
         result["expires_at"] = ms_to_iso(expires_ms)

@@ -18,6 +18,7 @@ from darkroom_kit.views import token_variant_name
 from darkroom_ingest.api.declare import Call, RouteTable
 from darkroom_ingest.errors import (
     ARCHIVE_NOT_FOUND,
+    ARCHIVE_OUTDATED,
     HERO_PROCESSING,
     LINK_EXPIRED,
     LINK_INVALID,
@@ -248,6 +249,11 @@ async def _send_archive(call: Call, link: SignedLink) -> web.StreamResponse:
         or expires_ms // 1000 <= now_s
     ):
         raise ARCHIVE_NOT_FOUND.error(f"No archive {link.photo_id!r} (it may have expired).")
+    if not await deps.jobs.archive_whole(op):
+        raise ARCHIVE_OUTDATED.error(
+            "A photo in this archive was deleted or hidden since it was made; ask for a new "
+            "archive of the event."
+        )
     quoted = f'"{result.get("sha256", op.id)}"'
     max_age = max(0, min(expires_ms // 1000, link.expires_s) - now_s)
     headers = {
@@ -289,6 +295,7 @@ def _check(call: Call, query: LinkQuery) -> SignedLink:
         LINK_EXPIRED,
         PHOTO_NOT_FOUND,
         ARCHIVE_NOT_FOUND,
+        ARCHIVE_OUTDATED,
         THUMBNAIL_PROCESSING,
         HERO_PROCESSING,
         VARIANT_UNAVAILABLE,
@@ -298,8 +305,9 @@ async def serve_link(call: Call, query: LinkQuery) -> web.StreamResponse:
     """What a signed link from a photo's ``urls`` (or a download link) points at, without a
     token. 403 link_invalid or link_expired for a link that proves nothing (whether or not
     the photo exists); 404 photo_not_found once the photo is deleted, or hidden (unless the
-    link was given to a caller who may see hidden photos). ``Cache-Control`` lets caches keep
-    the file for the link's remaining life, at most MEDIA_CACHE_SECONDS."""
+    link was given to a caller who may see hidden photos); 410 archive_outdated for an
+    archive holding a photo deleted (or hidden) since it was made. ``Cache-Control`` lets
+    caches keep the file for the link's remaining life, at most MEDIA_CACHE_SECONDS."""
     link = _check(call, query)
     deps = call.deps
     if link.variant is Variant.ARCHIVE:

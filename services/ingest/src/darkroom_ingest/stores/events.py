@@ -22,6 +22,9 @@ from darkroom_ingest.stores.common import (
     page_of,
 )
 
+# When a photo of the event last went away (EventRecord.photos_removed_ms).
+PHOTOS_REMOVED = "photos_removed_ms"
+
 
 class EventStore:
     def __init__(self, db: Database) -> None:
@@ -150,11 +153,17 @@ class EventStore:
     ) -> None:
         """Give back a deleted photo's place, once: the release is recorded in the same write, so
         a repeat (the relay finishing a deletion) does nothing."""
+        now = now_ms()
         await self.col.update_one(
             {"_id": event_id, f"count_released.{photo_id}": {"$exists": False}},
             {
                 "$inc": {"photo_count": -1, "count_version": 1},
-                "$set": {f"count_released.{photo_id}": {"at_ms": now_ms(), "rid": reservation_id}},
+                "$set": {f"count_released.{photo_id}": {"at_ms": now, "rid": reservation_id}},
                 "$min": {"reconcile_due_ms": due_ms},
+                # In the release's write: the relay repeats it until it is done.
+                "$max": {PHOTOS_REMOVED: now},
             },
         )
+
+    async def photo_hidden(self, event_id: str) -> None:
+        await self.col.update_one({"_id": event_id}, {"$max": {PHOTOS_REMOVED: now_ms()}})
