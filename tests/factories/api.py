@@ -102,6 +102,32 @@ async def stored_keys(api: Client, event_id: str) -> list[str]:
     return keys
 
 
+async def photos_of(api: Client, token: str, event_id: str) -> list[dict[str, Any]]:
+    """The event's photos as its listing shows them (the first page)."""
+    resp = await api.get(f"/v1/events/{event_id}/photos", headers=auth(token))
+    items: list[dict[str, Any]] = (await resp.json())["items"]
+    return items
+
+
+async def photo_count(api: Client, token: str, event_id: str) -> int:
+    """The event's ``photo_count``, as ``GET /v1/events/{id}`` says it."""
+    event = await (await api.get(f"/v1/events/{event_id}", headers=auth(token))).json()
+    return int(event["photo_count"])
+
+
+async def the_only_photo(api: Client, token: str, event_id: str, data: bytes) -> str:
+    """The event holds exactly one photo, whose stored original is ``data``, and nothing else
+    is left in storage (no tail, no partial, no copy); its id."""
+    photos = await api.app[MONGO_DB][records.PHOTOS].find({"event_id": event_id}).to_list(None)
+    assert len(photos) == 1, [p["_id"] for p in photos]
+    photo_id = str(photos[0]["_id"])
+    key = records.original_key(event_id, photo_id)
+    assert await api.app[OBJECT_STORE].get_bytes(key) == data
+    assert [p["id"] for p in await photos_of(api, token, event_id)] == [photo_id]
+    assert await stored_keys(api, event_id) == [key]
+    return photo_id
+
+
 # ---- chunked uploads --------------------------------------------------------------------------
 
 

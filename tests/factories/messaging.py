@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
+from darkroom_kit import records
 from darkroom_kit.messaging import (
     Consumer,
     Envelope,
@@ -55,6 +56,12 @@ async def drain(amqp_url: str, queue_name: str, expect: int, timeout: float = 10
     finally:
         await connection.close()
     return got
+
+
+async def uploaded_ids(amqp_url: str, queue_name: str, expect: int) -> list[str]:
+    """The photo ids announced in photo.uploaded (waits a little for more than expected)."""
+    messages = await drain(amqp_url, queue_name, expect + 1, 2)
+    return [m["data"]["photo"]["id"] for m in messages if m["type"] == records.PHOTO_UPLOADED]
 
 
 @asynccontextmanager

@@ -18,6 +18,8 @@ from tests.factories.api import (
     auth,
     form,
     make_event,
+    photo_count,
+    photos_of,
     post_photos,
     put_chunk,
     start_upload,
@@ -25,24 +27,7 @@ from tests.factories.api import (
 )
 from tests.factories.direct import complete, put_whole, ticket
 from tests.factories.media import jpeg_bytes, jpeg_like
-from tests.factories.messaging import drain
-
-
-async def photos_of(api: Client, token: str, event_id: str) -> list[dict[str, Any]]:
-    resp = await api.get(f"/v1/events/{event_id}/photos", headers=auth(token))
-    items: list[dict[str, Any]] = (await resp.json())["items"]
-    return items
-
-
-async def photo_count(api: Client, token: str, event_id: str) -> int:
-    event = await (await api.get(f"/v1/events/{event_id}", headers=auth(token))).json()
-    return int(event["photo_count"])
-
-
-async def uploaded_ids(settings: IngestSettings, queue: str, expect: int) -> list[str]:
-    """The photo ids announced in photo.uploaded (waits a little for more than expected)."""
-    messages = await drain(settings.amqp_url, queue, expect + 1, 2)
-    return [m["data"]["photo"]["id"] for m in messages if m["type"] == records.PHOTO_UPLOADED]
+from tests.factories.messaging import uploaded_ids
 
 
 async def chunked(
@@ -92,7 +77,7 @@ async def test_a_batch_stores_each_content_once_and_names_the_photo_there(
         [a["id"], b["id"], c["id"]]
     )
     assert await photo_count(api, token, event["id"]) == 3
-    assert sorted(await uploaded_ids(ingest_settings, watch_events.name, 3)) == sorted(
+    assert sorted(await uploaded_ids(ingest_settings.amqp_url, watch_events.name, 3)) == sorted(
         [a["id"], b["id"], c["id"]]
     )
     # The copies' bytes were dropped: one original per photo.
@@ -197,7 +182,7 @@ async def test_chunked_tus_and_direct_copies_end_as_the_photo_there(
 
     assert [p["id"] for p in await photos_of(capi, token, event["id"])] == [original["id"]]
     assert await photo_count(capi, token, event["id"]) == 1
-    assert await uploaded_ids(chunk_settings, watch_events.name, 1) == [original["id"]]
+    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [original["id"]]
     # Every copy's bytes are gone: only the original is stored.
     assert await stored_keys(capi, event["id"]) == [
         records.original_key(event["id"], original["id"])
@@ -253,7 +238,7 @@ async def test_identical_files_in_flight_at_once_make_one_photo(
     listed = await photos_of(capi, token, event["id"])
     assert len(listed) == 2
     assert await photo_count(capi, token, event["id"]) == 2
-    assert len(await uploaded_ids(chunk_settings, watch_events.name, 2)) == 2
+    assert len(await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 2)) == 2
     assert len(await stored_keys(capi, event["id"])) == 2
 
 

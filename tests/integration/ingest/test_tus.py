@@ -1,10 +1,12 @@
 """tus 1.0.0 against the real servers, with the real client tuspy (PyPI) and raw requests for
-what a client must never do."""
+what a client must never do; tuspy sending a file that is in the event already, or that another
+tus upload is sending at the same time."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import signal
@@ -14,6 +16,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+from darkroom_ingest.deps import DEPS
 from darkroom_ingest.settings import IngestSettings
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
@@ -21,12 +25,33 @@ from darkroom_kit.lease import UNTIL
 from darkroom_kit.messaging import QueueSpec
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.storage import MIB, OBJECT_STORE
+from darkroom_kit.stored.photos import PhotoRecord
 from tusclient import client as tus_client
 
-from tests.factories.api import CHUNK, Client, TokenMaker, assert_problem, auth, make_event
+from tests.factories.api import (
+    CHUNK,
+    Client,
+    TokenMaker,
+    assert_problem,
+    auth,
+    make_event,
+    photo_count,
+    photos_of,
+    the_only_photo,
+)
 from tests.factories.media import jpeg_like
-from tests.factories.messaging import drain, eventually
-from tests.factories.tus import TUS, create, head, meta, patch, url_of
+from tests.factories.messaging import drain, eventually, uploaded_ids
+from tests.factories.tus import (
+    TUS,
+    assert_finished_as,
+    create,
+    head,
+    meta,
+    patch,
+    tuspy,
+    tuspy_answer,
+    url_of,
+)
 
 
 async def original_bytes(api: Client, photo_id: str) -> bytes:
@@ -594,3 +619,147 @@ async def test_a_tail_of_too_many_tiny_pieces_is_rewritten_as_one(
     assert await original_bytes(capi, photo_id) == data
     keys = await capi.app[OBJECT_STORE].list_keys(f"events/{event['id']}/")
     assert keys == [records.original_key(event["id"], photo_id)]
+
+
+# A file sent more than once: a whole part and a tail of tuspy's 1 MiB pieces each time.
+COPY_SIZE = CHUNK + MIB + 4321
+
+
+@pytest.mark.parametrize(
+    "copy_name", ["ceremony.jpg", "IMG_0042.jpeg"], ids=["same-file", "other-name"]
+)
+async def test_tuspy_sending_a_file_again_is_answered_with_the_photo_already_there(
+    capi: Client,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    tmp_path: Path,
+    copy_name: str,
+) -> None:
+    """The same bytes again in the event, by the same file or under another name: a new upload,
+    sent whole, whose last PATCH names the photo already there (``X-Darkroom-Duplicate-Of``);
+    one photo, stored and announced once, under its first name."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(COPY_SIZE)
+    path = tmp_path / "ceremony.jpg"
+    path.write_bytes(data)
+    first = tuspy(capi, token, event["id"], path)
+    await asyncio.to_thread(first.upload)
+    photo_id, copy_of = tuspy_answer(first)
+    assert photo_id is not None
+    assert copy_of is None
+
+    copy = tmp_path / copy_name
+    if copy != path:
+        copy.write_bytes(data)
+    second = tuspy(capi, token, event["id"], copy)
+    await asyncio.to_thread(second.upload)
+    assert first.url is not None
+    assert second.url is not None
+    assert second.url != first.url  # nothing resumed: the server found the copy
+    assert second.offset == len(data)
+    assert tuspy_answer(second) == (photo_id, photo_id)
+
+    await assert_finished_as(capi, token, first.url, photo_id, copy=False)
+    await assert_finished_as(capi, token, second.url, photo_id, copy=True)
+    assert await the_only_photo(capi, token, event["id"], data) == photo_id
+    assert [p["filename"] for p in await photos_of(capi, token, event["id"])] == ["ceremony.jpg"]
+    assert await photo_count(capi, token, event["id"]) == 1
+    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+
+
+async def test_tuspy_sending_a_file_while_another_tus_upload_of_it_is_open_makes_one_photo(
+    capi: Client,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    tmp_path: Path,
+) -> None:
+    """An upload of the file is created and holds its first MiB; tuspy sends the same file
+    whole meanwhile and makes the photo; the first one, finished after, is answered with it."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(COPY_SIZE)
+    path = tmp_path / "ceremony.jpg"
+    path.write_bytes(data)
+    open_one = tuspy(capi, token, event["id"], path)
+    await asyncio.to_thread(open_one.upload, MIB)
+    assert open_one.offset == MIB
+    whole = tuspy(capi, token, event["id"], path)
+    await asyncio.to_thread(whole.upload)
+    photo_id, copy_of = tuspy_answer(whole)
+    assert photo_id is not None
+    assert copy_of is None
+    await asyncio.to_thread(open_one.upload)
+    assert tuspy_answer(open_one) == (photo_id, photo_id)
+
+    assert whole.url is not None
+    assert open_one.url is not None
+    await assert_finished_as(capi, token, whole.url, photo_id, copy=False)
+    await assert_finished_as(capi, token, open_one.url, photo_id, copy=True)
+    assert await the_only_photo(capi, token, event["id"], data) == photo_id
+    assert await photo_count(capi, token, event["id"]) == 1
+    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+
+
+async def test_tuspy_uploads_of_one_file_whose_last_bytes_arrive_at_once_make_one_photo(
+    capi: Client,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    tmp_path: Path,
+) -> None:
+    """Three tuspy uploads of the same file, each sent but for its last bytes, then finished
+    at once: exactly one makes the photo, the others are answered with it; nothing doubled,
+    nothing lost.
+
+    Left alone, the completions mostly run one after the other (each assembles its S3 object
+    first), and a later one finds the photo already there. So each is held where it looks for
+    a photo with its bytes until all three are there: none finds one, and only what guards
+    identical files in flight (hashing a file when an upload of its size is open, the unique
+    content key) keeps them one photo."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(COPY_SIZE)
+    path = tmp_path / "ceremony.jpg"
+    path.write_bytes(data)
+    uploaders = [tuspy(capi, token, event["id"], path) for _ in range(3)]
+    for uploader in uploaders:
+        await asyncio.to_thread(uploader.upload, len(data) - 1000)
+
+    duplicates = capi.app[DEPS].photos.duplicates
+    earlier = duplicates.earlier
+    arrived: list[list[str]] = []
+    together = asyncio.Event()
+
+    async def all_at_once(event_id: str, digests: list[str]) -> dict[str, PhotoRecord]:
+        if not together.is_set():
+            arrived.append(digests)
+            if len(arrived) == len(uploaders):
+                together.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(together.wait(), 10)
+        found: dict[str, PhotoRecord] = await earlier(event_id, digests)
+        return found
+
+    duplicates.earlier = all_at_once
+    try:
+        await asyncio.gather(*(asyncio.to_thread(u.upload) for u in uploaders))
+    finally:
+        duplicates.earlier = earlier
+    assert len(arrived) == len(uploaders), arrived  # all three completing at once
+
+    answers = [tuspy_answer(u) for u in uploaders]
+    named = {made for made, _ in answers}
+    assert len(named) == 1, answers  # one photo, named by every upload
+    [photo_id] = named
+    assert photo_id is not None
+    assert sorted(copy_of is None for _, copy_of in answers) == [False, False, True], answers
+    for uploader, (_, copy_of) in zip(uploaders, answers, strict=True):
+        assert copy_of in (None, photo_id)
+        assert uploader.url is not None
+        await assert_finished_as(capi, token, uploader.url, photo_id, copy=copy_of is not None)
+    assert await the_only_photo(capi, token, event["id"], data) == photo_id
+    assert await photo_count(capi, token, event["id"]) == 1
+    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]

@@ -1,6 +1,7 @@
 """tus 1.0.0 with the real JavaScript client, tus-js-client (npm, pinned in package.json), in
 Node: a plain upload in 1 MiB pieces, a parallel one (concatenation: partial uploads joined by a
-final one) and a resume after the client process is killed.
+final one), a resume after the client process is killed, and a file sent again (the photo
+already in the event answers it), also while tuspy sends the same file.
 
 The client runs as a subprocess (tus_js_client.mjs beside this file) that reports in JSON lines;
 the API keeps serving in this process's event loop meanwhile. Node and the npm packages are
@@ -16,18 +17,37 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from darkroom_ingest.settings import IngestSettings
-from darkroom_kit import records
-from darkroom_kit.mongo import MONGO_DB
-from darkroom_kit.storage import MIB, OBJECT_STORE
+from darkroom_kit.messaging import QueueSpec
+from darkroom_kit.storage import MIB
 
-from tests.factories.api import CHUNK, Client, TokenMaker, auth, make_event
+from tests.factories.api import (
+    CHUNK,
+    Client,
+    TokenMaker,
+    auth,
+    make_event,
+    photo_count,
+    photos_of,
+    the_only_photo,
+)
 from tests.factories.media import jpeg_like
+from tests.factories.messaging import uploaded_ids
+from tests.factories.tus import (
+    assert_finished_as,
+    tus_path,
+    tuspy,
+    tuspy_answer,
+    upload_status,
+)
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "tus_js_client.mjs"
 ROOT = HERE.parents[2]
 SIZE = 12 * 1000 * 1000 + 4321  # ~12 MB: two whole parts and a bit, in 1 MiB PATCHes
+# A file sent twice: a whole part and a tail of 1 MiB pieces, the second time too.
+COPY_SIZE = CHUNK + MIB + 4321
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
@@ -101,33 +121,6 @@ def options_for(api: Client, token: str, event_id: str, path: Path, **extra: Any
         "source": "stream",
         **extra,
     }
-
-
-async def the_only_photo(api: Client, token: str, event_id: str, data: bytes) -> str:
-    """The event holds exactly one photo, whose stored original is ``data``, and nothing else
-    is left in storage (no tail, no partial); its id."""
-    photos = await api.app[MONGO_DB][records.PHOTOS].find({"event_id": event_id}).to_list(None)
-    assert len(photos) == 1, [p["_id"] for p in photos]
-    photo_id = str(photos[0]["_id"])
-    key = records.original_key(event_id, photo_id)
-    assert await api.app[OBJECT_STORE].get_bytes(key) == data
-    listed = await (await api.get(f"/v1/events/{event_id}/photos", headers=auth(token))).json()
-    assert [p["id"] for p in listed["items"]] == [photo_id]
-    assert await api.app[OBJECT_STORE].list_keys(f"events/{event_id}/") == [key]
-    return photo_id
-
-
-def tus_path(url: str) -> str:
-    """The path of an upload's URL as the client knows it (absolute, on the test server)."""
-    return "/v1/tus/" + url.rsplit("/v1/tus/", 1)[1]
-
-
-async def upload_status(api: Client, token: str, url: str) -> dict[str, Any]:
-    upload_id = url.rstrip("/").rsplit("/", 1)[1]
-    resp = await api.get(f"/v1/uploads/{upload_id}", headers=auth(token))
-    assert resp.status == 200, await resp.text()
-    body: dict[str, Any] = await resp.json()
-    return body
 
 
 async def test_tus_js_client_uploads_in_1_mib_pieces_and_makes_one_photo(
@@ -278,3 +271,118 @@ async def test_tus_js_client_resumes_after_it_is_killed_mid_file(
     assert (status["state"], status["size"]) == ("completed", SIZE)
     # On success the client forgot the upload (removeFingerprintOnSuccess).
     assert json.loads((tmp_path / "tus-urls.json").read_text()) == {}
+
+
+def responses(client: JsClient, method: str) -> list[dict[str, Any]]:
+    return [r for r in client.of_type("response") if r["method"] == method]
+
+
+@pytest.mark.parametrize(
+    ("copy_name", "parallel"),
+    [("ceremony.jpg", 1), ("IMG_0042.jpeg", 1), ("IMG_0042.jpeg", 3)],
+    ids=["same-file", "other-name", "other-name-parallel"],
+)
+async def test_tus_js_client_sending_a_file_again_is_answered_with_the_photo_already_there(
+    capi: Client,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    tmp_path: Path,
+    copy_name: str,
+    parallel: int,
+) -> None:
+    """The same bytes again in the event, by the same file, under another name, or in parallel
+    partial uploads joined by a final one: sent whole, then answered with the photo already
+    there (``X-Darkroom-Duplicate-Of``); one photo, stored and announced once."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(COPY_SIZE)
+    path = tmp_path / "ceremony.jpg"
+    path.write_bytes(data)
+    first = await start_js(tmp_path, "first", **options_for(capi, token, event["id"], path))
+    await first.run_to_end()
+    assert first.of_type("error") == [], first.report()
+    [made] = first.of_type("success")
+    photo_id = made["photo_id"]
+    assert photo_id is not None, first.report()
+    assert made["duplicate_of"] is None, first.report()
+
+    copy = tmp_path / copy_name
+    if copy != path:
+        copy.write_bytes(data)
+    options = options_for(capi, token, event["id"], copy, parallelUploads=parallel)
+    if parallel > 1:
+        options["source"] = "buffer"  # tus-js-client slices a buffer, not a stream
+    second = await start_js(tmp_path, "second", **options)
+    await second.run_to_end()
+    assert second.of_type("error") == [], second.report()
+    # A new upload (tus-js-client in Node keeps no URLs: nothing resumed), every byte sent.
+    posts, patches = responses(second, "POST"), responses(second, "PATCH")
+    assert [p["status"] for p in posts] == [201] * (1 if parallel == 1 else parallel + 1)
+    assert all(p["status"] == 204 for p in patches), second.report()
+    reached: dict[str, int] = {}
+    for r in patches:
+        reached[r["url"]] = max(reached.get(r["url"], 0), r["offset"])
+    assert sum(reached.values()) == len(data), second.report()
+    # The answer that completed it names the photo there, as a copy of it; no other answer
+    # names a photo.
+    named = [r for r in second.of_type("response") if r["photo_id"] is not None]
+    assert [(r["photo_id"], r["duplicate_of"]) for r in named] == [(photo_id, photo_id)]
+    if parallel > 1:
+        assert named[0]["method"] == "POST"
+        assert named[0]["concat"].startswith("final;")
+    [again] = second.of_type("success")
+    assert (again["photo_id"], again["duplicate_of"]) == (photo_id, photo_id)
+    assert again["url"] != made["url"]
+
+    await assert_finished_as(capi, token, made["url"], photo_id, copy=False)
+    await assert_finished_as(capi, token, again["url"], photo_id, copy=True)
+    assert await the_only_photo(capi, token, event["id"], data) == photo_id
+    assert [p["filename"] for p in await photos_of(capi, token, event["id"])] == ["ceremony.jpg"]
+    assert await photo_count(capi, token, event["id"]) == 1
+    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+
+
+async def test_tus_js_client_and_tuspy_sending_one_file_at_once_make_one_photo(
+    capi: Client,
+    make_token: TokenMaker,
+    chunk_settings: IngestSettings,
+    watch_events: QueueSpec,
+    tmp_path: Path,
+) -> None:
+    """tuspy sends a file while tus-js-client's upload of the same bytes is in flight: whichever
+    is whole first is the photo, the other is answered with it; nothing doubled, nothing lost."""
+    token = await make_token()
+    event = await make_event(capi, token)
+    data = jpeg_like(COPY_SIZE)
+    path = tmp_path / "ceremony.jpg"
+    path.write_bytes(data)
+    js = await start_js(tmp_path, "js", **options_for(capi, token, event["id"], path))
+    async with asyncio.timeout(60):
+        while (line := await js.next_line()) is not None and line["type"] != "chunk":
+            pass
+    assert line is not None, js.report()
+    assert line["offset"] < len(data), js.report()  # in flight: created, not whole yet
+    uploader = tuspy(capi, token, event["id"], path)
+    sent = asyncio.create_task(asyncio.to_thread(uploader.upload))
+    await js.run_to_end()
+    await sent
+
+    assert js.of_type("error") == [], js.report()
+    [done] = js.of_type("success")
+    assert uploader.url is not None
+    assert uploader.offset == len(data)
+    answers = {done["url"]: (done["photo_id"], done["duplicate_of"])}
+    answers[uploader.url] = tuspy_answer(uploader)
+    named = {made for made, _ in answers.values()}
+    assert len(named) == 1, answers  # one photo, named by both uploads
+    [photo_id] = named
+    assert photo_id is not None
+    # Exactly one of them made the photo; the other names it as the photo already there.
+    assert sorted(copy_of is None for _, copy_of in answers.values()) == [False, True], answers
+    for url, (_, copy_of) in answers.items():
+        assert copy_of in (None, photo_id)
+        await assert_finished_as(capi, token, url, photo_id, copy=copy_of is not None)
+    assert await the_only_photo(capi, token, event["id"], data) == photo_id
+    assert await photo_count(capi, token, event["id"]) == 1
+    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]

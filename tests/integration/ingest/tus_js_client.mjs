@@ -10,10 +10,11 @@
 //
 // Everything it says is one JSON object per line on stdout, flushed as it happens:
 //   {"type":"previous","count":n}                 uploads of this file found in the storage
-//   {"type":"response","method":..,"url":..,"status":..,"offset":..,"concat":..,"photo_id":..}
+//   {"type":"response","method":..,"url":..,"status":..,"offset":..,"concat":..,"photo_id":..,
+//    "duplicate_of":..}                          (X-Darkroom-Photo-Id, X-Darkroom-Duplicate-Of)
 //   {"type":"start","offset":n,"url":..}          where the upload (not a partial) begins
 //   {"type":"chunk","offset":n,"total":n,"partial":bool}  a PATCH accepted
-//   {"type":"success","url":..,"photo_id":..}
+//   {"type":"success","url":..,"photo_id":..,"duplicate_of":..}
 //   {"type":"error","message":..}                 and exit status 1
 
 import fs from 'node:fs'
@@ -33,6 +34,7 @@ function header(res, name) {
 
 const file = opts.source === 'buffer' ? fs.readFileSync(opts.path) : fs.createReadStream(opts.path)
 let photoId = null
+let duplicateOf = null
 let started = false
 
 const options = {
@@ -48,6 +50,8 @@ const options = {
     const concat = req.getHeader('Upload-Concat') ?? null
     const found = header(res, 'X-Darkroom-Photo-Id')
     if (found !== null) photoId = found
+    const copyOf = header(res, 'X-Darkroom-Duplicate-Of')
+    if (copyOf !== null) duplicateOf = copyOf
     const offset = header(res, 'Upload-Offset')
     say({
       type: 'response',
@@ -57,6 +61,7 @@ const options = {
       offset: offset === null ? null : Number(offset),
       concat,
       photo_id: found,
+      duplicate_of: copyOf,
     })
     // The first answer about the whole upload (not a partial one): its creation, or the HEAD
     // of a resumed one, says the offset the PATCHes start from.
@@ -72,7 +77,7 @@ const options = {
     say({ type: 'chunk', offset: bytesAccepted, total: bytesTotal, partial: opts.parallelUploads > 1 })
   },
   onSuccess() {
-    say({ type: 'success', url: upload.url, photo_id: photoId })
+    say({ type: 'success', url: upload.url, photo_id: photoId, duplicate_of: duplicateOf })
   },
   onError(error) {
     say({ type: 'error', message: String(error) })
