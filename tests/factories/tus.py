@@ -12,7 +12,8 @@ from darkroom_kit.storage import MIB
 from tusclient import client as tus_client
 from tusclient.uploader.uploader import Uploader
 
-from tests.factories.api import Client, auth
+from tests.factories.api import Client, auth, photo_count, photos_of, the_only_photo
+from tests.factories.messaging import uploaded_ids
 
 TUS = {"Tus-Resumable": protocol.VERSION}
 
@@ -118,3 +119,21 @@ def tuspy_answer(uploader: Uploader) -> tuple[str | None, str | None]:
     assert request is not None, "the uploader sent no PATCH"
     headers: dict[str, str] = request.response_headers  # names lower-cased by tuspy
     return headers.get("x-darkroom-photo-id"), headers.get("x-darkroom-duplicate-of")
+
+
+async def assert_one_photo(
+    capi: Client,
+    token: str,
+    event_id: str,
+    data: bytes,
+    photo_id: str,
+    announced: tuple[str, str],
+    filename: str | None = None,
+) -> None:
+    """The event holds ``data`` once, as ``photo_id`` (named ``filename``, when given), counts
+    one photo and announced it once on the queue ``announced`` (amqp url, queue name)."""
+    assert await the_only_photo(capi, token, event_id, data) == photo_id
+    if filename is not None:
+        assert [p["filename"] for p in await photos_of(capi, token, event_id)] == [filename]
+    assert await photo_count(capi, token, event_id) == 1
+    assert await uploaded_ids(*announced, 1) == [photo_id]

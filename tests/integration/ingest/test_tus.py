@@ -35,15 +35,13 @@ from tests.factories.api import (
     assert_problem,
     auth,
     make_event,
-    photo_count,
-    photos_of,
-    the_only_photo,
 )
 from tests.factories.media import jpeg_like
-from tests.factories.messaging import drain, eventually, uploaded_ids
+from tests.factories.messaging import drain, eventually
 from tests.factories.tus import (
     TUS,
     assert_finished_as,
+    assert_one_photo,
     create,
     head,
     meta,
@@ -663,10 +661,15 @@ async def test_tuspy_sending_a_file_again_is_answered_with_the_photo_already_the
 
     await assert_finished_as(capi, token, first.url, photo_id, copy=False)
     await assert_finished_as(capi, token, second.url, photo_id, copy=True)
-    assert await the_only_photo(capi, token, event["id"], data) == photo_id
-    assert [p["filename"] for p in await photos_of(capi, token, event["id"])] == ["ceremony.jpg"]
-    assert await photo_count(capi, token, event["id"]) == 1
-    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+    await assert_one_photo(
+        capi,
+        token,
+        event["id"],
+        data,
+        photo_id,
+        (chunk_settings.amqp_url, watch_events.name),
+        "ceremony.jpg",
+    )
 
 
 async def test_tuspy_sending_a_file_while_another_tus_upload_of_it_is_open_makes_one_photo(
@@ -698,9 +701,9 @@ async def test_tuspy_sending_a_file_while_another_tus_upload_of_it_is_open_makes
     assert open_one.url is not None
     await assert_finished_as(capi, token, whole.url, photo_id, copy=False)
     await assert_finished_as(capi, token, open_one.url, photo_id, copy=True)
-    assert await the_only_photo(capi, token, event["id"], data) == photo_id
-    assert await photo_count(capi, token, event["id"]) == 1
-    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+    await assert_one_photo(
+        capi, token, event["id"], data, photo_id, (chunk_settings.amqp_url, watch_events.name)
+    )
 
 
 async def test_tuspy_uploads_of_one_file_whose_last_bytes_arrive_at_once_make_one_photo(
@@ -760,6 +763,6 @@ async def test_tuspy_uploads_of_one_file_whose_last_bytes_arrive_at_once_make_on
         assert copy_of in (None, photo_id)
         assert uploader.url is not None
         await assert_finished_as(capi, token, uploader.url, photo_id, copy=copy_of is not None)
-    assert await the_only_photo(capi, token, event["id"], data) == photo_id
-    assert await photo_count(capi, token, event["id"]) == 1
-    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+    await assert_one_photo(
+        capi, token, event["id"], data, photo_id, (chunk_settings.amqp_url, watch_events.name)
+    )

@@ -28,14 +28,12 @@ from tests.factories.api import (
     TokenMaker,
     auth,
     make_event,
-    photo_count,
-    photos_of,
     the_only_photo,
 )
 from tests.factories.media import jpeg_like
-from tests.factories.messaging import uploaded_ids
 from tests.factories.tus import (
     assert_finished_as,
+    assert_one_photo,
     tus_path,
     tuspy,
     tuspy_answer,
@@ -337,10 +335,15 @@ async def test_tus_js_client_sending_a_file_again_is_answered_with_the_photo_alr
 
     await assert_finished_as(capi, token, made["url"], photo_id, copy=False)
     await assert_finished_as(capi, token, again["url"], photo_id, copy=True)
-    assert await the_only_photo(capi, token, event["id"], data) == photo_id
-    assert [p["filename"] for p in await photos_of(capi, token, event["id"])] == ["ceremony.jpg"]
-    assert await photo_count(capi, token, event["id"]) == 1
-    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+    await assert_one_photo(
+        capi,
+        token,
+        event["id"],
+        data,
+        photo_id,
+        (chunk_settings.amqp_url, watch_events.name),
+        "ceremony.jpg",
+    )
 
 
 async def test_tus_js_client_and_tuspy_sending_one_file_at_once_make_one_photo(
@@ -383,6 +386,6 @@ async def test_tus_js_client_and_tuspy_sending_one_file_at_once_make_one_photo(
     for url, (_, copy_of) in answers.items():
         assert copy_of in (None, photo_id)
         await assert_finished_as(capi, token, url, photo_id, copy=copy_of is not None)
-    assert await the_only_photo(capi, token, event["id"], data) == photo_id
-    assert await photo_count(capi, token, event["id"]) == 1
-    assert await uploaded_ids(chunk_settings.amqp_url, watch_events.name, 1) == [photo_id]
+    await assert_one_photo(
+        capi, token, event["id"], data, photo_id, (chunk_settings.amqp_url, watch_events.name)
+    )
