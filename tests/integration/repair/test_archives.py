@@ -13,10 +13,12 @@ import zipfile
 from typing import Any
 
 from darkroom_kit import records
+from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
 from darkroom_kit.messaging import Topology
 from darkroom_kit.mongo import MONGO_DB
 from darkroom_kit.operations import Operations
+from darkroom_kit.outbox import OUTBOX, OUTBOX_DUE, OUTBOX_DUE_BY, OUTBOXES
 from darkroom_kit.storage import OBJECT_STORE
 from darkroom_repair.app import ARCHIVER, queue_specs
 from darkroom_repair.app import create_app as create_repair
@@ -227,6 +229,9 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
     await assert_problem(resp, 410, "archive_outdated")
     assert await fetch(first_two) == 200  # it never held the hidden photo
     assert await fetch(with_hidden) == 200  # made with hidden photos
+    show = await api.patch(f"/v1/photos/{ids[3]}", json={"is_hidden": False}, headers=auth(token))
+    assert show.status == 200, await show.text()
+    assert await fetch(everything) == 200  # whole again
 
     gone = await api.delete(f"/v1/photos/{ids[1]}", headers=auth(token))
     assert gone.status == 204, await gone.text()
@@ -235,8 +240,56 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
 
     again = await made()
     assert again["id"] != everything["id"]
-    assert again["result"]["files"] == 2
+    assert again["result"]["files"] == 3  # shown again: only the deleted one is left out
     assert await fetch(again) == 200
+
+
+async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+) -> None:
+    """An archive left running with a free lease past the longest retry delay (its command was
+    dead-lettered: the database was away for every try) is failed by the expiry pass, so the
+    event takes archives again; one whose holder is alive, or that moved lately, is not."""
+    settings = RepairSettings(**settings_kwargs, archive_expiry_interval_seconds=0)
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
+    token = await make_token()
+    events = [await make_event(api, token) for _ in range(3)]
+    ops = api.app[MONGO_DB][records.OPERATIONS]
+    started = []
+    for event in events:
+        await seed_photos(api, token, event["id"], jpeg_bytes(64, 48), 1)
+        status, op = await archive(api, token, event["id"])
+        assert status == 202, op
+        started.append(op["id"])
+    # No worker yet: each is as a worker that died or gave up would leave it.
+    hour_ago = now_ms() - 3600_000
+    abandoned, alive, lately = started
+    await ops.update_many(
+        {"_id": {"$in": started}},
+        {
+            "$set": {"state": "running", "updated_ms": hour_ago, "lease_until_ms": 0},
+            # Their commands are never published: the worker below must not carry them out.
+            "$unset": {OUTBOX: "", OUTBOX_DUE: "", OUTBOXES: "", OUTBOX_DUE_BY: ""},
+        },
+    )
+    await ops.update_one({"_id": alive}, {"$set": {"lease_until_ms": now_ms() + 60_000}})
+    await ops.update_one({"_id": lately}, {"$set": {"updated_ms": now_ms()}})
+
+    worker = await aiohttp_client(create_repair(settings))
+    await worker.app[ARCHIVER].expire()
+    states = {d["_id"]: d["state"] async for d in ops.find({"_id": {"$in": started}}, {"state": 1})}
+    assert states == {abandoned: "failed", alive: "running", lately: "running"}
+    failed = await (await api.get(f"/v1/operations/{abandoned}", headers=auth(token))).json()
+    assert failed["result"]["error"].startswith("abandoned")
+    status, again = await archive(api, token, events[0]["id"])
+    assert status == 202, again
+    assert again["id"] != abandoned
+    status, busy = await archive(api, token, events[1]["id"], include_hidden=True)
+    assert (status, busy["code"]) == (409, "archive_in_progress")
 
 
 async def test_bad_archive_requests_are_refused_clearly(

@@ -245,15 +245,47 @@ class Operations:
         }
         await self._end(operation_id, fields, lease)
 
-    async def _end(self, operation_id: str, fields: Document, lease: Lease | None = None) -> None:
+    async def fail_abandoned(self, kind: str, idle_ms: int, reason: str, limit: int = 100) -> int:
+        """Fail the ``running`` Operations of ``kind`` whose lease is free and that nobody has
+        claimed or moved for ``idle_ms`` (longer than the worker's longest retry delay): their
+        command was dead-lettered while they were open, so nothing would ever end them, and
+        one that holds an ``exclusive`` key would block its like for good. How many."""
+        now = now_ms()
+        idle: Document = {"kind": kind, "state": OperationState.RUNNING}
+        idle["updated_ms"] = {"$lt": now - idle_ms}
+        found = self._col.find({"$and": [idle, Lease.free(now)]}, {"_id": 1}).limit(limit)
+        failed = 0
+        for op_id in [str(doc["_id"]) async for doc in found]:
+            fields: Document = {
+                "state": OperationState.FAILED,
+                "updated_ms": now_ms(),
+                "result": {"error": reason[:REASON_CHARS]},
+            }
+            # Still idle and free at the write: a worker that claimed it meanwhile keeps it.
+            still = {"$and": [{**idle, "_id": op_id}, Lease.free(now_ms())]}
+            failed += await self._end(op_id, fields, still=still)
+        return failed
+
+    async def _end(
+        self,
+        operation_id: str,
+        fields: Document,
+        lease: Lease | None = None,
+        *,
+        still: Document | None = None,
+    ) -> bool:
         # Only once: an Operation that has ended stays as it ended. A leased one ends only by
         # its holder, and holds no lease after.
         query: Document = {"_id": operation_id, "state": {"$in": OPEN}}
         update: Document = {"$set": fields, "$unset": {EXCLUSIVE: ""}}
         if lease is not None:
             query[HOLDER] = lease.holder
+        if lease is not None or still is not None:
             update["$unset"] |= RELEASED
+        if still is not None:
+            query = {"$and": [query, still]}
         # Its kind comes back with the write: counted only by the call that ended it.
         ended = await self._col.find_one_and_update(query, update, {"kind": 1})
         if ended is not None and self._metrics is not None:
             self._metrics.ended(str(ended.get("kind")), str(fields["state"]))
+        return ended is not None

@@ -95,8 +95,10 @@ class Gallery:
         updated = PhotoRecord.maybe(await self.photos.photos.patch(photo.id, fields))
         if updated is None:
             raise photo_not_found(photo.id)
-        if updated.is_hidden and not photo.is_hidden:
-            # After the photo's write, so an archive read before it is one that may hold it.
+        if fields.get("is_hidden"):
+            # After the photo's write, so an archive read before it is one that may hold it; on
+            # every hide, even of a hidden photo: a retry of a hide whose marker was not written
+            # (a crash in between) writes it then.
             await self._events.photo_hidden(photo.event_id)
         return updated
 

@@ -66,6 +66,10 @@ def public_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# Beyond the longest retry delay and a lease: the redelivery and its claim take this long at most.
+ABANDON_MARGIN_MS = 60_000
+
+
 class Archiver:
     def __init__(self, deps: Deps) -> None:
         settings = deps.settings
@@ -77,6 +81,10 @@ class Archiver:
         self._ttl_ms = int(settings.archive_ttl_seconds * 1000)
         self._part_bytes = settings.archive_part_bytes
         self._lease_ms = int(settings.archive_lease_seconds * 1000)
+        # Past the longest wait for a redelivery, a running archive with a free lease has no
+        # command left to end it (dead-lettered).
+        self._abandoned_ms = max(settings.archive_retry_delays_ms, default=0) + self._lease_ms
+        self._abandoned_ms += ABANDON_MARGIN_MS
         self._bytes = Counter(
             "archive_bytes_total",
             "Bytes of photos written into archives",
@@ -247,7 +255,15 @@ class Archiver:
         return entries, photo_ids, skipped
 
     async def expire(self) -> int:
-        """Delete the archives past their expiry; how many."""
+        """Delete the archives past their expiry; how many. Fail those abandoned mid-way (their
+        command dead-lettered while they were running), which would hold their event for good."""
+        abandoned = await self._operations.fail_abandoned(
+            ARCHIVE,
+            self._abandoned_ms,
+            "abandoned: its worker gave up on it without ending it; ask again",
+        )
+        if abandoned:
+            log.warning("abandoned archives failed", extra={"count": abandoned})
         now = now_ms()
         expired = [
             d

@@ -40,8 +40,9 @@ async def create_archive(call: Call, body: ArchiveRequest) -> Reply[OperationOut
     has ``download_url`` (a signed link, no token needed), ``size``, ``sha256``, ``files`` and
     ``expires_at`` (archives are deleted after ARCHIVE_TTL_SECONDS). Asking again for the same
     selection while that archive is being made answers it (202), once made and fresh too (200);
-    another archive of the event while one is being made is 409 archive_in_progress. An archive
-    is a snapshot: a photo hidden or deleted after it was made stays in it until it expires."""
+    another archive of the event while one is being made is 409 archive_in_progress. Once a
+    photo it holds is deleted (or hidden, unless it was made with hidden photos), its link
+    answers 410 archive_outdated: ask again for an archive without it."""
     deps = call.deps
     event = await deps.events.get(call.principal, call.path("event_id"))
     op, started = await deps.jobs.start_archive(
