@@ -228,6 +228,10 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
     resp = await api.get(URL(everything["result"]["download_url"], encoded=True).raw_path_qs)
     await assert_problem(resp, 410, "archive_outdated")
     assert await fetch(first_two) == 200  # it never held the hidden photo
+    # Found whole once: not counted again until the next removal.
+    kept = await api.app[MONGO_DB][records.OPERATIONS].find_one({"_id": first_two["id"]})
+    assert kept is not None
+    assert kept["result"]["whole_at_removals"] == 1
     assert await fetch(with_hidden) == 200  # made with hidden photos
     show = await api.patch(f"/v1/photos/{ids[3]}", json={"is_hidden": False}, headers=auth(token))
     assert show.status == 200, await show.text()

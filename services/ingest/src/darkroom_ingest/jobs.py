@@ -35,7 +35,7 @@ from darkroom_ingest.errors import (
     VALIDATION_FAILED,
 )
 from darkroom_ingest.events import EventService
-from darkroom_ingest.stores.events import PHOTOS_REMOVED
+from darkroom_ingest.stores.events import PHOTOS_REMOVED, REMOVALS
 from darkroom_ingest.tokens import Principal, Scope
 
 REPAIR = "repair_dimensions"
@@ -56,6 +56,8 @@ STOP_SCOPES = {IMPORT: Scope.PHOTOS_WRITE}
 
 # Longer than the clock skew between replicas (their writes' times are compared).
 CLOCK_SKEW_MS = 60_000
+# In an archive's result: the event's removal count at which all its photos were there.
+WHOLE_AT = "whole_at_removals"
 
 
 class Jobs:
@@ -203,17 +205,20 @@ class Jobs:
         """Whether every photo a made archive holds is still there (and shown, unless it was
         made with hidden ones): a deleted or hidden photo must not stay downloadable through
         it. Each photo is looked up only when one of the event's went away after the archive's
-        photos were read (less a clock skew: the services write these times)."""
+        photos were read (less a clock skew: the services write these times), and then once
+        per removal: a whole verdict is kept with the number of removals it saw."""
         result = op.result or {}
         photo_ids, selected_ms = result.get("photo_ids"), result.get("selected_ms")
         if not isinstance(photo_ids, list) or not isinstance(selected_ms, int):
             return True  # made before archives recorded their photos
         event_id = op.params.get("event_id")
-        event = await self._event_docs.find_one({"_id": event_id}, {PHOTOS_REMOVED: 1})
+        event = await self._event_docs.find_one({"_id": event_id}, {PHOTOS_REMOVED: 1, REMOVALS: 1})
         if event is None:
             return False
-        removed_ms = event.get(PHOTOS_REMOVED)
+        removed_ms, removals = event.get(PHOTOS_REMOVED), event.get(REMOVALS, 0)
         if not isinstance(removed_ms, int) or removed_ms < selected_ms - CLOCK_SKEW_MS:
+            return True
+        if result.get(WHOLE_AT) == removals:
             return True
         query: dict[str, Any] = {
             "_id": {"$in": photo_ids},
@@ -222,7 +227,13 @@ class Jobs:
         }
         if not op.params.get("include_hidden"):
             query["is_hidden"] = {"$ne": True}
-        return await self._photos.count_documents(query) == len(photo_ids)
+        # Counted after the removals were read: one since makes the next read count again.
+        if await self._photos.count_documents(query) != len(photo_ids):
+            return False
+        await self._operation_docs.update_one(
+            {"_id": op.id}, {"$max": {f"result.{WHOLE_AT}": removals}}
+        )
+        return True
 
     async def _archive_in_hand(
         self, principal: Principal, event: EventRecord, digest: str

@@ -24,6 +24,8 @@ from darkroom_ingest.stores.common import (
 
 # When a photo of the event last went away (EventRecord.photos_removed_ms).
 PHOTOS_REMOVED = "photos_removed_ms"
+# How many times one did: an archive found whole at one count is whole until the next.
+REMOVALS = "photo_removals"
 
 
 class EventStore:
@@ -157,7 +159,7 @@ class EventStore:
         await self.col.update_one(
             {"_id": event_id, f"count_released.{photo_id}": {"$exists": False}},
             {
-                "$inc": {"photo_count": -1, "count_version": 1},
+                "$inc": {"photo_count": -1, "count_version": 1, REMOVALS: 1},
                 "$set": {f"count_released.{photo_id}": {"at_ms": now, "rid": reservation_id}},
                 "$min": {"reconcile_due_ms": due_ms},
                 # In the release's write: the relay repeats it until it is done.
@@ -166,4 +168,6 @@ class EventStore:
         )
 
     async def photo_hidden(self, event_id: str) -> None:
-        await self.col.update_one({"_id": event_id}, {"$max": {PHOTOS_REMOVED: now_ms()}})
+        await self.col.update_one(
+            {"_id": event_id}, {"$max": {PHOTOS_REMOVED: now_ms()}, "$inc": {REMOVALS: 1}}
+        )
