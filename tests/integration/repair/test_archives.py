@@ -12,6 +12,8 @@ import signal
 import zipfile
 from typing import Any
 
+import pytest
+from darkroom_ingest.deps import DEPS
 from darkroom_kit import records
 from darkroom_kit.clock import now_ms
 from darkroom_kit.ids import new_id
@@ -246,6 +248,34 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
     assert again["id"] != everything["id"]
     assert again["result"]["files"] == 3  # shown again: only the deleted one is left out
     assert await fetch(again) == 200
+
+
+async def test_a_request_whose_rival_ended_meanwhile_starts_its_archive(
+    api: Client, make_token: TokenMaker, janitor: QueueJanitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive holding the event's key ends between a request's insert (refused) and its
+    second lookup: the event is free, so the request starts its archive rather than a 409."""
+    token = await make_token()
+    event = await make_event(api, token)
+    ids = await seed_photos(api, token, event["id"], jpeg_bytes(64, 48), 2)
+    status, rival = await archive(api, token, event["id"], photo_ids=[ids[0]])
+    assert status == 202, rival
+    jobs = api.app[DEPS].jobs
+    lookup = jobs._archive_in_hand
+    lookups = 0
+
+    async def rival_unseen_then_ended(*args: Any) -> Any:
+        nonlocal lookups
+        lookups += 1
+        if lookups == 1:
+            return None  # looked before the rival was stored
+        await Operations(api.app[MONGO_DB]).fail(rival["id"], "ended by the test")
+        return await lookup(*args)
+
+    monkeypatch.setattr(jobs, "_archive_in_hand", rival_unseen_then_ended)
+    status, mine = await archive(api, token, event["id"], photo_ids=[ids[1]])
+    assert (status, lookups) == (202, 2), mine
+    assert mine["id"] != rival["id"]
 
 
 async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(

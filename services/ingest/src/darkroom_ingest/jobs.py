@@ -189,16 +189,20 @@ class Jobs:
         op_id = new_operation_id()
         command = Envelope.new(records.ARCHIVE_REQUESTED, {"operation_id": op_id})
         progress = {"files": 0, "files_total": 0, "bytes": 0, "bytes_total": 0, "skipped": 0}
-        try:
-            await self._start(
-                op_id, ARCHIVE, params.model_dump(), progress, command, f"archive:{event.id}"
-            )
-        except DuplicateKeyError:
-            # Another request for the event stored its archive since the lookup above.
-            in_hand = await self._archive_in_hand(principal, event, digest)
-            if in_hand is not None:
-                return in_hand, False
-            raise _archive_busy(None) from None
+        for last_try in (False, True):
+            try:
+                await self._start(
+                    op_id, ARCHIVE, params.model_dump(), progress, command, f"archive:{event.id}"
+                )
+                break
+            except DuplicateKeyError:
+                # Another request for the event stored its archive since the lookup above.
+                in_hand = await self._archive_in_hand(principal, event, digest)
+                if in_hand is not None:
+                    return in_hand, False
+                if last_try:
+                    raise _archive_busy(None) from None
+                # ... and it has ended already: the event is free again.
         return await self.wait(op_id, 0), True
 
     async def archive_whole(self, op: OperationRecord) -> bool:
