@@ -287,11 +287,12 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
 ) -> None:
     """An archive left running with a free lease past the longest retry delay (its command was
     dead-lettered: the database was away for every try) is failed by the expiry pass, so the
-    event takes archives again; one whose holder is alive, or that moved lately, is not."""
+    event takes archives again; one whose holder is alive, or that moved lately, is not. So is
+    one queued for longer than an archive lives (never claimed), not one queued lately."""
     settings = RepairSettings(**settings_kwargs, archive_expiry_interval_seconds=0)
     janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
     token = await make_token()
-    events = [await make_event(api, token) for _ in range(3)]
+    events = [await make_event(api, token) for _ in range(5)]
     ops = api.app[MONGO_DB][records.OPERATIONS]
     started = []
     for event in events:
@@ -301,9 +302,9 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
         started.append(op["id"])
     # No worker yet: each is as a worker that died or gave up would leave it.
     hour_ago = now_ms() - 3600_000
-    abandoned, alive, lately = started
+    abandoned, alive, lately, never_started, queued = started
     await ops.update_many(
-        {"_id": {"$in": started}},
+        {"_id": {"$in": started[:3]}},
         {
             "$set": {"state": "running", "updated_ms": hour_ago, "lease_until_ms": 0},
             # Their commands are never published: the worker below must not carry them out.
@@ -312,11 +313,23 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
     )
     await ops.update_one({"_id": alive}, {"$set": {"lease_until_ms": now_ms() + 60_000}})
     await ops.update_one({"_id": lately}, {"$set": {"updated_ms": now_ms()}})
+    day_ago = now_ms() - int(settings.archive_ttl_seconds * 1000) - 60_000
+    await ops.update_many(
+        {"_id": {"$in": started[3:]}},
+        {"$unset": {OUTBOX: "", OUTBOX_DUE: "", OUTBOXES: "", OUTBOX_DUE_BY: ""}},
+    )
+    await ops.update_one({"_id": never_started}, {"$set": {"created_ms": day_ago}})
 
     worker = await aiohttp_client(create_repair(settings))
     await worker.app[ARCHIVER].expire()
     states = {d["_id"]: d["state"] async for d in ops.find({"_id": {"$in": started}}, {"state": 1})}
-    assert states == {abandoned: "failed", alive: "running", lately: "running"}
+    assert states == {
+        abandoned: "failed",
+        alive: "running",
+        lately: "running",
+        never_started: "failed",
+        queued: "queued",
+    }
     failed = await (await api.get(f"/v1/operations/{abandoned}", headers=auth(token))).json()
     assert failed["result"]["error"].startswith("abandoned")
     status, again = await archive(api, token, events[0]["id"])

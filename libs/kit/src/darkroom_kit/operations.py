@@ -245,14 +245,23 @@ class Operations:
         }
         await self._end(operation_id, fields, lease)
 
-    async def fail_abandoned(self, kind: str, idle_ms: int, reason: str, limit: int = 100) -> int:
-        """Fail the ``running`` Operations of ``kind`` whose lease is free and that nobody has
-        claimed or moved for ``idle_ms`` (longer than the worker's longest retry delay): their
-        command was dead-lettered while they were open, so nothing would ever end them, and
-        one that holds an ``exclusive`` key would block its like for good. How many."""
+    async def fail_abandoned(
+        self,
+        kind: str,
+        idle_ms: int,
+        reason: str,
+        *,
+        state: OperationState = OperationState.RUNNING,
+        limit: int = 100,
+    ) -> int:
+        """Fail the Operations of ``kind`` in ``state`` whose lease is free and that nobody has
+        claimed or moved for ``idle_ms``: running ones idle for longer than the worker's longest
+        retry delay, or queued ones never started for longer than any queue wait, had their
+        command dead-lettered, so nothing would ever end them, and one that holds an
+        ``exclusive`` key would block its like for good. How many."""
         now = now_ms()
-        idle: Document = {"kind": kind, "state": OperationState.RUNNING}
-        idle["updated_ms"] = {"$lt": now - idle_ms}
+        since = "updated_ms" if state is OperationState.RUNNING else "created_ms"
+        idle: Document = {"kind": kind, "state": state, since: {"$lt": now - idle_ms}}
         found = self._col.find({"$and": [idle, Lease.free(now)]}, {"_id": 1}).limit(limit)
         failed = 0
         for op_id in [str(doc["_id"]) async for doc in found]:

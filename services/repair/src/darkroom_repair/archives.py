@@ -262,6 +262,14 @@ class Archiver:
             self._abandoned_ms,
             "abandoned: its worker gave up on it without ending it; ask again",
         )
+        # One never started within its own lifetime is of no use any more (its command was
+        # dead-lettered before any claim, or the queue is that far behind).
+        abandoned += await self._operations.fail_abandoned(
+            ARCHIVE,
+            self._ttl_ms,
+            "abandoned: not started within ARCHIVE_TTL_SECONDS; ask again",
+            state=OperationState.QUEUED,
+        )
         if abandoned:
             log.warning("abandoned archives failed", extra={"count": abandoned})
         now = now_ms()
