@@ -233,7 +233,7 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
     # Found whole once: not counted again until the next removal.
     kept = await api.app[MONGO_DB][records.OPERATIONS].find_one({"_id": first_two["id"]})
     assert kept is not None
-    assert kept["result"]["whole_at_removals"] == 1
+    assert kept["result"]["whole_at_removals"]["removals"] == 1
     assert await fetch(with_hidden) == 200  # made with hidden photos
     show = await api.patch(f"/v1/photos/{ids[3]}", json={"is_hidden": False}, headers=auth(token))
     assert show.status == 200, await show.text()
@@ -292,7 +292,7 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
     settings = RepairSettings(**settings_kwargs, archive_expiry_interval_seconds=0)
     janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
     token = await make_token()
-    events = [await make_event(api, token) for _ in range(5)]
+    events = [await make_event(api, token) for _ in range(6)]
     ops = api.app[MONGO_DB][records.OPERATIONS]
     started = []
     for event in events:
@@ -302,9 +302,9 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
         started.append(op["id"])
     # No worker yet: each is as a worker that died or gave up would leave it.
     hour_ago = now_ms() - 3600_000
-    abandoned, alive, lately, never_started, queued = started
+    abandoned, alive, lately, never_started, queued, released = started
     await ops.update_many(
-        {"_id": {"$in": started[:3]}},
+        {"_id": {"$in": [abandoned, alive, lately, released]}},
         {
             "$set": {"state": "running", "updated_ms": hour_ago, "lease_until_ms": 0},
             # Their commands are never published: the worker below must not carry them out.
@@ -313,9 +313,18 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
     )
     await ops.update_one({"_id": alive}, {"$set": {"lease_until_ms": now_ms() + 60_000}})
     await ops.update_one({"_id": lately}, {"$set": {"updated_ms": now_ms()}})
+    # Held for an hour without a report, then given up for a retry a long delay away.
+    lease = Operations(api.app[MONGO_DB]).lease(released, 60_000)
+    await ops.update_one({"_id": released}, {"$set": lease.fields()})
+    await Operations(api.app[MONGO_DB]).release(lease)
+    # What the abandoned one left: a ZIP written but never recorded, an upload begun.
+    store = api.app[OBJECT_STORE]
+    left = records.archive_key(events[0]["id"], abandoned)
+    await store.put_bytes(left, b"PK", "application/zip")
+    await store.create_multipart(left, "application/zip")
     day_ago = now_ms() - int(settings.archive_ttl_seconds * 1000) - 60_000
     await ops.update_many(
-        {"_id": {"$in": started[3:]}},
+        {"_id": {"$in": [never_started, queued]}},
         {"$unset": {OUTBOX: "", OUTBOX_DUE: "", OUTBOXES: "", OUTBOX_DUE_BY: ""}},
     )
     await ops.update_one({"_id": never_started}, {"$set": {"created_ms": day_ago}})
@@ -329,7 +338,10 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
         lately: "running",
         never_started: "failed",
         queued: "queued",
+        released: "running",
     }
+    assert await store.list_keys(f"archives/{events[0]['id']}/") == []
+    assert await store.open_multipart_uploads(left) == []
     failed = await (await api.get(f"/v1/operations/{abandoned}", headers=auth(token))).json()
     assert failed["result"]["error"].startswith("abandoned")
     status, again = await archive(api, token, events[0]["id"])

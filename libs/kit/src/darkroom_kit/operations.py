@@ -164,8 +164,9 @@ class Operations:
 
     async def release(self, lease: Lease) -> None:
         """Give up a lease on an Operation that is still open (a graceful stop): another
-        process may take it over at once rather than after the lease runs out."""
-        await self._col.update_one(lease.mine(), {"$set": {UNTIL: 0}})
+        process may take it over at once rather than after the lease runs out. Its idle time
+        (:meth:`fail_abandoned`) counts from here: its retry may be a long delay away."""
+        await self._col.update_one(lease.mine(), {"$set": {UNTIL: 0, "updated_ms": now_ms()}})
 
     async def start(
         self, operation_id: str, progress: Mapping[str, int] | None = None
@@ -253,17 +254,17 @@ class Operations:
         *,
         state: OperationState = OperationState.RUNNING,
         limit: int = 100,
-    ) -> int:
+    ) -> list[str]:
         """Fail the Operations of ``kind`` in ``state`` whose lease is free and that nobody has
         claimed or moved for ``idle_ms``: running ones idle for longer than the worker's longest
         retry delay, or queued ones never started for longer than any queue wait, had their
         command dead-lettered, so nothing would ever end them, and one that holds an
-        ``exclusive`` key would block its like for good. How many."""
+        ``exclusive`` key would block its like for good. The ids of those it failed."""
         now = now_ms()
         since = "updated_ms" if state is OperationState.RUNNING else "created_ms"
         idle: Document = {"kind": kind, "state": state, since: {"$lt": now - idle_ms}}
         found = self._col.find({"$and": [idle, Lease.free(now)]}, {"_id": 1}).limit(limit)
-        failed = 0
+        failed: list[str] = []
         for op_id in [str(doc["_id"]) async for doc in found]:
             fields: Document = {
                 "state": OperationState.FAILED,
@@ -272,7 +273,8 @@ class Operations:
             }
             # Still idle and free at the write: a worker that claimed it meanwhile keeps it.
             still = {"$and": [{**idle, "_id": op_id}, Lease.free(now_ms())]}
-            failed += await self._end(op_id, fields, still=still)
+            if await self._end(op_id, fields, still=still):
+                failed.append(op_id)
         return failed
 
     async def _end(

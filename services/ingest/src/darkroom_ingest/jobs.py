@@ -56,7 +56,8 @@ STOP_SCOPES = {IMPORT: Scope.PHOTOS_WRITE}
 
 # Longer than the clock skew between replicas (their writes' times are compared).
 CLOCK_SKEW_MS = 60_000
-# In an archive's result: the event's removal count at which all its photos were there.
+# In an archive's result: the event's removals (count and time) at which all its photos were
+# there.
 WHOLE_AT = "whole_at_removals"
 
 
@@ -222,7 +223,9 @@ class Jobs:
         removed_ms, removals = event.get(PHOTOS_REMOVED), event.get(REMOVALS, 0)
         if not isinstance(removed_ms, int) or removed_ms < selected_ms - CLOCK_SKEW_MS:
             return True
-        if result.get(WHOLE_AT) == removals:
+        # Both: a replica of an older version moves the time only.
+        seen = {"removals": removals, "removed_ms": removed_ms}
+        if result.get(WHOLE_AT) == seen:
             return True
         query: dict[str, Any] = {
             "_id": {"$in": photo_ids},
@@ -234,8 +237,10 @@ class Jobs:
         # Counted after the removals were read: one since makes the next read count again.
         if await self._photos.count_documents(query) != len(photo_ids):
             return False
+        # A slower read of the same archive may write an older verdict over it: the next read
+        # then counts again, nothing worse.
         await self._operation_docs.update_one(
-            {"_id": op.id}, {"$max": {f"result.{WHOLE_AT}": removals}}
+            {"_id": op.id}, {"$set": {f"result.{WHOLE_AT}": seen}}
         )
         return True
 

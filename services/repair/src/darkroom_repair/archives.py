@@ -38,7 +38,7 @@ from darkroom_kit.operations import Operations
 from darkroom_kit.outbox import WITHOUT_OUTBOXES
 from darkroom_kit.payloads import ArchiveRequested
 from darkroom_kit.statuses import OperationState, PhotoStatus
-from darkroom_kit.storage import StorageUnavailable
+from darkroom_kit.storage import StorageError, StorageUnavailable
 from darkroom_kit.stored.operations import ArchiveParams, OperationRecord
 from darkroom_kit.stored.photos import PhotoRecord
 from prometheus_client import Counter
@@ -160,8 +160,7 @@ class Archiver:
         # What a replica that died mid-way left open: its parts would be kept (and billed) until
         # the bucket's lifecycle rule, if any, removed them.
         try:
-            for upload_id in await self._store.open_multipart_uploads(key):
-                await self._store.abort_multipart(key, upload_id)
+            await self._abort_uploads(key)
         except StorageUnavailable as exc:
             raise Retry(f"storage: {exc}") from exc
         selected_ms = now_ms()
@@ -254,6 +253,27 @@ class Archiver:
                 photo_ids.append(str(doc["_id"]))
         return entries, photo_ids, skipped
 
+    async def _abort_uploads(self, key: str) -> None:
+        for upload_id in await self._store.open_multipart_uploads(key):
+            await self._store.abort_multipart(key, upload_id)
+
+    async def _discard(self, op_id: str) -> None:
+        """What an abandoned archive may have left in storage: its ZIP, written but never
+        recorded (the database was away), or the upload its worker had begun."""
+        op = await self._operations.get(op_id)
+        if op is None:
+            return
+        key = records.archive_key(str(op.params.get("event_id")), op_id)
+        try:
+            await self._abort_uploads(key)
+            await self._store.delete_many([key])
+        except StorageError:
+            log.warning(
+                "an abandoned archive's objects were not deleted",
+                extra={"operation_id": op_id},
+                exc_info=True,
+            )
+
     async def expire(self) -> int:
         """Delete the archives past their expiry; how many. Fail those abandoned mid-way (their
         command dead-lettered while they were running), which would hold their event for good."""
@@ -270,8 +290,10 @@ class Archiver:
             "abandoned: not started within ARCHIVE_TTL_SECONDS; ask again",
             state=OperationState.QUEUED,
         )
+        for op_id in abandoned:
+            await self._discard(op_id)
         if abandoned:
-            log.warning("abandoned archives failed", extra={"count": abandoned})
+            log.warning("abandoned archives failed", extra={"operation_ids": abandoned})
         now = now_ms()
         expired = [
             d
