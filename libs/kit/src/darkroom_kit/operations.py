@@ -33,6 +33,11 @@ REASON_CHARS = 500
 # A key that at most one open Operation holds (a unique, sparse index, made by the creator's
 # service): taken in the write that creates it, given up in the write that ends it.
 EXCLUSIVE = "exclusive"
+# What a kind keeps for the services beside its result, too big to come with every read of the
+# Operation (an archive's photo ids): written by :meth:`Operations.finish`, read on its own.
+INTERNAL = "internal"
+# How an Operation is read: without its outbox or its internal records.
+OPERATION_FIELDS: Document = {**WITHOUT_OUTBOXES, INTERNAL: 0}
 
 
 def new_operation_id() -> str:
@@ -100,13 +105,13 @@ class Operations:
         doc = await self._col.find_one_and_update(
             {"_id": operation_id, "state": {"$in": OPEN}},
             {"$set": {"stop_requested_ms": now_ms()}},
-            WITHOUT_OUTBOXES,
+            OPERATION_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
         return None if doc is None else OperationRecord.from_document(doc)
 
     async def get(self, operation_id: str) -> OperationRecord | None:
-        doc = await self._col.find_one({"_id": operation_id}, WITHOUT_OUTBOXES)
+        doc = await self._col.find_one({"_id": operation_id}, OPERATION_FIELDS)
         return None if doc is None else OperationRecord.from_document(doc)
 
     async def wait(
@@ -157,7 +162,7 @@ class Operations:
                 ]
             },
             {"$set": {"state": OperationState.RUNNING, "updated_ms": now, **lease.fields(now)}},
-            WITHOUT_OUTBOXES,
+            OPERATION_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
         return None if doc is None else OperationRecord.from_document(doc)
@@ -179,7 +184,7 @@ class Operations:
         doc = await self._col.find_one_and_update(
             {"_id": operation_id, "state": {"$in": OPEN}},
             {"$set": fields},
-            WITHOUT_OUTBOXES,
+            OPERATION_FIELDS,
             return_document=ReturnDocument.AFTER,
         )
         return None if doc is None else OperationRecord.from_document(doc)
@@ -218,8 +223,9 @@ class Operations:
         progress: Mapping[str, int] | None = None,
         *,
         lease: Lease | None = None,
+        internal: Mapping[str, Any] | None = None,
     ) -> None:
-        """``done`` with its result (and its last progress)."""
+        """``done`` with its result (and its last progress, and its :data:`INTERNAL` records)."""
         fields: Document = {
             "state": OperationState.DONE,
             "updated_ms": now_ms(),
@@ -227,6 +233,8 @@ class Operations:
         }
         if progress is not None:
             fields["progress"] = dict(progress)
+        if internal is not None:
+            fields[INTERNAL] = dict(internal)
         await self._end(operation_id, fields, lease)
 
     async def fail(

@@ -12,8 +12,8 @@ from darkroom_kit.clock import now_ms
 from darkroom_kit.errors import ServiceError
 from darkroom_kit.messaging import Envelope, Topology
 from darkroom_kit.mongo import Database
-from darkroom_kit.operations import Operations, new_operation_id
-from darkroom_kit.outbox import WITHOUT_OUTBOXES, Outbox
+from darkroom_kit.operations import INTERNAL, OPERATION_FIELDS, Operations, new_operation_id
+from darkroom_kit.outbox import Outbox
 from darkroom_kit.problems import FieldError
 from darkroom_kit.statuses import OperationState, PhotoStatus
 from darkroom_kit.stored.events import EventRecord
@@ -213,8 +213,8 @@ class Jobs:
         photos were read (less a clock skew: the services write these times), and then once
         per removal: a whole verdict is kept with the number of removals it saw."""
         result = op.result or {}
-        photo_ids, selected_ms = result.get("photo_ids"), result.get("selected_ms")
-        if not isinstance(photo_ids, list) or not isinstance(selected_ms, int):
+        selected_ms = result.get("selected_ms")
+        if not isinstance(selected_ms, int):
             return True  # made before archives recorded their photos
         event_id = op.params.get("event_id")
         event = await self._event_docs.find_one({"_id": event_id}, {PHOTOS_REMOVED: 1, REMOVALS: 1})
@@ -227,6 +227,10 @@ class Jobs:
         seen = {"removals": removals, "removed_ms": removed_ms}
         if result.get(WHOLE_AT) == seen:
             return True
+        kept = await self._operation_docs.find_one({"_id": op.id}, {INTERNAL: 1})
+        photo_ids = ((kept or {}).get(INTERNAL) or {}).get("photo_ids")
+        if not isinstance(photo_ids, list):
+            return True  # made before archives recorded their photos
         query: dict[str, Any] = {
             "_id": {"$in": photo_ids},
             "event_id": event_id,
@@ -258,6 +262,7 @@ class Jobs:
                     {"state": OperationState.DONE, "result.expires_ms": {"$gt": now_ms()}},
                 ],
             },
+            OPERATION_FIELDS,
             sort=[("created_ms", -1)],
         )
         if fresh is not None:
@@ -268,7 +273,7 @@ class Jobs:
                 "params.event_id": event.id,
                 "state": {"$in": [OperationState.QUEUED, OperationState.RUNNING]},
             },
-            WITHOUT_OUTBOXES,
+            OPERATION_FIELDS,
         )
         if busy is not None:
             busy_op = OperationRecord.from_document(busy)

@@ -202,9 +202,6 @@ class Archiver:
                 "files": made.files,
                 "skipped": skipped,
                 "expires_ms": now_ms() + self._ttl_ms,
-                # Serving checks these are all still there once a photo of the event went away
-                # after they were read.
-                "photo_ids": photo_ids,
                 "selected_ms": selected_ms,
             },
             {
@@ -215,6 +212,9 @@ class Archiver:
                 "skipped": skipped,
             },
             lease=lease,
+            # Serving checks these are all still there once a photo of the event went away
+            # after they were read (selected_ms).
+            internal={"photo_ids": photo_ids},
         )
         log.info(
             "archive written",

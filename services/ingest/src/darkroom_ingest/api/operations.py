@@ -32,9 +32,7 @@ ENDED = "The Operation ended within ?wait: its result"
 
 
 # What an archive's result holds for the services only.
-INTERNAL_RESULT = frozenset(
-    {"key", "expires_ms", "deleted_ms", "photo_ids", "selected_ms", "whole_at_removals"}
-)
+INTERNAL_RESULT = frozenset({"key", "expires_ms", "deleted_ms", "selected_ms", "whole_at_removals"})
 
 
 def _public_result(op: OperationRecord, links: MediaLinks) -> dict[str, Any] | None:
