@@ -229,6 +229,10 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
     assert hide.status == 200, await hide.text()
     resp = await api.get(URL(everything["result"]["download_url"], encoded=True).raw_path_qs)
     await assert_problem(resp, 410, "archive_outdated")
+    # Read again, the Operation says so and offers no link.
+    reread = await (await api.get(f"/v1/operations/{everything['id']}", headers=auth(token))).json()
+    assert reread["result"]["outdated"] is True
+    assert "download_url" not in reread["result"]
     assert await fetch(first_two) == 200  # it never held the hidden photo
     # Found whole once: not counted again until the next removal.
     kept = await api.app[MONGO_DB][records.OPERATIONS].find_one({"_id": first_two["id"]})
@@ -238,6 +242,9 @@ async def test_an_archive_stops_once_a_photo_it_holds_is_deleted_or_hidden(
     show = await api.patch(f"/v1/photos/{ids[3]}", json={"is_hidden": False}, headers=auth(token))
     assert show.status == 200, await show.text()
     assert await fetch(everything) == 200  # whole again
+    reread = await (await api.get(f"/v1/operations/{everything['id']}", headers=auth(token))).json()
+    assert "outdated" not in reread["result"]
+    assert "download_url" in reread["result"]
 
     gone = await api.delete(f"/v1/photos/{ids[1]}", headers=auth(token))
     assert gone.status == 204, await gone.text()

@@ -49,7 +49,7 @@ async def create_archive(call: Call, body: ArchiveRequest) -> Reply[OperationOut
         call.principal, event, body.photo_ids, body.include_hidden, body.variant
     )
     return Reply(
-        operation_out(op, deps.links),
+        await operation_out(deps, op),
         status=202 if started or not op.final else 200,
         headers={"Location": f"/v1/operations/{op.id}"},
     )

@@ -12,6 +12,7 @@ from darkroom_kit.statuses import OperationState
 from darkroom_kit.stored.operations import OperationRecord
 
 from darkroom_ingest.api.declare import Call, Reply, RouteTable
+from darkroom_ingest.deps import Deps
 from darkroom_ingest.errors import (
     EVENT_NOT_FOUND,
     INSUFFICIENT_SCOPE,
@@ -35,17 +36,25 @@ ENDED = "The Operation ended within ?wait: its result"
 INTERNAL_RESULT = frozenset({"key", "expires_ms", "deleted_ms", "selected_ms", "whole_at_removals"})
 
 
-def _public_result(op: OperationRecord, links: MediaLinks) -> dict[str, Any] | None:
+def _public_result(op: OperationRecord, links: MediaLinks, whole: bool) -> dict[str, Any] | None:
     """The result as callers see it: an archive's with a signed link to its ZIP (made at each
-    read, so it is never older than the answer), never its storage key."""
+    read, so it is never older than the answer) while it holds no photo deleted or hidden
+    since (else ``outdated``), never its storage key."""
     if op.result is None or op.kind != ARCHIVE:
         return op.result
     result = {k: v for k, v in op.result.items() if k not in INTERNAL_RESULT}
+    if not whole:
+        result["outdated"] = True
     expires_ms = op.result.get("expires_ms")
     if isinstance(expires_ms, int):
         result["expires_at"] = ms_to_iso(expires_ms)
         remaining_s = expires_ms // 1000 - int(time.time())
-        if op.state is OperationState.DONE and remaining_s > 0 and "deleted_ms" not in op.result:
+        if (
+            op.state is OperationState.DONE
+            and remaining_s > 0
+            and "deleted_ms" not in op.result
+            and whole
+        ):
             result["download_url"] = links.sign(
                 op.id,
                 Variant.ARCHIVE,
@@ -56,7 +65,14 @@ def _public_result(op: OperationRecord, links: MediaLinks) -> dict[str, Any] | N
     return result
 
 
-def operation_out(op: OperationRecord, links: MediaLinks) -> OperationOut:
+async def operation_out(deps: Deps, op: OperationRecord) -> OperationOut:
+    """The Operation as an answer shows it (a made archive's photos checked when one of its
+    event's went away since)."""
+    whole = (
+        op.kind != ARCHIVE
+        or op.state is not OperationState.DONE
+        or await deps.jobs.archive_whole(op)
+    )
     return OperationOut(
         id=op.id,
         kind=op.kind,
@@ -64,7 +80,7 @@ def operation_out(op: OperationRecord, links: MediaLinks) -> OperationOut:
         created_at=ms_to_iso(op.created_ms) or "",
         updated_at=ms_to_iso(op.updated_ms),
         progress=op.progress,
-        result=_public_result(op, links),
+        result=_public_result(op, deps.links, whole),
         details=op.details or None,
         stop_requested_at=ms_to_iso(op.stop_requested_ms),
     )
@@ -75,7 +91,7 @@ async def answer(call: Call, op_id: str, wait: float) -> Reply[OperationOut]:
     op = await call.deps.jobs.wait(op_id, wait)
     status = 200 if op.final else 202
     return Reply(
-        operation_out(op, call.deps.links),
+        await operation_out(call.deps, op),
         status=status,
         headers={"Location": f"/v1/operations/{op_id}"},
     )
@@ -145,7 +161,7 @@ async def get_operation(call: Call, query: WaitQuery) -> OperationOut:
     """Its state, progress and, when done, its result. Readable with the scope that reads what
     it works on: photos.read for a repair, webhooks.manage for a webhook recovery."""
     op = await call.deps.jobs.read(call.principal, call.path("operation_id"), query.wait)
-    return operation_out(op, call.deps.links)
+    return await operation_out(call.deps, op)
 
 
 @routes.post(
