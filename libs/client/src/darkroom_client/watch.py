@@ -239,6 +239,16 @@ def build_parser(prog: str = "darkroom-watch") -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Ctrl-C and SIGTERM set ``stop``: the watcher ends what it is sending, then exits."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:
+            # Event loops without signal handlers (Windows'): the plain handler wakes the loop.
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+
+
 async def run(args: argparse.Namespace, prog: str = "darkroom-watch") -> int:
     if not args.token:
         print(f"{prog}: no token: pass --token or set DARKROOM_TOKEN", file=sys.stderr)
@@ -248,13 +258,7 @@ async def run(args: argparse.Namespace, prog: str = "darkroom-watch") -> int:
         print(f"{prog}: {args.folder} is not a folder", file=sys.stderr)
         return 2
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:
-            # Event loops without signal handlers (Windows'): the plain handler wakes the loop.
-            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    stop_on_signals(asyncio.get_running_loop(), stop)
 
     def say(text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
