@@ -358,6 +358,49 @@ async def test_an_archive_abandoned_mid_way_is_failed_and_frees_its_event(
     assert (status, busy["code"]) == (409, "archive_in_progress")
 
 
+async def test_an_archive_whose_file_stays_gone_fails_with_its_name_and_leaves_nothing(
+    api: Client,
+    aiohttp_client: Any,
+    settings_kwargs: dict[str, Any],
+    make_token: TokenMaker,
+    janitor: QueueJanitor,
+) -> None:
+    """A file that is gone from storage (not its photo) on every try: the last try ends the
+    Operation failed with the file's name (never its storage key), and nothing of the archive
+    is left in storage, neither a ZIP nor an open upload."""
+    settings = RepairSettings(
+        **settings_kwargs,
+        archive_retry_delays_ms=(100, 200),
+        archive_part_bytes=5 * 1024 * 1024,
+    )
+    janitor.add(*queue_specs(Topology(settings.amqp_namespace), settings))
+    await aiohttp_client(create_repair(settings))
+    token = await make_token()
+    event = await make_event(api, token)
+    resp = await api.post(
+        f"/v1/events/{event['id']}/photos",
+        data=form(("big.jpg", jpeg_like(6 * 1024 * 1024)), ("gone.jpg", jpeg_bytes(64, 48))),
+        headers=auth(token),
+    )
+    assert resp.status == 201, await resp.text()
+    gone = await api.app[MONGO_DB][records.PHOTOS].find_one(
+        {"event_id": event["id"], "filename": "gone.jpg"}
+    )
+    assert gone is not None
+    store = api.app[OBJECT_STORE]
+    await store.delete_many([gone["original_key"]])
+
+    status, op = await archive(api, token, event["id"])
+    assert status == 202, op
+    done = await finished(api, token, op["id"])
+    assert done["state"] == "failed", done
+    assert "gone.jpg" in done["result"]["error"]
+    assert gone["original_key"] not in done["result"]["error"]
+    key = records.archive_key(event["id"], op["id"])
+    assert await store.list_keys(f"archives/{event['id']}/") == []
+    assert await store.open_multipart_uploads(key) == []
+
+
 async def test_bad_archive_requests_are_refused_clearly(
     api: Client, make_token: TokenMaker, janitor: QueueJanitor
 ) -> None:

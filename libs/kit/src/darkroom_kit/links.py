@@ -180,9 +180,8 @@ class MediaLinks:
                 name = variant_name(
                     photo.filename, photo.variant_types.get(STORED_VARIANT[variant])
                 )
-            return self.sign(photo.id, variant, name, ttl_s, hidden_ok=hidden_ok, expires=expires)[
-                0
-            ]
+            url, _ = self.sign(photo.id, variant, name, ttl_s, hidden_ok=hidden_ok, expires=expires)
+            return url
 
         return MediaUrlsView(
             original=link(Variant.ORIGINAL),

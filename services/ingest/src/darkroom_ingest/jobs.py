@@ -35,7 +35,6 @@ from darkroom_ingest.errors import (
     VALIDATION_FAILED,
 )
 from darkroom_ingest.events import EventService
-from darkroom_ingest.stores.events import PHOTOS_REMOVED, REMOVALS
 from darkroom_ingest.tokens import Principal, Scope
 
 REPAIR = "repair_dimensions"
@@ -73,7 +72,6 @@ class Jobs:
         self._operations = Operations(db)
         self._operation_docs = db[records.OPERATIONS]
         self._photos = db[records.PHOTOS]
-        self._event_docs = db[records.EVENTS]
         self._outbox = publisher_outbox
         self._topology = topology
         self._events = events
@@ -217,11 +215,11 @@ class Jobs:
         if not isinstance(selected_ms, int):
             return True  # made before archives recorded their photos
         event_id = op.params.get("event_id")
-        event = await self._event_docs.find_one({"_id": event_id}, {PHOTOS_REMOVED: 1, REMOVALS: 1})
-        if event is None:
+        removed = await self._events.store.removals(str(event_id))
+        if removed is None:
             return False
-        removed_ms, removals = event.get(PHOTOS_REMOVED), event.get(REMOVALS, 0)
-        if not isinstance(removed_ms, int) or removed_ms < selected_ms - CLOCK_SKEW_MS:
+        removed_ms, removals = removed
+        if removed_ms is None or removed_ms < selected_ms - CLOCK_SKEW_MS:
             return True
         # Both: a replica of an older version moves the time only.
         seen = {"removals": removals, "removed_ms": removed_ms}

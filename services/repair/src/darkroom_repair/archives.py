@@ -16,7 +16,6 @@ is never left running. Reasons name files, never storage keys (the API shows the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -121,9 +120,9 @@ class Archiver:
             )
             if message.attempt > self._retries:
                 await self._operations.fail(op_id, public_reason(exc), lease=lease)
-                # Written but not recorded (the last write failed): nothing would expire it.
-                with contextlib.suppress(Exception):
-                    await self._store.delete_many([key])
+                # Written but not recorded (the last write failed), or its upload left open:
+                # nothing would expire either.
+                await self._discard(key, op_id)
                 return
             await self._operations.release(lease)
             if isinstance(exc, ArchiveError | StorageUnavailable):
@@ -257,19 +256,15 @@ class Archiver:
         for upload_id in await self._store.open_multipart_uploads(key):
             await self._store.abort_multipart(key, upload_id)
 
-    async def _discard(self, op_id: str) -> None:
-        """What an abandoned archive may have left in storage: its ZIP, written but never
-        recorded (the database was away), or the upload its worker had begun."""
-        op = await self._operations.get(op_id)
-        if op is None:
-            return
-        key = records.archive_key(str(op.params.get("event_id")), op_id)
+    async def _discard(self, key: str, op_id: str) -> None:
+        """What a failed archive may have left in storage: its ZIP, written but never recorded
+        (the database was away), or the upload its worker had begun."""
         try:
             await self._abort_uploads(key)
             await self._store.delete_many([key])
         except StorageError:
             log.warning(
-                "an abandoned archive's objects were not deleted",
+                "a failed archive's objects were not deleted",
                 extra={"operation_id": op_id},
                 exc_info=True,
             )
@@ -291,7 +286,11 @@ class Archiver:
             state=OperationState.QUEUED,
         )
         for op_id in abandoned:
-            await self._discard(op_id)
+            op = await self._operations.get(op_id)
+            if op is not None:
+                await self._discard(
+                    records.archive_key(str(op.params.get("event_id")), op_id), op_id
+                )
         if abandoned:
             log.warning("abandoned archives failed", extra={"operation_ids": abandoned})
         now = now_ms()

@@ -29,9 +29,6 @@ class EventRecord(Record):
     # A file equal to a photo already in the event is stored again (by default it is answered
     # with that photo).
     keep_duplicates: bool = False
-    # When a photo of the event last went away (deleted, or hidden), written after the photo's
-    # own write: an archive whose photos were read before it may hold one (api/serving.py).
-    photos_removed_ms: int | None = None
 
     def category_ids(self) -> set[str]:
         return {c.id for c in self.categories}

@@ -22,7 +22,8 @@ from darkroom_ingest.stores.common import (
     page_of,
 )
 
-# When a photo of the event last went away (EventRecord.photos_removed_ms).
+# When a photo of the event last went away (deleted, or hidden), written after the photo's own
+# write: an archive whose photos were read before it may hold one (Jobs.archive_whole).
 PHOTOS_REMOVED = "photos_removed_ms"
 # How many times one did: an archive found whole at one count is whole until the next.
 REMOVALS = "photo_removals"
@@ -166,6 +167,15 @@ class EventStore:
                 "$max": {PHOTOS_REMOVED: now},
             },
         )
+
+    async def removals(self, event_id: str) -> tuple[int | None, int] | None:
+        """(when a photo of the event last went away, how many times one did); None when the
+        event is not there."""
+        doc = await self.col.find_one({"_id": event_id}, {PHOTOS_REMOVED: 1, REMOVALS: 1})
+        if doc is None:
+            return None
+        removed_ms = doc.get(PHOTOS_REMOVED)
+        return (removed_ms if isinstance(removed_ms, int) else None), int(doc.get(REMOVALS, 0))
 
     async def photo_hidden(self, event_id: str) -> None:
         await self.col.update_one(
