@@ -50,13 +50,12 @@ def log_lines() -> Iterator[io.StringIO]:
 
 
 async def _finished(spans: InMemorySpanExporter) -> tuple[ReadableSpan, ...] | None:
-    """The spans recorded, once the fan-out's has ended: it ends when every endpoint's attempt
-    has (other tests' endpoints in the shared database included), after ours succeeded."""
+    """The spans recorded, once both consumers' have ended: the fan-out's ends when every
+    endpoint's attempt has (other tests' endpoints in the shared database included), after ours
+    succeeded; thumbnailing's ends after the photo shows processed (it acknowledges after)."""
     recorded = spans.get_finished_spans()
-    fanned_out = any(
-        _service(s) == "webhook-dispatch" and s.name == "process photo.uploaded" for s in recorded
-    )
-    return recorded if fanned_out else None
+    consumed = {_service(s) for s in recorded if s.name == "process photo.uploaded"}
+    return recorded if {"webhook-dispatch", "thumbnailing"} <= consumed else None
 
 
 def _service(span: ReadableSpan) -> str:
